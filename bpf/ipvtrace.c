@@ -1,0 +1,517 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * ipvtrace: which branch did the ipvlan driver take, packet by packet.
+ *
+ * Entry probes (ipvlan_queue_xmit, ipvlan_handle_frame) open a *context* on a
+ * per-CPU stack; helper probes (dev_forward_skb, __dev_queue_xmit, ...) are
+ * only reported while a context is open and carry its id, so user space can
+ * group them even when a softirq runs another packet inside a TX on the same
+ * CPU. The multicast worker is a kworker that may sleep and migrate: its
+ * context is keyed by task, not by CPU.
+ *
+ * Options come as -D cflags from ipvtrace/probes.py (the probe plan):
+ *   IPVT_HAVE_CONSUME_LOCATION  skb:consume_skb has a location field (6.3+)
+ *   IPVT_HAVE_DROP_REASON       skb:kfree_skb has a reason field (5.17+)
+ *   IPVT_RINGBUF_PAGES          ring buffer size in pages
+ */
+
+/* bcc 0.26's compat uapi bpf.h predates these, and 6.4+ kernel headers use
+ * them from include/linux/bpf.h: declare them as the kernel's uapi does. */
+struct bpf_wq { __u64 __opaque[2]; } __attribute__((aligned(8)));
+struct bpf_refcount { __u32 __opaque[1]; } __attribute__((aligned(4)));
+struct bpf_rb_root { __u64 __opaque[2]; } __attribute__((aligned(8)));
+struct bpf_rb_node { __u64 __opaque[4]; } __attribute__((aligned(8)));
+
+#include <linux/skbuff.h>
+#include <linux/netdevice.h>
+#include <net/net_namespace.h>
+#include <net/dst.h>
+
+#include "ipvtrace.h"
+
+#ifndef IPVT_RINGBUF_PAGES
+#define IPVT_RINGBUF_PAGES 1024
+#endif
+/* A context older than this is left over from a missed return probe. */
+#define IPVT_STALE_NS 200000000ULL
+
+/* clang drops a mask it can prove redundant; the verifier still needs it. */
+static __always_inline __u32 stack_idx(__u32 v)
+{
+	asm volatile("%[v] &= 3" : [v] "+r"(v));
+	return v;
+}
+
+struct ipvt_stack {
+	__u32 depth;
+	__u32 pad;
+	__u64 id[IPVT_STACK_MAX];
+	__u64 ts[IPVT_STACK_MAX];
+	__u16 kind[IPVT_STACK_MAX];
+};
+
+BPF_RINGBUF_OUTPUT(events, IPVT_RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(stack, struct ipvt_stack, 1);
+BPF_PERCPU_ARRAY(seq, __u64, 1);
+BPF_PERCPU_ARRAY(scratch, struct ipvt_event, 1);
+BPF_PERCPU_ARRAY(stats, __u64, IPVT_S_MAX);
+BPF_HASH(workers, __u32, __u64, 1024);      /* tid -> worker context id */
+BPF_HASH(fwd_ctx, __u64, __u64, 1024);      /* tid<<32|cpu -> fwd ctx, for its return */
+
+static __always_inline void stat_inc(int idx)
+{
+	__u64 *v = stats.lookup(&idx);
+	if (v)
+		(*v)++;
+}
+
+static __always_inline __u64 new_ctx_id(void)
+{
+	int zero = 0;
+	__u64 *s = seq.lookup(&zero);
+	__u64 n = 0;
+	if (s) {
+		(*s)++;
+		n = *s;
+	}
+	return ((__u64)bpf_get_smp_processor_id() << 48) | (n & 0xffffffffffffULL);
+}
+
+static __always_inline struct ipvt_event *ev_init(__u16 probe, __u64 ctx_id, __u8 depth)
+{
+	int zero = 0;
+	struct ipvt_event *e = scratch.lookup(&zero);
+	if (!e)
+		return 0;
+	__builtin_memset(e, 0, sizeof(*e) - IPVT_HDR_MAX);
+	e->ts = bpf_ktime_get_ns();
+	e->cpu = bpf_get_smp_processor_id();
+	e->pid = bpf_get_current_pid_tgid();
+	e->probe = probe;
+	e->ctx = ctx_id;
+	e->depth = depth;
+	return e;
+}
+
+static __always_inline void ev_dev(struct ipvt_event *e, struct net_device *dev)
+{
+	if (!dev)
+		return;
+	struct net *net = 0;
+	bpf_probe_read_kernel(&e->ifindex, sizeof(e->ifindex), &dev->ifindex);
+	bpf_probe_read_kernel_str(e->ifname, sizeof(e->ifname), dev->name);
+	bpf_probe_read_kernel(&net, sizeof(net), &dev->nd_net.net);
+	if (net)
+		bpf_probe_read_kernel(&e->netns, sizeof(e->netns), &net->ns.inum);
+	e->flags |= IPVT_F_HAS_DEV;
+}
+
+static __always_inline void ev_skb(struct ipvt_event *e, struct sk_buff *skb, int with_hdr)
+{
+	unsigned char *head = 0, *data = 0;
+	__u16 mac = 0xffff;
+	unsigned int len = 0, data_len = 0;
+
+	e->skb = (__u64)skb;
+	if (!skb)
+		return;
+	bpf_probe_read_kernel(&head, sizeof(head), &skb->head);
+	bpf_probe_read_kernel(&data, sizeof(data), &skb->data);
+	bpf_probe_read_kernel(&mac, sizeof(mac), &skb->mac_header);
+	bpf_probe_read_kernel(&len, sizeof(len), &skb->len);
+	bpf_probe_read_kernel(&data_len, sizeof(data_len), &skb->data_len);
+	e->head = (__u64)head;
+	e->len = len;
+	if (!with_hdr)
+		return;
+	unsigned char *start = data;
+	long linear = (long)len - (long)data_len;
+	if (mac != 0xffff && head + mac <= data) {
+		start = head + mac;
+		linear += data - start;
+	} else {
+		e->flags |= IPVT_F_NO_MAC;
+	}
+	if (linear <= 0)
+		return;
+	if (linear > IPVT_HDR_MAX)
+		linear = IPVT_HDR_MAX;
+	e->hdr_len = linear;
+	bpf_probe_read_kernel(e->hdr, IPVT_HDR_MAX, start);
+	e->flags |= IPVT_F_HAS_HDR;
+}
+
+static __always_inline void ev_submit(struct ipvt_event *e)
+{
+	__u32 size = sizeof(*e) - IPVT_HDR_MAX;
+	if (e->flags & IPVT_F_HAS_HDR)
+		size = sizeof(*e);
+	if (events.ringbuf_output(e, size, 0) != 0)
+		stat_inc(IPVT_S_LOST_BASE + e->probe);
+}
+
+/* Open a context; returns its id. IPVT_STACK_MAX is a power of two: indexes
+ * are masked so the verifier sees them bounded. */
+static __always_inline __u64 ctx_push(__u16 kind, __u8 *depth_out)
+{
+	int zero = 0;
+	struct ipvt_stack *st = stack.lookup(&zero);
+	if (!st)
+		return 0;
+	__u32 d = st->depth;
+	if (d >= IPVT_STACK_MAX) {
+		stat_inc(IPVT_S_STACK_OVERFLOW);
+		d = 0;
+	}
+	__u64 id = new_ctx_id();
+	__u32 i = stack_idx(d);
+	st->id[i] = id;
+	st->ts[i] = bpf_ktime_get_ns();
+	st->kind[i] = kind;
+	st->depth = d + 1;
+	*depth_out = d + 1;
+	return id;
+}
+
+/* Close the innermost context of this kind; skip ones whose return was lost. */
+static __always_inline __u64 ctx_pop(__u16 kind, __u8 *depth_out)
+{
+	int zero = 0;
+	struct ipvt_stack *st = stack.lookup(&zero);
+	if (!st)
+		return 0;
+	__u64 id = 0;
+#pragma unroll
+	for (int n = 0; n < IPVT_STACK_MAX; n++) {
+		__u32 d = st->depth;
+		if (d == 0 || d > IPVT_STACK_MAX)
+			break;
+		__u32 i = stack_idx(d - 1);
+		*depth_out = d;
+		st->depth = d - 1;
+		if (st->kind[i] == kind) {
+			id = st->id[i];
+			break;
+		}
+		stat_inc(IPVT_S_STACK_MISMATCH);
+	}
+	return id;
+}
+
+/* The innermost open context on this CPU, or the worker's, or 0. */
+static __always_inline __u64 ctx_current(__u8 *depth_out, __u8 *flags)
+{
+	int zero = 0;
+	struct ipvt_stack *st = stack.lookup(&zero);
+	if (st) {
+		__u32 d = st->depth;
+		if (d > 0 && d <= IPVT_STACK_MAX) {
+			__u32 i = stack_idx(d - 1);
+			if (bpf_ktime_get_ns() - st->ts[i] > IPVT_STALE_NS) {
+				stat_inc(IPVT_S_STACK_STALE);
+				st->depth = 0;
+			} else {
+				*depth_out = d;
+				return st->id[i];
+			}
+		}
+	}
+	__u32 tid = bpf_get_current_pid_tgid();
+	__u64 *w = workers.lookup(&tid);
+	if (w) {
+		*flags |= IPVT_F_WORKER;
+		*depth_out = 0;
+		return *w;
+	}
+	return 0;
+}
+
+/* ---- entry points ---------------------------------------------------- */
+
+int on_xmit(struct pt_regs *ctx)
+{
+	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM1(ctx);
+	struct net_device *dev = (struct net_device *)PT_REGS_PARM2(ctx);
+	__u8 depth = 0;
+	__u64 id = ctx_push(IPVT_P_XMIT, &depth);
+	struct ipvt_event *e = ev_init(IPVT_P_XMIT, id, depth);
+	if (!e)
+		return 0;
+	ev_dev(e, dev);
+	ev_skb(e, skb, 1);
+	ev_submit(e);
+	return 0;
+}
+
+int on_xmit_ret(struct pt_regs *ctx)
+{
+	__u8 depth = 0;
+	__u64 id = ctx_pop(IPVT_P_XMIT, &depth);
+	struct ipvt_event *e = ev_init(IPVT_P_XMIT_RET, id, depth);
+	if (!e)
+		return 0;
+	e->ret = (int)PT_REGS_RC(ctx);
+	ev_submit(e);
+	return 0;
+}
+
+int on_rx(struct pt_regs *ctx)
+{
+	struct sk_buff **pskb = (struct sk_buff **)PT_REGS_PARM1(ctx);
+	struct sk_buff *skb = 0;
+	struct net_device *dev = 0;
+	bpf_probe_read_kernel(&skb, sizeof(skb), pskb);
+	if (skb)
+		bpf_probe_read_kernel(&dev, sizeof(dev), &skb->dev);
+	__u8 depth = 0;
+	__u64 id = ctx_push(IPVT_P_RX, &depth);
+	struct ipvt_event *e = ev_init(IPVT_P_RX, id, depth);
+	if (!e)
+		return 0;
+	ev_dev(e, dev);
+	ev_skb(e, skb, 1);
+	ev_submit(e);
+	return 0;
+}
+
+int on_rx_ret(struct pt_regs *ctx)
+{
+	__u8 depth = 0;
+	__u64 id = ctx_pop(IPVT_P_RX, &depth);
+	struct ipvt_event *e = ev_init(IPVT_P_RX_RET, id, depth);
+	if (!e)
+		return 0;
+	e->ret = (int)PT_REGS_RC(ctx);
+	ev_submit(e);
+	return 0;
+}
+
+int on_mc_work(struct pt_regs *ctx)
+{
+	__u32 tid = bpf_get_current_pid_tgid();
+	__u64 id = new_ctx_id();
+	workers.update(&tid, &id);
+	struct ipvt_event *e = ev_init(IPVT_P_MC_WORK, id, 0);
+	if (!e)
+		return 0;
+	e->flags |= IPVT_F_WORKER;
+	ev_submit(e);
+	return 0;
+}
+
+int on_mc_work_ret(struct pt_regs *ctx)
+{
+	__u32 tid = bpf_get_current_pid_tgid();
+	__u64 *w = workers.lookup(&tid);
+	__u64 id = w ? *w : 0;
+	workers.delete(&tid);
+	struct ipvt_event *e = ev_init(IPVT_P_MC_WORK_RET, id, 0);
+	if (!e)
+		return 0;
+	e->flags |= IPVT_F_WORKER;
+	ev_submit(e);
+	return 0;
+}
+
+/* ---- helpers: reported only inside a context ------------------------- */
+
+/*
+ * ipvlan_rcv_frame is static; Debian 6.1/6.12 only have the GCC clone
+ * ipvlan_rcv_frame.isra.0(struct ipvl_dev *, struct sk_buff **, bool).
+ * The first argument is reported raw (aux2) and never dereferenced: user
+ * space checks it against ipvlan_addr_lookup's result, and *pskb against the
+ * context's skb, before trusting this clone's argument list.
+ */
+int on_rcv_frame(struct pt_regs *ctx)
+{
+	__u8 depth = 0, flags = 0;
+	__u64 id = ctx_current(&depth, &flags);
+	if (!id)
+		return 0;
+	struct sk_buff **pskb = (struct sk_buff **)PT_REGS_PARM2(ctx);
+	struct sk_buff *skb = 0;
+	bpf_probe_read_kernel(&skb, sizeof(skb), pskb);
+	struct ipvt_event *e = ev_init(IPVT_P_RCV_FRAME, id, depth);
+	if (!e)
+		return 0;
+	e->flags |= flags;
+	if (PT_REGS_PARM3(ctx) & 0xff)
+		e->flags |= IPVT_F_LOCAL;
+	e->aux2 = PT_REGS_PARM1(ctx);
+	ev_skb(e, skb, 0);
+	ev_submit(e);
+	return 0;
+}
+
+/* struct ipvl_addr starts with `struct ipvl_dev *master`, and struct
+ * ipvl_dev with `struct net_device *dev` (unchanged since 4.x). */
+int on_lookup_ret(struct pt_regs *ctx)
+{
+	__u8 depth = 0, flags = 0;
+	__u64 id = ctx_current(&depth, &flags);
+	if (!id)
+		return 0;
+	void *addr = (void *)PT_REGS_RC(ctx);
+	struct ipvt_event *e = ev_init(IPVT_P_LOOKUP_RET, id, depth);
+	if (!e)
+		return 0;
+	e->flags |= flags;
+	e->aux = (__u64)addr;
+	if (addr) {
+		void *master = 0;
+		struct net_device *dev = 0;
+		bpf_probe_read_kernel(&master, sizeof(master), addr);
+		e->aux2 = (__u64)master;
+		if (master)
+			bpf_probe_read_kernel(&dev, sizeof(dev), master);
+		ev_dev(e, dev);
+	}
+	ev_submit(e);
+	return 0;
+}
+
+int on_fwd(struct pt_regs *ctx)
+{
+	__u8 depth = 0, flags = 0;
+	__u64 id = ctx_current(&depth, &flags);
+	if (!id)
+		return 0;
+	struct net_device *dev = (struct net_device *)PT_REGS_PARM1(ctx);
+	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM2(ctx);
+	__u64 key = (bpf_get_current_pid_tgid() << 32) | bpf_get_smp_processor_id();
+	fwd_ctx.update(&key, &id);
+	struct ipvt_event *e = ev_init(IPVT_P_FWD, id, depth);
+	if (!e)
+		return 0;
+	e->flags |= flags;
+	ev_dev(e, dev);
+	ev_skb(e, skb, 0);
+	ev_submit(e);
+	return 0;
+}
+
+int on_fwd_ret(struct pt_regs *ctx)
+{
+	__u64 key = (bpf_get_current_pid_tgid() << 32) | bpf_get_smp_processor_id();
+	__u64 *idp = fwd_ctx.lookup(&key);
+	if (!idp)
+		return 0;
+	__u64 id = *idp;
+	fwd_ctx.delete(&key);
+	struct ipvt_event *e = ev_init(IPVT_P_FWD_RET, id, 0);
+	if (!e)
+		return 0;
+	e->ret = (int)PT_REGS_RC(ctx);
+	ev_submit(e);
+	return 0;
+}
+
+static __always_inline int report_skb_dev(struct pt_regs *ctx, __u16 probe,
+					  struct sk_buff *skb, int use_dst)
+{
+	__u8 depth = 0, flags = 0;
+	__u64 id = ctx_current(&depth, &flags);
+	if (!id)
+		return 0;
+	struct net_device *dev = 0;
+	if (use_dst) {
+		unsigned long refdst = 0;
+		bpf_probe_read_kernel(&refdst, sizeof(refdst), &skb->_skb_refdst);
+		struct dst_entry *dst = (struct dst_entry *)(refdst & ~1UL);
+		if (dst)
+			bpf_probe_read_kernel(&dev, sizeof(dev), &dst->dev);
+	}
+	if (!dev)
+		bpf_probe_read_kernel(&dev, sizeof(dev), &skb->dev);
+	struct ipvt_event *e = ev_init(probe, id, depth);
+	if (!e)
+		return 0;
+	e->flags |= flags;
+	ev_dev(e, dev);
+	ev_skb(e, skb, 0);
+	ev_submit(e);
+	return 0;
+}
+
+int on_qxmit(struct pt_regs *ctx)
+{
+	return report_skb_dev(ctx, IPVT_P_QXMIT, (struct sk_buff *)PT_REGS_PARM1(ctx), 0);
+}
+
+/* ip_local_out(net, sk, skb): the dst was set by ipvlan's route lookup. */
+int on_local_out(struct pt_regs *ctx)
+{
+	return report_skb_dev(ctx, IPVT_P_LOCAL_OUT, (struct sk_buff *)PT_REGS_PARM3(ctx), 1);
+}
+
+int on_local_out6(struct pt_regs *ctx)
+{
+	return report_skb_dev(ctx, IPVT_P_LOCAL_OUT6, (struct sk_buff *)PT_REGS_PARM3(ctx), 1);
+}
+
+int on_netif_rx(struct pt_regs *ctx)
+{
+	__u8 depth = 0, flags = 0;
+	__u64 id = ctx_current(&depth, &flags);
+	if (!(flags & IPVT_F_WORKER))
+		return 0;
+	return report_skb_dev(ctx, IPVT_P_NETIF_RX, (struct sk_buff *)PT_REGS_PARM1(ctx), 0);
+}
+
+/* ipvlan_multicast_enqueue(port, skb, tx_pkt) */
+int on_mc_enqueue(struct pt_regs *ctx)
+{
+	__u8 depth = 0, flags = 0;
+	__u64 id = ctx_current(&depth, &flags);
+	if (!id)
+		return 0;
+	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM2(ctx);
+	struct net_device *dev = 0;
+	bpf_probe_read_kernel(&dev, sizeof(dev), &skb->dev);
+	struct ipvt_event *e = ev_init(IPVT_P_MC_ENQUEUE, id, depth);
+	if (!e)
+		return 0;
+	e->flags |= flags;
+	if (PT_REGS_PARM3(ctx) & 0xff)
+		e->flags |= IPVT_F_LOCAL;
+	ev_dev(e, dev);
+	ev_skb(e, skb, 0);
+	ev_submit(e);
+	return 0;
+}
+
+static __always_inline int report_free(__u16 probe, void *skbaddr, void *location,
+				       __u32 reason)
+{
+	__u8 depth = 0, flags = 0;
+	__u64 id = ctx_current(&depth, &flags);
+	if (!id)
+		return 0;
+	struct ipvt_event *e = ev_init(probe, id, depth);
+	if (!e)
+		return 0;
+	e->flags |= flags;
+	e->skb = (__u64)skbaddr;
+	e->aux = (__u64)location;
+	e->reason = reason;
+	ev_submit(e);
+	return 0;
+}
+
+TRACEPOINT_PROBE(skb, kfree_skb)
+{
+#ifdef IPVT_HAVE_DROP_REASON
+	return report_free(IPVT_P_KFREE, args->skbaddr, args->location, args->reason);
+#else
+	return report_free(IPVT_P_KFREE, args->skbaddr, args->location, 0);
+#endif
+}
+
+TRACEPOINT_PROBE(skb, consume_skb)
+{
+#ifdef IPVT_HAVE_CONSUME_LOCATION
+	return report_free(IPVT_P_CONSUME, args->skbaddr, args->location, 0);
+#else
+	return report_free(IPVT_P_CONSUME, args->skbaddr, 0, 0);
+#endif
+}

@@ -1,0 +1,75 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The one layout that BPF C and Python share. ipvtrace/layout.py parses the
+ * enum and struct below (fixed-width members only, one per line), so a change
+ * here is a change of the recording format: bump IPVT_FORMAT_VERSION.
+ */
+#ifndef IPVTRACE_H
+#define IPVTRACE_H
+
+#define IPVT_FORMAT_VERSION 1
+#define IPVT_HDR_MAX 128
+#define IPVT_IFNAMSIZ 16
+#define IPVT_STACK_MAX 4
+
+enum ipvt_probe {
+	IPVT_P_XMIT = 1,         /* ipvlan_queue_xmit entry: a slave sends */
+	IPVT_P_XMIT_RET = 2,     /* ipvlan_queue_xmit return */
+	IPVT_P_RX = 3,           /* ipvlan_handle_frame entry: the parent receives */
+	IPVT_P_RX_RET = 4,       /* ipvlan_handle_frame return (rx_handler verdict) */
+	IPVT_P_RCV_FRAME = 5,    /* ipvlan_rcv_frame(.isra.N): to a slave */
+	IPVT_P_LOOKUP_RET = 6,   /* ipvlan_addr_lookup return: owning slave or none */
+	IPVT_P_FWD = 7,          /* dev_forward_skb entry */
+	IPVT_P_FWD_RET = 8,      /* dev_forward_skb return */
+	IPVT_P_QXMIT = 9,        /* __dev_queue_xmit on the parent */
+	IPVT_P_LOCAL_OUT = 10,   /* ip_local_out: routed in the parent's netns */
+	IPVT_P_LOCAL_OUT6 = 11,  /* ip6_local_out */
+	IPVT_P_MC_ENQUEUE = 12,  /* ipvlan_multicast_enqueue */
+	IPVT_P_MC_WORK = 13,     /* ipvlan_process_multicast entry (kworker) */
+	IPVT_P_MC_WORK_RET = 14, /* ipvlan_process_multicast return */
+	IPVT_P_NETIF_RX = 15,    /* netif_rx from the multicast worker */
+	IPVT_P_KFREE = 16,       /* skb:kfree_skb tracepoint */
+	IPVT_P_CONSUME = 17,     /* skb:consume_skb tracepoint */
+	IPVT_P_MAX = 18,
+};
+
+/* Counters kept in the kernel (stats map index). */
+enum ipvt_stat {
+	IPVT_S_LOST_BASE = 0,    /* + probe id: ring buffer full */
+	IPVT_S_STACK_OVERFLOW = 20,
+	IPVT_S_STACK_MISMATCH = 21,
+	IPVT_S_STACK_STALE = 22,
+	IPVT_S_MAX = 24,
+};
+
+/* flags */
+#define IPVT_F_LOCAL 0x01    /* rcv_frame local=true / mcast enqueue tx_pkt */
+#define IPVT_F_WORKER 0x02   /* event seen in the multicast worker's context */
+#define IPVT_F_HAS_DEV 0x04  /* ifindex/ifname/netns are filled */
+#define IPVT_F_HAS_HDR 0x08  /* hdr[] holds the frame from its MAC header */
+#define IPVT_F_NO_MAC 0x10   /* no MAC header: hdr[] starts at the L3 header */
+
+struct ipvt_event {
+	__u64 ts;
+	__u64 skb;
+	__u64 head;
+	__u64 ctx;
+	__u64 aux;
+	__u64 aux2;
+	__s64 ret;
+	__u32 cpu;
+	__u32 pid;
+	__u32 netns;
+	__s32 ifindex;
+	__u32 reason;
+	__u32 len;
+	__u16 probe;
+	__u8 depth;
+	__u8 flags;
+	__u16 hdr_len;
+	__u16 pad;
+	char ifname[16];
+	__u8 hdr[128];
+};
+
+#endif

@@ -1,0 +1,31 @@
+"""Compile bpf/ipvtrace.c and load every program through the verifier, no attach.
+
+Run by scripts/compile-check against each installed kernel's headers.
+"""
+from __future__ import annotations
+
+import sys
+
+from . import loader, probes
+
+
+def main() -> int:
+    bcc = loader.import_bcc()
+    plan = probes.ProbePlan(kernel="compile-check", tracefs="")
+    for sys_, ev in probes.TRACEPOINTS:
+        fmt = f"/sys/kernel/tracing/events/{sys_}/{ev}/format"
+        text = open(fmt).read()
+        if ev == "consume_skb" and "location" in text:
+            plan.cflags.append("-DIPVT_HAVE_CONSUME_LOCATION")
+        if ev == "kfree_skb" and " reason;" in text:
+            plan.cflags.append("-DIPVT_HAVE_DROP_REASON")
+    b = bcc.BPF(src_file=str(loader.layout.BPF_DIR / "ipvtrace.c").encode(),
+                cflags=loader.cflags(plan, 64))
+    for spec in probes.SPECS:
+        b.load_func(spec.fn.encode(), bcc.BPF.KPROBE)
+    b.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""Group events into one record per packet.
+
+Keys, from the strongest to the weakest:
+- the *context id* the BPF program gives every entry (ipvlan_queue_xmit,
+  ipvlan_handle_frame, ipvlan_process_multicast) and copies into every helper
+  event seen while that context is the innermost one on its CPU (or the
+  worker's task). Nesting (a softirq running another packet's RX inside a TX
+  on the same CPU) therefore never mixes two packets, and a reused skb
+  pointer starts a new context, hence a new packet.
+- a frame that ipvlan forwarded to the parent (dev_forward_skb(parent)) comes
+  back through the parent's rx_handler later: that RX is the same packet when
+  skb pointer, skb->head and device all match, within a time window.
+- the multicast worker handles an enqueued skb later, maybe on another CPU:
+  its clones share the enqueued skb's data (skb->head), which ties them back.
+
+Time only moves with the event stream (event timestamps and recorded clock
+ticks), never the wall clock, so replay groups exactly as live did.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+from .decode import Event
+
+WAIT_NS = 2_000_000_000  # how long a packet waits for its RX echo / worker
+
+
+@dataclass
+class Packet:
+    """Everything seen about one packet inside ipvlan."""
+
+    entry: Event | None
+    events: list[Event] = field(default_factory=list)
+    ret: Event | None = None
+    cont: list[Event] = field(default_factory=list)        # parent RX of a to_parent frame
+    cont_ret: Event | None = None
+    worker: list[Event] = field(default_factory=list)      # multicast worker, this packet's share
+    worker_done: bool = False
+    waiting_for: str | None = None                         # "rx" | "worker" | None
+    deadline: int = 0
+    lost_overlap: bool = False                             # events were lost while it was open
+
+    @property
+    def direction(self) -> str:
+        if self.entry is None:
+            return "?"
+        return "tx" if self.entry.probe == "xmit" else "rx"
+
+    @property
+    def first_ts(self) -> int:
+        if self.entry is not None:
+            return self.entry.ts
+        return self.events[0].ts if self.events else 0
+
+    def helpers(self, probe: str) -> list[Event]:
+        return [e for e in self.events if e.probe == probe]
+
+    def all_events(self) -> list[Event]:
+        out = list(self.events)
+        if self.ret is not None:
+            out.append(self.ret)
+        out.extend(self.cont)
+        if self.cont_ret is not None:
+            out.append(self.cont_ret)
+        out.extend(self.worker)
+        return out
+
+
+@dataclass
+class _Worker:
+    events: list[Event] = field(default_factory=list)
+
+
+class Correlator:
+    """Feed events and ticks in stream order; packets come out when finished."""
+
+    def __init__(self, emit: Callable[[Packet], None], wait_ns: int = WAIT_NS) -> None:
+        self.emit = emit
+        self.wait_ns = wait_ns
+        self.open: dict[int, Packet] = {}
+        self.cont_of: dict[int, Packet] = {}       # ctx id of a parent RX -> TX packet
+        self.workers: dict[int, _Worker] = {}
+        self.await_rx: dict[tuple[int, int], Packet] = {}   # (skb, head) -> packet
+        self.await_mc: dict[int, Packet] = {}               # head -> packet
+        self.pending: list[Packet] = []
+        self.now = 0
+        self.unattributed = 0
+
+    # -- input ----------------------------------------------------------
+    def feed(self, ev: Event) -> None:
+        if ev.ts > self.now:
+            self.now = ev.ts
+        p = ev.probe
+        if p == "xmit" or p == "rx":
+            self._entry(ev)
+        elif p == "xmit_ret" or p == "rx_ret":
+            self._ret(ev)
+        elif p == "mc_work":
+            self.workers[ev.ctx] = _Worker()
+        elif p == "mc_work_ret":
+            w = self.workers.pop(ev.ctx, None)
+            if w is not None:
+                self._worker_done(w)
+        else:
+            self._helper(ev)
+        self._expire()
+
+    def tick(self, ktime: int) -> None:
+        if ktime > self.now:
+            self.now = ktime
+        self._expire()
+
+    def mark_lost(self) -> None:
+        """Events were lost: every packet open now may have holes."""
+        for pkt in self.open.values():
+            pkt.lost_overlap = True
+        for pkt in self.pending:
+            pkt.lost_overlap = True
+
+    def flush(self) -> None:
+        """End of stream: finish everything, incomplete where it is."""
+        for ctx in list(self.open):
+            self._finish(self.open.pop(ctx))
+        for w in list(self.workers.values()):
+            self._worker_done(w)
+        self.workers.clear()
+        for pkt in sorted(self.pending, key=lambda p: p.first_ts):
+            self._finish(pkt)
+        self.pending.clear()
+        self.await_rx.clear()
+        self.await_mc.clear()
+
+    # -- stages -----------------------------------------------------------
+    def _entry(self, ev: Event) -> None:
+        if ev.probe == "rx":
+            waiting = self.await_rx.pop((ev.skb, ev.head), None)
+            if waiting is not None and self._is_fwd_target(waiting, ev):
+                waiting.cont.append(ev)
+                self.cont_of[ev.ctx] = waiting
+                return
+            if waiting is not None:  # not ours after all: put it back
+                self.await_rx[(ev.skb, ev.head)] = waiting
+        self.open[ev.ctx] = Packet(entry=ev, events=[ev])
+
+    def _ret(self, ev: Event) -> None:
+        owner = self.cont_of.pop(ev.ctx, None)
+        if owner is not None:
+            owner.cont_ret = ev
+            if owner.waiting_for == "rx":
+                self._release(owner)
+            return
+        pkt = self.open.pop(ev.ctx, None)
+        if pkt is None:
+            pkt = Packet(entry=None)  # its entry was lost or came before we started
+        pkt.ret = ev
+        self._closed(pkt)
+
+    def _helper(self, ev: Event) -> None:
+        pkt = self.open.get(ev.ctx)
+        if pkt is not None:
+            pkt.events.append(ev)
+            return
+        owner = self.cont_of.get(ev.ctx)
+        if owner is not None:
+            owner.cont.append(ev)
+            return
+        w = self.workers.get(ev.ctx)
+        if w is not None:
+            w.events.append(ev)
+            return
+        self.unattributed += 1
+
+    def _closed(self, pkt: Packet) -> None:
+        """The entry returned: finish now, or wait for the RX echo / worker."""
+        fwd_parent = [e for e in pkt.helpers("fwd") if not pkt.helpers("rcv_frame")]
+        enq = pkt.helpers("mc_enqueue")
+        if enq:
+            pkt.waiting_for = "worker"
+            self.await_mc[enq[-1].head] = pkt
+        elif fwd_parent and pkt.direction == "tx":
+            pkt.waiting_for = "rx"
+            f = fwd_parent[-1]
+            self.await_rx[(f.skb, f.head)] = pkt
+        else:
+            self._finish(pkt)
+            return
+        pkt.deadline = self.now + self.wait_ns
+        self.pending.append(pkt)
+
+    def _is_fwd_target(self, pkt: Packet, rx: Event) -> bool:
+        for f in pkt.helpers("fwd"):
+            if f.skb == rx.skb and f.netns == rx.netns and f.ifindex == rx.ifindex:
+                return True
+        return False
+
+    def _worker_done(self, w: _Worker) -> None:
+        """Split one worker run by enqueued skb (head) and hand each share back."""
+        by_head: dict[int, list[Event]] = {}
+        skb_head: dict[int, int] = {}
+        for ev in w.events:
+            if ev.head:
+                skb_head[ev.skb] = ev.head
+        last = 0
+        for ev in w.events:
+            # fwd_ret carries no skb: it belongs with the dev_forward_skb before it
+            head = ev.head or skb_head.get(ev.skb, 0) or (last if ev.probe == "fwd_ret" else 0)
+            last = head
+            by_head.setdefault(head, []).append(ev)
+        for head, evs in by_head.items():
+            pkt = self.await_mc.pop(head, None) if head else None
+            if pkt is None:
+                self.unattributed += len(evs)
+                continue
+            pkt.worker.extend(evs)
+            pkt.worker_done = True
+            self._release(pkt)
+
+    def _release(self, pkt: Packet) -> None:
+        if pkt in self.pending:
+            self.pending.remove(pkt)
+        self._forget(pkt)
+        self._finish(pkt)
+
+    def _forget(self, pkt: Packet) -> None:
+        for k, v in list(self.await_rx.items()):
+            if v is pkt:
+                del self.await_rx[k]
+        for k, v in list(self.await_mc.items()):
+            if v is pkt:
+                del self.await_mc[k]
+        for k, v in list(self.cont_of.items()):
+            if v is pkt:
+                del self.cont_of[k]
+
+    def _expire(self) -> None:
+        if not self.pending or self.pending[0].deadline > self.now:
+            return
+        keep = []
+        for pkt in self.pending:
+            if pkt.deadline <= self.now and not self._cont_open(pkt):
+                self._forget(pkt)
+                self._finish(pkt)
+            else:
+                keep.append(pkt)
+        self.pending = keep
+
+    def _cont_open(self, pkt: Packet) -> bool:
+        return bool(pkt.cont) and pkt.cont_ret is None
+
+    def _finish(self, pkt: Packet) -> None:
+        self.emit(pkt)
+
+
+def correlate(events: Iterable[Event | int], wait_ns: int = WAIT_NS) -> Iterator[Packet]:
+    """Convenience for tests: events (and int ticks) in, packets out, in order."""
+    out: list[Packet] = []
+    c = Correlator(out.append, wait_ns)
+    for item in events:
+        if isinstance(item, int):
+            c.tick(item)
+        else:
+            c.feed(item)
+        yield from out
+        out.clear()
+    c.flush()
+    yield from out

@@ -1,0 +1,102 @@
+"""The event layout, read from bpf/ipvtrace.h: the one place C and Python share.
+
+Parsing the header (instead of keeping a second hand-written copy) keeps the
+BPF program, the live decoder and the recording format in step. A recording
+stores the layout it was written with, so replay never needs the header.
+"""
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+BPF_DIR = Path(__file__).resolve().parent / "bpf"
+if not BPF_DIR.is_dir():  # source checkout: bpf/ sits beside the package
+    BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+HEADER = BPF_DIR / "ipvtrace.h"
+
+_CTYPES = {
+    "__u64": "Q", "__s64": "q", "__u32": "I", "__s32": "i",
+    "__u16": "H", "__s16": "h", "__u8": "B", "__s8": "b", "char": "s",
+}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Field names and a struct format for `struct ipvt_event`."""
+
+    fields: tuple[str, ...]
+    fmt: str
+    probes: dict[int, str]
+    flags: dict[str, int]
+    hdr_max: int
+    format_version: int
+
+    @property
+    def size(self) -> int:
+        return struct.calcsize(self.fmt)
+
+    @property
+    def base_size(self) -> int:
+        """Size of an event submitted without its packet bytes."""
+        return self.size - self.hdr_max
+
+    def to_json(self) -> dict:
+        return {
+            "fields": list(self.fields), "fmt": self.fmt,
+            "probes": {str(k): v for k, v in self.probes.items()},
+            "flags": self.flags, "hdr_max": self.hdr_max,
+            "format_version": self.format_version,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Layout":
+        return cls(
+            fields=tuple(d["fields"]), fmt=d["fmt"],
+            probes={int(k): v for k, v in d["probes"].items()},
+            flags={k: int(v) for k, v in d["flags"].items()},
+            hdr_max=int(d["hdr_max"]), format_version=int(d["format_version"]),
+        )
+
+
+def parse_header(text: str) -> Layout:
+    defines = {
+        m.group(1): int(m.group(2), 0)
+        for m in re.finditer(r"#define\s+(IPVT_\w+)\s+(0x[0-9a-fA-F]+|\d+)", text)
+    }
+    enum = re.search(r"enum ipvt_probe\s*\{(.*?)\};", text, re.S)
+    if not enum:
+        raise ValueError("enum ipvt_probe not found")
+    probes = {
+        int(v): name.removeprefix("IPVT_P_").lower()
+        for name, v in re.findall(r"(IPVT_P_\w+)\s*=\s*(\d+)", enum.group(1))
+        if name != "IPVT_P_MAX"
+    }
+    body = re.search(r"struct ipvt_event\s*\{(.*?)\};", text, re.S)
+    if not body:
+        raise ValueError("struct ipvt_event not found")
+    fields: list[str] = []
+    fmt = "<"
+    for ctype, name, count in re.findall(r"(\w+)\s+(\w+)(?:\[(\d+)\])?;", body.group(1)):
+        code = _CTYPES[ctype]
+        n = int(count) if count else 1
+        if code == "s" or (code == "B" and n > 1):
+            fmt += f"{n}s"
+        else:
+            fmt += code * n
+        fields.append(name)
+    flags = {
+        k.removeprefix("IPVT_F_").lower(): v for k, v in defines.items() if k.startswith("IPVT_F_")
+    }
+    return Layout(
+        fields=tuple(fields), fmt=fmt, probes=probes, flags=flags,
+        hdr_max=defines["IPVT_HDR_MAX"], format_version=defines["IPVT_FORMAT_VERSION"],
+    )
+
+
+@lru_cache(maxsize=1)
+def current() -> Layout:
+    """The layout of this ipvtrace build."""
+    return parse_header(HEADER.read_text())

@@ -1,0 +1,117 @@
+"""Compile bpf/ipvtrace.c with bcc, attach the probe plan, poll the ring buffer.
+
+The only module that imports bcc. bcc's Python bindings come from the
+distribution (python3-bpfcc), never from PyPI, and live in the system Python.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+from typing import Callable
+
+from . import layout
+from .probes import ProbePlan
+
+KRETPROBE_MAXACTIVE = 64
+DEFAULT_RINGBUF_PAGES = 1024  # 4 MiB
+
+
+class LoadError(RuntimeError):
+    """Tracing could not start; the message says what to do."""
+
+
+def import_bcc():
+    try:
+        import bcc  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise LoadError(
+            "bcc's Python bindings are missing: apt-get install python3-bpfcc, and run "
+            "ipvtrace with the system python3 (or a venv made with --system-site-packages); "
+            "the PyPI package named 'bcc' is unrelated"
+        ) from exc
+    return bcc
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise LoadError("tracing needs root (CAP_BPF and CAP_PERFMON): run it with sudo")
+
+
+def cflags(plan: ProbePlan, ringbuf_pages: int) -> list[str]:
+    return ["-w", f"-I{layout.BPF_DIR}", f"-DIPVT_RINGBUF_PAGES={ringbuf_pages}", *plan.cflags]
+
+
+class Tracer:
+    """Attached probes; use as a context manager so Ctrl-C always detaches."""
+
+    def __init__(self, plan: ProbePlan, ringbuf_pages: int = DEFAULT_RINGBUF_PAGES) -> None:
+        self.plan = plan
+        self.ringbuf_pages = ringbuf_pages
+        self.bpf = None
+        self._cb: Callable | None = None
+
+    def __enter__(self) -> "Tracer":
+        require_root()
+        bcc = import_bcc()
+        src = layout.BPF_DIR / "ipvtrace.c"
+        try:
+            self.bpf = bcc.BPF(src_file=str(src).encode(),
+                               cflags=cflags(self.plan, self.ringbuf_pages))
+        except Exception as exc:  # bcc raises plain Exception on compile errors
+            raise LoadError(
+                f"compiling {src.name} failed ({exc}); are the kernel headers installed? "
+                f"apt-get install linux-headers-{os.uname().release}"
+            ) from exc
+        try:
+            for p in self.plan.attach:
+                if p["kind"] == "kprobe":
+                    self.bpf.attach_kprobe(event=p["symbol"].encode(), fn_name=p["fn"].encode())
+                else:
+                    self.bpf.attach_kretprobe(event=p["symbol"].encode(), fn_name=p["fn"].encode(),
+                                              maxactive=KRETPROBE_MAXACTIVE)
+        except Exception as exc:
+            self.close()
+            raise LoadError(f"cannot attach {p['kind']} to {p['symbol']}: {exc}") from exc
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def on_event(self, callback: Callable[[bytes], None]) -> None:
+        """Call *callback* with each raw event (bytes) as it is polled."""
+
+        def _cb(_ctx, data, size):
+            callback(ctypes.string_at(data, size))
+
+        self._cb = _cb
+        self.bpf["events"].open_ring_buffer(_cb)
+
+    def poll(self, timeout_ms: int) -> None:
+        self.bpf.ring_buffer_poll(timeout_ms)
+
+    def drain(self) -> None:
+        self.bpf.ring_buffer_consume()
+
+    def kernel_stats(self) -> dict[str, int]:
+        """Counters kept in the kernel: events lost per probe, context-stack repairs."""
+        lay = layout.current()
+        table = self.bpf["stats"]
+        out: dict[str, int] = {}
+        for idx, values in table.items():
+            total = int(sum(values))
+            i = idx.value
+            if total == 0:
+                continue
+            if i < 20:
+                out[f"lost.{lay.probes.get(i, i)}"] = total
+            else:
+                out[{20: "stack_overflow", 21: "stack_mismatch", 22: "stack_stale"}.get(i, f"stat{i}")] = total
+        return out
+
+    def close(self) -> None:
+        if self.bpf is not None:
+            try:
+                self.bpf.cleanup()
+            finally:
+                self.bpf = None

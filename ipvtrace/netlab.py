@@ -1,0 +1,162 @@
+"""Build ipvlan topologies in namespaces made for the purpose, and remove them.
+
+Everything is created with pyroute2 inside network namespaces that this module
+makes itself (never the caller's own namespace), is recorded as it is made,
+and is removed in reverse order on success, failure and Ctrl-C. A name that
+is already in use is refused before anything is created.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .snapshot import IPVLAN_FLAGS, IPVLAN_MODES, _register_ipvlan_kind
+
+MODE_NUM = {v: k for k, v in IPVLAN_MODES.items()}
+FLAG_NUM = {v: k for k, v in IPVLAN_FLAGS.items()}
+
+
+class LabError(RuntimeError):
+    """A lab could not be built; the message says why."""
+
+
+@dataclass
+class Lab:
+    """A set of namespaces and the devices inside them; a context manager."""
+
+    namespaces: list[str] = field(default_factory=list)
+    _made: list[str] = field(default_factory=list)
+
+    def __enter__(self) -> "Lab":
+        _register_ipvlan_kind()
+        from pyroute2 import netns
+
+        existing = set(netns.listnetns())
+        clash = sorted(set(self.namespaces) & existing)
+        if clash:
+            raise LabError(
+                f"network namespace(s) {', '.join(clash)} already exist: another lab is "
+                f"running or was killed; remove them with: ip netns del {' '.join(clash)}"
+            )
+        try:
+            for name in self.namespaces:
+                netns.create(name)
+                self._made.append(name)
+                self.link_up(name, "lo")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove every namespace this lab made (their devices go with them)."""
+        from pyroute2 import netns
+
+        while self._made:
+            name = self._made.pop()
+            try:
+                netns.remove(name)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+
+    # -- building blocks -------------------------------------------------
+    def ipr(self, ns: str):
+        from pyroute2 import IPRoute
+
+        if ns not in self._made:
+            raise LabError(f"namespace {ns} is not part of this lab")
+        return IPRoute(netns=ns)
+
+    def index(self, ns: str, dev: str) -> int:
+        with self.ipr(ns) as ipr:
+            found = ipr.link_lookup(ifname=dev)
+        if not found:
+            raise LabError(f"no device {dev} in {ns}")
+        return found[0]
+
+    def veth(self, ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
+        with self.ipr(ns_a) as ipr:
+            ipr.link("add", ifname=name_a, kind="veth", peer={"ifname": name_b, "net_ns_fd": ns_b})
+        self.link_up(ns_a, name_a)
+        self.link_up(ns_b, name_b)
+
+    def ipvlan(self, host_ns: str, parent: str, name: str, mode: str, flag: str | None = None,
+               into: str | None = None, rename: str | None = None) -> None:
+        """`ip link add NAME link PARENT type ipvlan mode MODE [FLAG]`, then move/rename."""
+        parent_idx = self.index(host_ns, parent)
+        kw = {"ipvlan_mode": MODE_NUM[mode]}
+        if flag:
+            kw["ipvlan_flags"] = FLAG_NUM[flag]
+        with self.ipr(host_ns) as ipr:
+            ipr.link("add", ifname=name, kind="ipvlan", link=parent_idx, **kw)
+            idx = ipr.link_lookup(ifname=name)[0]
+            if into:
+                ipr.link("set", index=idx, net_ns_fd=into)
+        ns = into or host_ns
+        if rename:
+            with self.ipr(ns) as ipr:
+                idx = ipr.link_lookup(ifname=name)[0]
+                ipr.link("set", index=idx, ifname=rename)
+        self.link_up(ns, rename or name)
+
+    def link_up(self, ns: str, dev: str) -> None:
+        idx = self.index(ns, dev)
+        with self.ipr(ns) as ipr:
+            ipr.link("set", index=idx, state="up")
+
+    def addr(self, ns: str, dev: str, cidr: str) -> None:
+        ip, plen = cidr.split("/")
+        idx = self.index(ns, dev)
+        with self.ipr(ns) as ipr:
+            ipr.addr("add", index=idx, address=ip, prefixlen=int(plen))
+
+    def route(self, ns: str, dst: str, dev: str | None = None, via: str | None = None) -> None:
+        kw: dict = {"dst": "0.0.0.0/0" if dst == "default" else dst}
+        if dev:
+            kw["oif"] = self.index(ns, dev)
+        if via:
+            kw["gateway"] = via
+        else:
+            kw["scope"] = 253  # link, as `ip route add ... dev X` does
+        with self.ipr(ns) as ipr:
+            ipr.route("add", **kw)
+
+    def neigh(self, ns: str, dev: str, ip: str, mac: str) -> None:
+        idx = self.index(ns, dev)
+        with self.ipr(ns) as ipr:
+            ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=idx, state="permanent")
+
+    def mac(self, ns: str, dev: str) -> str:
+        idx = self.index(ns, dev)
+        with self.ipr(ns) as ipr:
+            return ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+
+    def sysctl(self, ns: str, key: str, value: str) -> None:
+        self.run(ns, ["sysctl", "-q", "-w", f"{key}={value}"], check=True)
+
+    def run(self, ns: str, cmd: list[str], check: bool = False, timeout: float = 60
+            ) -> subprocess.CompletedProcess:
+        if ns not in self._made:
+            raise LabError(f"namespace {ns} is not part of this lab")
+        return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True,
+                              text=True, check=check, timeout=timeout)
+
+    def ping(self, ns: str, dst: str, count: int = 2) -> bool:
+        """True when at least one reply came back."""
+        r = self.run(ns, ["ping", "-n", "-c", str(count), "-i", "0.3", "-W", "2", dst],
+                     timeout=30 + 3 * count)
+        return r.returncode == 0
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise LabError("building namespaces needs root: run it with sudo")
+    if not Path("/run").is_dir():
+        raise LabError("/run is missing: cannot create network namespaces")

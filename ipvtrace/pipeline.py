@@ -1,0 +1,134 @@
+"""decode -> correlate -> classify -> rows: the stages live and replay share.
+
+A source (the live tracer or a recording) only calls `event`, `tick`,
+`lost` and `snapshot`, in stream order; everything after that is here, so a
+replay prints exactly what live printed.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Callable
+
+from . import classify as cls
+from .correlate import Correlator, Packet
+from .decode import Decoder, Event
+from .layout import Layout
+from .snapshot import Topology
+
+Row = dict
+
+
+class Pipeline:
+    def __init__(
+        self,
+        lay: Layout,
+        *,
+        snapshots: list[dict],
+        drop_reasons: dict[int, str],
+        symbols: dict[int, str],
+        t0: int,
+        sink: Callable[[Row], None],
+        resolver: Callable[[int], str | None] | None = None,
+    ) -> None:
+        self.decoder = Decoder(lay)
+        self.snapshots = list(snapshots)
+        self.ctx = cls.Context(
+            topo=Topology.from_snapshots(self.snapshots), drop_reasons=drop_reasons,
+            symbols=dict(symbols), flags=lay.flags,
+        )
+        self.t0 = t0
+        self.sink = sink
+        self.resolver = resolver
+        self.resolved: dict[int, str] = {}
+        self.correlator = Correlator(self._packet)
+        self.branches: Counter[str] = Counter()
+        self.drops: Counter[str] = Counter()
+        self.lost_total = 0
+        self.events = 0
+        self.packets = 0
+
+    # -- source side -------------------------------------------------------
+    def decode(self, raw: bytes) -> Event:
+        return self.decoder.decode(raw)
+
+    def knows_device(self, ev: Event) -> bool:
+        return self.ctx.topo.device(ev.netns, ev.ifindex) is not None
+
+    def event(self, ev: Event) -> None:
+        self.events += 1
+        self.correlator.feed(ev)
+
+    def tick(self, ktime: int) -> None:
+        self.correlator.tick(ktime)
+
+    def lost(self, count: int) -> None:
+        self.lost_total += count
+        self.correlator.mark_lost()
+
+    def snapshot(self, snap: dict) -> None:
+        self.snapshots.append(snap)
+        self.ctx.topo = Topology.from_snapshots(self.snapshots)
+
+    def finish(self) -> None:
+        self.correlator.flush()
+
+    # -- packet side --------------------------------------------------------
+    def _packet(self, pkt: Packet) -> None:
+        if self.resolver is not None:
+            for e in pkt.all_events():
+                if e.probe in ("kfree", "consume") and e.aux and e.aux not in self.ctx.symbols:
+                    name = self.resolver(e.aux)
+                    if name:
+                        self.ctx.symbols[e.aux] = name
+                        self.resolved[e.aux] = name
+        v = cls.classify(pkt, self.ctx)
+        row = to_row(pkt, v, self.ctx, self.t0)
+        self.packets += 1
+        self.branches[v.branch] += 1
+        for m in v.mcast:
+            self.branches[m["branch"]] += 1
+        if v.delivery in ("dropped", "slave_down", "forward_failed"):
+            self.drops[f"{v.branch}: {v.reason or v.delivery}"] += 1
+        self.sink(row)
+
+    def summary(self) -> dict:
+        return {
+            "packets": self.packets, "events": self.events,
+            "branches": dict(sorted(self.branches.items())),
+            "drops": dict(sorted(self.drops.items())),
+            "lost_events": self.lost_total,
+            "unattributed_events": self.correlator.unattributed,
+        }
+
+
+def to_row(pkt: Packet, v: cls.Verdict, ctx: cls.Context, t0: int) -> Row:
+    info = v.info
+    row: Row = {
+        "time": round((pkt.first_ts - t0) / 1e9, 6) if pkt.first_ts else None,
+        "ts": pkt.first_ts,
+        "direction": pkt.direction,
+        "branch": v.branch,
+        "mode": v.mode,
+        "flags": v.flags,
+        "delivery": v.delivery,
+        "proto": info.proto,
+        "kind": info.kind,
+        "src": info.src,
+        "dst": info.dst,
+        "sport": info.sport,
+        "dport": info.dport,
+        "eth_src": info.eth_src,
+        "eth_dst": info.eth_dst,
+        "summary": info.summary(),
+        "from": v.frm,
+        "to": v.to,
+        "complete": v.complete,
+        "why": v.why,
+    }
+    if v.reason or v.location:
+        row["reason"] = v.reason
+        row["location"] = v.location
+    if v.mcast:
+        row["mcast"] = v.mcast
+    row["events"] = [cls.event_json(e, ctx) for e in pkt.all_events()]
+    return row

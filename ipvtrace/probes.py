@@ -1,0 +1,159 @@
+"""The probe plan: which kernel symbols this kernel has, resolved once at start.
+
+Every kernel difference ipvtrace knows about is decided here and nowhere else:
+symbol names (GCC clones such as ``ipvlan_rcv_frame.isra.0``), inlined helpers,
+tracepoint fields that appeared in later kernels. The plan is written into each
+recording, and `what_this_kernel_shows()` turns it into the sentences that tell
+a user which branches cannot be told apart here.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """One attach point: the BPF function and the kernel symbol(s) it may use."""
+
+    name: str            # stable name used in the plan and in messages
+    fn: str              # BPF C function in bpf/ipvtrace.c
+    kind: str            # kprobe | kretprobe
+    symbol: str          # source-level kernel symbol
+    required: bool       # without it ipvtrace cannot run at all
+    why: str             # what is lost without it
+
+
+SPECS: tuple[ProbeSpec, ...] = (
+    ProbeSpec("xmit", "on_xmit", "kprobe", "ipvlan_queue_xmit", True, "TX entry"),
+    ProbeSpec("xmit_ret", "on_xmit_ret", "kretprobe", "ipvlan_queue_xmit", True, "TX verdict"),
+    ProbeSpec("rx", "on_rx", "kprobe", "ipvlan_handle_frame", True, "RX entry"),
+    ProbeSpec("rx_ret", "on_rx_ret", "kretprobe", "ipvlan_handle_frame", True, "RX verdict"),
+    ProbeSpec("rcv_frame", "on_rcv_frame", "kprobe", "ipvlan_rcv_frame", False,
+              "local delivery is inferred from dev_forward_skb only"),
+    ProbeSpec("lookup_ret", "on_lookup_ret", "kretprobe", "ipvlan_addr_lookup", False,
+              "which slave owns the destination is not shown"),
+    ProbeSpec("fwd", "on_fwd", "kprobe", "dev_forward_skb", True,
+              "tx.l2.local / tx.l2.to_parent / mcast.deliver cannot be seen"),
+    ProbeSpec("fwd_ret", "on_fwd_ret", "kretprobe", "dev_forward_skb", False,
+              "delivery delivered vs forward_failed cannot be told apart"),
+    ProbeSpec("qxmit", "on_qxmit", "kprobe", "__dev_queue_xmit", True,
+              "tx.l2.out_parent / mcast.out_parent cannot be seen"),
+    ProbeSpec("local_out", "on_local_out", "kprobe", "ip_local_out", True,
+              "tx.l3.routed (IPv4) cannot be seen"),
+    ProbeSpec("local_out6", "on_local_out6", "kprobe", "ip6_local_out", False,
+              "tx.l3.routed (IPv6) cannot be seen"),
+    ProbeSpec("mc_enqueue", "on_mc_enqueue", "kprobe", "ipvlan_multicast_enqueue", False,
+              "multicast enqueue is inferred from the destination MAC"),
+    ProbeSpec("mc_work", "on_mc_work", "kprobe", "ipvlan_process_multicast", False,
+              "multicast worker deliveries (mcast.*) cannot be tied to their packet"),
+    ProbeSpec("mc_work_ret", "on_mc_work_ret", "kretprobe", "ipvlan_process_multicast", False,
+              "multicast worker deliveries (mcast.*) cannot be tied to their packet"),
+    ProbeSpec("netif_rx", "on_netif_rx", "kprobe", "netif_rx", False,
+              "mcast.deliver of frames from outside cannot be seen"),
+)
+
+TRACEPOINTS = (("skb", "kfree_skb"), ("skb", "consume_skb"))
+
+
+class PlanError(RuntimeError):
+    """Tracing cannot start on this kernel; the message says what to do."""
+
+
+@dataclass
+class ProbePlan:
+    kernel: str
+    tracefs: str
+    attach: list[dict] = field(default_factory=list)      # {name, fn, kind, symbol}
+    missing: list[dict] = field(default_factory=list)     # {name, symbol, why}
+    tracepoints: list[str] = field(default_factory=list)
+    cflags: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @property
+    def probe_count(self) -> int:
+        return len(self.attach) + len(self.tracepoints)
+
+
+def find_tracefs() -> Path:
+    for p in TRACEFS_CANDIDATES:
+        if (p / "available_filter_functions").exists():
+            return p
+    raise PlanError(
+        "tracefs is not mounted: mount -t tracefs tracefs /sys/kernel/tracing"
+    )
+
+
+def resolve_symbol(symbol: str, available: set[str]) -> str | None:
+    """The attachable name for *symbol*: itself or a GCC clone of it."""
+    if symbol in available:
+        return symbol
+    clones = sorted(
+        s for s in available
+        if re.fullmatch(re.escape(symbol) + r"\.(isra|constprop|part)\.\d+", s)
+    )
+    return clones[0] if clones else None
+
+
+def read_available(tracefs: Path) -> set[str]:
+    names: set[str] = set()
+    with open(tracefs / "available_filter_functions") as f:
+        for line in f:
+            names.add(line.split(" ", 1)[0].strip())
+    return names
+
+
+def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
+    """Resolve every probe against this kernel; raise PlanError if one required is absent."""
+    tracefs = tracefs or find_tracefs()
+    kernel = kernel or os.uname().release
+    if not Path("/sys/module/ipvlan").exists():
+        raise PlanError(
+            "the ipvlan module is not loaded: modprobe ipvlan "
+            "(or create an ipvlan device, which loads it)"
+        )
+    available = read_available(tracefs)
+    plan = ProbePlan(kernel=kernel, tracefs=str(tracefs))
+    for spec in SPECS:
+        sym = resolve_symbol(spec.symbol, available)
+        if sym is None:
+            if spec.required:
+                raise PlanError(
+                    f"kernel symbol {spec.symbol} is not probe-able on {kernel} "
+                    f"({spec.why}); ipvtrace needs it"
+                )
+            plan.missing.append({"name": spec.name, "symbol": spec.symbol, "why": spec.why})
+            continue
+        plan.attach.append({"name": spec.name, "fn": spec.fn, "kind": spec.kind, "symbol": sym})
+        if sym != spec.symbol:
+            plan.notes.append(
+                f"{spec.symbol} is the GCC clone {sym} here: its arguments are "
+                "checked against the enclosing entry's skb before use"
+            )
+    for sys_, ev in TRACEPOINTS:
+        fmt = tracefs / "events" / sys_ / ev / "format"
+        if not fmt.exists():
+            plan.notes.append(f"tracepoint {sys_}:{ev} missing: drops are not shown")
+            continue
+        plan.tracepoints.append(f"{sys_}:{ev}")
+        text = fmt.read_text()
+        if ev == "consume_skb" and "location" in text:
+            plan.cflags.append("-DIPVT_HAVE_CONSUME_LOCATION")
+        if ev == "kfree_skb" and " reason;" in text:
+            plan.cflags.append("-DIPVT_HAVE_DROP_REASON")
+        elif ev == "kfree_skb":
+            plan.notes.append("skb:kfree_skb has no drop reason before 5.17: reasons are not shown")
+    return plan
+
+
+def what_this_kernel_shows(plan: ProbePlan) -> list[str]:
+    """Sentences for `doctor` and the recording header."""
+    lines = [f"{m['symbol']} not probe-able: {m['why']}" for m in plan.missing]
+    return lines + list(plan.notes)

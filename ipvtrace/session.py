@@ -1,0 +1,253 @@
+"""Event sources: the live tracer (live, record) and a recording (replay).
+
+Both feed the same Pipeline in the same order: decoded events, clock ticks,
+lost-event marks and snapshots. The live source also writes exactly that
+stream to the recording, which is why replay prints what live printed.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import __version__, layout, probes, recording, snapshot
+from .pipeline import Pipeline, Row
+from .symbols import Kallsyms, drop_reasons
+
+TICK_MS = 200
+SNAPSHOT_MIN_INTERVAL_NS = 1_000_000_000
+ENTRY_PROBES = ("xmit", "rx")
+
+
+def ktime_ns() -> int:
+    """The clock bpf_ktime_get_ns() reads."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+class Stop(Exception):
+    """SIGINT/SIGTERM arrived."""
+
+
+@dataclass
+class LiveOptions:
+    output: Path | None = None
+    duration: float | None = None
+    ready_file: Path | None = None
+    sink: Callable[[Row], None] | None = None   # None: record only, no classification
+    ringbuf_pages: int = 1024
+    on_summary: Callable[[dict], None] | None = None
+    argv: list[str] = field(default_factory=lambda: list(sys.argv))
+
+
+def run_live(opts: LiveOptions) -> dict:
+    """Attach, stream until a signal or the duration, detach. Returns a summary."""
+    from . import loader  # bcc is imported only on this path
+
+    loader.require_root()
+    loader.import_bcc()
+    plan = probes.build()
+    lay = layout.current()
+    reasons = drop_reasons(plan.tracefs)
+    snap0 = snapshot.take()
+
+    stopping = {"why": None}
+
+    def _on_signal(signum, _frame):
+        stopping["why"] = signal.Signals(signum).name
+        raise Stop()
+
+    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    writer: recording.Writer | None = None
+    summary: dict = {}
+    try:
+        with loader.Tracer(plan, ringbuf_pages=opts.ringbuf_pages) as tracer:
+            t0 = ktime_ns()
+            header = {
+                "format": "ipvtrace-recording",
+                "format_version": lay.format_version,
+                "ipvtrace_version": __version__,
+                "kernel": os.uname().release,
+                "host": socket.gethostname(),
+                "command": opts.argv,
+                "start_ktime": t0,
+                "start_wall": time.time(),
+                "plan": plan.to_json(),
+                "cannot_show": probes.what_this_kernel_shows(plan),
+                "layout": lay.to_json(),
+                "drop_reasons": {str(k): v for k, v in reasons.items()},
+                "snapshot": snap0,
+            }
+            if opts.output is not None:
+                writer = recording.Writer(opts.output, header)
+            src = _LiveStream(lay, writer, snap0, reasons, t0, opts.sink)
+            tracer.on_event(src.raw)
+            print(f"ipvtrace: tracing ({plan.probe_count} probes)"
+                  + (f", writing {opts.output}" if opts.output else "") + "; Ctrl-C to end",
+                  file=sys.stderr, flush=True)
+            for line in probes.what_this_kernel_shows(plan):
+                print(f"ipvtrace: note: {line}", file=sys.stderr)
+            if opts.ready_file is not None:
+                opts.ready_file.write_text(f"{os.getpid()}\n")
+            deadline = time.monotonic() + opts.duration if opts.duration else None
+            try:
+                while deadline is None or time.monotonic() < deadline:
+                    tracer.poll(TICK_MS)
+                    src.check()
+                    src.tick(ktime_ns(), tracer.kernel_stats())
+                stopping["why"] = "duration"
+            except Stop:
+                pass
+            # No more signals: finish cleanly even if the user presses Ctrl-C again.
+            for s in old:
+                signal.signal(s, signal.SIG_IGN)
+            tracer.drain()
+            src.check()
+            kstats = tracer.kernel_stats()
+            src.tick(ktime_ns(), kstats)
+        summary = src.close(ended_by=stopping["why"] or "duration", kstats=kstats)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if opts.on_summary:
+        opts.on_summary(summary)
+    return summary
+
+
+class _LiveStream:
+    """Turns polled raw events into pipeline calls and recording frames."""
+
+    def __init__(self, lay, writer, snap0, reasons, t0, sink) -> None:
+        self.writer: recording.Writer | None = writer
+        self.kallsyms = Kallsyms()
+        self.symbols: dict[int, str] = {}
+        self.error: BaseException | None = None
+        self.lost_seen = 0
+        self.last_snapshot = 0
+        self.pipe = Pipeline(
+            lay, snapshots=[snap0], drop_reasons=reasons, symbols={}, t0=t0,
+            sink=sink or (lambda row: None), resolver=self._resolve,
+        )
+        self.classify = sink is not None
+
+    def _resolve(self, addr: int) -> str | None:
+        name = self.symbols.get(addr)
+        if name is None:
+            name = self.kallsyms.resolve(addr)
+            if name:
+                self.symbols[addr] = name
+        return name
+
+    def raw(self, data: bytes) -> None:
+        try:
+            ev = self.pipe.decode(data)
+            if ev.probe in ENTRY_PROBES and not self.pipe.knows_device(ev):
+                self._refresh(ev.ts)
+            if ev.probe in ("kfree", "consume") and ev.aux:
+                self._resolve(ev.aux)
+            if self.writer is not None:
+                self.writer.event(data)
+            if self.classify:
+                self.pipe.event(ev)
+            else:
+                self.pipe.events += 1
+        except BaseException as exc:  # never let an exception vanish in a C callback
+            self.error = self.error or exc
+
+    def _refresh(self, ts: int) -> None:
+        if ts - self.last_snapshot < SNAPSHOT_MIN_INTERVAL_NS:
+            return
+        self.last_snapshot = ts
+        snap = snapshot.take()
+        if self.writer is not None:
+            self.writer.snapshot(snap)
+        self.pipe.snapshot(snap)
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def tick(self, now: int, kstats: dict[str, int]) -> None:
+        lost = sum(v for k, v in kstats.items() if k.startswith("lost."))
+        if lost > self.lost_seen:
+            delta = lost - self.lost_seen
+            self.lost_seen = lost
+            if self.writer is not None:
+                self.writer.lost(now, delta)
+            self.pipe.lost(delta)
+        if self.writer is not None:
+            self.writer.tick(now)
+        if self.classify:
+            self.pipe.tick(now)
+
+    def close(self, ended_by: str, kstats: dict[str, int]) -> dict:
+        snap = snapshot.take()
+        if self.writer is not None:
+            self.writer.snapshot(snap)
+        self.pipe.snapshot(snap)
+        if self.classify:
+            self.pipe.finish()
+        summary = self.pipe.summary()
+        summary["lost_events"] = self.lost_seen
+        summary["kernel_stats"] = kstats
+        if self.writer is not None:
+            self.writer.close({
+                "ended_by": ended_by,
+                "end_ktime": ktime_ns(),
+                "lost_events": self.lost_seen,
+                "kernel_stats": kstats,
+                "symbols": {f"{a:#x}": n for a, n in self.symbols.items()},
+            })
+            summary["output"] = str(self.writer.path)
+            summary["events"] = self.writer.events
+        return summary
+
+
+def run_replay(path: Path, sink: Callable[[Row], None]) -> dict:
+    """Feed a recording through the pipeline; RecordingError for a bad file."""
+    rec = recording.read(path)
+    h = rec.header
+    if h.get("format") != "ipvtrace-recording":
+        raise recording.RecordingError(f"{path}: header is not an ipvtrace recording header")
+    try:
+        lay = layout.Layout.from_json(h["layout"])
+        t0 = int(h["start_ktime"])
+        reasons = {int(k): v for k, v in h.get("drop_reasons", {}).items()}
+        symbols = {int(k, 16): v for k, v in rec.trailer.get("symbols", {}).items()}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise recording.RecordingError(f"{path}: corrupted header ({exc})") from None
+    if lay.format_version > layout.current().format_version:
+        raise recording.RecordingError(
+            f"{path}: event format version {lay.format_version} is newer than this "
+            f"ipvtrace reads ({layout.current().format_version}); upgrade ipvtrace"
+        )
+    pipe = Pipeline(lay, snapshots=[h.get("snapshot", {})], drop_reasons=reasons,
+                    symbols=symbols, t0=t0, sink=sink)
+    from .decode import DecodeError
+    for ftype, payload in rec.frames():
+        if ftype == recording.F_EVENT:
+            try:
+                ev = pipe.decode(payload)
+            except DecodeError as exc:
+                raise recording.RecordingError(f"{path}: corrupted event ({exc})") from None
+            pipe.event(ev)
+        elif ftype == recording.F_TICK:
+            pipe.tick(recording.TICK.unpack(payload)[0])
+        elif ftype == recording.F_LOST:
+            pipe.lost(recording.LOST.unpack(payload)[1])
+        elif ftype == recording.F_SNAPSHOT:
+            import json
+            pipe.snapshot(json.loads(payload))
+    pipe.finish()
+    summary = pipe.summary()
+    summary["header"] = {k: h.get(k) for k in ("kernel", "ipvtrace_version", "format_version", "cannot_show")}
+    summary["trailer"] = rec.trailer
+    return summary

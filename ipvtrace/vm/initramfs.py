@@ -1,0 +1,122 @@
+"""Build a tiny busybox initramfs that mounts the host's root over 9p.
+
+The guest runs the host's own userland (Python, bcc, iproute2) read-only, so a
+kernel can be tested without building a disk image: only the modules needed to
+reach the 9p share are copied into the initramfs, for the exact kernel booted.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import lzma
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+BUSYBOX = Path("/bin/busybox")
+# What the guest needs before the host root is reachable: virtio-pci (a module
+# on 6.1, built in on 6.12) and the 9p filesystem over virtio.
+BOOT_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
+
+INIT_SCRIPT = r"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in $(cat /modules.list); do insmod "/mods/$m" 2>/dev/null; done
+mkdir -p /newroot
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 hostroot /newroot || {
+  echo "ipvtrace-vm: cannot mount the host root over 9p" ; poweroff -f; }
+OUT=$(cat /proc/cmdline | tr ' ' '\n' | sed -n 's/^ipvt.out=//p')
+mount -t tmpfs tmpfs /newroot/tmp
+mount -t tmpfs tmpfs /newroot/run
+mount -t tmpfs tmpfs /newroot/var/tmp
+mount -t tmpfs tmpfs /newroot/root
+mount -t tmpfs tmpfs /newroot/mnt
+mount -t proc proc /newroot/proc
+mount -t sysfs sys /newroot/sys
+mount -t devtmpfs dev /newroot/dev
+mkdir -p /newroot/dev/pts /newroot/dev/shm
+mount -t devpts devpts /newroot/dev/pts
+mount -t tmpfs tmpfs /newroot/dev/shm
+mount -t tracefs tracefs /newroot/sys/kernel/tracing 2>/dev/null
+mount -t debugfs debugfs /newroot/sys/kernel/debug 2>/dev/null
+mount -t bpf bpf /newroot/sys/fs/bpf 2>/dev/null
+mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup 2>/dev/null
+mount -t 9p -o trans=virtio,version=9p2000.L,cache=none,msize=512000 ipvtout "/newroot$OUT" || {
+  echo "ipvtrace-vm: cannot mount the output share" ; poweroff -f; }
+echo "ipvtrace-vm: guest up, running $OUT/guest.sh"
+chroot /newroot /bin/sh -c "cd '$OUT' && exec /bin/sh '$OUT/guest.sh'" > "/newroot$OUT/guest.log" 2>&1
+echo $? > "/newroot$OUT/guest.rc"
+sync
+echo "ipvtrace-vm: guest done rc=$(cat /newroot$OUT/guest.rc)"
+poweroff -f
+"""
+
+
+def module_paths(kver: str) -> list[Path]:
+    """The .ko files (in load order, deduplicated) that BOOT_MODULES need."""
+    seen: list[Path] = []
+    for mod in BOOT_MODULES:
+        out = subprocess.run(
+            ["modprobe", "-S", kver, "--show-depends", mod],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        for line in out.splitlines():
+            parts = line.split()
+            if parts and parts[0] == "insmod":
+                path = Path(parts[1])
+                if path not in seen:
+                    seen.append(path)
+    return seen
+
+
+def _read_module(path: Path) -> bytes:
+    data = path.read_bytes()
+    if path.suffix == ".xz":
+        return lzma.decompress(data)
+    if path.suffix == ".zst":
+        raise RuntimeError(f"zstd-compressed modules are not supported: {path}")
+    return data
+
+
+def build(kver: str, cache_dir: Path) -> Path:
+    """Return a gzip'd newc cpio initramfs for kernel *kver*, cached by content."""
+    mods = module_paths(kver)
+    key = hashlib.sha256(
+        (INIT_SCRIPT + kver + "".join(str(m) for m in mods)).encode()
+    ).hexdigest()[:12]
+    out = cache_dir / f"initramfs-{kver}-{key}.cpio.gz"
+    if out.exists():
+        return out
+    if not BUSYBOX.exists() or shutil.which("cpio") is None:
+        raise RuntimeError("need busybox-static and cpio: apt-get install busybox-static cpio")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    stage = cache_dir / f"stage-{kver}"
+    shutil.rmtree(stage, ignore_errors=True)
+    for d in ("bin", "proc", "sys", "dev", "mods", "newroot"):
+        (stage / d).mkdir(parents=True)
+    shutil.copy2(BUSYBOX, stage / "bin" / "busybox")
+    names = []
+    for m in mods:
+        name = m.name.removesuffix(".xz")
+        (stage / "mods" / name).write_bytes(_read_module(m))
+        names.append(name)
+    (stage / "modules.list").write_text("\n".join(names) + "\n")
+    (stage / "init").write_text(INIT_SCRIPT)
+    os.chmod(stage / "init", 0o755)
+    files = subprocess.run(
+        ["find", "."], cwd=stage, check=True, capture_output=True, text=True
+    ).stdout
+    cpio = subprocess.run(
+        ["cpio", "-o", "-H", "newc", "--quiet"], cwd=stage, input=files.encode(),
+        check=True, capture_output=True,
+    ).stdout
+    tmp = out.with_suffix(".tmp")
+    with gzip.open(tmp, "wb", compresslevel=1) as f:
+        f.write(cpio)
+    tmp.rename(out)
+    shutil.rmtree(stage, ignore_errors=True)
+    return out
