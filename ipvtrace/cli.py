@@ -27,6 +27,14 @@ EXAMPLES = {
   ipvtrace replay pods.ipvt --why         # with the evidence for each branch
   ipvtrace replay pods.ipvt --json | jq 'select(.branch=="tx.l2.to_parent")'
 """,
+    "lab": """examples:
+  sudo ipvtrace lab --list                  # the scenarios
+  sudo ipvtrace lab                         # all of them, traced, with the evidence
+  sudo ipvtrace lab article-l3 -o l3.ipvt   # one, keeping the recording
+
+The lab creates its own network namespaces (ipvt-*), a veth pair standing for
+the article's ens10 and the outside world, and removes them afterwards.
+""",
     "branches": """examples:
   ipvtrace branches           # the catalogue of ipvlan branches
   ipvtrace branches --json
@@ -79,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--json", action="store_true", help="one JSON object per packet")
     rep.add_argument("--why", action="store_true", help="print the evidence under each packet")
 
+    lab = sub.add_parser("lab", help="build the article's topologies in namespaces and trace them (root)",
+                         epilog=EXAMPLES["lab"], formatter_class=fmt)
+    lab.add_argument("names", nargs="*", metavar="NAME", help="scenarios to run (default: all)")
+    lab.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    lab.add_argument("-o", "--output", type=Path, metavar="FILE",
+                     help="keep the recording here (default: a temporary file)")
+    lab.add_argument("--json", action="store_true", help="one JSON object per packet")
+
     br = sub.add_parser("branches", help="the ipvlan branch catalogue",
                         epilog=EXAMPLES["branches"], formatter_class=fmt)
     br.add_argument("--json", action="store_true")
@@ -92,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_branches(args)
         if args.cmd == "replay":
             return cmd_replay(args)
+        if args.cmd == "lab":
+            return cmd_lab(args)
         return cmd_trace(args)
     except KeyboardInterrupt:
         print("ipvtrace: interrupted before tracing started; nothing attached", file=sys.stderr)
@@ -130,11 +148,14 @@ def cmd_trace(args) -> int:
     opts = LiveOptions(output=args.output, duration=args.duration,
                        ready_file=getattr(args, "ready_file", None),
                        sink=_sink(args) if args.cmd == "live" else None)
-    if args.output is not None:
-        parent = args.output.resolve().parent
-        if not parent.is_dir():
-            return _fail(f"cannot write {args.output}: {parent} is not a directory")
     try:
+        from .loader import require_root
+
+        require_root()
+        if args.output is not None:
+            parent = args.output.absolute().parent
+            if not parent.is_dir():
+                return _fail(f"cannot write {args.output}: {parent} is not a directory")
         summary = run_live(opts)
     except (PlanError, LoadError) as exc:
         return _fail(str(exc))
@@ -148,6 +169,42 @@ def cmd_trace(args) -> int:
     else:
         branches = ", ".join(f"{k} {v}" for k, v in summary["branches"].items()) or "none"
         print(f"ipvtrace: {summary['packets']} packets ({branches}){tail}", file=sys.stderr)
+    return 0
+
+
+def cmd_lab(args) -> int:
+    import tempfile
+
+    from .netlab import LabError, require_root
+    from .scenarios import SCENARIOS, guest_ready, record_scenarios
+
+    if args.list:
+        for s in SCENARIOS.values():
+            print(f"{s.name:<12} {s.title}")
+        return 0
+    unknown = [n for n in args.names if n not in SCENARIOS]
+    if unknown:
+        return _fail(f"no scenario {', '.join(unknown)}; 'ipvtrace lab --list' names them", 2)
+    names = args.names or list(SCENARIOS)
+    try:
+        require_root()
+        guest_ready()
+        with tempfile.TemporaryDirectory(prefix="ipvtrace-lab-") as tmp:
+            out = args.output or Path(tmp) / "lab.ipvt"
+            ran = record_scenarios(names, out.resolve())
+            print(file=sys.stderr)
+            from .session import run_replay
+            if args.json:
+                from .render import JsonSink
+                run_replay(out, JsonSink())
+            else:
+                from .render import LineSink
+                run_replay(out, LineSink(why=True))
+                for s in ran:
+                    for step in s.steps:
+                        print(f"{'reachable  ' if step.reachable else 'UNREACHABLE'} {step.label}")
+    except LabError as exc:
+        return _fail(str(exc))
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -114,11 +115,7 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
     """Resolve every probe against this kernel; raise PlanError if one required is absent."""
     tracefs = tracefs or find_tracefs()
     kernel = kernel or os.uname().release
-    if not Path("/sys/module/ipvlan").exists():
-        raise PlanError(
-            "the ipvlan module is not loaded: modprobe ipvlan "
-            "(or create an ipvlan device, which loads it)"
-        )
+    check_kernel(tracefs, kernel)
     available = read_available(tracefs)
     plan = ProbePlan(kernel=kernel, tracefs=str(tracefs))
     for spec in SPECS:
@@ -151,6 +148,21 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
         elif ev == "kfree_skb":
             plan.notes.append("skb:kfree_skb has no drop reason before 5.17: reasons are not shown")
     return plan
+
+
+def check_kernel(tracefs: Path, kernel: str) -> None:
+    """The kernel-side prerequisites, each with the command that fixes it."""
+    if not (tracefs / "kprobe_events").exists():
+        raise PlanError(f"this kernel ({kernel}) has no kprobes (CONFIG_KPROBES): ipvtrace "
+                        "needs a kernel with kprobes, such as a distribution kernel")
+    if Path("/sys/module/ipvlan").exists():
+        return
+    dry = subprocess.run(["modprobe", "-n", "ipvlan"], capture_output=True)
+    if dry.returncode == 0:
+        raise PlanError("the ipvlan module is not loaded: modprobe ipvlan "
+                        "(creating an ipvlan device loads it too)")
+    raise PlanError(f"this kernel ({kernel}) has no ipvlan driver: run ipvtrace where ipvlan "
+                    "is used, or try it in a VM with scripts/demo")
 
 
 def what_this_kernel_shows(plan: ProbePlan) -> list[str]:

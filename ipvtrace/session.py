@@ -224,9 +224,10 @@ def run_replay(path: Path, sink: Callable[[Row], None]) -> dict:
         symbols = {int(k, 16): v for k, v in rec.trailer.get("symbols", {}).items()}
     except (KeyError, TypeError, ValueError) as exc:
         raise recording.RecordingError(f"{path}: corrupted header ({exc})") from None
-    if lay.format_version > layout.current().format_version:
+    version = max(int(h.get("format_version", 0)), lay.format_version)
+    if version > layout.current().format_version:
         raise recording.RecordingError(
-            f"{path}: event format version {lay.format_version} is newer than this "
+            f"{path}: recording format version {version} is newer than this "
             f"ipvtrace reads ({layout.current().format_version}); upgrade ipvtrace"
         )
     pipe = Pipeline(lay, snapshots=[h.get("snapshot", {})], drop_reasons=reasons,

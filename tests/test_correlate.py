@@ -1,0 +1,157 @@
+"""Correlation and classification on synthetic streams (fast, no kernel)."""
+from ipvtrace import classify
+from ipvtrace.correlate import Correlator, correlate
+from ipvtrace.snapshot import Topology
+
+from synth import (BCAST, HOST, OTHER_MAC, ev, ipv4_icmp, parent, pod_a, pod_b, snapshot)
+
+CTX = classify.Context(topo=Topology.from_snapshots([snapshot("l2")]),
+                       flags=__import__("synth").F)
+
+
+def verdicts(events, ctx=CTX, wait_ns=2_000_000_000):
+    return [(p, classify.classify(p, ctx)) for p in correlate(events, wait_ns)]
+
+
+def local_tx(ctx_id, ts, skb, cpu=0):
+    """pod-a -> pod-b, tx.l2.local, as the kernel reports it."""
+    hdr = ipv4_icmp("10.0.0.1", "10.0.0.2")
+    return [
+        ev("xmit", ts, ctx_id, cpu=cpu, skb=skb, head=skb + 1, hdr=hdr, **pod_a()),
+        ev("lookup_ret", ts + 1, ctx_id, cpu=cpu, aux=0xA, aux2=0xB, **pod_b()),
+        ev("rcv_frame", ts + 2, ctx_id, cpu=cpu, skb=skb, head=skb + 1, aux2=0xB, flags=1),
+        ev("fwd", ts + 3, ctx_id, cpu=cpu, skb=skb, head=skb + 1, **pod_b()),
+        ev("fwd_ret", ts + 4, ctx_id, cpu=cpu, ret=0),
+        ev("xmit_ret", ts + 5, ctx_id, cpu=cpu, ret=0),
+    ]
+
+
+def test_local_delivery():
+    [(pkt, v)] = verdicts(local_tx(1, 1000, 0x1000))
+    assert (v.branch, v.delivery, v.complete) == ("tx.l2.local", "delivered", True)
+    assert v.frm["netns"] == "pod-a" and v.to["netns"] == "pod-b"
+
+
+def test_nested_rx_inside_tx_same_cpu():
+    """A softirq runs another packet's RX inside a TX on the same CPU: the
+    context ids keep the two apart even though the events interleave."""
+    tx = local_tx(1, 1000, 0x1000)
+    rx_hdr = ipv4_icmp("10.0.0.9", "10.0.0.1", dmac=bytes.fromhex("020000000001"), smac=OTHER_MAC)
+    nested = [
+        ev("rx", 1002, 2, skb=0x2000, head=0x2001, hdr=rx_hdr, depth=2, **parent()),
+        ev("lookup_ret", 1002, 2, aux=0xC, aux2=0xD, depth=2, **pod_a()),
+        ev("rcv_frame", 1002, 2, skb=0x2000, head=0x2001, flags=0, depth=2),
+        ev("rx_ret", 1002, 2, ret=1, depth=2),
+    ]
+    stream = tx[:2] + nested + tx[2:]
+    out = {v.branch: (p, v) for p, v in verdicts(stream)}
+    assert set(out) == {"tx.l2.local", "rx.local"}
+    tx_pkt, tx_v = out["tx.l2.local"]
+    assert all(e.ctx == 1 for e in tx_pkt.all_events())
+    assert tx_v.to["netns"] == "pod-b"
+    rx_pkt, rx_v = out["rx.local"]
+    assert rx_v.to["netns"] == "pod-a" and rx_v.delivery == "delivered"
+
+
+def test_skb_pointer_reused():
+    """The same skb address in two packets (freed, reallocated): two records."""
+    first = local_tx(1, 1000, 0x1000)
+    second = local_tx(2, 5000, 0x1000)
+    res = verdicts(first + second)
+    assert [v.branch for _, v in res] == ["tx.l2.local", "tx.l2.local"]
+    assert [len(p.all_events()) for p, _ in res] == [6, 6]
+
+
+def to_parent_tx(ctx_id, ts, skb):
+    hdr = ipv4_icmp("10.0.0.1", "10.0.0.254")
+    return [
+        ev("xmit", ts, ctx_id, skb=skb, head=skb + 1, hdr=hdr, **pod_a()),
+        ev("lookup_ret", ts + 1, ctx_id, aux=0),
+        ev("fwd", ts + 2, ctx_id, skb=skb, head=skb + 1, **parent()),
+        ev("fwd_ret", ts + 3, ctx_id, ret=0),
+        ev("xmit_ret", ts + 4, ctx_id, ret=0),
+    ]
+
+
+def test_to_parent_joins_its_rx_echo():
+    hdr = ipv4_icmp("10.0.0.1", "10.0.0.254")
+    rx = [ev("rx", 2000, 7, skb=0x3000, head=0x3001, hdr=hdr, **parent()),
+          ev("lookup_ret", 2001, 7, aux=0),
+          ev("rx_ret", 2002, 7, ret=3)]
+    [(pkt, v)] = verdicts(to_parent_tx(1, 1000, 0x3000) + rx)
+    assert (v.branch, v.delivery, v.complete) == ("tx.l2.to_parent", "delivered", True)
+    assert pkt.cont_ret.ret == 3
+    assert "PASS" in v.why
+
+
+def test_rx_on_other_device_is_not_the_echo():
+    """Same skb pointer, but it arrives on another device: a packet of its own."""
+    hdr = ipv4_icmp("10.0.0.1", "10.0.0.254")
+    rx = [ev("rx", 2000, 7, skb=0x3000, head=0x3001, hdr=hdr, netns=HOST, ifindex=9, ifname="ens11"),
+          ev("rx_ret", 2002, 7, ret=3)]
+    res = verdicts(to_parent_tx(1, 1000, 0x3000) + rx + [10_000_000_000])
+    assert sorted(v.branch for _, v in res) == ["rx.to_host", "tx.l2.to_parent"]
+    tp = next(v for _, v in res if v.branch == "tx.l2.to_parent")
+    assert tp.complete is False  # its echo never came
+
+
+def test_pending_packet_expires_on_ticks():
+    out = []
+    c = Correlator(out.append, wait_ns=1000)
+    for e in to_parent_tx(1, 1000, 0x3000):
+        c.feed(e)
+    assert out == []            # waiting for the parent's RX
+    c.tick(1500)
+    assert out == []
+    c.tick(2100)
+    assert len(out) == 1
+
+
+def test_multicast_worker_on_other_cpu():
+    hdr = BCAST + bytes.fromhex("020000000001") + b"\x08\x06" + bytes(28)
+    tx = [ev("xmit", 1000, 1, cpu=0, skb=0x5000, head=0x5001, hdr=hdr, **pod_a()),
+          ev("mc_enqueue", 1001, 1, cpu=0, skb=0x5000, head=0x5001, flags=1, **pod_a()),
+          ev("xmit_ret", 1002, 1, cpu=0, ret=0)]
+    worker = [ev("mc_work", 3000, 99, cpu=1, flags=2),
+              ev("fwd", 3001, 99, cpu=1, skb=0x6000, head=0x5001, flags=2, **pod_b()),
+              ev("fwd_ret", 3002, 99, cpu=1, ret=0),
+              # a nested softirq in the worker's task: another packet, ignored
+              ev("qxmit", 3003, 99, cpu=1, skb=0x7000, head=0x7001, flags=2, **pod_b()),
+              ev("qxmit", 3004, 99, cpu=1, skb=0x5000, head=0x5001, flags=2, **parent()),
+              ev("mc_work_ret", 3005, 99, cpu=1, flags=2)]
+    [(pkt, v)] = verdicts(tx + worker)
+    assert (v.branch, v.delivery, v.complete) == ("tx.l2.multicast", "queued", True)
+    assert [(m["branch"], m["to"]["netns"]) for m in v.mcast] == [
+        ("mcast.deliver", "pod-b"), ("mcast.out_parent", "host")]
+
+
+def test_lost_events_mark_incomplete():
+    out = []
+    c = Correlator(out.append)
+    evs = local_tx(1, 1000, 0x1000)
+    c.feed(evs[0])
+    c.mark_lost()
+    for e in evs[1:]:
+        c.feed(e)
+    v = classify.classify(out[0], CTX)
+    assert v.branch == "tx.l2.local" and v.complete is False
+
+
+def test_missing_entry_is_unknown():
+    [(pkt, v)] = verdicts([ev("fwd", 10, 5, **pod_b()), ev("xmit_ret", 11, 5, ret=0)])
+    assert (v.branch, v.complete) == ("unknown", False)
+
+
+def test_no_evidence_is_unknown_not_forced():
+    hdr = ipv4_icmp("10.0.0.1", "10.0.0.2")
+    [(pkt, v)] = verdicts([ev("xmit", 10, 5, skb=1, head=2, hdr=hdr, **pod_a()),
+                           ev("xmit_ret", 11, 5, ret=0)])
+    assert v.branch == "unknown"
+    assert "no branch fits" in v.why
+
+
+def test_mode_unknown_keeps_local_unknown():
+    """Evidence of a local delivery, but no snapshot says L2 or L3: not guessed."""
+    ctx = classify.Context(topo=Topology.from_snapshots([]), flags=CTX.flags)
+    [(pkt, v)] = verdicts(local_tx(1, 1000, 0x1000), ctx=ctx)
+    assert v.branch == "unknown" and "mode is unknown" in v.why

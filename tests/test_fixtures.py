@@ -1,0 +1,69 @@
+"""Recordings kept from Debian's 6.1 and 6.12 kernels, replayed on any machine.
+
+They were made by the in-guest suite (tests/guest/test_article.py) and copied
+here by scripts/refresh-fixtures; the checks are the ones the guest runs.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import article_checks as checks
+
+FIXTURES = sorted((Path(__file__).parent / "fixtures").glob("article-*.ipvt"))
+
+
+def test_fixtures_present():
+    assert {p.stem for p in FIXTURES} == {"article-6.1", "article-6.12"}
+
+
+@pytest.fixture(scope="module", params=FIXTURES, ids=lambda p: p.stem)
+def rows(request):
+    return checks.replay_json(request.param)
+
+
+@pytest.mark.parametrize("check", checks.ALL_CHECKS, ids=lambda c: c.__name__)
+def test_article_fixture(rows, check):
+    check(rows)
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.stem)
+def test_fixture_kernel(path):
+    from ipvtrace import recording
+
+    rec = recording.read(path)
+    kernel = rec.header["kernel"]
+    assert kernel.startswith(path.stem.removeprefix("article-") + "."), kernel
+    assert rec.trailer["lost_events"] == 0
+    # Debian builds ipvlan_rcv_frame only as a GCC clone
+    syms = {p["name"]: p["symbol"] for p in rec.header["plan"]["attach"]}
+    assert syms["rcv_frame"].startswith("ipvlan_rcv_frame.isra."), syms
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.stem)
+def test_table_matches_json(path):
+    """The default table and --json describe the same packets, in the same order."""
+    table = subprocess.run([sys.executable, "-m", "ipvtrace", "replay", str(path)],
+                           capture_output=True, text=True, check=True).stdout
+    rows = checks.replay_json(path)
+    lines = [l for l in table.splitlines()[1:] if l.strip() and not l.lstrip().startswith("└")
+             and "└ by" not in l]
+    assert len(lines) == len(rows)
+    for line, row in zip(lines, rows):
+        assert row["branch"] in line.split(), (line, row["branch"])
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.stem)
+def test_json_fields(path):
+    """Every packet carries the fields the README documents."""
+    for row in checks.replay_json(path):
+        for key in ("branch", "mode", "src", "dst", "proto", "from", "to", "delivery",
+                    "complete", "events"):
+            assert key in row, key
+        for ev in row["events"]:
+            assert {"probe", "cpu", "ts"} <= ev.keys()
+            if ev["probe"] in ("xmit_ret", "rx_ret", "fwd_ret"):
+                assert "ret" in ev
+        json.dumps(row)
