@@ -1,0 +1,66 @@
+"""The real-kernel tier: Debian's 6.1 and 6.12 kernels boot in QEMU (KVM when
+it works, software emulation otherwise), in parallel, and each runs the
+in-guest suite (tests/guest/run) as root on its own ipvlan driver.
+
+Nothing is skipped here: a guest that cannot boot, a probe that cannot attach
+or an in-guest test that is skipped is a failure of this tier.
+"""
+import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from ipvtrace.vm import REPO, guest_script, qemu
+
+KERNELS = ["6.1", "6.12"]
+WORK = REPO / "build" / "vm-test"
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture(scope="module")
+def guests():
+    def one(kernel):
+        work = WORK / kernel
+        try:
+            return kernel, qemu.run(kernel, guest_script("sh tests/guest/run"), work,
+                                    cpus=1, timeout=2400)
+        except qemu.VMError as exc:
+            return kernel, exc
+
+    with ThreadPoolExecutor(len(KERNELS)) as ex:
+        return dict(ex.map(one, KERNELS))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_in_guest_suite(guests, kernel):
+    r = guests[kernel]
+    assert not isinstance(r, Exception), str(r)
+    tail = "\n".join(r.log.splitlines()[-40:])
+    assert r.kernel.startswith(kernel + "."), r.kernel
+    assert r.rc == 0, f"{r.kernel}: in-guest suite failed:\n{tail}"
+    suite = ET.parse(WORK / kernel / "junit.xml").getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    assert counts["tests"] >= 10 and counts["failures"] == counts["errors"] == 0, counts
+    assert counts["skipped"] == 0, f"skipped in the guest: {counts}"
+    print(f"{r.kernel}: {counts['tests']} in-guest tests passed in {r.seconds:.0f} s ({r.accel})")
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_fresh_recording_agrees_with_kept_fixture(guests, kernel):
+    """The kept fixture still shows what this kernel does: same branches for
+    the same kinds of packet."""
+    import article_checks as checks
+
+    fresh = sorted((WORK / kernel).glob("article-*.ipvt"))
+    assert fresh, "the guest wrote no recording"
+    kept = REPO / "tests" / "fixtures" / f"article-{kernel}.ipvt"
+
+    def kinds(path):
+        return {(r["proto"], r["kind"], r["src"], r["dst"], r["branch"], r["delivery"])
+                for r in checks.replay_json(path)
+                if r["proto"] == "icmp" or (r["proto"] == "arp" and r["eth_dst"] == "ff:ff:ff:ff:ff:ff")}
+
+    assert kinds(fresh[-1]) == kinds(kept)
