@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--why", action="store_true", help="print the evidence under each packet")
     live.add_argument("--duration", type=_positive_float, metavar="S", help="stop after S seconds")
     live.add_argument("-o", "--output", type=Path, metavar="FILE", help="also record to FILE")
+    live.add_argument("--ready-file", type=Path, metavar="PATH",
+                      help="create PATH once the probes are attached")
 
     rec = sub.add_parser("record", help="trace to a file for replay anywhere (root)",
                          epilog=EXAMPLES["record"], formatter_class=fmt)

@@ -48,7 +48,7 @@ class PacketInfo:
     def summary(self) -> str:
         if self.proto == "arp":
             if self.kind == "reply":
-                return f"ARP reply {self.src} is-at {self.arp_sha} to {self.dst}"
+                return f"ARP reply {self.src} is-at {self.arp_sha}"
             return f"ARP {self.kind or '?'} who-has {self.dst} tell {self.src}"
         parts = [self.proto.upper() if self.proto != "?" else f"ethertype {self.ethertype:#06x}"
                  if self.ethertype is not None else "?"]

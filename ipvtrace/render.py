@@ -12,7 +12,7 @@ from typing import TextIO
 from rich.console import Console
 from rich.text import Text
 
-COLUMNS = (("TIME", 10), ("FROM", 20), ("TO", 20), ("PACKET", 46), ("BRANCH", 20), ("DELIVERY", 10))
+COLUMNS = (("TIME", 10), ("FROM", 20), ("TO", 20), ("PACKET", 58), ("BRANCH", 20), ("DELIVERY", 10))
 
 BRANCH_STYLE = {
     "tx": "cyan", "rx": "green", "mcast": "magenta", "unknown": "bold red",

@@ -29,10 +29,6 @@ def ktime_ns() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
 
-class Stop(Exception):
-    """SIGINT/SIGTERM arrived."""
-
-
 @dataclass
 class LiveOptions:
     output: Path | None = None
@@ -58,10 +54,11 @@ def run_live(opts: LiveOptions) -> dict:
     stopping = {"why": None}
 
     def _on_signal(signum, _frame):
-        stopping["why"] = signal.Signals(signum).name
-        raise Stop()
+        # Only note it: raising here could land inside the ring buffer
+        # callback or half-way through writing a frame.
+        stopping["why"] = stopping["why"] or signal.Signals(signum).name
 
-    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     writer: recording.Writer | None = None
     summary: dict = {}
     try:
@@ -86,6 +83,8 @@ def run_live(opts: LiveOptions) -> dict:
                 writer = recording.Writer(opts.output, header)
             src = _LiveStream(lay, writer, snap0, reasons, t0, opts.sink)
             tracer.on_event(src.raw)
+            for s in old:
+                signal.signal(s, _on_signal)
             print(f"ipvtrace: tracing ({plan.probe_count} probes)"
                   + (f", writing {opts.output}" if opts.output else "") + "; Ctrl-C to end",
                   file=sys.stderr, flush=True)
@@ -94,17 +93,13 @@ def run_live(opts: LiveOptions) -> dict:
             if opts.ready_file is not None:
                 opts.ready_file.write_text(f"{os.getpid()}\n")
             deadline = time.monotonic() + opts.duration if opts.duration else None
-            try:
-                while deadline is None or time.monotonic() < deadline:
-                    tracer.poll(TICK_MS)
-                    src.check()
-                    src.tick(ktime_ns(), tracer.kernel_stats())
-                stopping["why"] = "duration"
-            except Stop:
-                pass
-            # No more signals: finish cleanly even if the user presses Ctrl-C again.
-            for s in old:
-                signal.signal(s, signal.SIG_IGN)
+            while stopping["why"] is None:
+                if deadline is not None and time.monotonic() >= deadline:
+                    stopping["why"] = "duration"
+                    break
+                tracer.poll(TICK_MS)
+                src.check()
+                src.tick(ktime_ns(), tracer.kernel_stats())
             tracer.drain()
             src.check()
             kstats = tracer.kernel_stats()

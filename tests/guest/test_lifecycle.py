@@ -1,0 +1,72 @@
+"""live and record on a real kernel: start, stop by duration or signal,
+nothing left attached, files complete."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ipvtrace import recording
+from ipvtrace.netlab import Lab
+
+OUT = Path(os.environ.get("IPVTRACE_OUT", "build/guest")).resolve()
+NS = ["ipvt-lc-host", "ipvt-lc-a", "ipvt-lc-b"]
+
+
+def kprobes_of_ours() -> list[str]:
+    text = Path("/sys/kernel/tracing/kprobe_events").read_text()
+    return [l for l in text.splitlines() if "ipvlan" in l or "dev_forward_skb" in l]
+
+
+@pytest.fixture
+def pods():
+    with Lab(namespaces=NS) as lab:
+        lab.veth(NS[0], "ens10", NS[0], "peer0")
+        for ns, ip in ((NS[1], "10.77.0.1/24"), (NS[2], "10.77.0.2/24")):
+            lab.ipvlan(NS[0], "ens10", "ipvl0", "l2", into=ns, rename="eth0")
+            lab.addr(ns, "eth0", ip)
+        yield lab
+
+
+def wait_ready(path: Path, proc: subprocess.Popen) -> None:
+    end = time.monotonic() + 600
+    while not path.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < end, "not ready after 600 s"
+        time.sleep(0.2)
+
+
+def test_live_json_duration(pods, tmp_path):
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-m", "ipvtrace", "live", "--json",
+                             "--duration", "8", "--ready-file", str(ready)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_ready(ready, proc)
+    assert pods.ping(NS[1], "10.77.0.2", 3)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "ipvtrace: tracing (" in err and " probes)" in err
+    rows = [json.loads(l) for l in out.splitlines()]
+    echo = [r for r in rows if r["kind"] == "echo-request" and r["dst"] == "10.77.0.2"]
+    assert len(echo) == 3 and {r["branch"] for r in echo} == {"tx.l2.local"}, rows
+    assert kprobes_of_ours() == []
+
+
+def test_record_stops_on_sigterm(pods, tmp_path):
+    out, ready = OUT / "sigterm.ipvt", tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-m", "ipvtrace", "record", "-o", str(out),
+                             "--ready-file", str(ready)], stderr=subprocess.PIPE, text=True)
+    wait_ready(ready, proc)
+    assert pods.ping(NS[2], "10.77.0.1", 1)
+    assert not out.exists(), "the file appears only when complete"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    rec = recording.read(out)
+    assert rec.trailer["ended_by"] == "SIGTERM" and rec.trailer["events"] > 0
+    assert not Path(str(out) + ".partial").exists()
+    assert kprobes_of_ours() == []
