@@ -20,7 +20,6 @@ from .pipeline import Pipeline, Row
 from .symbols import Kallsyms, drop_reasons
 
 TICK_MS = 200
-SNAPSHOT_MIN_INTERVAL_NS = 1_000_000_000
 ENTRY_PROBES = ("xmit", "rx")
 
 
@@ -126,7 +125,7 @@ class _LiveStream:
         self.symbols: dict[int, str] = {}
         self.error: BaseException | None = None
         self.lost_seen = 0
-        self.last_snapshot = 0
+        self.tried: set[tuple[int, int]] = set()
         self.pipe = Pipeline(
             lay, snapshots=[snap0], drop_reasons=reasons, symbols={}, t0=t0,
             sink=sink or (lambda row: None), resolver=self._resolve,
@@ -145,7 +144,7 @@ class _LiveStream:
         try:
             ev = self.pipe.decode(data)
             if ev.probe in ENTRY_PROBES and not self.pipe.knows_device(ev):
-                self._refresh(ev.ts)
+                self._refresh((ev.netns, ev.ifindex))
             if ev.probe in ("kfree", "consume") and ev.aux:
                 self._resolve(ev.aux)
             if self.writer is not None:
@@ -157,10 +156,11 @@ class _LiveStream:
         except BaseException as exc:  # never let an exception vanish in a C callback
             self.error = self.error or exc
 
-    def _refresh(self, ts: int) -> None:
-        if ts - self.last_snapshot < SNAPSHOT_MIN_INTERVAL_NS:
+    def _refresh(self, key: tuple[int, int]) -> None:
+        """A device appeared after the start: read netlink again, once per device."""
+        if key in self.tried:
             return
-        self.last_snapshot = ts
+        self.tried.add(key)
         snap = snapshot.take()
         if self.writer is not None:
             self.writer.snapshot(snap)

@@ -30,6 +30,10 @@ mkdir -p /newroot
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 hostroot /newroot || {
   echo "ipvtrace-vm: cannot mount the host root over 9p" ; poweroff -f; }
 OUT=$(cat /proc/cmdline | tr ' ' '\n' | sed -n 's/^ipvt.out=//p')
+KEEP=$(cat /proc/cmdline | tr ' ' '\n' | sed -n 's/^ipvt.keep=//p')
+# The writable tmpfs mounts below may hide the repository (a clone under /tmp):
+# keep a handle on it and put it back afterwards.
+if [ -n "$KEEP" ]; then mkdir -p /keep && mount --bind "/newroot$KEEP" /keep; fi
 mount -t tmpfs tmpfs /newroot/tmp
 mount -t tmpfs tmpfs /newroot/run
 mount -t tmpfs tmpfs /newroot/var/tmp
@@ -45,6 +49,8 @@ mount -t tracefs tracefs /newroot/sys/kernel/tracing 2>/dev/null
 mount -t debugfs debugfs /newroot/sys/kernel/debug 2>/dev/null
 mount -t bpf bpf /newroot/sys/fs/bpf 2>/dev/null
 mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup 2>/dev/null
+if [ -n "$KEEP" ]; then mkdir -p "/newroot$KEEP" 2>/dev/null; mount --bind /keep "/newroot$KEEP"; fi
+mkdir -p "/newroot$OUT" 2>/dev/null
 mount -t 9p -o trans=virtio,version=9p2000.L,cache=none,msize=512000 ipvtout "/newroot$OUT" || {
   echo "ipvtrace-vm: cannot mount the output share" ; poweroff -f; }
 echo "ipvtrace-vm: guest up, running $OUT/guest.sh"

@@ -88,8 +88,13 @@ def run(
     timeout: float = 1800,
     accel: str | None = None,
     cache_dir: Path | None = None,
+    keep: Path | None = None,
 ) -> VMResult:
-    """Boot *kernel*, run *script* (sh) with cwd *work_dir*, return its rc and log."""
+    """Boot *kernel*, run *script* (sh) with cwd *work_dir*, return its rc and log.
+
+    *keep* (default: this repository) stays visible in the guest even when it
+    lives under a directory the guest mounts a tmpfs on (/tmp, /root, ...).
+    """
     kver = resolve_kernel(kernel)
     work_dir = work_dir.resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -103,7 +108,8 @@ def run(
     if accel is None:
         accel = "kvm" if kvm_usable() else "tcg"
     cpu = "host" if accel == "kvm" else "max"
-    append = f"console=ttyS0 panic=-1 loglevel=4 ipvt.out={work_dir}"
+    keep = keep or Path(__file__).resolve().parents[2]
+    append = f"console=ttyS0 panic=-1 loglevel=4 ipvt.out={work_dir} ipvt.keep={keep}"
     if len(append) > 1500:
         raise VMError("work dir path too long for the kernel command line")
     cmd = [
