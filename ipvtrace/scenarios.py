@@ -6,6 +6,7 @@ network outside. Nothing is created outside the namespaces listed here.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from .netlab import Lab, LabError
 
@@ -109,41 +110,47 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
         time.sleep(0.2)
 
 
-def record_scenarios(names: list[str], output: Path, ready_timeout: float = 600) -> list[Scenario]:
-    """Build the scenarios, record them with `ipvtrace record`, tear them down."""
-    chosen = [SCENARIOS[n] for n in names]
-    lab = Lab(namespaces=[ns for s in chosen for ns in s.namespaces])
+@contextlib.contextmanager
+def recorder(output: Path, ready_timeout: float = 600) -> Iterator[None]:
+    """`ipvtrace record -o OUTPUT` around the body: started and attached before
+    it, stopped with SIGINT (a complete file) after it, whatever happens."""
     ready = output.with_name(output.name + ".ready")
     ready.unlink(missing_ok=True)
-    with lab:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ipvtrace", "record", "-o", str(output), "--ready-file", str(ready)],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_for(ready, proc, ready_timeout)
+        yield
+        time.sleep(1.0)   # let the multicast worker and softirqs finish
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+        sys.stderr.write(err)
+        if proc.returncode != 0:
+            raise LabError(f"ipvtrace record failed (rc {proc.returncode})")
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        ready.unlink(missing_ok=True)
+
+
+def record_scenarios(names: list[str], output: Path, ready_timeout: float = 600) -> list[Scenario]:
+    """Build the scenarios, record their traffic with `ipvtrace record`, tear them down."""
+    chosen = [SCENARIOS[n] for n in names]
+    with Lab(namespaces=[ns for s in chosen for ns in s.namespaces]) as lab:
         for s in chosen:
             s.build(lab)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ipvtrace", "record", "-o", str(output),
-             "--ready-file", str(ready)],
-            stderr=subprocess.PIPE, text=True,
-        )
-        try:
-            wait_for(ready, proc, ready_timeout)
+        with recorder(output, ready_timeout):
             for s in chosen:
                 for step in s.steps:
                     step.reachable = lab.ping(step.ns, step.dst, step.count)
                     print(f"  {'ok  ' if step.reachable else 'FAIL'} {step.label}: ping {step.dst}",
                           file=sys.stderr, flush=True)
-            time.sleep(1.0)   # let the multicast worker and softirqs finish
-            proc.send_signal(signal.SIGINT)
-            _, err = proc.communicate(timeout=300)
-            sys.stderr.write(err)
-            if proc.returncode != 0:
-                raise LabError(f"ipvtrace record failed (rc {proc.returncode})")
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(timeout=120)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            ready.unlink(missing_ok=True)
     return chosen
 
 

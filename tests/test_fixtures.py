@@ -1,7 +1,8 @@
 """Recordings kept from Debian's 6.1 and 6.12 kernels, replayed on any machine.
 
-They were made by the in-guest suite (tests/guest/test_article.py) and copied
-here by scripts/refresh-fixtures; the checks are the ones the guest runs.
+They were made by the in-guest suite (tests/guest/test_article.py,
+tests/guest/test_topologies.py) and copied here by scripts/refresh-fixtures;
+the checks are the ones the guest runs on fresh recordings.
 """
 import json
 import subprocess
@@ -11,12 +12,25 @@ from pathlib import Path
 import pytest
 
 import article_checks as checks
+import topology_checks
 
 FIXTURES = sorted((Path(__file__).parent / "fixtures").glob("article-*.ipvt"))
+TOPOLOGIES = sorted((Path(__file__).parent / "fixtures").glob("topologies-*.ipvt"))
 
 
 def test_fixtures_present():
     assert {p.stem for p in FIXTURES} == {"article-6.1", "article-6.12"}
+    assert {p.stem for p in TOPOLOGIES} == {"topologies-6.1", "topologies-6.12"}
+
+
+@pytest.fixture(scope="module", params=TOPOLOGIES, ids=lambda p: p.stem)
+def topo_rows(request):
+    return checks.replay_json(request.param)
+
+
+@pytest.mark.parametrize("check", topology_checks.ALL_CHECKS, ids=lambda c: c.__name__)
+def test_topology_fixture(topo_rows, check):
+    check(topo_rows)
 
 
 @pytest.fixture(scope="module", params=FIXTURES, ids=lambda p: p.stem)
@@ -29,20 +43,20 @@ def test_article_fixture(rows, check):
     check(rows)
 
 
-@pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", FIXTURES + TOPOLOGIES, ids=lambda p: p.stem)
 def test_fixture_kernel(path):
     from ipvtrace import recording
 
     rec = recording.read(path)
     kernel = rec.header["kernel"]
-    assert kernel.startswith(path.stem.removeprefix("article-") + "."), kernel
+    assert kernel.startswith(path.stem.split("-", 1)[1] + "."), kernel
     assert rec.trailer["lost_events"] == 0
     # Debian builds ipvlan_rcv_frame only as a GCC clone
     syms = {p["name"]: p["symbol"] for p in rec.header["plan"]["attach"]}
     assert syms["rcv_frame"].startswith("ipvlan_rcv_frame.isra."), syms
 
 
-@pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", FIXTURES + TOPOLOGIES, ids=lambda p: p.stem)
 def test_table_matches_json(path):
     """The default table and --json describe the same packets, in the same order."""
     table = subprocess.run([sys.executable, "-m", "ipvtrace", "replay", str(path)],
@@ -55,7 +69,7 @@ def test_table_matches_json(path):
         assert row["branch"] in line.split(), (line, row["branch"])
 
 
-@pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", FIXTURES + TOPOLOGIES, ids=lambda p: p.stem)
 def test_json_fields(path):
     """Every packet carries the fields the README documents."""
     for row in checks.replay_json(path):

@@ -1,0 +1,29 @@
+"""Topologies beyond the article (flags, L3S, IPv6, L3 drops) on this real
+kernel, in one recording; the checks are in tests/topology_checks.py."""
+import os
+from pathlib import Path
+
+import pytest
+
+import article_checks
+import topology_checks as checks
+from ipvtrace import scenarios
+from ipvtrace.netlab import Lab
+
+OUT = Path(os.environ.get("IPVTRACE_OUT", "build/guest")).resolve()
+
+
+@pytest.fixture(scope="module")
+def rows():
+    path = OUT / f"topologies-{os.uname().release}.ipvt"
+    with Lab(namespaces=checks.ALL) as lab:
+        traffic = checks.build(lab)
+        with scenarios.recorder(path):
+            for ns, dst, n in traffic:
+                lab.ping(ns, dst, n)
+    return article_checks.replay_json(path)
+
+
+@pytest.mark.parametrize("check", checks.ALL_CHECKS, ids=lambda c: c.__name__)
+def test_topology(rows, check):
+    check(rows)
