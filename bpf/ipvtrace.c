@@ -228,13 +228,12 @@ static __always_inline __u64 ctx_current(__u8 *depth_out, __u8 *flags)
 
 /* ---- entry points ---------------------------------------------------- */
 
-int on_xmit(struct pt_regs *ctx)
+/* Open a context for an entry probe and report the frame as ipvlan got it. */
+static __always_inline int entry(__u16 probe, struct sk_buff *skb, struct net_device *dev)
 {
-	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM1(ctx);
-	struct net_device *dev = (struct net_device *)PT_REGS_PARM2(ctx);
 	__u8 depth = 0;
-	__u64 id = ctx_push(IPVT_P_XMIT, &depth);
-	struct ipvt_event *e = ev_init(IPVT_P_XMIT, id, depth);
+	__u64 id = ctx_push(probe, &depth);
+	struct ipvt_event *e = ev_init(probe, id, depth);
 	if (!e)
 		return 0;
 	ev_dev(e, dev);
@@ -243,11 +242,12 @@ int on_xmit(struct pt_regs *ctx)
 	return 0;
 }
 
-int on_xmit_ret(struct pt_regs *ctx)
+/* Close the entry's context and report its return value. */
+static __always_inline int entry_ret(struct pt_regs *ctx, __u16 probe, __u16 ret_probe)
 {
 	__u8 depth = 0;
-	__u64 id = ctx_pop(IPVT_P_XMIT, &depth);
-	struct ipvt_event *e = ev_init(IPVT_P_XMIT_RET, id, depth);
+	__u64 id = ctx_pop(probe, &depth);
+	struct ipvt_event *e = ev_init(ret_probe, id, depth);
 	if (!e)
 		return 0;
 	e->ret = (int)PT_REGS_RC(ctx);
@@ -255,6 +255,19 @@ int on_xmit_ret(struct pt_regs *ctx)
 	return 0;
 }
 
+/* ipvlan_queue_xmit(skb, dev): dev is the slave */
+int on_xmit(struct pt_regs *ctx)
+{
+	return entry(IPVT_P_XMIT, (struct sk_buff *)PT_REGS_PARM1(ctx),
+		     (struct net_device *)PT_REGS_PARM2(ctx));
+}
+
+int on_xmit_ret(struct pt_regs *ctx)
+{
+	return entry_ret(ctx, IPVT_P_XMIT, IPVT_P_XMIT_RET);
+}
+
+/* ipvlan_handle_frame(pskb): the rx_handler of the parent (skb->dev) */
 int on_rx(struct pt_regs *ctx)
 {
 	struct sk_buff **pskb = (struct sk_buff **)PT_REGS_PARM1(ctx);
@@ -263,27 +276,12 @@ int on_rx(struct pt_regs *ctx)
 	bpf_probe_read_kernel(&skb, sizeof(skb), pskb);
 	if (skb)
 		bpf_probe_read_kernel(&dev, sizeof(dev), &skb->dev);
-	__u8 depth = 0;
-	__u64 id = ctx_push(IPVT_P_RX, &depth);
-	struct ipvt_event *e = ev_init(IPVT_P_RX, id, depth);
-	if (!e)
-		return 0;
-	ev_dev(e, dev);
-	ev_skb(e, skb, 1);
-	ev_submit(e);
-	return 0;
+	return entry(IPVT_P_RX, skb, dev);
 }
 
 int on_rx_ret(struct pt_regs *ctx)
 {
-	__u8 depth = 0;
-	__u64 id = ctx_pop(IPVT_P_RX, &depth);
-	struct ipvt_event *e = ev_init(IPVT_P_RX_RET, id, depth);
-	if (!e)
-		return 0;
-	e->ret = (int)PT_REGS_RC(ctx);
-	ev_submit(e);
-	return 0;
+	return entry_ret(ctx, IPVT_P_RX, IPVT_P_RX_RET);
 }
 
 int on_mc_work(struct pt_regs *ctx)

@@ -68,7 +68,7 @@ def classify(pkt: Packet, ctx: Context) -> Verdict:
     else:
         info = parse(entry.hdr, has_mac=not entry.has(ctx.flag("no_mac")))
         port = ctx.topo.port_of(entry.netns, entry.ifindex) or {}
-        v = (_tx if pkt.direction == "tx" else _rx)(pkt, ctx, info, port)
+        v = (_tx if pkt.direction == "tx" else _rx)(Evidence(pkt, ctx, info, port))
     cat.check(v.branch)
     cat.check_delivery(v.delivery)
     for m in v.mcast:
@@ -98,28 +98,47 @@ def _drop_details(pkt: Packet, ctx: Context) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _tx(pkt: Packet, ctx: Context, info: PacketInfo, port: dict) -> Verdict:
-    entry = pkt.entry
-    assert entry is not None
-    frm = dev_ref(entry, ctx)
-    mode = port.get("mode")
-    flags = list(port.get("flags", []))
-    complete = _base_complete(pkt)
-    ret = pkt.ret.ret if pkt.ret is not None else None
-    rcv = pkt.helpers("rcv_frame")
-    found = [e for e in pkt.helpers("lookup_ret") if e.aux]
-    fwds = pkt.helpers("fwd")
-    fwd_rets = pkt.helpers("fwd_ret")
-    enq = pkt.helpers("mc_enqueue")
-    louts = pkt.helpers("local_out") + pkt.helpers("local_out6")
-    qx = [e for e in pkt.helpers("qxmit")]
-    kfree = _frees(pkt, "kfree")
-    consume = [e for e in _frees(pkt, "consume") if e.skb == entry.skb]
-    fam = "l2" if mode == "l2" else "l3" if mode in ("l3", "l3s") else None
-    dst = info.dst or "?"
+@dataclass
+class Evidence:
+    """What one packet's events say, gathered once for the TX and RX rules."""
 
-    def v(branch: str, delivery: str | None, to: dict | None, why: str, **kw) -> Verdict:
-        return Verdict(branch, delivery, mode, flags, info, frm, to, complete, why, **kw)
+    pkt: Packet
+    ctx: Context
+    info: PacketInfo
+    port: dict
+
+    def __post_init__(self) -> None:
+        pkt, entry = self.pkt, self.pkt.entry
+        assert entry is not None
+        self.entry = entry
+        self.frm = dev_ref(entry, self.ctx)
+        self.mode = self.port.get("mode")
+        self.flags = list(self.port.get("flags", []))
+        self.complete = _base_complete(pkt)
+        self.ret = pkt.ret.ret if pkt.ret is not None else None
+        self.rcv = pkt.helpers("rcv_frame")
+        self.found = [e for e in pkt.helpers("lookup_ret") if e.aux]
+        self.fwds = pkt.helpers("fwd")
+        self.fwd_rets = pkt.helpers("fwd_ret")
+        self.enq = pkt.helpers("mc_enqueue")
+        self.louts = pkt.helpers("local_out") + pkt.helpers("local_out6")
+        self.qx = pkt.helpers("qxmit")
+        self.kfree = _frees(pkt, "kfree")
+        self.consume = [e for e in _frees(pkt, "consume") if e.skb == entry.skb]
+        self.fam = "l2" if self.mode == "l2" else "l3" if self.mode in ("l3", "l3s") else None
+        self.dst = self.info.dst or "?"
+
+    def verdict(self, branch: str, delivery: str | None, to: dict | None, why: str,
+                **kw) -> Verdict:
+        return Verdict(branch, delivery, self.mode, self.flags, self.info, self.frm, to,
+                       self.complete, why, **kw)
+
+
+def _tx(x: Evidence) -> Verdict:
+    pkt, ctx, info, entry, v = x.pkt, x.ctx, x.info, x.entry, x.verdict
+    mode, flags, ret, dst, fam = x.mode, x.flags, x.ret, x.dst, x.fam
+    rcv, found, fwds, fwd_rets, enq = x.rcv, x.found, x.fwds, x.fwd_rets, x.enq
+    louts, qx, kfree, consume = x.louts, x.qx, x.kfree, x.consume
 
     if enq:
         if fam not in (None, "l2"):
@@ -142,7 +161,7 @@ def _tx(pkt: Packet, ctx: Context, info: PacketInfo, port: dict) -> Verdict:
             how = "the target slave was not up: freed in ipvlan_rcv_frame"
         else:
             delivery, how = "pending", "dev_forward_skb's return was not seen"
-            complete = False
+            x.complete = False
         same = "dst MAC == src MAC, " if fam == "l2" else ""
         return v(f"tx.{fam}.local", delivery, to,
                  f"{same}{dev_str(owner)} owns {dst}: ipvlan_rcv_frame(local) -> {how}")
@@ -158,7 +177,7 @@ def _tx(pkt: Packet, ctx: Context, info: PacketInfo, port: dict) -> Verdict:
             delivery = "delivered" if r == NET_RX_SUCCESS else "forward_failed"
         else:
             delivery = "pending"
-            complete = False
+            x.complete = False
         echo = ""
         if pkt.cont_ret is not None:
             verdict = {RX_HANDLER_PASS: "PASS", RX_HANDLER_ANOTHER: "ANOTHER",
@@ -201,21 +220,10 @@ def _tx(pkt: Packet, ctx: Context, info: PacketInfo, port: dict) -> Verdict:
     return v("unknown", None, None, f"no branch fits: ret {ret}, helpers {seen}")
 
 
-def _rx(pkt: Packet, ctx: Context, info: PacketInfo, port: dict) -> Verdict:
-    entry = pkt.entry
-    assert entry is not None
-    frm = dev_ref(entry, ctx)
-    mode = port.get("mode")
-    flags = list(port.get("flags", []))
-    complete = _base_complete(pkt)
-    ret = pkt.ret.ret if pkt.ret is not None else None
-    rcv = pkt.helpers("rcv_frame")
-    found = [e for e in pkt.helpers("lookup_ret") if e.aux]
-    enq = pkt.helpers("mc_enqueue")
-    dst = info.dst or "?"
-
-    def v(branch: str, delivery: str | None, to: dict | None, why: str, **kw) -> Verdict:
-        return Verdict(branch, delivery, mode, flags, info, frm, to, complete, why, **kw)
+def _rx(x: Evidence) -> Verdict:
+    pkt, ctx, info, v = x.pkt, x.ctx, x.info, x.verdict
+    mode, ret, dst, frm = x.mode, x.ret, x.dst, x.frm
+    rcv, found, enq = x.rcv, x.found, x.enq
 
     if ret is None:
         return v("unknown", "pending", None, "ipvlan_handle_frame's return was not seen")

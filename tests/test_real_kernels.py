@@ -7,7 +7,6 @@ or an in-guest test that is skipped is a failure of this tier.
 """
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 

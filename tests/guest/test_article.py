@@ -5,7 +5,6 @@ One recording for the whole module: the BPF program is compiled once per
 kernel (about a minute under emulation).
 """
 import os
-import shutil
 from pathlib import Path
 
 import pytest
