@@ -57,6 +57,10 @@ BPF_PERCPU_ARRAY(scratch, struct ipvt_event, 1);
 BPF_PERCPU_ARRAY(stats, __u64, IPVT_S_MAX);
 BPF_HASH(workers, __u32, __u64, 1024);      /* tid -> worker context id */
 BPF_HASH(fwd_ctx, __u64, __u64, 1024);      /* tid<<32|cpu -> fwd ctx, for its return */
+/* L3S: a frame the l3mdev hook saw, until LOCAL_IN; LRU so frames that never
+ * reach LOCAL_IN (forwarded, dropped) age out. value: ctx id | phase << 62 */
+BPF_TABLE("lru_hash", __u64, __u64, l3s_skbs, 4096);
+BPF_PERCPU_ARRAY(s2a_ctx, __u64, 1);          /* ctx of the running skb_to_addr */
 
 static __always_inline void stat_inc(int idx)
 {
@@ -492,6 +496,96 @@ static __always_inline int report_free(__u16 probe, void *skbaddr, void *locatio
 	e->skb = (__u64)skbaddr;
 	e->aux = (__u64)location;
 	e->reason = reason;
+	ev_submit(e);
+	return 0;
+}
+
+/* ---- L3S: after the rx_handler passed the frame ------------------- */
+#define L3S_PHASE_RCV (1ULL << 62)
+#define L3S_PHASE_NF (2ULL << 62)
+#define L3S_ID_MASK ((1ULL << 62) - 1)
+
+/* ipvlan_l3_rcv(dev, skb, proto): dev is the L3S parent */
+int on_l3_rcv(struct pt_regs *ctx)
+{
+	struct net_device *dev = (struct net_device *)PT_REGS_PARM1(ctx);
+	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM2(ctx);
+	__u64 key = (__u64)skb;
+	__u64 id = new_ctx_id() & L3S_ID_MASK;
+	__u64 val = id | L3S_PHASE_RCV;
+	l3s_skbs.update(&key, &val);
+	struct ipvt_event *e = ev_init(IPVT_P_L3_RCV, id, 0);
+	if (!e)
+		return 0;
+	ev_dev(e, dev);
+	ev_skb(e, skb, 0);
+	ev_submit(e);
+	return 0;
+}
+
+/* ipvlan_nf_input(priv, skb, state) on 6.1/6.12: a LOCAL_IN hook of the
+ * whole netns; only frames l3_rcv saw are reported. */
+int on_nf_input(struct pt_regs *ctx)
+{
+	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM2(ctx);
+	__u64 key = (__u64)skb;
+	__u64 *val = l3s_skbs.lookup(&key);
+	if (!val)
+		return 0;
+	__u64 id = *val & L3S_ID_MASK;
+	__u64 nval = id | L3S_PHASE_NF;
+	l3s_skbs.update(&key, &nval);
+	struct net_device *dev = 0;
+	bpf_probe_read_kernel(&dev, sizeof(dev), &skb->dev);
+	struct ipvt_event *e = ev_init(IPVT_P_NF_INPUT, id, 0);
+	if (!e)
+		return 0;
+	ev_dev(e, dev);
+	ev_skb(e, skb, 0);
+	ev_submit(e);
+	return 0;
+}
+
+/* ipvlan_skb_to_addr(skb, dev), called by both hooks above */
+int on_s2a(struct pt_regs *ctx)
+{
+	__u64 key = PT_REGS_PARM1(ctx);
+	__u64 *val = l3s_skbs.lookup(&key);
+	int zero = 0;
+	__u64 *slot = s2a_ctx.lookup(&zero);
+	if (!slot)
+		return 0;
+	*slot = 0;
+	if (val) {
+		*slot = *val;
+		if ((*val & ~L3S_ID_MASK) == L3S_PHASE_NF)
+			l3s_skbs.delete(&key);
+	}
+	return 0;
+}
+
+int on_s2a_ret(struct pt_regs *ctx)
+{
+	int zero = 0;
+	__u64 *slot = s2a_ctx.lookup(&zero);
+	if (!slot || !*slot)
+		return 0;
+	__u64 id = *slot & L3S_ID_MASK;
+	*slot = 0;
+	void *addr = (void *)PT_REGS_RC(ctx);
+	struct ipvt_event *e = ev_init(IPVT_P_S2A_RET, id, 0);
+	if (!e)
+		return 0;
+	e->aux = (__u64)addr;
+	if (addr) {
+		void *master = 0;
+		struct net_device *dev = 0;
+		bpf_probe_read_kernel(&master, sizeof(master), addr);
+		e->aux2 = (__u64)master;
+		if (master)
+			bpf_probe_read_kernel(&dev, sizeof(dev), master);
+		ev_dev(e, dev);
+	}
 	ev_submit(e);
 	return 0;
 }

@@ -7,7 +7,7 @@
 #ifndef IPVTRACE_H
 #define IPVTRACE_H
 
-#define IPVT_FORMAT_VERSION 1
+#define IPVT_FORMAT_VERSION 1  /* new probe ids are additive: old files still read */
 #define IPVT_HDR_MAX 128
 #define IPVT_IFNAMSIZ 16
 #define IPVT_STACK_MAX 4
@@ -30,16 +30,19 @@ enum ipvt_probe {
 	IPVT_P_NETIF_RX = 15,    /* netif_rx from the multicast worker */
 	IPVT_P_KFREE = 16,       /* skb:kfree_skb tracepoint */
 	IPVT_P_CONSUME = 17,     /* skb:consume_skb tracepoint */
-	IPVT_P_MAX = 18,
+	IPVT_P_L3_RCV = 18,      /* ipvlan_l3_rcv (L3S, l3mdev hook after the rx_handler) */
+	IPVT_P_NF_INPUT = 19,    /* ipvlan_nf_input (L3S, LOCAL_IN) for a frame l3_rcv saw */
+	IPVT_P_S2A_RET = 20,     /* ipvlan_skb_to_addr return: the L3S owner or none */
+	IPVT_P_MAX = 21,
 };
 
 /* Counters kept in the kernel (stats map index). */
 enum ipvt_stat {
 	IPVT_S_LOST_BASE = 0,    /* + probe id: ring buffer full */
-	IPVT_S_STACK_OVERFLOW = 20,
-	IPVT_S_STACK_MISMATCH = 21,
-	IPVT_S_STACK_STALE = 22,
-	IPVT_S_MAX = 24,
+	IPVT_S_STACK_OVERFLOW = 24,
+	IPVT_S_STACK_MISMATCH = 25,
+	IPVT_S_STACK_STALE = 26,
+	IPVT_S_MAX = 28,
 };
 
 /* flags */

@@ -144,7 +144,8 @@ def _tx(x: Evidence) -> Verdict:
         if fam not in (None, "l2"):
             return v("unknown", None, None, f"multicast enqueue on a port netlink calls {mode}")
         mcast, worker_why = _mcast(pkt, ctx, tx_origin=True)
-        return v("tx.l2.multicast", "queued", None,
+        queued = "dropped" if mcast and mcast[0]["branch"] == "mcast.backlog_drop" else "queued"
+        return v("tx.l2.multicast", queued, None,
                  f"dst MAC {info.eth_dst} is multicast: ipvlan_multicast_enqueue(tx); {worker_why}",
                  mcast=mcast)
     if rcv or (found and fwds):
@@ -233,7 +234,8 @@ def _rx(x: Evidence) -> Verdict:
                  f"{dev_str(to)} owns {dst}: ipvlan_rcv_frame -> skb->dev = slave, RX_HANDLER_ANOTHER")
     if enq and ret == RX_HANDLER_PASS:
         mcast, worker_why = _mcast(pkt, ctx, tx_origin=False)
-        return v("rx.l2.multicast", "queued", frm,
+        queued = "dropped" if mcast and mcast[0]["branch"] == "mcast.backlog_drop" else "queued"
+        return v("rx.l2.multicast", queued, frm,
                  f"multicast from outside: a clone is queued (ipvlan_multicast_enqueue), "
                  f"the original passes to the host; {worker_why}", mcast=mcast)
     if ret == RX_HANDLER_CONSUMED and _frees(pkt, "kfree"):
@@ -242,7 +244,7 @@ def _rx(x: Evidence) -> Verdict:
                  reason=reason, location=loc)
     if ret == RX_HANDLER_PASS:
         if mode == "l3s":
-            return v("rx.l3s.to_host", "delivered", frm, "L3S: the rx_handler always passes to the host")
+            return _l3s(x)
         if info.dst_multicast and mode == "l2":
             return v("rx.l2.multicast_own", "delivered", frm,
                      "multicast sent by one of our own slaves: passed to the host, nothing queued")
@@ -251,8 +253,41 @@ def _rx(x: Evidence) -> Verdict:
     return v("unknown", None, None, f"no branch fits: rx_handler returned {ret}")
 
 
+def _l3s(x: Evidence) -> Verdict:
+    """L3S: the rx_handler passed; ipvlan's l3mdev and LOCAL_IN hooks decide."""
+    cont, v, dst = x.pkt.cont, x.verdict, x.dst
+    s2a = [e for e in cont if e.probe == "s2a_ret"]
+    nf = [e for e in cont if e.probe == "nf_input"]
+    owner = dev_ref(s2a[0], x.ctx) if s2a and s2a[0].aux else None
+    if owner is None:
+        why = (f"L3S: ipvlan_l3_rcv found no slave owning {dst}: the parent's stack keeps it"
+               if s2a else "L3S: the rx_handler always passes; no l3mdev lookup for this frame")
+        return v("rx.l3s.to_host", "delivered", x.frm, why)
+    if nf:
+        return v("rx.l3s.local", "delivered", owner,
+                 f"L3S: ipvlan_l3_rcv: {dev_str(owner)} owns {dst}, routed in its netns; "
+                 f"ipvlan_nf_input set skb->dev = {owner['dev']} at LOCAL_IN")
+    x.complete = False
+    return v("rx.l3s.local", "pending", owner,
+             f"L3S: ipvlan_l3_rcv: {dev_str(owner)} owns {dst}; LOCAL_IN (ipvlan_nf_input) not seen")
+
+
+def _backlog_drop(pkt: Packet, ctx: Context) -> dict | None:
+    """ipvlan_multicast_enqueue freed the skb: the backlog was full (or a PAUSE frame)."""
+    enq = {e.skb for e in pkt.helpers("mc_enqueue")}
+    for e in _frees(pkt, "kfree"):
+        if e.skb in enq:
+            return {"branch": "mcast.backlog_drop", "to": None, "delivery": "dropped",
+                    "by": "ipvlan_multicast_enqueue",
+                    "reason": ctx.drop_reasons.get(e.reason, e.reason or None)}
+    return None
+
+
 def _mcast(pkt: Packet, ctx: Context, tx_origin: bool) -> tuple[list[dict], str]:
     """The worker's share of a queued packet: one entry per delivery."""
+    dropped = _backlog_drop(pkt, ctx)
+    if dropped is not None:
+        return [dropped], "the multicast backlog was full: freed in ipvlan_multicast_enqueue"
     if not pkt.worker_done:
         return [], "the multicast worker's run was not seen"
     out: list[dict] = []

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_lab(args)
         return cmd_trace(args)
     except KeyboardInterrupt:
-        print("ipvtrace: interrupted before tracing started; nothing attached", file=sys.stderr)
+        print("ipvtrace: interrupted; nothing it set up was left behind", file=sys.stderr)
         return 130
     except BrokenPipeError:
         sys.stderr.close()
@@ -175,39 +175,23 @@ def cmd_trace(args) -> int:
 
 
 def cmd_lab(args) -> int:
-    import tempfile
-
     from .netlab import LabError, require_root
-    from .scenarios import SCENARIOS, guest_ready, record_scenarios
+    from .scenarios import LAB, SCENARIOS
 
     if args.list:
         for s in SCENARIOS.values():
-            print(f"{s.name:<12} {s.title}")
+            print(f"{s.name:<18} {s.title}")
         return 0
     unknown = [n for n in args.names if n not in SCENARIOS]
     if unknown:
         return _fail(f"no scenario {', '.join(unknown)}; 'ipvtrace lab --list' names them", 2)
-    names = args.names or list(SCENARIOS)
+    from . import labrun
+
     try:
         require_root()
-        guest_ready()
-        with tempfile.TemporaryDirectory(prefix="ipvtrace-lab-") as tmp:
-            out = args.output or Path(tmp) / "lab.ipvt"
-            ran = record_scenarios(names, out.resolve())
-            print(file=sys.stderr)
-            from .session import run_replay
-            if args.json:
-                from .render import JsonSink
-                run_replay(out, JsonSink())
-            else:
-                from .render import LineSink
-                run_replay(out, LineSink(why=True))
-                for s in ran:
-                    for step in s.steps:
-                        print(f"{'reachable  ' if step.reachable else 'UNREACHABLE'} {step.label}")
+        return labrun.run(args.names or [s.name for s in LAB], args.output, args.json)
     except LabError as exc:
         return _fail(str(exc))
-    return 0
 
 
 def cmd_branches(args) -> int:

@@ -12,6 +12,9 @@ Keys, from the strongest to the weakest:
   skb pointer, skb->head and device all match, within a time window.
 - the multicast worker handles an enqueued skb later, maybe on another CPU:
   its clones share the enqueued skb's data (skb->head), which ties them back.
+- on an L3S port the rx_handler only passes the frame; ipvlan's l3mdev hook
+  (ipvlan_l3_rcv) and LOCAL_IN hook (ipvlan_nf_input) see the same skb later:
+  joined like the to-parent echo, by skb pointer and skb->head.
 
 Time only moves with the event stream (event timestamps and recorded clock
 ticks), never the wall clock, so replay groups exactly as live did.
@@ -24,6 +27,7 @@ from typing import Callable, Iterable, Iterator
 from .decode import Event
 
 WAIT_NS = 2_000_000_000  # how long a packet waits for its RX echo / worker
+RX_HANDLER_PASS = 3
 
 
 @dataclass
@@ -75,14 +79,17 @@ class _Worker:
 class Correlator:
     """Feed events and ticks in stream order; packets come out when finished."""
 
-    def __init__(self, emit: Callable[[Packet], None], wait_ns: int = WAIT_NS) -> None:
+    def __init__(self, emit: Callable[[Packet], None], wait_ns: int = WAIT_NS,
+                 is_l3s: Callable[[Event], bool] | None = None) -> None:
         self.emit = emit
         self.wait_ns = wait_ns
+        self.is_l3s = is_l3s or (lambda ev: False)
         self.open: dict[int, Packet] = {}
         self.cont_of: dict[int, Packet] = {}       # ctx id of a parent RX -> TX packet
         self.workers: dict[int, _Worker] = {}
         self.await_rx: dict[tuple[int, int], Packet] = {}   # (skb, head) -> packet
         self.await_mc: dict[int, Packet] = {}               # head -> packet
+        self.await_l3s: dict[tuple[int, int], Packet] = {}  # (skb, head) -> packet
         self.pending: list[Packet] = []
         self.now = 0
         self.unattributed = 0
@@ -130,6 +137,7 @@ class Correlator:
         self.pending.clear()
         self.await_rx.clear()
         self.await_mc.clear()
+        self.await_l3s.clear()
 
     # -- stages -----------------------------------------------------------
     def _entry(self, ev: Event) -> None:
@@ -157,6 +165,14 @@ class Correlator:
         self._closed(pkt)
 
     def _helper(self, ev: Event) -> None:
+        if ev.probe == "l3_rcv":
+            waiting = self.await_l3s.pop((ev.skb, ev.head), None)
+            if waiting is not None:
+                waiting.cont.append(ev)
+                self.cont_of[ev.ctx] = waiting
+            else:
+                self.unattributed += 1
+            return
         pkt = self.open.get(ev.ctx)
         if pkt is not None:
             pkt.events.append(ev)
@@ -164,6 +180,9 @@ class Correlator:
         owner = self.cont_of.get(ev.ctx)
         if owner is not None:
             owner.cont.append(ev)
+            if (owner.waiting_for == "l3s" and ev.probe == "s2a_ret"
+                    and any(e.probe == "nf_input" for e in owner.cont)):
+                self._release(owner)   # LOCAL_IN's lookup: the story is complete
             return
         w = self.workers.get(ev.ctx)
         if w is not None:
@@ -175,13 +194,18 @@ class Correlator:
         """The entry returned: finish now, or wait for the RX echo / worker."""
         fwd_parent = [e for e in pkt.helpers("fwd") if not pkt.helpers("rcv_frame")]
         enq = pkt.helpers("mc_enqueue")
-        if enq:
+        enq_freed = {e.skb for e in pkt.helpers("kfree")} & {e.skb for e in enq}
+        if enq and not enq_freed:
             pkt.waiting_for = "worker"
             self.await_mc[enq[-1].head] = pkt
         elif fwd_parent and pkt.direction == "tx":
             pkt.waiting_for = "rx"
             f = fwd_parent[-1]
             self.await_rx[(f.skb, f.head)] = pkt
+        elif (pkt.direction == "rx" and pkt.entry is not None and pkt.ret is not None
+              and pkt.ret.ret == RX_HANDLER_PASS and self.is_l3s(pkt.entry)):
+            pkt.waiting_for = "l3s"
+            self.await_l3s[(pkt.entry.skb, pkt.entry.head)] = pkt
         else:
             self._finish(pkt)
             return
@@ -197,7 +221,10 @@ class Correlator:
     def _worker_done(self, w: _Worker) -> None:
         """Split one worker run by enqueued skb (head) and hand each share back."""
         by_head: dict[int, list[Event]] = {}
-        skb_head: dict[int, int] = {}
+        # the enqueued skb itself may show up only in kfree/consume (no head):
+        # its head is known from the enqueue event of the waiting packet
+        skb_head: dict[int, int] = {
+            e.skb: e.head for p in self.await_mc.values() for e in p.helpers("mc_enqueue")}
         for ev in w.events:
             if ev.head:
                 skb_head[ev.skb] = ev.head
@@ -229,6 +256,9 @@ class Correlator:
         for k, v in list(self.await_mc.items()):
             if v is pkt:
                 del self.await_mc[k]
+        for k, v in list(self.await_l3s.items()):
+            if v is pkt:
+                del self.await_l3s[k]
         for k, v in list(self.cont_of.items()):
             if v is pkt:
                 del self.cont_of[k]
@@ -246,7 +276,7 @@ class Correlator:
         self.pending = keep
 
     def _cont_open(self, pkt: Packet) -> bool:
-        return bool(pkt.cont) and pkt.cont_ret is None
+        return pkt.waiting_for == "rx" and bool(pkt.cont) and pkt.cont_ret is None
 
     def _finish(self, pkt: Packet) -> None:
         self.emit(pkt)

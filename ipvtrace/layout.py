@@ -33,6 +33,7 @@ class Layout:
     flags: dict[str, int]
     hdr_max: int
     format_version: int
+    stats: dict[int, str] | None = None   # enum ipvt_stat: index -> name
 
     @property
     def size(self) -> int:
@@ -90,9 +91,16 @@ def parse_header(text: str) -> Layout:
     flags = {
         k.removeprefix("IPVT_F_").lower(): v for k, v in defines.items() if k.startswith("IPVT_F_")
     }
+    stat_enum = re.search(r"enum ipvt_stat\s*\{(.*?)\};", text, re.S)
+    stats = {
+        int(v): name.removeprefix("IPVT_S_").lower()
+        for name, v in re.findall(r"(IPVT_S_\w+)\s*=\s*(\d+)", stat_enum.group(1) if stat_enum else "")
+        if name not in ("IPVT_S_MAX", "IPVT_S_LOST_BASE")
+    }
     return Layout(
         fields=tuple(fields), fmt=fmt, probes=probes, flags=flags,
         hdr_max=defines["IPVT_HDR_MAX"], format_version=defines["IPVT_FORMAT_VERSION"],
+        stats=stats,
     )
 
 

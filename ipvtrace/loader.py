@@ -102,10 +102,10 @@ class Tracer:
             i = idx.value
             if total == 0:
                 continue
-            if i < 20:
+            if i in (lay.stats or {}):
+                out[lay.stats[i]] = total
+            else:   # IPVT_S_LOST_BASE + probe id
                 out[f"lost.{lay.probes.get(i, i)}"] = total
-            else:
-                out[{20: "stack_overflow", 21: "stack_mismatch", 22: "stack_stale"}.get(i, f"stat{i}")] = total
         return out
 
     def close(self) -> None:

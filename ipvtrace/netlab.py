@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,14 +146,39 @@ class Lab:
             ) -> subprocess.CompletedProcess:
         if ns not in self._made:
             raise LabError(f"namespace {ns} is not part of this lab")
-        return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True,
-                              text=True, check=check, timeout=timeout)
+        r = subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True,
+                           text=True, timeout=timeout)
+        if check and r.returncode != 0:
+            raise LabError(f"in {ns}: {' '.join(cmd)}: {(r.stderr or r.stdout).strip()}")
+        return r
 
-    def ping(self, ns: str, dst: str, count: int = 2) -> bool:
+    def ping(self, ns: str, dst: str, count: int = 2, size: int | None = None) -> bool:
         """True when at least one reply came back."""
-        r = self.run(ns, ["ping", "-n", "-c", str(count), "-i", "0.3", "-W", "2", dst],
+        extra = ["-s", str(size)] if size else []
+        r = self.run(ns, ["ping", "-n", "-c", str(count), "-i", "0.3", "-W", "2", *extra, dst],
                      timeout=30 + 3 * count)
         return r.returncode == 0
+
+    def dummy(self, ns: str, name: str) -> None:
+        with self.ipr(ns) as ipr:
+            ipr.link("add", ifname=name, kind="dummy")
+        self.link_up(ns, name)
+
+    def mtu(self, ns: str, dev: str, mtu: int) -> None:
+        idx = self.index(ns, dev)
+        with self.ipr(ns) as ipr:
+            ipr.link("set", index=idx, mtu=mtu)
+
+    def send_raw(self, ns: str, dev: str, frame_hex: str, count: int = 1) -> None:
+        """Send Ethernet frames from a packet socket (what ping cannot send)."""
+        # ENOBUFS is the driver saying NET_XMIT_DROP: the frame was sent and dropped
+        code = ("import socket,errno\ns=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\n"
+                f"s.bind(({dev!r},0))\nf=bytes.fromhex({frame_hex!r})\n"
+                f"for _ in range({count}):\n"
+                " try: s.send(f)\n"
+                " except OSError as e:\n"
+                "  if e.errno != errno.ENOBUFS: raise\n")
+        self.run(ns, [sys.executable, "-c", code], check=True, timeout=120)
 
 
 def require_root() -> None:

@@ -40,7 +40,7 @@ class Pipeline:
         self.sink = sink
         self.resolver = resolver
         self.resolved: dict[int, str] = {}
-        self.correlator = Correlator(self._packet)
+        self.correlator = Correlator(self._packet, is_l3s=self._is_l3s)
         self.branches: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
         self.lost_total = 0
@@ -71,6 +71,10 @@ class Pipeline:
 
     def finish(self) -> None:
         self.correlator.flush()
+
+    def _is_l3s(self, ev: Event) -> bool:
+        port = self.ctx.topo.port_of(ev.netns, ev.ifindex)
+        return bool(port and port.get("mode") == "l3s")
 
     # -- packet side --------------------------------------------------------
     def _packet(self, pkt: Packet) -> None:

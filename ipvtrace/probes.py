@@ -56,6 +56,14 @@ SPECS: tuple[ProbeSpec, ...] = (
               "multicast worker deliveries (mcast.*) cannot be tied to their packet"),
     ProbeSpec("netif_rx", "on_netif_rx", "kprobe", "netif_rx", False,
               "mcast.deliver of frames from outside cannot be seen"),
+    ProbeSpec("l3_rcv", "on_l3_rcv", "kprobe", "ipvlan_l3_rcv", False,
+              "L3S: rx.l3s.local cannot be told from rx.l3s.to_host"),
+    ProbeSpec("nf_input", "on_nf_input", "kprobe", "ipvlan_nf_input", False,
+              "L3S: the LOCAL_IN hand-over to the slave is not shown"),
+    ProbeSpec("s2a", "on_s2a", "kprobe", "ipvlan_skb_to_addr", False,
+              "L3S: which slave owns the destination is not shown"),
+    ProbeSpec("s2a_ret", "on_s2a_ret", "kretprobe", "ipvlan_skb_to_addr", False,
+              "L3S: which slave owns the destination is not shown"),
 )
 
 TRACEPOINTS = (("skb", "kfree_skb"), ("skb", "consume_skb"))

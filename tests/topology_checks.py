@@ -7,7 +7,18 @@ vepa), L3S, IPv6, and the L3 drops. Expectations from ipvlan_core.c:
 - VEPA: every unicast leaves by the parent, even to a sibling slave
   (tx.l2.out_parent).
 - L3S: TX takes the L3 code (tx.l3.local, mode l3s); the rx_handler always
-  passes (rx.l3s.to_host).
+  passes, then ipvlan_l3_rcv finds the slave and ipvlan_nf_input hands the
+  frame to it at LOCAL_IN (rx.l3s.local); a frame for the parent's own
+  address stays with the host (rx.l3s.to_host).
+- L3 PRIVATE: as L2 (tx.l3.private_drop).
+- MTU: dev_forward_skb refuses a frame longer than the target slave's MTU
+  (is_skb_forwardable): tx.l2.local with delivery forward_failed.
+- L3, a frame that is neither IPv4 nor IPv6 (sent from a packet socket):
+  tx.l3.non_ip_drop; IPv4 to the parent netns's broadcast address: the route
+  type is not unicast/local, tx.l3.route_fail.
+- A broadcast of our own slave that comes back into the parent (the peer
+  reflects it, tc mirred): ipvlan_external_frame says "ours", nothing is
+  queued (rx.l2.multicast_own).
 - IPv6 on L2: NS to the solicited-node multicast MAC is queued for the worker
   (tx.l2.multicast); echo between slaves is tx.l2.local.
 - L3 outbound with a multicast dst MAC is dropped in ipvlan_process_outbound
@@ -25,7 +36,13 @@ VA, VB = "ipvt-t-vepa-a", "ipvt-t-vepa-b"
 SA, SB, SOUT = "ipvt-t-l3s-a", "ipvt-t-l3s-b", "ipvt-t-l3s-out"
 SIXA, SIXB = "ipvt-t-v6-a", "ipvt-t-v6-b"
 L3D = "ipvt-t-l3drop"
-ALL = [H, PA, PB, VA, VB, SA, SB, SOUT, SIXA, SIXB, L3D]
+L3PA, L3PB = "ipvt-t-l3priv-a", "ipvt-t-l3priv-b"
+MA, MB = "ipvt-t-mtu-a", "ipvt-t-mtu-b"
+REFL, REFL_PEER = "ipvt-t-refl", "ipvt-t-refl-peer"
+ALL = [H, PA, PB, VA, VB, SA, SB, SOUT, SIXA, SIXB, L3D, L3PA, L3PB, MA, MB, REFL, REFL_PEER]
+# an Ethernet frame with an ethertype that is neither IPv4 nor IPv6 (0x88b5,
+# local experimental): dst = src = the L3 slave's MAC, filled in by build()
+NON_IP_TYPE = "88b5"
 
 
 def build(lab: Lab) -> list[tuple[str, str, int]]:
@@ -66,9 +83,36 @@ def build(lab: Lab) -> list[tuple[str, str, int]]:
     lab.addr(L3D, "eth0", "fd00:7::1/64")
     lab.route(L3D, "default", dev="eth0")
     lab.route(L3D, "::/0", dev="eth0")
-    lab.run(L3D, ["sysctl", "-q", "-w", "net.ipv4.icmp_echo_ignore_broadcasts=0"])
+    lab.addr(H, "d0", "10.66.0.1/24")        # 10.66.0.255: broadcast in the parent netns
+    # L3 private port
+    lab.veth(H, "q0", H, "q0peer")
+    for ns, ip in ((L3PA, "10.8.0.1/24"), (L3PB, "10.9.0.1/24")):
+        lab.ipvlan(H, "q0", f"qv{ns[-1]}", "l3", flag="private", into=ns, rename="eth0")
+        lab.addr(ns, "eth0", ip)
+        lab.route(ns, "default", dev="eth0")
+    # MTU: the receiving slave's MTU is smaller than the frame
+    lab.veth(H, "m0", H, "m0peer")
+    for ns, ip in ((MA, "10.10.0.1/24"), (MB, "10.10.0.2/24")):
+        lab.ipvlan(H, "m0", f"mv{ns[-1]}", "l2", into=ns, rename="eth0")
+        lab.addr(ns, "eth0", ip)
+    lab.mtu(MB, "eth0", 1000)
+    lab.neigh(MA, "eth0", "10.10.0.2", lab.mac(H, "m0"))
+    # reflection: the parent's peer sends every frame straight back
+    lab.veth(H, "r0", REFL_PEER, "rpeer")
+    lab.run(REFL_PEER, ["tc", "qdisc", "add", "dev", "rpeer", "clsact"], check=True)
+    lab.run(REFL_PEER, ["tc", "filter", "add", "dev", "rpeer", "ingress", "matchall",
+                        "action", "mirred", "egress", "redirect", "dev", "rpeer"], check=True)
+    lab.ipvlan(H, "r0", "rv", "l2", into=REFL, rename="eth0")
+    lab.addr(REFL, "eth0", "10.11.0.1/24")
     return [(PA, "10.1.0.2", 2), (VA, "10.2.0.2", 2), (SA, "10.5.0.1", 2), (SOUT, "10.4.0.1", 2),
-            (SIXA, "fd00:6::2", 2), (L3D, "224.0.0.1", 1), (L3D, "fd00:99::1", 1)]
+            (SIXA, "fd00:6::2", 2), (L3D, "224.0.0.1", 1), (L3D, "fd00:99::1", 1),
+            (L3D, "10.66.0.255", 1), (L3PA, "10.9.0.1", 1), (MA, "10.10.0.2", 1, 1200),
+            (REFL, "10.11.0.99", 1)]
+
+
+def send_non_ip(lab: Lab) -> None:
+    mac = lab.mac(L3D, "eth0").replace(":", "")
+    lab.send_raw(L3D, "eth0", mac + mac + NON_IP_TYPE + "00" * 46)
 
 
 def of(rows, src, dst, kind="echo-request"):
@@ -94,7 +138,9 @@ def check_l3s_tx_local_and_rx_pass(rows):
     assert len(got) == 2 and {(r["branch"], r["mode"], r["delivery"]) for r in got} == {
         ("tx.l3.local", "l3s", "delivered")}, got
     rx = of(rows, "10.3.0.254", "10.4.0.1")
-    assert rx and {r["branch"] for r in rx} == {"rx.l3s.to_host"}, rx
+    assert rx and {(r["branch"], r["delivery"], r["complete"]) for r in rx} == {
+        ("rx.l3s.local", "delivered", True)}, [(r["branch"], r["why"]) for r in rx]
+    assert {r["to"]["netns"] for r in rx} == {SA}
 
 
 def check_ipv6_l2(rows):
@@ -125,6 +171,40 @@ def check_nothing_unknown(rows):
     assert not unknown, unknown
 
 
-ALL_CHECKS = [check_private_drop, check_vepa_out_parent, check_l3s_tx_local_and_rx_pass,
+def check_l3_private_drop(rows):
+    got = of(rows, "10.8.0.1", "10.9.0.1")
+    assert got and {(r["branch"], r["delivery"]) for r in got} == {
+        ("tx.l3.private_drop", "dropped")}, got
+
+
+def check_forward_failed_mtu(rows):
+    got = of(rows, "10.10.0.1", "10.10.0.2")
+    assert got and {(r["branch"], r["delivery"]) for r in got} == {
+        ("tx.l2.local", "forward_failed")}, [(r["branch"], r["delivery"], r["why"]) for r in got]
+
+
+def check_l3_route_fail_v4_broadcast(rows):
+    got = of(rows, "10.6.0.1", "10.66.0.255")
+    assert got and {(r["branch"], r["delivery"]) for r in got} == {
+        ("tx.l3.route_fail", "dropped")}, got
+
+
+def check_l3_non_ip_drop(rows):
+    got = [r for r in rows if r["from"] and r["from"]["netns"] == L3D and r["proto"] == "?"]
+    assert got and {(r["branch"], r["delivery"]) for r in got} == {
+        ("tx.l3.non_ip_drop", "dropped")}, got
+
+
+def check_multicast_own(rows):
+    arp = [r for r in rows if r["proto"] == "arp" and r["dst"] == "10.11.0.99"]
+    tx = [r for r in arp if r["direction"] == "tx"]
+    back = [r for r in arp if r["direction"] == "rx"]
+    assert tx and {r["branch"] for r in tx} == {"tx.l2.multicast"}, tx
+    assert back and {(r["branch"], r["delivery"]) for r in back} == {
+        ("rx.l2.multicast_own", "delivered")}, back
+
+
+ALL_CHECKS = [check_l3_private_drop, check_forward_failed_mtu, check_l3_route_fail_v4_broadcast,
+              check_l3_non_ip_drop, check_multicast_own, check_private_drop, check_vepa_out_parent, check_l3s_tx_local_and_rx_pass,
               check_ipv6_l2, check_l3_multicast_drop, check_l3_ipv6_route_fail,
               check_nothing_unknown]

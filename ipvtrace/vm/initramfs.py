@@ -62,6 +62,11 @@ poweroff -f
 """
 
 
+MODPROBE_SHIM = """#!/bin/busybox sh
+exec /bin/busybox chroot /newroot /sbin/modprobe "$@"
+"""
+
+
 def module_paths(kver: str) -> list[Path]:
     """The .ko files (in load order, deduplicated) that BOOT_MODULES need."""
     seen: list[Path] = []
@@ -92,7 +97,7 @@ def build(kver: str, cache_dir: Path) -> Path:
     """Return a gzip'd newc cpio initramfs for kernel *kver*, cached by content."""
     mods = module_paths(kver)
     key = hashlib.sha256(
-        (INIT_SCRIPT + kver + "".join(str(m) for m in mods)).encode()
+        (INIT_SCRIPT + MODPROBE_SHIM + kver + "".join(str(m) for m in mods)).encode()
     ).hexdigest()[:12]
     out = cache_dir / f"initramfs-{kver}-{key}.cpio.gz"
     if out.exists():
@@ -102,8 +107,12 @@ def build(kver: str, cache_dir: Path) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
     stage = cache_dir / f"stage-{kver}"
     shutil.rmtree(stage, ignore_errors=True)
-    for d in ("bin", "proc", "sys", "dev", "mods", "newroot"):
+    for d in ("bin", "sbin", "proc", "sys", "dev", "mods", "newroot"):
         (stage / d).mkdir(parents=True)
+    # The kernel's module autoloader runs /sbin/modprobe in the initramfs'
+    # root, not in the chroot: hand the request to the host's modprobe.
+    (stage / "sbin" / "modprobe").write_text(MODPROBE_SHIM)
+    os.chmod(stage / "sbin" / "modprobe", 0o755)
     shutil.copy2(BUSYBOX, stage / "bin" / "busybox")
     names = []
     for m in mods:

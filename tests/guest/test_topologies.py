@@ -19,8 +19,9 @@ def rows():
     with Lab(namespaces=checks.ALL) as lab:
         traffic = checks.build(lab)
         with scenarios.recorder(path):
-            for ns, dst, n in traffic:
-                lab.ping(ns, dst, n)
+            for ns, dst, n, *size in traffic:
+                lab.ping(ns, dst, n, size=size[0] if size else None)
+            checks.send_non_ip(lab)
     return article_checks.replay_json(path)
 
 
