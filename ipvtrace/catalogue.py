@@ -17,6 +17,7 @@ class Branch:
     what: str
     evidence: str
     classified: bool
+    not_observed: str = ""   # why no real-kernel test shows it (empty: shown on 6.1 and 6.12)
 
 
 @dataclass(frozen=True)
@@ -41,3 +42,27 @@ def load() -> Catalogue:
     data = tomllib.loads(PATH.read_text())
     branches = {b["id"]: Branch(**b) for b in data["branch"]}
     return Catalogue(branches=branches, delivery=dict(data["delivery"]))
+
+
+def markdown() -> str:
+    """docs/branches.md, generated: the catalogue and what no kernel run shows."""
+    cat = load()
+    out = ["# ipvlan branches", "",
+           "Generated from `ipvtrace/branches.toml` by `ipvtrace branches --markdown`;",
+           "a test keeps this page equal to that output.", "",
+           "| id | mode | dir | what happens | evidence ipvtrace uses |", "|---|---|---|---|---|"]
+    for b in cat.branches.values():
+        out.append(f"| `{b.id}` | {b.mode} | {b.direction} | {b.what} | {b.evidence} |")
+    out += ["", "## Delivery", "", "| delivery | meaning |", "|---|---|"]
+    out += [f"| `{k}` | {v} |" for k, v in cat.delivery.items()]
+    out += ["", "## Branches no real-kernel test shows",
+            "",
+            "Every other branch is produced and classified on Debian 6.1 and 6.12 by the",
+            "in-guest suite, and replayed from the kept recordings by",
+            "`tests/test_branch_coverage.py`.", "",
+            "| id | why no kernel run here shows it |", "|---|---|"]
+    out += [f"| `{b.id}` | {b.not_observed} |" for b in cat.branches.values() if b.not_observed]
+    out += ["| delivery `slave_down` | `ipvlan_stop` removes a downed slave's addresses, so the "
+            "lookup misses and the packet takes `tx.l2.to_parent` / `tx.l3.routed`: only a "
+            "race reaches it |", ""]
+    return "\n".join(out) + "\n"

@@ -35,6 +35,9 @@ EXAMPLES = {
 The lab creates its own network namespaces (ipvt-*), a veth pair standing for
 the article's ens10 and the outside world, and removes them afterwards.
 """,
+    "doctor": """examples:
+  sudo ipvtrace doctor        # one line per prerequisite, with the fix
+""",
     "branches": """examples:
   ipvtrace branches           # the catalogue of ipvlan branches
   ipvtrace branches --json
@@ -100,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     br = sub.add_parser("branches", help="the ipvlan branch catalogue",
                         epilog=EXAMPLES["branches"], formatter_class=fmt)
     br.add_argument("--json", action="store_true")
+    br.add_argument("--markdown", action="store_true", help="as docs/branches.md has it")
+
+    doc = sub.add_parser("doctor", help="check what tracing needs here, and what this kernel shows",
+                         epilog=EXAMPLES["doctor"], formatter_class=fmt)
+    del doc
     return p
 
 
@@ -112,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_replay(args)
         if args.cmd == "lab":
             return cmd_lab(args)
+        if args.cmd == "doctor":
+            from .doctor import report
+
+            return report()
         return cmd_trace(args)
     except KeyboardInterrupt:
         print("ipvtrace: interrupted; nothing it set up was left behind", file=sys.stderr)
@@ -198,6 +210,9 @@ def cmd_branches(args) -> int:
     cat = catalogue.load()
     if args.json:
         print(json.dumps([b.__dict__ for b in cat.branches.values()], indent=1))
+        return 0
+    if args.markdown:
+        print(catalogue.markdown(), end="")
         return 0
     from rich.console import Console
     from rich.table import Table

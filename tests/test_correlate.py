@@ -155,3 +155,16 @@ def test_mode_unknown_keeps_local_unknown():
     ctx = classify.Context(topo=Topology.from_snapshots([]), flags=CTX.flags)
     [(pkt, v)] = verdicts(local_tx(1, 1000, 0x1000), ctx=ctx)
     assert v.branch == "unknown" and "mode is unknown" in v.why
+
+
+def test_backlog_drop_is_tied_to_its_packet():
+    """ipvlan_multicast_enqueue frees the skb when the backlog is full: the
+    packet does not wait for a worker that will never see it."""
+    hdr = BCAST + bytes.fromhex("020000000099") + b"\x08\x06" + bytes(28)
+    evs = [ev("rx", 1000, 1, skb=0x8000, head=0x8001, hdr=hdr, **parent()),
+           ev("mc_enqueue", 1001, 1, skb=0x9000, head=0x8001, flags=0, **parent()),
+           ev("kfree", 1002, 1, skb=0x9000, reason=2),
+           ev("rx_ret", 1003, 1, ret=3)]
+    [(pkt, v)] = verdicts(evs)
+    assert (v.branch, v.delivery, v.complete) == ("rx.l2.multicast", "dropped", True)
+    assert [m["branch"] for m in v.mcast] == ["mcast.backlog_drop"]

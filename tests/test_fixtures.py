@@ -12,15 +12,28 @@ from pathlib import Path
 import pytest
 
 import article_checks as checks
+import lab_checks
 import topology_checks
 
 FIXTURES = sorted((Path(__file__).parent / "fixtures").glob("article-*.ipvt"))
 TOPOLOGIES = sorted((Path(__file__).parent / "fixtures").glob("topologies-*.ipvt"))
+LABS = sorted((Path(__file__).parent / "fixtures").glob("lab-*.ipvt"))
 
 
 def test_fixtures_present():
     assert {p.stem for p in FIXTURES} == {"article-6.1", "article-6.12"}
     assert {p.stem for p in TOPOLOGIES} == {"topologies-6.1", "topologies-6.12"}
+    assert {p.stem for p in LABS} == {"lab-6.1", "lab-6.12"}
+
+
+@pytest.fixture(scope="module", params=LABS, ids=lambda p: p.stem)
+def lab_run(request):
+    return lab_checks.load(request.param)
+
+
+@pytest.mark.parametrize("check", lab_checks.ALL_CHECKS, ids=lambda c: c.__name__)
+def test_lab_fixture(lab_run, check):
+    check(*lab_run)
 
 
 @pytest.fixture(scope="module", params=TOPOLOGIES, ids=lambda p: p.stem)
@@ -43,7 +56,7 @@ def test_article_fixture(rows, check):
     check(rows)
 
 
-@pytest.mark.parametrize("path", FIXTURES + TOPOLOGIES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", FIXTURES + TOPOLOGIES + LABS, ids=lambda p: p.stem)
 def test_fixture_kernel(path):
     from ipvtrace import recording
 
@@ -56,7 +69,7 @@ def test_fixture_kernel(path):
     assert syms["rcv_frame"].startswith("ipvlan_rcv_frame.isra."), syms
 
 
-@pytest.mark.parametrize("path", FIXTURES + TOPOLOGIES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", FIXTURES + TOPOLOGIES + LABS, ids=lambda p: p.stem)
 def test_table_matches_json(path):
     """The default table and --json describe the same packets, in the same order."""
     table = subprocess.run([sys.executable, "-m", "ipvtrace", "replay", str(path)],
@@ -69,7 +82,7 @@ def test_table_matches_json(path):
         assert row["branch"] in line.split(), (line, row["branch"])
 
 
-@pytest.mark.parametrize("path", FIXTURES + TOPOLOGIES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", FIXTURES + TOPOLOGIES + LABS, ids=lambda p: p.stem)
 def test_json_fields(path):
     """Every packet carries the fields the README documents."""
     for row in checks.replay_json(path):
