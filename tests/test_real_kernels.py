@@ -5,6 +5,7 @@ in-guest suite (tests/guest/run) as root on its own ipvlan driver.
 Nothing is skipped here: a guest that cannot boot, a probe that cannot attach
 or an in-guest test that is skipped is a failure of this tier.
 """
+import shutil
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.vm
 def guests():
     def one(kernel):
         work = WORK / kernel
+        shutil.rmtree(work, ignore_errors=True)   # no recording from an earlier run
         try:
             return kernel, qemu.run(kernel, guest_script("sh tests/guest/run"), work,
                                     cpus=1, timeout=2400)

@@ -27,6 +27,7 @@ vepa), L3S, IPv6, and the L3 drops. Expectations from ipvlan_core.c:
 """
 from __future__ import annotations
 
+from article_checks import requires
 from ipvtrace.netlab import Lab
 
 
@@ -133,6 +134,7 @@ def check_vepa_out_parent(rows):
     assert all(r["to"]["dev"] == "v0" for r in got)
 
 
+@requires("l3_rcv", "nf_input", "s2a", "s2a_ret")
 def check_l3s_tx_local_and_rx_pass(rows):
     got = of(rows, "10.4.0.1", "10.5.0.1")
     assert len(got) == 2 and {(r["branch"], r["mode"], r["delivery"]) for r in got} == {
@@ -195,6 +197,7 @@ def check_l3_non_ip_drop(rows):
         ("tx.l3.non_ip_drop", "dropped")}, got
 
 
+@requires("mc_enqueue", "mc_work", "mc_work_ret")
 def check_multicast_own(rows):
     arp = [r for r in rows if r["proto"] == "arp" and r["dst"] == "10.11.0.99"]
     tx = [r for r in arp if r["direction"] == "tx"]

@@ -45,9 +45,11 @@ def test_live_json_duration(pods, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "ipvtrace", "live", "--json",
                              "--duration", "8", "--ready-file", str(ready)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_ready(ready, proc)
-    assert pods.ping(NS[1], "10.77.0.2", 3)
-    out, err = proc.communicate(timeout=300)
+    try:
+        wait_ready(ready, proc)
+        assert pods.ping(NS[1], "10.77.0.2", 3)
+    finally:
+        out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "ipvtrace: tracing (" in err and " probes)" in err
     rows = [json.loads(l) for l in out.splitlines()]
@@ -58,13 +60,16 @@ def test_live_json_duration(pods, tmp_path):
 
 def test_record_stops_on_sigterm(pods, tmp_path):
     out, ready = OUT / "sigterm.ipvt", tmp_path / "ready"
+    out.unlink(missing_ok=True)   # a work dir may hold one from an earlier run
     proc = subprocess.Popen([sys.executable, "-m", "ipvtrace", "record", "-o", str(out),
                              "--ready-file", str(ready)], stderr=subprocess.PIPE, text=True)
-    wait_ready(ready, proc)
-    assert pods.ping(NS[2], "10.77.0.1", 1)
-    assert not out.exists(), "the file appears only when complete"
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
+    try:
+        wait_ready(ready, proc)
+        assert pods.ping(NS[2], "10.77.0.1", 1)
+        assert not out.exists(), "the file appears only when complete"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     rec = recording.read(out)
     assert rec.trailer["ended_by"] == "SIGTERM" and rec.trailer["events"] > 0

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from guest_helpers import skip_unless_probed
+
 import article_checks
 import topology_checks as checks
 from ipvtrace import scenarios
@@ -26,5 +28,6 @@ def rows():
 
 
 @pytest.mark.parametrize("check", checks.ALL_CHECKS, ids=lambda c: c.__name__)
-def test_topology(rows, check):
+def test_topology(rows, check, plan):
+    skip_unless_probed(plan, check)
     check(rows)
