@@ -13,6 +13,9 @@
  *   IPVT_HAVE_CONSUME_LOCATION  skb:consume_skb has a location field (6.3+)
  *   IPVT_HAVE_DROP_REASON       skb:kfree_skb has a reason field (5.17+)
  *   IPVT_RINGBUF_PAGES          ring buffer size in pages
+ *   IPVT_FILTER_EXPR            a C expression over `struct ipvt_pkt p`, made
+ *                               by ipvtrace/filterexpr.py from a tcpdump-style
+ *                               filter: packets it rejects send no event
  */
 
 /* bcc 0.26's compat uapi bpf.h predates these, and 6.4+ kernel headers use
@@ -48,6 +51,7 @@ struct ipvt_stack {
 	__u64 id[IPVT_STACK_MAX];
 	__u64 ts[IPVT_STACK_MAX];
 	__u16 kind[IPVT_STACK_MAX];
+	__u8 filtered[IPVT_STACK_MAX];
 };
 
 BPF_RINGBUF_OUTPUT(events, IPVT_RINGBUF_PAGES);
@@ -61,6 +65,9 @@ BPF_HASH(fwd_ctx, __u64, __u64, 1024);      /* tid<<32|cpu -> fwd ctx, for its r
  * reach LOCAL_IN (forwarded, dropped) age out. value: ctx id | phase << 62 */
 BPF_TABLE("lru_hash", __u64, __u64, l3s_skbs, 4096);
 BPF_PERCPU_ARRAY(s2a_ctx, __u64, 1);          /* ctx of the running skb_to_addr */
+/* data (skb->head) of frames the filter rejected: their multicast-worker and
+ * L3S events are not reported either */
+BPF_TABLE("lru_hash", __u64, __u8, filtered_heads, 4096);
 
 static __always_inline void stat_inc(int idx)
 {
@@ -108,6 +115,14 @@ static __always_inline void ev_dev(struct ipvt_event *e, struct net_device *dev)
 	if (net)
 		bpf_probe_read_kernel(&e->netns, sizeof(e->netns), &net->ns.inum);
 	e->flags |= IPVT_F_HAS_DEV;
+}
+
+static __always_inline __u64 skb_head(struct sk_buff *skb)
+{
+	unsigned char *head = 0;
+	if (skb)
+		bpf_probe_read_kernel(&head, sizeof(head), &skb->head);
+	return (__u64)head;
 }
 
 static __always_inline void ev_skb(struct ipvt_event *e, struct sk_buff *skb, int with_hdr)
@@ -172,13 +187,14 @@ static __always_inline __u64 ctx_push(__u16 kind, __u8 *depth_out)
 	st->id[i] = id;
 	st->ts[i] = bpf_ktime_get_ns();
 	st->kind[i] = kind;
+	st->filtered[i] = 0;
 	st->depth = d + 1;
 	*depth_out = d + 1;
 	return id;
 }
 
 /* Close the innermost context of this kind; skip ones whose return was lost. */
-static __always_inline __u64 ctx_pop(__u16 kind, __u8 *depth_out)
+static __always_inline __u64 ctx_pop(__u16 kind, __u8 *depth_out, __u8 *filtered)
 {
 	int zero = 0;
 	struct ipvt_stack *st = stack.lookup(&zero);
@@ -195,6 +211,7 @@ static __always_inline __u64 ctx_pop(__u16 kind, __u8 *depth_out)
 		st->depth = d - 1;
 		if (st->kind[i] == kind) {
 			id = st->id[i];
+			*filtered = st->filtered[i];
 			break;
 		}
 		stat_inc(IPVT_S_STACK_MISMATCH);
@@ -214,6 +231,8 @@ static __always_inline __u64 ctx_current(__u8 *depth_out, __u8 *flags)
 			if (bpf_ktime_get_ns() - st->ts[i] > IPVT_STALE_NS) {
 				stat_inc(IPVT_S_STACK_STALE);
 				st->depth = 0;
+			} else if (st->filtered[i]) {
+				return 0;   /* inside a packet the filter rejected */
 			} else {
 				*depth_out = d;
 				return st->id[i];
@@ -232,6 +251,61 @@ static __always_inline __u64 ctx_current(__u8 *depth_out, __u8 *flags)
 
 /* ---- entry points ---------------------------------------------------- */
 
+#ifdef IPVT_FILTER_EXPR
+/* What the filter expression can test, read from the captured frame. */
+struct ipvt_pkt {
+	__u32 s4, d4;
+	__u32 s6[4], d6[4];
+	__u16 etype, sport, dport;
+	__u8 l4, has4, has6;
+};
+
+static __always_inline int pkt_match(struct ipvt_event *e)
+{
+	struct ipvt_pkt p = {};
+	__u8 *h = e->hdr;
+	__u32 n = e->hdr_len;
+
+	if (!(e->flags & IPVT_F_HAS_HDR) || (e->flags & IPVT_F_NO_MAC) || n < 14)
+		return 1;   /* nothing to judge by: keep it */
+	p.etype = ((__u16)h[12] << 8) | h[13];
+	if (p.etype == 0x0806 && n >= 42) {
+		__builtin_memcpy(&p.s4, h + 28, 4);     /* ARP sender IP */
+		__builtin_memcpy(&p.d4, h + 38, 4);     /* ARP target IP */
+		p.has4 = 1;
+	} else if (p.etype == 0x0800 && n >= 34) {
+		p.l4 = h[23];
+		__builtin_memcpy(&p.s4, h + 26, 4);
+		__builtin_memcpy(&p.d4, h + 30, 4);
+		p.has4 = 1;
+		__u32 off = 14 + ((h[14] & 0x0f) << 2);
+		if (off + 4 <= n && off <= 74) {
+			p.sport = ((__u16)h[off] << 8) | h[off + 1];
+			p.dport = ((__u16)h[off + 2] << 8) | h[off + 3];
+		}
+	} else if (p.etype == 0x86dd && n >= 54) {
+		p.l4 = h[20];
+		__builtin_memcpy(p.s6, h + 22, 16);
+		__builtin_memcpy(p.d6, h + 38, 16);
+		p.has6 = 1;
+		if (n >= 58) {
+			p.sport = ((__u16)h[54] << 8) | h[55];
+			p.dport = ((__u16)h[56] << 8) | h[57];
+		}
+	}
+	return IPVT_FILTER_EXPR;
+}
+#endif
+
+static __always_inline int head_filtered(__u64 head)
+{
+#ifdef IPVT_FILTER_EXPR
+	return head && filtered_heads.lookup(&head) != 0;
+#else
+	return 0;
+#endif
+}
+
 /* Open a context for an entry probe and report the frame as ipvlan got it. */
 static __always_inline int entry(__u16 probe, struct sk_buff *skb, struct net_device *dev)
 {
@@ -242,6 +316,18 @@ static __always_inline int entry(__u16 probe, struct sk_buff *skb, struct net_de
 		return 0;
 	ev_dev(e, dev);
 	ev_skb(e, skb, 1);
+#ifdef IPVT_FILTER_EXPR
+	if (!pkt_match(e)) {
+		int zero = 0;
+		struct ipvt_stack *st = stack.lookup(&zero);
+		if (st && depth > 0)
+			st->filtered[stack_idx(depth - 1)] = 1;
+		__u64 head = e->head;
+		__u8 one = 1;
+		filtered_heads.update(&head, &one);
+		return 0;
+	}
+#endif
 	ev_submit(e);
 	return 0;
 }
@@ -249,8 +335,10 @@ static __always_inline int entry(__u16 probe, struct sk_buff *skb, struct net_de
 /* Close the entry's context and report its return value. */
 static __always_inline int entry_ret(struct pt_regs *ctx, __u16 probe, __u16 ret_probe)
 {
-	__u8 depth = 0;
-	__u64 id = ctx_pop(probe, &depth);
+	__u8 depth = 0, filtered = 0;
+	__u64 id = ctx_pop(probe, &depth, &filtered);
+	if (filtered)
+		return 0;
 	struct ipvt_event *e = ev_init(ret_probe, id, depth);
 	if (!e)
 		return 0;
@@ -380,6 +468,8 @@ int on_fwd(struct pt_regs *ctx)
 		return 0;
 	struct net_device *dev = (struct net_device *)PT_REGS_PARM1(ctx);
 	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM2(ctx);
+	if ((flags & IPVT_F_WORKER) && head_filtered(skb_head(skb)))
+		return 0;
 	__u64 key = (bpf_get_current_pid_tgid() << 32) | bpf_get_smp_processor_id();
 	fwd_ctx.update(&key, &id);
 	struct ipvt_event *e = ev_init(IPVT_P_FWD, id, depth);
@@ -414,6 +504,8 @@ static __always_inline int report_skb_dev(struct pt_regs *ctx, __u16 probe,
 	__u8 depth = 0, flags = 0;
 	__u64 id = ctx_current(&depth, &flags);
 	if (!id)
+		return 0;
+	if ((flags & IPVT_F_WORKER) && head_filtered(skb_head(skb)))
 		return 0;
 	struct net_device *dev = 0;
 	if (use_dst) {
@@ -510,6 +602,8 @@ int on_l3_rcv(struct pt_regs *ctx)
 {
 	struct net_device *dev = (struct net_device *)PT_REGS_PARM1(ctx);
 	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM2(ctx);
+	if (head_filtered(skb_head(skb)))
+		return 0;
 	__u64 key = (__u64)skb;
 	__u64 id = new_ctx_id() & L3S_ID_MASK;
 	__u64 val = id | L3S_PHASE_RCV;

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import __version__, catalogue
+from . import __version__, catalogue, filters
 
 EXAMPLES = {
     "live": """examples:
@@ -14,10 +14,13 @@ EXAMPLES = {
   sudo ipvtrace live --why           # ... with the evidence behind each branch
   sudo ipvtrace live --json | jq .   # one JSON object per packet
   sudo ipvtrace live --duration 10   # stop after 10 seconds
+  sudo ipvtrace live 'icmp and host 192.168.100.101'   # filter in the kernel
+  sudo ipvtrace live --netns pod-a --branch '*drop*'   # filter on the result
 """,
     "record": """examples:
   sudo ipvtrace record -o pods.ipvt                  # until Ctrl-C
   sudo ipvtrace record -o pods.ipvt --duration 30
+  sudo ipvtrace record -o dns.ipvt 'udp and port 53'     # only these, filtered in the kernel
   sudo ipvtrace record -o t.ipvt --ready-file /tmp/ready &   # scripts: wait for
   while [ ! -e /tmp/ready ]; do sleep 0.2; done               # the file, then
   ping ...; kill -INT %1; wait                                # send traffic
@@ -26,6 +29,9 @@ EXAMPLES = {
   ipvtrace replay pods.ipvt               # no root, no bcc: any machine
   ipvtrace replay pods.ipvt --why         # with the evidence for each branch
   ipvtrace replay pods.ipvt --json | jq 'select(.branch=="tx.l2.to_parent")'
+  ipvtrace replay pods.ipvt --branch 'tx.l3.*' --netns pod-a
+  ipvtrace replay pods.ipvt --stats           # packets per branch, drops, lost events
+  ipvtrace replay pods.ipvt --pcapng pods.pcapng && tshark -r pods.pcapng -T fields -e frame.comment
 """,
     "lab": """examples:
   sudo ipvtrace lab --list                  # the scenarios
@@ -50,6 +56,28 @@ def _fail(msg: str, code: int = 1) -> int:
     return code
 
 
+def _filter(args):
+    """Parse FILTER words (as tcpdump joins them); None when absent."""
+    from .filterexpr import FilterError, parse
+
+    text = " ".join(getattr(args, "expression", None) or [])
+    if not text.strip():
+        return None
+    try:
+        return parse(text)
+    except FilterError as exc:
+        print(f"ipvtrace: error: bad filter: {exc}\n  {exc.show().replace(chr(10), chr(10) + '  ')}",
+              file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _both(*preds):
+    preds = [p for p in preds if p]
+    if not preds:
+        return None
+    return lambda row: all(p(row) for p in preds)
+
+
 def _positive_float(s: str) -> float:
     try:
         v = float(s)
@@ -72,15 +100,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     live = sub.add_parser("live", help="trace now, print packets as they happen (root)",
                           epilog=EXAMPLES["live"], formatter_class=fmt)
+    live.add_argument("expression", nargs="*", metavar="FILTER",
+                      help="tcpdump-style filter run in the kernel, e.g. 'icmp and host 10.0.0.2'")
     live.add_argument("--json", action="store_true", help="one JSON object per packet")
     live.add_argument("--why", action="store_true", help="print the evidence under each packet")
+    live.add_argument("--lines", action="store_true",
+                      help="one line per packet instead of the dashboard (the default off a terminal)")
     live.add_argument("--duration", type=_positive_float, metavar="S", help="stop after S seconds")
     live.add_argument("-o", "--output", type=Path, metavar="FILE", help="also record to FILE")
     live.add_argument("--ready-file", type=Path, metavar="PATH",
                       help="create PATH once the probes are attached")
+    filters.add_arguments(live)
 
     rec = sub.add_parser("record", help="trace to a file for replay anywhere (root)",
                          epilog=EXAMPLES["record"], formatter_class=fmt)
+    rec.add_argument("expression", nargs="*", metavar="FILTER",
+                     help="tcpdump-style filter run in the kernel: other packets are not recorded")
     rec.add_argument("-o", "--output", type=Path, metavar="FILE", required=True)
     rec.add_argument("--duration", type=_positive_float, metavar="S", help="stop after S seconds")
     rec.add_argument("--ready-file", type=Path, metavar="PATH",
@@ -89,8 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("replay", help="read a recording (no root, no bcc)",
                          epilog=EXAMPLES["replay"], formatter_class=fmt)
     rep.add_argument("file", type=Path, metavar="FILE")
+    rep.add_argument("expression", nargs="*", metavar="FILTER",
+                     help="tcpdump-style filter over the recorded packets")
     rep.add_argument("--json", action="store_true", help="one JSON object per packet")
     rep.add_argument("--why", action="store_true", help="print the evidence under each packet")
+    rep.add_argument("--stats", action="store_true",
+                     help="packets per branch, drops by reason, lost events (no rows)")
+    rep.add_argument("--pcapng", type=Path, metavar="OUT",
+                     help="write the packets (headers as captured) to OUT, branch as comment")
+    filters.add_arguments(rep)
 
     lab = sub.add_parser("lab", help="build the article's topologies in namespaces and trace them (root)",
                          epilog=EXAMPLES["lab"], formatter_class=fmt)
@@ -140,13 +182,51 @@ def _sink(args):
 
 
 def cmd_replay(args) -> int:
+    from rich.console import Console
+
     from .recording import RecordingError
+    from .render import print_stats
     from .session import run_replay
 
+    rf = filters.RowFilter.from_args(args)
+    expr = _filter(args)
+    row_filter = _both(rf.matches if rf else None, expr.match if expr else None)
+    quiet = args.stats or args.pcapng is not None
+    sink = (lambda row: None) if quiet else _sink(args)
+    writer = out = None
     try:
-        summary = run_replay(args.file, _sink(args))
+        if args.pcapng is not None:
+            from .pcapng import PcapngWriter, comment
+
+            out = open(args.pcapng, "wb")
+            writer = PcapngWriter(out, f"ipvtrace {__version__}")
+            wall = {}
+
+            def to_pcap(row, pkt):
+                e = pkt.entry
+                if e is None or not e.hdr:
+                    return
+                base = wall.setdefault("ns", 0)
+                writer.packet(base + e.ts, e.hdr, e.len + (0 if e.flags & 0x10 else 14),
+                              comment(row), l3_only=bool(e.flags & 0x10))
+
+            from . import recording as rec_mod
+            h = rec_mod.read(args.file).header
+            wall["ns"] = int(float(h.get("start_wall", 0)) * 1e9) - int(h.get("start_ktime", 0))
+        summary = run_replay(args.file, sink, row_filter=row_filter,
+                             packet_sink=to_pcap if writer else None)
     except RecordingError as exc:
+        if out is not None:
+            out.close()
+            args.pcapng.unlink(missing_ok=True)
         return _fail(str(exc), 2)
+    except OSError as exc:
+        return _fail(f"{exc.strerror}: {exc.filename}")
+    if out is not None:
+        out.close()
+        print(f"ipvtrace: wrote {writer.count} packets to {args.pcapng}", file=sys.stderr)
+    if args.stats:
+        print_stats(summary, Console(highlight=False), as_json=args.json)
     lost = summary["trailer"].get("lost_events", 0)
     if lost:
         print(f"ipvtrace: {lost} events were lost while recording: packets around them are "
@@ -159,9 +239,25 @@ def cmd_trace(args) -> int:
     from .probes import PlanError
     from .session import LiveOptions, run_live
 
+    import contextlib
+
+    expr = _filter(args)   # a bad filter is refused before anything is attached
+    rf = filters.RowFilter.from_args(args)
+    sink = None
+    view = contextlib.nullcontext()
+    if args.cmd == "live":
+        if not (args.json or args.lines or args.why) and sys.stdout.isatty():
+            from .render import Dashboard
+
+            sink = view = Dashboard()
+        else:
+            sink = _sink(args)
     opts = LiveOptions(output=args.output, duration=args.duration,
-                       ready_file=getattr(args, "ready_file", None),
-                       sink=_sink(args) if args.cmd == "live" else None)
+                       ready_file=getattr(args, "ready_file", None), sink=sink,
+                       row_filter=rf.matches if rf else None,
+                       on_attached=getattr(sink, "attached", None),
+                       filter_c=expr.c() if expr else None,
+                       filter_text=" ".join(args.expression) if expr else None)
     try:
         from .loader import require_root
 
@@ -170,7 +266,8 @@ def cmd_trace(args) -> int:
             parent = args.output.absolute().parent
             if not parent.is_dir():
                 return _fail(f"cannot write {args.output}: {parent} is not a directory")
-        summary = run_live(opts)
+        with view:
+            summary = run_live(opts)
     except (PlanError, LoadError) as exc:
         return _fail(str(exc))
     except OSError as exc:
@@ -181,8 +278,11 @@ def cmd_trace(args) -> int:
         print(f"ipvtrace: wrote {summary.get('events', 0)} events to {summary.get('output')}{tail}",
               file=sys.stderr)
     else:
-        branches = ", ".join(f"{k} {v}" for k, v in summary["branches"].items()) or "none"
-        print(f"ipvtrace: {summary['packets']} packets ({branches}){tail}", file=sys.stderr)
+        from rich.console import Console
+
+        from .render import print_stats
+
+        print_stats(summary, Console(stderr=True, highlight=False))
     return 0
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 
-from . import loader, probes
+from . import filterexpr, loader, probes
 
 
 def main() -> int:
@@ -19,11 +19,15 @@ def main() -> int:
             plan.cflags.append("-DIPVT_HAVE_CONSUME_LOCATION")
         if ev == "kfree_skb" and " reason;" in text:
             plan.cflags.append("-DIPVT_HAVE_DROP_REASON")
-    b = bcc.BPF(src_file=str(loader.layout.BPF_DIR / "ipvtrace.c").encode(),
-                cflags=loader.cflags(plan, 64))
-    for spec in probes.SPECS:
-        b.load_func(spec.fn.encode(), bcc.BPF.KPROBE)
-    b.cleanup()
+    # once as shipped, once with a filter that uses every field it can test
+    expr = filterexpr.parse("(icmp and host 10.0.0.1) or (udp and dst port 53) or "
+                            "src host fd00::1 or not arp")
+    for extra in ([], [f"-DIPVT_FILTER_EXPR={expr.c()}"]):
+        b = bcc.BPF(src_file=str(loader.layout.BPF_DIR / "ipvtrace.c").encode(),
+                    cflags=loader.cflags(plan, 64) + extra)
+        for spec in probes.SPECS:
+            b.load_func(spec.fn.encode(), bcc.BPF.KPROBE)
+        b.cleanup()
     return 0
 
 

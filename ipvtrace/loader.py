@@ -44,9 +44,11 @@ def cflags(plan: ProbePlan, ringbuf_pages: int) -> list[str]:
 class Tracer:
     """Attached probes; use as a context manager so Ctrl-C always detaches."""
 
-    def __init__(self, plan: ProbePlan, ringbuf_pages: int = DEFAULT_RINGBUF_PAGES) -> None:
+    def __init__(self, plan: ProbePlan, ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
+                 filter_c: str | None = None) -> None:
         self.plan = plan
         self.ringbuf_pages = ringbuf_pages
+        self.filter_c = filter_c
         self.bpf = None
         self._cb: Callable | None = None
 
@@ -55,8 +57,9 @@ class Tracer:
         bcc = import_bcc()
         src = layout.BPF_DIR / "ipvtrace.c"
         try:
+            extra = [f"-DIPVT_FILTER_EXPR={self.filter_c}"] if self.filter_c else []
             self.bpf = bcc.BPF(src_file=str(src).encode(),
-                               cflags=cflags(self.plan, self.ringbuf_pages))
+                               cflags=cflags(self.plan, self.ringbuf_pages) + extra)
         except Exception as exc:  # bcc raises plain Exception on compile errors
             raise LoadError(
                 f"compiling {src.name} failed ({exc}); are the kernel headers installed? "

@@ -29,6 +29,8 @@ class Pipeline:
         t0: int,
         sink: Callable[[Row], None],
         resolver: Callable[[int], str | None] | None = None,
+        row_filter: Callable[[Row], bool] | None = None,
+        packet_sink: Callable[[Row, Packet], None] | None = None,
     ) -> None:
         self.decoder = Decoder(lay)
         self.snapshots = list(snapshots)
@@ -39,6 +41,9 @@ class Pipeline:
         self.t0 = t0
         self.sink = sink
         self.resolver = resolver
+        self.row_filter = row_filter
+        self.packet_sink = packet_sink
+        self.filtered_out = 0
         self.resolved: dict[int, str] = {}
         self.correlator = Correlator(self._packet, is_l3s=self._is_l3s)
         self.branches: Counter[str] = Counter()
@@ -87,6 +92,9 @@ class Pipeline:
                         self.resolved[e.aux] = name
         v = cls.classify(pkt, self.ctx)
         row = to_row(pkt, v, self.ctx, self.t0)
+        if self.row_filter is not None and not self.row_filter(row):
+            self.filtered_out += 1
+            return
         self.packets += 1
         self.branches[v.branch] += 1
         for m in v.mcast:
@@ -94,6 +102,8 @@ class Pipeline:
         if v.delivery in ("dropped", "slave_down", "forward_failed"):
             self.drops[f"{v.branch}: {v.reason or v.delivery}"] += 1
         self.sink(row)
+        if self.packet_sink is not None:
+            self.packet_sink(row, pkt)
 
     def summary(self) -> dict:
         return {
@@ -102,6 +112,7 @@ class Pipeline:
             "drops": dict(sorted(self.drops.items())),
             "lost_events": self.lost_total,
             "unattributed_events": self.correlator.unattributed,
+            "filtered_out": self.filtered_out,
         }
 
 

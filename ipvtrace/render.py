@@ -79,3 +79,101 @@ class JsonSink:
     def __call__(self, row: dict) -> None:
         self.out.write(json.dumps(row, separators=(",", ":")) + "\n")
         self.out.flush()
+
+
+def print_stats(summary: dict, console: Console, as_json: bool = False) -> None:
+    """Packets per branch, drops by reason, lost events: live's Ctrl-C
+    summary and `replay --stats`."""
+    keys = ("packets", "branches", "drops", "lost_events", "unattributed_events", "filtered_out")
+    if as_json:
+        console.file.write(json.dumps({k: summary.get(k) for k in keys}) + "\n")
+        return
+    from rich.table import Table
+
+    t = Table(title=f"{summary.get('packets', 0)} packets", title_justify="left")
+    t.add_column("branch")
+    t.add_column("packets", justify="right")
+    for branch, n in summary.get("branches", {}).items():
+        style = "bold red" if "drop" in branch or branch == "unknown" else ""
+        t.add_row(Text(branch, style=style), str(n))
+    console.print(t)
+    drops = summary.get("drops", {})
+    if drops:
+        d = Table(title="drops (branch: reason)", title_justify="left")
+        d.add_column("where and why")
+        d.add_column("packets", justify="right")
+        for k, n in drops.items():
+            d.add_row(Text(k, style="red"), str(n))
+        console.print(d)
+    lost = summary.get("lost_events", 0)
+    console.print(Text(f"lost events: {lost}", style="bold red" if lost else ""))
+    if summary.get("unattributed_events"):
+        console.print(f"events outside any packet: {summary['unattributed_events']}")
+    if summary.get("filtered_out"):
+        console.print(f"packets hidden by the filters: {summary['filtered_out']}")
+
+
+class Dashboard:
+    """`ipvtrace live` on a terminal: a header, counters per branch (drops
+    highlighted) and the most recent packets. Redraws follow the clock
+    (rich Live), not the packet rate, so it stays readable under load."""
+
+    def __init__(self, *, recent: int = 15, console: Console | None = None) -> None:
+        from collections import Counter, deque
+
+        self.console = console or Console(highlight=False)
+        self.rows: deque = deque(maxlen=recent)
+        self.branches: Counter = Counter()
+        self.packets = 0
+        self.header = "ipvtrace: compiling and attaching probes..."
+        self.lost = 0
+        self._live = None
+
+    def attached(self, header: str, lost) -> None:
+        self.header = header
+        self._lost = lost
+
+    def __call__(self, row: dict) -> None:
+        self.packets += 1
+        self.branches[row["branch"]] += 1
+        for m in row.get("mcast", []):
+            self.branches[m["branch"]] += 1
+        self.rows.append(row)
+
+    def __rich__(self):
+        from rich.console import Group
+        from rich.table import Table
+
+        if getattr(self, "_lost", None) is not None:
+            self.lost = self._lost()
+        head = Text(f"{self.header}   packets {self.packets}   ")
+        head.append(f"lost events {self.lost}", style="bold red" if self.lost else "green")
+        counts = Table(box=None, show_header=False, padding=(0, 2))
+        items = sorted(self.branches.items())
+        for i in range(0, len(items), 4):
+            cells = []
+            for b, n in items[i:i + 4]:
+                bad = "drop" in b or b == "unknown"
+                cells.append(Text(f"{b} {n}", style="bold red" if bad else ""))
+            counts.add_row(*cells)
+        recent = Table(box=None, padding=(0, 1))
+        for name, width in COLUMNS:
+            recent.add_column(name, width=width, no_wrap=True, overflow="ellipsis")
+        for row in self.rows:
+            bad = row.get("delivery") in ("dropped", "slave_down", "forward_failed")
+            recent.add_row(f"{row['time']:.6f}" if row.get("time") is not None else "?",
+                           _dev(row.get("from")), _dev(row.get("to")), row.get("summary") or "?",
+                           Text(row["branch"], style="bold red" if bad else ""),
+                           row.get("delivery") or "-")
+        return Group(head, counts, recent)
+
+    def __enter__(self) -> "Dashboard":
+        from rich.live import Live
+
+        self._live = Live(self, console=self.console, refresh_per_second=4, transient=False)
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc)

@@ -34,6 +34,10 @@ class LiveOptions:
     duration: float | None = None
     ready_file: Path | None = None
     sink: Callable[[Row], None] | None = None   # None: record only, no classification
+    row_filter: Callable[[Row], bool] | None = None
+    on_attached: Callable[[str, Callable[[], int]], None] | None = None   # (header, lost count)
+    filter_c: str | None = None        # the in-kernel filter, as C (filterexpr)
+    filter_text: str | None = None
     ringbuf_pages: int = 1024
     on_summary: Callable[[dict], None] | None = None
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
@@ -61,7 +65,7 @@ def run_live(opts: LiveOptions) -> dict:
     writer: recording.Writer | None = None
     summary: dict = {}
     try:
-        with loader.Tracer(plan, ringbuf_pages=opts.ringbuf_pages) as tracer:
+        with loader.Tracer(plan, ringbuf_pages=opts.ringbuf_pages, filter_c=opts.filter_c) as tracer:
             t0 = ktime_ns()
             header = {
                 "format": "ipvtrace-recording",
@@ -73,6 +77,7 @@ def run_live(opts: LiveOptions) -> dict:
                 "start_ktime": t0,
                 "start_wall": time.time(),
                 "plan": plan.to_json(),
+                "filter": opts.filter_text,
                 "cannot_show": probes.what_this_kernel_shows(plan),
                 "layout": lay.to_json(),
                 "drop_reasons": {str(k): v for k, v in reasons.items()},
@@ -80,7 +85,7 @@ def run_live(opts: LiveOptions) -> dict:
             }
             if opts.output is not None:
                 writer = recording.Writer(opts.output, header)
-            src = _LiveStream(lay, writer, snap0, reasons, t0, opts.sink)
+            src = _LiveStream(lay, writer, snap0, reasons, t0, opts.sink, opts.row_filter)
             tracer.on_event(src.raw)
             for s in old:
                 signal.signal(s, _on_signal)
@@ -89,6 +94,9 @@ def run_live(opts: LiveOptions) -> dict:
                   file=sys.stderr, flush=True)
             for line in probes.what_this_kernel_shows(plan):
                 print(f"ipvtrace: note: {line}", file=sys.stderr)
+            if opts.on_attached is not None:
+                opts.on_attached(f"ipvtrace on {os.uname().release}: {plan.probe_count} probes",
+                                 lambda: src.lost_seen)
             if opts.ready_file is not None:
                 opts.ready_file.write_text(f"{os.getpid()}\n")
             deadline = time.monotonic() + opts.duration if opts.duration else None
@@ -119,7 +127,7 @@ def run_live(opts: LiveOptions) -> dict:
 class _LiveStream:
     """Turns polled raw events into pipeline calls and recording frames."""
 
-    def __init__(self, lay, writer, snap0, reasons, t0, sink) -> None:
+    def __init__(self, lay, writer, snap0, reasons, t0, sink, row_filter=None) -> None:
         self.writer: recording.Writer | None = writer
         self.kallsyms = Kallsyms()
         self.symbols: dict[int, str] = {}
@@ -128,7 +136,7 @@ class _LiveStream:
         self.tried: set[tuple[int, int]] = set()
         self.pipe = Pipeline(
             lay, snapshots=[snap0], drop_reasons=reasons, symbols={}, t0=t0,
-            sink=sink or (lambda row: None), resolver=self._resolve,
+            sink=sink or (lambda row: None), resolver=self._resolve, row_filter=row_filter,
         )
         self.classify = sink is not None
 
@@ -206,7 +214,9 @@ class _LiveStream:
         return summary
 
 
-def run_replay(path: Path, sink: Callable[[Row], None]) -> dict:
+def run_replay(path: Path, sink: Callable[[Row], None],
+               row_filter: Callable[[Row], bool] | None = None,
+               packet_sink: Callable | None = None) -> dict:
     """Feed a recording through the pipeline; RecordingError for a bad file."""
     rec = recording.read(path)
     h = rec.header
@@ -226,7 +236,8 @@ def run_replay(path: Path, sink: Callable[[Row], None]) -> dict:
             f"ipvtrace reads ({layout.current().format_version}); upgrade ipvtrace"
         )
     pipe = Pipeline(lay, snapshots=[h.get("snapshot", {})], drop_reasons=reasons,
-                    symbols=symbols, t0=t0, sink=sink)
+                    symbols=symbols, t0=t0, sink=sink, row_filter=row_filter,
+                    packet_sink=packet_sink)
     from .decode import DecodeError
     for ftype, payload in rec.frames():
         if ftype == recording.F_EVENT:
@@ -244,6 +255,7 @@ def run_replay(path: Path, sink: Callable[[Row], None]) -> dict:
             pipe.snapshot(json.loads(payload))
     pipe.finish()
     summary = pipe.summary()
-    summary["header"] = {k: h.get(k) for k in ("kernel", "ipvtrace_version", "format_version", "cannot_show")}
+    summary["header"] = {k: h.get(k) for k in ("kernel", "ipvtrace_version", "format_version",
+                                                "cannot_show", "start_ktime", "start_wall")}
     summary["trailer"] = rec.trailer
     return summary

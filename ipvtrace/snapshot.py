@@ -48,13 +48,16 @@ def list_namespaces() -> list[dict]:
     """The root netns and every `ip netns` one, as {inum, name, path, root}."""
     out: list[dict] = []
     seen: set[int] = set()
-    root = "/proc/1/ns/net"
-    try:
-        ino = netns_inode(root)
+    # init_net: pid 1's, or (where pid 1 is hidden, as in some sandboxes) the
+    # kernel threads' (kthreadd, pid 2), which always live in init_net
+    for root in ("/proc/1/ns/net", "/proc/2/ns/net"):
+        try:
+            ino = netns_inode(root)
+        except OSError:
+            continue
         out.append({"inum": ino, "name": None, "path": root, "root": True})
         seen.add(ino)
-    except OSError:
-        pass
+        break
     if NETNS_RUN.is_dir():
         for p in sorted(NETNS_RUN.iterdir()):
             try:
@@ -68,15 +71,28 @@ def list_namespaces() -> list[dict]:
                 continue
             seen.add(ino)
             out.append({"inum": ino, "name": p.name, "path": str(p), "root": False})
+    # anonymous namespaces (containers, pods without `ip netns` names): named
+    # after the first process that holds one, e.g. "pid:4242(pause)"
+    for proc in sorted(Path("/proc").glob("[0-9]*"), key=lambda p: int(p.name)):
+        try:
+            ino = netns_inode(proc / "ns" / "net")
+            if ino in seen:
+                continue
+            comm = (proc / "comm").read_text().strip()
+        except OSError:
+            continue
+        seen.add(ino)
+        out.append({"inum": ino, "name": f"pid:{proc.name}({comm})",
+                    "path": str(proc / "ns" / "net"), "root": False, "anonymous": True})
     return out
 
 
 def _open_iproute(ns: dict):
     from pyroute2 import IPRoute
 
-    if ns["root"] and ns["path"] == "/proc/1/ns/net" and netns_inode("/proc/self/ns/net") == ns["inum"]:
+    if ns["root"] and netns_inode("/proc/self/ns/net") == ns["inum"]:
         return IPRoute()
-    return IPRoute(netns=ns["name"] if ns["name"] else ns["path"])
+    return IPRoute(netns=ns["path"] if ns.get("anonymous") or not ns["name"] else ns["name"])
 
 
 def _dump_ns(ns: dict, all_ns: list[dict]) -> list[dict]:

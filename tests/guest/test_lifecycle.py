@@ -42,8 +42,11 @@ def wait_ready(path: Path, proc: subprocess.Popen) -> None:
 
 def test_live_json_duration(pods, tmp_path):
     ready = tmp_path / "ready"
+    # with a tcpdump-style filter, run in the kernel: ARP and the other
+    # direction's traffic of other hosts never reach user space
     proc = subprocess.Popen([sys.executable, "-m", "ipvtrace", "live", "--json",
-                             "--duration", "8", "--ready-file", str(ready)],
+                             "--duration", "8", "--ready-file", str(ready),
+                             "icmp", "and", "dst", "host", "10.77.0.2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_ready(ready, proc)
@@ -55,10 +58,27 @@ def test_live_json_duration(pods, tmp_path):
     rows = [json.loads(l) for l in out.splitlines()]
     echo = [r for r in rows if r["kind"] == "echo-request" and r["dst"] == "10.77.0.2"]
     assert len(echo) == 3 and {r["branch"] for r in echo} == {"tx.l2.local"}, rows
+    assert len(rows) == 3, [r["summary"] for r in rows]   # no ARP, no replies
     assert kprobes_of_ours() == []
 
 
 def test_record_stops_on_sigterm(pods, tmp_path):
+    # a pod without an `ip netns` name (as a container runtime makes them):
+    # the recording names its namespace after the process holding it
+    holder = subprocess.Popen(["unshare", "-n", "sleep", "600"])
+    try:
+        _record_sigterm(pods, tmp_path, holder.pid)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def _record_sigterm(pods, tmp_path, holder_pid):
+    time.sleep(0.5)
+    with pods.ipr(NS[0]) as ipr:
+        ipr.link("add", ifname="anon0", kind="ipvlan", link=ipr.link_lookup(ifname="ens10")[0],
+                 ipvlan_mode=0)
+        ipr.link("set", index=ipr.link_lookup(ifname="anon0")[0], net_ns_pid=holder_pid)
     out, ready = OUT / "sigterm.ipvt", tmp_path / "ready"
     out.unlink(missing_ok=True)   # a work dir may hold one from an earlier run
     proc = subprocess.Popen([sys.executable, "-m", "ipvtrace", "record", "-o", str(out),
@@ -73,5 +93,28 @@ def test_record_stops_on_sigterm(pods, tmp_path):
     assert proc.returncode == 0, err
     rec = recording.read(out)
     assert rec.trailer["ended_by"] == "SIGTERM" and rec.trailer["events"] > 0
+    snap = rec.header["snapshot"]
+    anon = [n for n in snap["namespaces"] if n["name"] == f"pid:{holder_pid}(sleep)"]
+    assert len(anon) == 1, snap["namespaces"]
+    devs = [d for d in snap["devices"] if d["netns"] == anon[0]["inum"]]
+    assert {(d["name"], d.get("ipvlan", {}).get("mode")) for d in devs} >= {("anon0", "l2")}, devs
     assert not Path(str(out) + ".partial").exists()
     assert kprobes_of_ours() == []
+
+
+def test_live_dashboard_on_a_terminal(pods, tmp_path):
+    """On a terminal `live` shows the dashboard; at the end the summary."""
+    ready = tmp_path / "ready"
+    cmd = f"{sys.executable} -m ipvtrace live --duration 6 --ready-file {ready}"
+    proc = subprocess.Popen(["script", "-qec", cmd, "/dev/null"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, COLUMNS="160", TERM="xterm"))
+    try:
+        wait_ready(ready, proc)
+        assert pods.ping(NS[1], "10.77.0.2", 2)
+    finally:
+        out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-2000:]
+    assert " probes   packets " in out and "lost events 0" in out
+    assert "tx.l2.local" in out and "echo-request" in out
+    assert "Traceback" not in out

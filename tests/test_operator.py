@@ -1,0 +1,95 @@
+"""The operator's tools on kept real-kernel recordings: filters, --stats,
+--pcapng read back by tshark."""
+import json
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import article_checks
+
+LAB = Path(__file__).parent / "fixtures" / "lab-6.12.ipvt"
+
+
+def replay(*args):
+    r = subprocess.run([sys.executable, "-m", "ipvtrace", "replay", str(LAB), *args],
+                       capture_output=True, text=True, timeout=120)
+    return r
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return article_checks.replay_json(LAB)
+
+
+def test_stats_counts_what_replay_shows(rows):
+    r = replay("--stats", "--json")
+    assert r.returncode == 0, r.stderr
+    stats = json.loads(r.stdout)
+    want = Counter(row["branch"] for row in rows)
+    want.update(m["branch"] for row in rows for m in row.get("mcast", []))
+    assert stats["branches"] == dict(want)
+    assert stats["packets"] == len(rows) and stats["lost_events"] == 0
+
+
+@pytest.mark.parametrize("args,keep", [
+    (["--branch", "tx.l3.*"], lambda r: r["branch"].startswith("tx.l3.")),
+    (["--netns", "ipvt-6-node2ns"], lambda r: "ipvt-6-node2ns" in
+     {e["netns"] for e in (r["from"], r["to"], *(m["to"] for m in r.get("mcast", []))) if e}),
+    (["--dev", "ipvl_10"], lambda r: "ipvl_10" in
+     {e["dev"] for e in (r["from"], r["to"], *(m["to"] for m in r.get("mcast", []))) if e}),
+    (["--mode", "l3"], lambda r: r["mode"] == "l3"),
+    (["--branch", "mcast.out_parent"], lambda r: any(
+        m["branch"] == "mcast.out_parent" for m in r.get("mcast", []))),
+])
+def test_filters(rows, args, keep):
+    r = replay("--json", *args)
+    assert r.returncode == 0, r.stderr
+    got = [json.loads(line) for line in r.stdout.splitlines()]
+    want = [row for row in rows if keep(row)]
+    assert got == want and got
+
+
+def test_bad_filter_value():
+    r = replay("--mode", "l4")
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_pcapng_read_by_tshark(rows, tmp_path):
+    assert shutil.which("tshark"), "scripts/setup installs tshark"
+    out = tmp_path / "lab.pcapng"
+    r = replay("--pcapng", str(out))
+    assert r.returncode == 0 and "wrote" in r.stderr, r.stderr
+    t = subprocess.run(["tshark", "-r", str(out), "-T", "fields", "-e", "frame.comment",
+                        "-e", "ip.src", "-e", "ip.dst"], capture_output=True, text=True)
+    assert t.returncode == 0, t.stderr
+    lines = t.stdout.splitlines()
+    assert len(lines) == len(rows)
+    for line, row in zip(lines, rows):
+        comment, src, dst = (line.split("\t") + ["", ""])[:3]
+        assert f"branch={row['branch']} " in comment and f"delivery={row['delivery']}" in comment
+        if row["proto"] in ("icmp", "udp", "tcp"):
+            assert (src, dst) == (row["src"], row["dst"])
+
+
+def test_dashboard_renders_counters_and_recent(rows):
+    import io
+
+    from rich.console import Console
+
+    from ipvtrace.render import Dashboard
+
+    buf = io.StringIO()
+    d = Dashboard(recent=5, console=Console(file=buf, width=200, color_system=None))
+    d.attached("ipvtrace on test: 21 probes", lambda: 3)
+    for row in rows:
+        d(row)
+    d.console.print(d)
+    text = buf.getvalue()
+    assert "21 probes" in text and f"packets {len(rows)}" in text and "lost events 3" in text
+    assert f"tx.l2.local {sum(r['branch'] == 'tx.l2.local' for r in rows)}" in text
+    assert text.count("\n") < 30   # 5 recent rows, not all of them
+    assert rows[-1]["summary"][:30] in text
