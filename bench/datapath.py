@@ -1,0 +1,125 @@
+"""Benchmark, part 1 and 2 (runs as root on a kernel with ipvlan, e.g. in the
+VM): UDP packets/s between two ipvlan namespaces, untraced vs traced by
+ipvtrace (record, live --json) and by a reference bpftrace script; start-up
+time of ipvtrace vs a minimal bcc program. Prints one JSON object."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ipvtrace.netlab import Lab
+
+NS = ["ipvt-bench-host", "ipvt-bench-a", "ipvt-bench-b"]
+SECONDS = int(os.environ.get("IPVT_BENCH_SECONDS", "8"))
+HERE = Path(__file__).resolve().parent
+
+
+def udp_rate(lab: Lab) -> dict:
+    srv = subprocess.Popen(["ip", "netns", "exec", NS[2], "iperf3", "-s", "-1", "-J"],
+                           stdout=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    cli = lab.run(NS[1], ["iperf3", "-c", "10.99.0.2", "-u", "-b", "0", "-l", "64",
+                          "-t", str(SECONDS), "-J"], timeout=SECONDS + 60)
+    srv_out, _ = srv.communicate(timeout=60)
+    s = json.loads(srv_out)["end"]["sum"]
+    return {"pps": s["packets"] / s["seconds"] if s["seconds"] else 0.0,
+            "lost_pct_udp": s.get("lost_percent"), "client_rc": cli.returncode}
+
+
+def wait_file(path: Path, proc: subprocess.Popen, timeout: float = 900) -> float:
+    t0 = time.monotonic()
+    while not path.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited early: {proc.returncode}")
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError("not ready")
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
+def traced(lab: Lab, cmd: list[str], ready: Path, out_path: Path | None = None) -> dict:
+    ready.unlink(missing_ok=True)
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    startup = wait_file(ready, proc)
+    res = udp_rate(lab)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=900)
+    res["startup_s"] = startup
+    res["stop_s"] = time.monotonic() - t0 - startup
+    lost = [l for l in err.splitlines() if "LOST" in l or "lost" in l]
+    res["stderr_tail"] = err.strip().splitlines()[-1:] + lost[-1:]
+    if out_path is not None and out_path.exists():
+        from ipvtrace import recording
+        rec = recording.read(out_path)
+        res["events"] = rec.trailer["events"]
+        res["lost_events"] = rec.trailer["lost_events"]
+        res["bytes"] = out_path.stat().st_size
+    return res
+
+
+def bpftrace_ref(lab: Lab, out_dir: Path) -> dict:
+    out = out_dir / "bpftrace-ref.out"
+    with open(out, "w") as f:
+        proc = subprocess.Popen(["bpftrace", str(HERE / "ref.bt")], stdout=f,
+                                stderr=subprocess.STDOUT)
+    t0 = time.monotonic()
+    while "Attaching" not in out.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() - t0 > 300:
+            raise RuntimeError("bpftrace did not attach: " + out.read_text()[-500:])
+        time.sleep(0.05)
+    startup = time.monotonic() - t0
+    res = udp_rate(lab)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=300)
+    res["startup_s"] = startup
+    with open(out, errors="replace") as f:
+        res["lines"] = sum(1 for _ in f)
+    out.unlink()
+    return res
+
+
+def minimal_bcc_startup() -> float:
+    code = ("from bcc import BPF\nimport sys,time\nt=time.monotonic()\n"
+            "b=BPF(text='int kprobe__ipvlan_queue_xmit(void *ctx){return 0;}')\n"
+            "print(time.monotonic()-t)\n")
+    t0 = time.monotonic()
+    subprocess.run(["/usr/bin/python3", "-c", code], check=True, capture_output=True)
+    return time.monotonic() - t0
+
+
+def main() -> int:
+    for m in ("ipvlan", "veth"):
+        subprocess.run(["modprobe", m])
+    out_dir = Path(os.environ.get("IPVTRACE_OUT", "/tmp")).resolve()
+    ready = out_dir / "bench.ready"
+    results: dict = {"kernel": os.uname().release, "cpus": os.cpu_count(), "seconds": SECONDS}
+    with Lab(namespaces=NS) as lab:
+        lab.veth(NS[0], "ens10", NS[0], "peer")
+        for ns, ip in ((NS[1], "10.99.0.1/24"), (NS[2], "10.99.0.2/24")):
+            lab.ipvlan(NS[0], "ens10", "ipvl0", "l2", into=ns, rename="eth0")
+            lab.addr(ns, "eth0", ip)
+        lab.ping(NS[1], "10.99.0.2", 1)
+        py = [sys.executable, "-m", "ipvtrace"]
+        results["untraced"] = udp_rate(lab)
+        rec = out_dir / "bench-record.ipvt"
+        results["record"] = traced(lab, py + ["record", "-o", str(rec), "--ready-file", str(ready)],
+                                   ready, rec)
+        results["live_json"] = traced(lab, py + ["live", "--json", "--ready-file", str(ready)], ready)
+        results["filter_nothing"] = traced(
+            lab, py + ["record", "-o", str(out_dir / "bench-none.ipvt"), "--ready-file", str(ready),
+                       "host", "192.0.2.77"], ready, out_dir / "bench-none.ipvt")
+        results["bpftrace_ref"] = bpftrace_ref(lab, out_dir)
+        results["untraced_again"] = udp_rate(lab)
+    results["minimal_bcc_startup_s"] = minimal_bcc_startup()
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Benchmark, part 3 and 4 (any machine): replay speed on a recording of at
+least a million events, peak memory, against merely reading the file's
+bytes; recording size per event and per packet. Prints one JSON object."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+import synth  # noqa: E402
+from ipvtrace import layout, recording  # noqa: E402
+
+
+def make(path: Path, packets: int) -> int:
+    """A recording of *packets* pod-to-pod packets (6 events each, as tx.l2.local
+    shows on the real kernels), with clock ticks as live writes them."""
+    lay = layout.current()
+    w = recording.Writer(path, {"format": "ipvtrace-recording", "format_version": 1,
+                                "start_ktime": 0, "start_wall": 0, "layout": lay.to_json(),
+                                "drop_reasons": {}, "snapshot": synth.snapshot("l2")})
+    hdr = synth.ipv4_icmp("10.0.0.1", "10.0.0.2")
+    pod_a, pod_b = synth.pod_a(), synth.pod_b()
+    ts = 1_000
+    for i in range(packets):
+        skb = 0xffff000000000000 + (i % 512) * 256        # pointers get reused
+        ctx = i + 1
+        for raw in (
+            synth.raw("xmit", ts, ctx, skb=skb, head=skb + 1, hdr=hdr, **pod_a),
+            synth.raw("lookup_ret", ts + 1, ctx, aux=0xA, aux2=0xB, **pod_b),
+            synth.raw("rcv_frame", ts + 2, ctx, skb=skb, head=skb + 1, flags=1),
+            synth.raw("fwd", ts + 3, ctx, skb=skb, head=skb + 1, **pod_b),
+            synth.raw("fwd_ret", ts + 4, ctx, ret=0),
+            synth.raw("xmit_ret", ts + 5, ctx, ret=0),
+        ):
+            w.event(raw)
+        ts += 10_000
+        if i % 2000 == 0:
+            w.tick(ts)
+    w.close({"ended_by": "synthetic", "lost_events": 0, "symbols": {}})
+    return w.events
+
+
+def timed(cmd: list[str]) -> tuple[float, int]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    dt = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return dt, max(peak, before)
+
+
+def main() -> int:
+    out = Path(os.environ.get("IPVTRACE_BENCH_DIR", "build/bench"))
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "replay-1m.ipvt"
+    packets = int(os.environ.get("IPVT_BENCH_PACKETS", "170000"))
+    events = make(path, packets)
+    size = path.stat().st_size
+    t0 = time.perf_counter()
+    path.read_bytes()
+    read_s = time.perf_counter() - t0
+    py = [sys.executable, "-m", "ipvtrace", "replay", str(path)]
+    json_s, json_rss = timed(py + ["--json"])
+    stats_s, stats_rss = timed(py + ["--stats"])
+    print(json.dumps({
+        "events": events, "packets": packets, "bytes": size,
+        "bytes_per_event": size / events, "bytes_per_packet": size / packets,
+        "read_bytes_s": read_s,
+        "replay_json_s": json_s, "replay_json_events_per_s": events / json_s,
+        "replay_json_packets_per_s": packets / json_s, "replay_json_peak_rss_kib": json_rss,
+        "replay_stats_s": stats_s, "replay_stats_events_per_s": events / stats_s,
+        "replay_stats_packets_per_s": packets / stats_s, "replay_stats_peak_rss_kib": stats_rss,
+    }, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

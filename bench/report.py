@@ -1,0 +1,67 @@
+"""Combine the two benchmark parts into bench/results/DATE-KERNEL.json and a
+table of ratios measured in the same run."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+
+def _guest() -> str:
+    """How the datapath part ran: `(tcg, 123 s)` from the VM runner's log."""
+    log = Path("build/bench/vm.log")
+    if log.exists():
+        for line in log.read_text().splitlines():
+            if line.startswith("====="):
+                return line.strip("= ")
+    return f"this machine's kernel ({platform.release()})"
+
+
+def main() -> int:
+    dp = json.loads(Path(sys.argv[1]).read_text())
+    rp = json.loads(Path(sys.argv[2]).read_text())
+    base = (dp["untraced"]["pps"] + dp["untraced_again"]["pps"]) / 2
+    rows = [(name, dp[key]["pps"]) for name, key in (
+        ("record", "record"), ("live --json", "live_json"),
+        ("record, filter matching nothing", "filter_nothing"),
+        ("reference bpftrace (text line per event)", "bpftrace_ref"))]
+    lines = [f"datapath: UDP 64-byte flood between two ipvlan namespaces, {dp['seconds']} s each,"
+             f" kernel {dp['kernel']}, {dp['cpus']} vCPU",
+             f"  untraced: {base:,.0f} packets/s (before {dp['untraced']['pps']:,.0f}, "
+             f"after {dp['untraced_again']['pps']:,.0f})"]
+    for name, pps in rows:
+        lines.append(f"  {name}: {pps:,.0f} packets/s = {pps / base:.2f} of untraced")
+    ref = dp["bpftrace_ref"]["pps"]
+    lines.append(f"  record / reference = {dp['record']['pps'] / ref:.2f}x")
+    for key in ("record", "filter_nothing"):
+        lines.append(f"  {key}: {dp[key].get('events', 0):,} events, "
+                     f"{dp[key].get('lost_events', 0):,} lost")
+    lines.append(f"start-up to tracing: ipvtrace record {dp['record']['startup_s']:.1f} s, "
+                 f"minimal bcc program {dp['minimal_bcc_startup_s']:.1f} s, "
+                 f"bpftrace {dp['bpftrace_ref']['startup_s']:.1f} s")
+    lines.append(f"replay ({rp['events']:,} events, {rp['packets']:,} packets, here): "
+                 f"--json {rp['replay_json_events_per_s']:,.0f} events/s "
+                 f"({rp['replay_json_packets_per_s']:,.0f} packets/s), "
+                 f"--stats {rp['replay_stats_events_per_s']:,.0f} events/s; "
+                 f"reading the bytes alone {rp['read_bytes_s']:.2f} s vs {rp['replay_json_s']:.1f} s; "
+                 f"peak RSS {rp['replay_json_peak_rss_kib'] / 1024:.0f} MiB")
+    lines.append(f"recording size: {rp['bytes_per_event']:.0f} bytes/event, "
+                 f"{rp['bytes_per_packet']:.0f} bytes/packet (synthetic pod-to-pod); real record "
+                 f"run: {dp['record'].get('bytes', 0) / max(1, dp['record'].get('events', 1)):.0f} bytes/event")
+    text = "\n".join(lines)
+    print(text)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    out = Path("bench/results") / f"{now:%Y-%m-%d}-{dp['kernel']}.json"
+    out.write_text(json.dumps({"date": now.isoformat(), "machine": {
+        "host": platform.node(), "cpus": os.cpu_count(), "host_kernel": platform.release(),
+        "guest": _guest()},
+        "datapath": dp, "replay": rp, "summary": lines}, indent=1))
+    print(f"\nwritten: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
