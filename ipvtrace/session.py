@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import struct
 import sys
 import time
 from dataclasses import dataclass, field
@@ -139,6 +140,20 @@ class _LiveStream:
             sink=sink or (lambda row: None), resolver=self._resolve, row_filter=row_filter,
         )
         self.classify = sink is not None
+        # fixed offsets into struct ipvt_event, for the record-only fast path
+        offs, pos = {}, 0
+        for name, code in zip(lay.fields, _codes(lay.fmt)):
+            offs[name] = pos
+            pos += struct.calcsize("<" + code)
+        self._off_probe, self._off_netns, self._off_aux = offs["probe"], offs["netns"], offs["aux"]
+        assert offs["ifindex"] == offs["netns"] + 4
+        self._peek_probe = struct.Struct("<H").unpack_from
+        self._peek_dev = struct.Struct("<Ii").unpack_from
+        self._peek_aux = struct.Struct("<Q").unpack_from
+        ids = {v: k for k, v in lay.probes.items()}
+        self._entry_ids = {ids[p] for p in ENTRY_PROBES}
+        self._free_ids = {ids["kfree"], ids["consume"]}
+        self._known: set[tuple[int, int]] = set()
 
     def _resolve(self, addr: int) -> str | None:
         name = self.symbols.get(addr)
@@ -150,6 +165,9 @@ class _LiveStream:
 
     def raw(self, data: bytes) -> None:
         try:
+            if not self.classify:
+                self._record_only(data)
+                return
             ev = self.pipe.decode(data)
             if ev.probe in ENTRY_PROBES and not self.pipe.knows_device(ev):
                 self._refresh((ev.netns, ev.ifindex))
@@ -157,12 +175,27 @@ class _LiveStream:
                 self._resolve(ev.aux)
             if self.writer is not None:
                 self.writer.event(data)
-            if self.classify:
-                self.pipe.event(ev)
-            else:
-                self.pipe.events += 1
+            self.pipe.event(ev)
         except BaseException as exc:  # never let an exception vanish in a C callback
             self.error = self.error or exc
+
+    def _record_only(self, data: bytes) -> None:
+        """`record`: no classification, so read only the three fields that
+        matter here instead of decoding the whole event (per-event cost)."""
+        probe = self._peek_probe(data, self._off_probe)[0]
+        if probe in self._entry_ids:
+            netns, ifindex = self._peek_dev(data, self._off_netns)
+            if (netns, ifindex) not in self._known:
+                if self.pipe.ctx.topo.device(netns, ifindex) is None:
+                    self._refresh((netns, ifindex))
+                self._known.add((netns, ifindex))
+        elif probe in self._free_ids:
+            aux = self._peek_aux(data, self._off_aux)[0]
+            if aux:
+                self._resolve(aux)
+        if self.writer is not None:
+            self.writer.event(data)
+        self.pipe.events += 1
 
     def _refresh(self, key: tuple[int, int]) -> None:
         """A device appeared after the start: read netlink again, once per device."""
@@ -212,6 +245,13 @@ class _LiveStream:
             summary["output"] = str(self.writer.path)
             summary["events"] = self.writer.events
         return summary
+
+
+def _codes(fmt: str) -> list[str]:
+    """'<QQ16s' -> ['Q', 'Q', '16s']: one struct code per field."""
+    import re
+
+    return re.findall(r"\d*[a-zA-Z]", fmt.lstrip("<>=!@"))
 
 
 def run_replay(path: Path, sink: Callable[[Row], None],

@@ -72,3 +72,36 @@ def test_live_rows_equal_replay_rows(tmp_path, monkeypatch):
     assert branches == ["tx.l2.local", "tx.l2.multicast"]
     # the events lost while the multicast packet waited for its worker show
     assert live_rows[1]["complete"] is False
+
+
+def test_record_only_path_writes_the_same_file(tmp_path, monkeypatch):
+    """`record` skips classification (fast path): its file replays to the
+    same rows as one written while classifying."""
+    snap = synth.snapshot("l2")
+    monkeypatch.setattr(snapshot, "take", lambda: snap)
+    lay = current()
+    from ipvtrace import recording
+
+    outs = []
+    for sink in (lambda row: None, None):
+        out = tmp_path / f"{'live' if sink else 'record'}.ipvt"
+        w = recording.Writer(out, {"format": "ipvtrace-recording", "format_version": 1,
+                                   "start_ktime": 0, "layout": lay.to_json(),
+                                   "drop_reasons": {}, "snapshot": snap})
+        src = session._LiveStream(lay, w, snap, {}, 0, sink)
+        src.kallsyms.resolve = lambda addr: "ipvlan_queue_xmit+0x10"
+        for item in stream():
+            if isinstance(item, bytes):
+                src.raw(item)
+            elif isinstance(item, int):
+                src.tick(item, {})
+        src.check()
+        src.close("SIGINT", {})
+        outs.append(out)
+    rows = []
+    for out in outs:
+        got = []
+        session.run_replay(out, got.append)
+        rows.append(got)
+    assert rows[0] == rows[1] and len(rows[0]) == 2
+    assert recording.read(outs[1]).trailer["symbols"] == {"0xffffffff81000010": "ipvlan_queue_xmit+0x10"}
