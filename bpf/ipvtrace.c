@@ -433,8 +433,23 @@ int on_rcv_frame(struct pt_regs *ctx)
 	return 0;
 }
 
-/* struct ipvl_addr starts with `struct ipvl_dev *master`, and struct
- * ipvl_dev with `struct net_device *dev` (unchanged since 4.x). */
+/* The slave owning an address: struct ipvl_addr starts with `struct ipvl_dev
+ * *master`, and struct ipvl_dev with `struct net_device *dev` (unchanged since
+ * 4.x). aux = the ipvl_addr (0: no slave), aux2 = its ipvl_dev. */
+static __always_inline void ev_owner(struct ipvt_event *e, void *addr)
+{
+	e->aux = (__u64)addr;
+	if (!addr)
+		return;
+	void *master = 0;
+	struct net_device *dev = 0;
+	bpf_probe_read_kernel(&master, sizeof(master), addr);
+	e->aux2 = (__u64)master;
+	if (master)
+		bpf_probe_read_kernel(&dev, sizeof(dev), master);
+	ev_dev(e, dev);
+}
+
 int on_lookup_ret(struct pt_regs *ctx)
 {
 	__u8 depth = 0, flags = 0;
@@ -446,16 +461,7 @@ int on_lookup_ret(struct pt_regs *ctx)
 	if (!e)
 		return 0;
 	e->flags |= flags;
-	e->aux = (__u64)addr;
-	if (addr) {
-		void *master = 0;
-		struct net_device *dev = 0;
-		bpf_probe_read_kernel(&master, sizeof(master), addr);
-		e->aux2 = (__u64)master;
-		if (master)
-			bpf_probe_read_kernel(&dev, sizeof(dev), master);
-		ev_dev(e, dev);
-	}
+	ev_owner(e, addr);
 	ev_submit(e);
 	return 0;
 }
@@ -670,16 +676,7 @@ int on_s2a_ret(struct pt_regs *ctx)
 	struct ipvt_event *e = ev_init(IPVT_P_S2A_RET, id, 0);
 	if (!e)
 		return 0;
-	e->aux = (__u64)addr;
-	if (addr) {
-		void *master = 0;
-		struct net_device *dev = 0;
-		bpf_probe_read_kernel(&master, sizeof(master), addr);
-		e->aux2 = (__u64)master;
-		if (master)
-			bpf_probe_read_kernel(&dev, sizeof(dev), master);
-		ev_dev(e, dev);
-	}
+	ev_owner(e, addr);
 	ev_submit(e);
 	return 0;
 }

@@ -51,9 +51,8 @@ L2_HOST, L2_OUT, L2_NS1, L2_NS2 = "ipvt-l2host", "ipvt-l2out", "ipvt-node1ns", "
 
 def build_l2(lab: Lab) -> None:
     lab.veth(L2_HOST, "ens10", L2_OUT, "ext0")
-    for ns, ip in ((L2_NS1, "192.168.100.101/24"), (L2_NS2, "192.168.100.102/24")):
-        lab.ipvlan(L2_HOST, "ens10", "ipvl_10_1", "l2", into=ns, rename="eth0")
-        lab.addr(ns, "eth0", ip)
+    _pods(lab, L2_HOST, "ens10", "l2", [(L2_NS1, "192.168.100.101/24"),
+                                        (L2_NS2, "192.168.100.102/24")])
     # method 1 of the article: the gateway address on the parent itself
     lab.addr(L2_HOST, "ens10", "192.168.100.1/24")
     lab.addr(L2_OUT, "ext0", "192.168.100.254/24")
@@ -82,10 +81,8 @@ L3_HOST, L3_OUT, L3_NS1, L3_NS2 = "ipvt-l3host", "ipvt-l3out", "ipvt-node2ns", "
 
 def build_l3(lab: Lab) -> None:
     lab.veth(L3_HOST, "ens10", L3_OUT, "ext0")
-    for ns, ip in ((L3_NS1, "192.168.100.201/24"), (L3_NS2, "192.168.200.201/24")):
-        lab.ipvlan(L3_HOST, "ens10", "ipvl_10_1", "l3", into=ns, rename="eth0")
-        lab.addr(ns, "eth0", ip)
-        lab.route(ns, "default", dev="eth0")
+    _pods(lab, L3_HOST, "ens10", "l3", [(L3_NS1, "192.168.100.201/24"),
+                                        (L3_NS2, "192.168.200.201/24")], default="eth0")
     # section 6: the parent is addressed, the outside routes back to the pods
     lab.addr(L3_HOST, "ens10", "172.18.22.1/24")
     lab.addr(L3_OUT, "ext0", "172.18.22.254/24")
