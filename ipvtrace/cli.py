@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--duration", type=_positive_float, metavar="S", help="stop after S seconds")
     rec.add_argument("--ready-file", type=Path, metavar="PATH",
                      help="create PATH once the probes are attached")
+    filters.add_arguments(rec)
 
     rep = sub.add_parser("replay", help="read a recording (no root, no bcc)",
                          epilog=EXAMPLES["replay"], formatter_class=fmt)
@@ -190,7 +191,9 @@ def cmd_replay(args) -> int:
 
     rf = filters.RowFilter.from_args(args)
     expr = _filter(args)
-    row_filter = _both(rf.matches if rf else None, expr.match if expr else None)
+    kept = filters.RowFilter.from_recording(args.file)   # given to `record`, kept in the file
+    row_filter = _both(rf.matches if rf else None, expr.match if expr else None,
+                       kept.matches if kept else None)
     quiet = args.stats or args.pcapng is not None
     sink = (lambda row: None) if quiet else _sink(args)
     writer = out = None
@@ -257,7 +260,8 @@ def cmd_trace(args) -> int:
                        row_filter=rf.matches if rf else None,
                        on_attached=getattr(sink, "attached", None),
                        filter_c=expr.c() if expr else None,
-                       filter_text=" ".join(args.expression) if expr else None)
+                       filter_text=" ".join(args.expression) if expr else None,
+                       row_filters=rf.to_json() if rf else None)
     try:
         from .loader import require_root
 

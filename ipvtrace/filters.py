@@ -18,6 +18,21 @@ class RowFilter:
     def from_args(cls, args) -> "RowFilter":
         return cls(*(tuple(getattr(args, k, None) or ()) for k in ("netns", "dev", "branch", "mode")))
 
+    def to_json(self) -> dict:
+        return {k: list(getattr(self, k)) for k in ("netns", "dev", "branch", "mode")}
+
+    @classmethod
+    def from_recording(cls, path) -> "RowFilter":
+        """The filters `record` was given: it keeps every event and stores them,
+        and replay applies them. An unreadable file: no filter (replay reports it)."""
+        from . import recording
+
+        try:
+            d = recording.read(path).header.get("row_filters") or {}
+        except recording.RecordingError:
+            return cls()
+        return cls(*(tuple(d.get(k, ())) for k in ("netns", "dev", "branch", "mode")))
+
     def __bool__(self) -> bool:
         return bool(self.netns or self.dev or self.branch or self.mode)
 

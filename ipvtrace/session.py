@@ -39,6 +39,7 @@ class LiveOptions:
     on_attached: Callable[[str, Callable[[], int]], None] | None = None   # (header, lost count)
     filter_c: str | None = None        # the in-kernel filter, as C (filterexpr)
     filter_text: str | None = None
+    row_filters: dict | None = None    # record: stored for replay
     ringbuf_pages: int = 1024
     on_summary: Callable[[dict], None] | None = None
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
@@ -79,6 +80,7 @@ def run_live(opts: LiveOptions) -> dict:
                 "start_wall": time.time(),
                 "plan": plan.to_json(),
                 "filter": opts.filter_text,
+                "row_filters": opts.row_filters,
                 "cannot_show": probes.what_this_kernel_shows(plan),
                 "layout": lay.to_json(),
                 "drop_reasons": {str(k): v for k, v in reasons.items()},

@@ -105,3 +105,32 @@ def test_record_only_path_writes_the_same_file(tmp_path, monkeypatch):
         rows.append(got)
     assert rows[0] == rows[1] and len(rows[0]) == 2
     assert recording.read(outs[1]).trailer["symbols"] == {"0xffffffff81000010": "ipvlan_queue_xmit+0x10"}
+
+
+def test_record_keeps_row_filters_for_replay(tmp_path, monkeypatch):
+    """`record --branch ...` keeps every event but stores the filter; replay
+    (through the CLI) shows only the matching rows."""
+    import json
+    import subprocess
+    import sys
+
+    snap = synth.snapshot("l2")
+    monkeypatch.setattr(snapshot, "take", lambda: snap)
+    lay = current()
+    from ipvtrace import recording
+
+    out = tmp_path / "f.ipvt"
+    w = recording.Writer(out, {"format": "ipvtrace-recording", "format_version": 1,
+                               "start_ktime": 0, "layout": lay.to_json(), "drop_reasons": {},
+                               "snapshot": snap, "row_filters": {"branch": ["tx.l2.multicast"]}})
+    src = session._LiveStream(lay, w, snap, {}, 0, None)
+    src.kallsyms.resolve = lambda addr: None
+    for item in stream():
+        if isinstance(item, bytes):
+            src.raw(item)
+        elif isinstance(item, int):
+            src.tick(item, {})
+    src.close("SIGINT", {})
+    r = subprocess.run([sys.executable, "-m", "ipvtrace", "replay", "--json", str(out)],
+                       capture_output=True, text=True, check=True)
+    assert [json.loads(l)["branch"] for l in r.stdout.splitlines()] == ["tx.l2.multicast"]
