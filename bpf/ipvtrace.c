@@ -169,6 +169,20 @@ static __always_inline void ev_submit(struct ipvt_event *e)
 		stat_inc(IPVT_S_LOST_BASE + e->probe);
 }
 
+/* The common helper event: a device and an skb (without its bytes). */
+static __always_inline int emit_dev_skb(__u16 probe, __u64 id, __u8 depth, __u8 flags,
+					struct net_device *dev, struct sk_buff *skb)
+{
+	struct ipvt_event *e = ev_init(probe, id, depth);
+	if (!e)
+		return 0;
+	e->flags |= flags;
+	ev_dev(e, dev);
+	ev_skb(e, skb, 0);
+	ev_submit(e);
+	return 0;
+}
+
 /* Open a context; returns its id. IPVT_STACK_MAX is a power of two: indexes
  * are masked so the verifier sees them bounded. */
 static __always_inline __u64 ctx_push(__u16 kind, __u8 *depth_out)
@@ -478,14 +492,7 @@ int on_fwd(struct pt_regs *ctx)
 		return 0;
 	__u64 key = (bpf_get_current_pid_tgid() << 32) | bpf_get_smp_processor_id();
 	fwd_ctx.update(&key, &id);
-	struct ipvt_event *e = ev_init(IPVT_P_FWD, id, depth);
-	if (!e)
-		return 0;
-	e->flags |= flags;
-	ev_dev(e, dev);
-	ev_skb(e, skb, 0);
-	ev_submit(e);
-	return 0;
+	return emit_dev_skb(IPVT_P_FWD, id, depth, flags, dev, skb);
 }
 
 int on_fwd_ret(struct pt_regs *ctx)
@@ -523,14 +530,7 @@ static __always_inline int report_skb_dev(struct pt_regs *ctx, __u16 probe,
 	}
 	if (!dev)
 		bpf_probe_read_kernel(&dev, sizeof(dev), &skb->dev);
-	struct ipvt_event *e = ev_init(probe, id, depth);
-	if (!e)
-		return 0;
-	e->flags |= flags;
-	ev_dev(e, dev);
-	ev_skb(e, skb, 0);
-	ev_submit(e);
-	return 0;
+	return emit_dev_skb(probe, id, depth, flags, dev, skb);
 }
 
 int on_qxmit(struct pt_regs *ctx)
@@ -568,16 +568,9 @@ int on_mc_enqueue(struct pt_regs *ctx)
 	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM2(ctx);
 	struct net_device *dev = 0;
 	bpf_probe_read_kernel(&dev, sizeof(dev), &skb->dev);
-	struct ipvt_event *e = ev_init(IPVT_P_MC_ENQUEUE, id, depth);
-	if (!e)
-		return 0;
-	e->flags |= flags;
 	if (PT_REGS_PARM3(ctx) & 0xff)
-		e->flags |= IPVT_F_LOCAL;
-	ev_dev(e, dev);
-	ev_skb(e, skb, 0);
-	ev_submit(e);
-	return 0;
+		flags |= IPVT_F_LOCAL;   /* tx_pkt */
+	return emit_dev_skb(IPVT_P_MC_ENQUEUE, id, depth, flags, dev, skb);
 }
 
 static __always_inline int report_free(__u16 probe, void *skbaddr, void *location,
@@ -614,13 +607,7 @@ int on_l3_rcv(struct pt_regs *ctx)
 	__u64 id = new_ctx_id() & L3S_ID_MASK;
 	__u64 val = id | L3S_PHASE_RCV;
 	l3s_skbs.update(&key, &val);
-	struct ipvt_event *e = ev_init(IPVT_P_L3_RCV, id, 0);
-	if (!e)
-		return 0;
-	ev_dev(e, dev);
-	ev_skb(e, skb, 0);
-	ev_submit(e);
-	return 0;
+	return emit_dev_skb(IPVT_P_L3_RCV, id, 0, 0, dev, skb);
 }
 
 /* ipvlan_nf_input(priv, skb, state) on 6.1/6.12: a LOCAL_IN hook of the
@@ -637,13 +624,7 @@ int on_nf_input(struct pt_regs *ctx)
 	l3s_skbs.update(&key, &nval);
 	struct net_device *dev = 0;
 	bpf_probe_read_kernel(&dev, sizeof(dev), &skb->dev);
-	struct ipvt_event *e = ev_init(IPVT_P_NF_INPUT, id, 0);
-	if (!e)
-		return 0;
-	ev_dev(e, dev);
-	ev_skb(e, skb, 0);
-	ev_submit(e);
-	return 0;
+	return emit_dev_skb(IPVT_P_NF_INPUT, id, 0, 0, dev, skb);
 }
 
 /* ipvlan_skb_to_addr(skb, dev), called by both hooks above */
