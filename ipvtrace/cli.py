@@ -155,7 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # FILTER words may come after options (`replay FILE --json icmp`), as tcpdump allows
+    if extra:
+        if hasattr(args, "expression") and not any(w.startswith("-") for w in extra):
+            args.expression = list(args.expression or []) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.cmd == "branches":
             return cmd_branches(args)

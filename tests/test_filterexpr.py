@@ -65,3 +65,14 @@ def test_replay_selects_the_same_as_python(rows, text, keep):
 def test_c_expression_shape():
     c = parse("icmp and host 10.0.0.1").c()
     assert "p.etype == 0x0800 && p.l4 == 1" in c and "0x100000a" in c   # 10.0.0.1 as __be32 on x86
+
+
+def test_filter_words_after_options(rows):
+    r = subprocess.run([sys.executable, "-m", "ipvtrace", "replay", str(LAB), "--json", "icmp",
+                        "and", "host", "172.18.22.115"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.splitlines()) == len(
+        [x for x in rows if x["proto"] == "icmp" and "172.18.22.115" in (x["src"], x["dst"])]) > 0
+    bad = subprocess.run([sys.executable, "-m", "ipvtrace", "replay", str(LAB), "--bogus"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "unrecognized arguments: --bogus" in bad.stderr
