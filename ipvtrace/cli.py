@@ -310,9 +310,12 @@ def cmd_lab(args) -> int:
         return _fail(f"no scenario {', '.join(unknown)}; 'ipvtrace lab --list' names them", 2)
     from . import labrun
 
+    from .netlab import interruptible
+
     try:
         require_root()
-        return labrun.run(args.names or [s.name for s in LAB], args.output, args.json)
+        with interruptible():
+            return labrun.run(args.names or [s.name for s in LAB], args.output, args.json)
     except LabError as exc:
         return _fail(str(exc))
 

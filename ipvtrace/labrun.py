@@ -12,6 +12,7 @@ from rich.text import Text
 
 from . import recording
 from .render import LineSink
+from .netlab import checkpoint
 from .scenarios import Scenario, Step, guest_ready, record_scenarios
 from .session import run_replay
 
@@ -80,6 +81,7 @@ def run(names: list[str], output: Path | None, as_json: bool, console: Console |
         rows: list[dict] = []
         run_replay(out, rows.append)
         out_snapshot = recording.read(out).header.get("snapshot", {})
+        checkpoint()
     steps = [(sc, st) for sc in ran for st in sc.steps]
     step_list = [step_json(sc, st) for sc, st in steps]
     if output is not None:

@@ -7,8 +7,10 @@ is already in use is refused before anything is created.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -17,6 +19,33 @@ from pathlib import Path
 from .snapshot import IPVLAN_FLAGS, IPVLAN_MODES, _register_ipvlan_kind
 
 MODE_NUM = {v: k for k, v in IPVLAN_MODES.items()}
+
+_interrupted = False
+
+
+def _note_signal(signum, frame) -> None:
+    global _interrupted
+    _interrupted = True
+
+
+@contextlib.contextmanager
+def interruptible():
+    """Ctrl-C/SIGTERM become a flag that checkpoint() turns into KeyboardInterrupt
+    between netlink calls: raised inside pyroute2, it could be swallowed there
+    and the lab would carry on."""
+    global _interrupted
+    _interrupted = False
+    old = {s: signal.signal(s, _note_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def checkpoint() -> None:
+    if _interrupted:
+        raise KeyboardInterrupt
 FLAG_NUM = {v: k for k, v in IPVLAN_FLAGS.items()}
 
 
@@ -35,6 +64,7 @@ class Lab:
         _register_ipvlan_kind()
         from pyroute2 import netns
 
+        checkpoint()
         existing = set(netns.listnetns())
         clash = sorted(set(self.namespaces) & existing)
         if clash:
@@ -44,6 +74,7 @@ class Lab:
             )
         try:
             for name in self.namespaces:
+                checkpoint()
                 netns.create(name)
                 self._made.append(name)
                 self.link_up(name, "lo")
@@ -71,6 +102,7 @@ class Lab:
     def ipr(self, ns: str):
         from pyroute2 import IPRoute
 
+        checkpoint()
         if ns not in self._made:
             raise LabError(f"namespace {ns} is not part of this lab")
         return IPRoute(netns=ns)
@@ -144,10 +176,12 @@ class Lab:
 
     def run(self, ns: str, cmd: list[str], check: bool = False, timeout: float = 60
             ) -> subprocess.CompletedProcess:
+        checkpoint()
         if ns not in self._made:
             raise LabError(f"namespace {ns} is not part of this lab")
         r = subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True,
                            text=True, timeout=timeout)
+        checkpoint()   # the command may have ended because of the same Ctrl-C
         if check and r.returncode != 0:
             raise LabError(f"in {ns}: {' '.join(cmd)}: {(r.stderr or r.stdout).strip()}")
         return r

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .netlab import Lab, LabError
+from .netlab import Lab, LabError, checkpoint
 
 
 @dataclass
@@ -294,6 +294,7 @@ SCENARIOS = {s.name: s for s in (*LAB, L2, L3)}
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
     end = time.monotonic() + timeout
     while not path.exists():
+        checkpoint()
         if proc.poll() is not None:
             err = proc.stderr.read() if proc.stderr else ""
             raise LabError(f"ipvtrace record exited early (rc {proc.returncode}): {err.strip()}")
@@ -316,6 +317,7 @@ def recorder(output: Path, ready_timeout: float = 600) -> Iterator[None]:
         wait_for(ready, proc, ready_timeout)
         yield
         time.sleep(1.0)   # let the multicast worker and softirqs finish
+        checkpoint()
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=300)
         sys.stderr.write(err)

@@ -52,9 +52,10 @@ def test_lab_refuses_names_in_use():
         subprocess.run(["ip", "netns", "del", "ipvt-1-host"], check=True)
 
 
-def test_lab_interrupted_leaves_nothing():
-    """Ctrl-C (SIGINT to the process group) while the lab is set up and the
-    recorder is still starting: every namespace goes, no process stays."""
+@pytest.mark.parametrize("delay", [0.3, 2.0, 6.0])
+def test_lab_interrupted_leaves_nothing(delay):
+    """Ctrl-C (SIGINT to the process group) while the lab is being built or
+    the recorder is starting: every namespace goes, no process stays."""
     import signal
     import time
 
@@ -65,7 +66,7 @@ def test_lab_interrupted_leaves_nothing():
     while not Path("/run/netns/ipvt-2c-node1ns").exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
         time.sleep(0.1)
-    time.sleep(1.0)
+    time.sleep(delay)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
