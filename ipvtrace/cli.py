@@ -198,33 +198,35 @@ def cmd_replay(args) -> int:
 
     rf = filters.RowFilter.from_args(args)
     expr = _filter(args)
-    kept = filters.RowFilter.from_recording(args.file)   # given to `record`, kept in the file
-    row_filter = _both(rf.matches if rf else None, expr.match if expr else None,
-                       kept.matches if kept else None)
+    row_filter = _both(rf.matches if rf else None, expr.match if expr else None)
     quiet = args.stats or args.pcapng is not None
     sink = (lambda row: None) if quiet else _sink(args)
     writer = out = None
+    wall = {"ns": 0}   # ktime -> wall clock, from the header, for pcapng timestamps
+
+    def on_header(h: dict) -> None:
+        wall["ns"] = int(float(h.get("start_wall", 0)) * 1e9) - int(h.get("start_ktime", 0))
+
+    def to_pcap(row, pkt):
+        e = pkt.entry
+        if e is None or not e.hdr:
+            return
+        no_mac = bool(e.flags & pkt_flags["no_mac"])
+        # skb->len counts the Ethernet header on TX; on RX skb->data is past it
+        mac = 14 if e.probe == "rx" and not no_mac else 0
+        writer.packet(wall["ns"] + e.ts, e.hdr, e.len + mac,
+                      comment(row), l3_only=no_mac)
+
     try:
         if args.pcapng is not None:
+            from .layout import current
             from .pcapng import PcapngWriter, comment
 
+            pkt_flags = current().flags
             out = open(args.pcapng, "wb")
             writer = PcapngWriter(out, f"ipvtrace {__version__}")
-            wall = {}
-
-            def to_pcap(row, pkt):
-                e = pkt.entry
-                if e is None or not e.hdr:
-                    return
-                base = wall.setdefault("ns", 0)
-                writer.packet(base + e.ts, e.hdr, e.len + (0 if e.flags & 0x10 else 14),
-                              comment(row), l3_only=bool(e.flags & 0x10))
-
-            from . import recording as rec_mod
-            h = rec_mod.read(args.file).header
-            wall["ns"] = int(float(h.get("start_wall", 0)) * 1e9) - int(h.get("start_ktime", 0))
         summary = run_replay(args.file, sink, row_filter=row_filter,
-                             packet_sink=to_pcap if writer else None)
+                             packet_sink=to_pcap if writer else None, on_header=on_header)
     except RecordingError as exc:
         if out is not None:
             out.close()

@@ -44,6 +44,7 @@ class Packet:
     waiting_for: str | None = None                         # "rx" | "worker" | None
     deadline: int = 0
     lost_overlap: bool = False                             # events were lost while it was open
+    waits: list = field(default_factory=list)              # (table, key) it is registered under
 
     @property
     def direction(self) -> str:
@@ -145,10 +146,10 @@ class Correlator:
             waiting = self.await_rx.pop((ev.skb, ev.head), None)
             if waiting is not None and self._is_fwd_target(waiting, ev):
                 waiting.cont.append(ev)
-                self.cont_of[ev.ctx] = waiting
+                self._wait(self.cont_of, ev.ctx, waiting)
                 return
             if waiting is not None:  # not ours after all: put it back
-                self.await_rx[(ev.skb, ev.head)] = waiting
+                self._wait(self.await_rx, (ev.skb, ev.head), waiting)
         self.open[ev.ctx] = Packet(entry=ev, events=[ev])
 
     def _ret(self, ev: Event) -> None:
@@ -169,7 +170,7 @@ class Correlator:
             waiting = self.await_l3s.pop((ev.skb, ev.head), None)
             if waiting is not None:
                 waiting.cont.append(ev)
-                self.cont_of[ev.ctx] = waiting
+                self._wait(self.cont_of, ev.ctx, waiting)
             else:
                 self.unattributed += 1
             return
@@ -197,15 +198,15 @@ class Correlator:
         enq_freed = {e.skb for e in pkt.helpers("kfree")} & {e.skb for e in enq}
         if enq and not enq_freed:
             pkt.waiting_for = "worker"
-            self.await_mc[enq[-1].head] = pkt
+            self._wait(self.await_mc, enq[-1].head, pkt)
         elif fwd_parent and pkt.direction == "tx":
             pkt.waiting_for = "rx"
             f = fwd_parent[-1]
-            self.await_rx[(f.skb, f.head)] = pkt
+            self._wait(self.await_rx, (f.skb, f.head), pkt)
         elif (pkt.direction == "rx" and pkt.entry is not None and pkt.ret is not None
               and pkt.ret.ret == RX_HANDLER_PASS and self.is_l3s(pkt.entry)):
             pkt.waiting_for = "l3s"
-            self.await_l3s[(pkt.entry.skb, pkt.entry.head)] = pkt
+            self._wait(self.await_l3s, (pkt.entry.skb, pkt.entry.head), pkt)
         else:
             self._finish(pkt)
             return
@@ -249,19 +250,17 @@ class Correlator:
         self._forget(pkt)
         self._finish(pkt)
 
+    @staticmethod
+    def _wait(table: dict, key, pkt: Packet) -> None:
+        """Register *pkt* under *key*, remembering where, so forgetting it is cheap."""
+        table[key] = pkt
+        pkt.waits.append((table, key))
+
     def _forget(self, pkt: Packet) -> None:
-        for k, v in list(self.await_rx.items()):
-            if v is pkt:
-                del self.await_rx[k]
-        for k, v in list(self.await_mc.items()):
-            if v is pkt:
-                del self.await_mc[k]
-        for k, v in list(self.await_l3s.items()):
-            if v is pkt:
-                del self.await_l3s[k]
-        for k, v in list(self.cont_of.items()):
-            if v is pkt:
-                del self.cont_of[k]
+        for table, key in pkt.waits:
+            if table.get(key) is pkt:
+                del table[key]
+        pkt.waits.clear()
 
     def _expire(self) -> None:
         if not self.pending or self.pending[0].deadline > self.now:

@@ -22,15 +22,9 @@ class RowFilter:
         return {k: list(getattr(self, k)) for k in ("netns", "dev", "branch", "mode")}
 
     @classmethod
-    def from_recording(cls, path) -> "RowFilter":
-        """The filters `record` was given: it keeps every event and stores them,
-        and replay applies them. An unreadable file: no filter (replay reports it)."""
-        from . import recording
-
-        try:
-            d = recording.read(path).header.get("row_filters") or {}
-        except recording.RecordingError:
-            return cls()
+    def from_json(cls, d: dict | None) -> "RowFilter":
+        """The filters `record` was given and kept in its header (replay applies them)."""
+        d = d or {}
         return cls(*(tuple(d.get(k, ())) for k in ("netns", "dev", "branch", "mode")))
 
     def __bool__(self) -> bool:

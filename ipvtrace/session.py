@@ -258,10 +258,22 @@ def _codes(fmt: str) -> list[str]:
 
 def run_replay(path: Path, sink: Callable[[Row], None],
                row_filter: Callable[[Row], bool] | None = None,
-               packet_sink: Callable | None = None) -> dict:
-    """Feed a recording through the pipeline; RecordingError for a bad file."""
+               packet_sink: Callable | None = None,
+               on_header: Callable[[dict], None] | None = None) -> dict:
+    """Feed a recording through the pipeline; RecordingError for a bad file.
+
+    The file is read once: *on_header* sees its header before any packet, and
+    the row filters `record` kept in it apply together with *row_filter*."""
+    from .filters import RowFilter
+
     rec = recording.read(path)
     h = rec.header
+    kept = RowFilter.from_json(h.get("row_filters"))
+    if kept:
+        given = row_filter
+        row_filter = (lambda row: kept.matches(row) and given(row)) if given else kept.matches
+    if on_header is not None:
+        on_header(h)
     if h.get("format") != "ipvtrace-recording":
         raise recording.RecordingError(f"{path}: header is not an ipvtrace recording header")
     try:
