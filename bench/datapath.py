@@ -1,7 +1,8 @@
 """Benchmark, part 1 and 2 (runs as root on a kernel with ipvlan, e.g. in the
 VM): UDP packets/s between two ipvlan namespaces, untraced vs traced by
-ipvtrace (record, live --json) and by a reference bpftrace script; start-up
-time of ipvtrace vs a minimal bcc program. Prints one JSON object."""
+ipvtrace (stats, record, live --json, record with a filter matching nothing)
+and by a reference bpftrace script; start-up time of ipvtrace vs a minimal
+bcc program. Prints one JSON object."""
 from __future__ import annotations
 
 import json
@@ -45,11 +46,17 @@ def wait_file(path: Path, proc: subprocess.Popen, timeout: float = 900) -> float
 def traced(lab: Lab, cmd: list[str], ready: Path, out_path: Path | None = None) -> dict:
     ready.unlink(missing_ok=True)
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     startup = wait_file(ready, proc)
     res = udp_rate(lab)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=900)
+    out, err = proc.communicate(timeout=900)
+    if "stats" in cmd:   # its last reading: what the kernel counted, misses
+        last = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+        res["counted_packets"] = last["packets"]
+        res["branches"] = last["branches"]
+        res["kprobe_misses"] = last["kprobe_misses_total"]
+        res["kernel_stats"] = last["kernel_stats"]
     res["startup_s"] = startup
     res["stop_s"] = time.monotonic() - t0 - startup
     lost = [l for l in err.splitlines() if "LOST" in l or "lost" in l]
@@ -107,6 +114,8 @@ def main() -> int:
         lab.ping(NS[1], "10.99.0.2", 1)
         py = [sys.executable, "-m", "ipvtrace"]
         results["untraced"] = udp_rate(lab)
+        results["stats"] = traced(lab, py + ["stats", "--json", "--interval", "2",
+                                             "--ready-file", str(ready)], ready)
         rec = out_dir / "bench-record.ipvt"
         results["record"] = traced(lab, py + ["record", "-o", str(rec), "--ready-file", str(ready)],
                                    ready, rec)

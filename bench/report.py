@@ -25,7 +25,8 @@ def main() -> int:
     rp = json.loads(Path(sys.argv[2]).read_text())
     base = (dp["untraced"]["pps"] + dp["untraced_again"]["pps"]) / 2
     rows = [(name, dp[key]["pps"]) for name, key in (
-        ("record", "record"), ("live --json", "live_json"),
+        ("stats (counters in the kernel)", "stats"), ("record", "record"),
+        ("live --json", "live_json"),
         ("record, filter matching nothing", "filter_nothing"),
         ("reference bpftrace (text line per event)", "bpftrace_ref"))]
     lines = [f"datapath: UDP 64-byte flood between two ipvlan namespaces, {dp['seconds']} s each,"
@@ -35,11 +36,17 @@ def main() -> int:
     for name, pps in rows:
         lines.append(f"  {name}: {pps:,.0f} packets/s = {pps / base:.2f} of untraced")
     ref = dp["bpftrace_ref"]["pps"]
-    lines.append(f"  record / reference = {dp['record']['pps'] / ref:.2f}x")
+    lines.append(f"  record / reference = {dp['record']['pps'] / ref:.2f}x, "
+                 f"stats / reference = {dp['stats']['pps'] / ref:.2f}x")
+    st = dp["stats"]
+    lines.append(f"  stats: {st.get('counted_packets', 0):,} packets counted in the kernel "
+                 f"(iperf3 saw {st['pps'] * dp['seconds']:,.0f} arrive), "
+                 f"{st.get('kprobe_misses', 0)} kprobe misses, no events")
     for key in ("record", "filter_nothing"):
         lines.append(f"  {key}: {dp[key].get('events', 0):,} events, "
                      f"{dp[key].get('lost_events', 0):,} lost")
     lines.append(f"start-up to tracing: ipvtrace record {dp['record']['startup_s']:.1f} s, "
+                 f"stats {dp['stats']['startup_s']:.1f} s, "
                  f"minimal bcc program {dp['minimal_bcc_startup_s']:.1f} s, "
                  f"bpftrace {dp['bpftrace_ref']['startup_s']:.1f} s")
     lines.append(f"replay ({rp['events']:,} events, {rp['packets']:,} packets, here): "

@@ -16,6 +16,10 @@
  *   IPVT_FILTER_EXPR            a C expression over `struct ipvt_pkt p`, made
  *                               by ipvtrace/filterexpr.py from a tcpdump-style
  *                               filter: packets it rejects send no event
+ *   IPVT_COUNT_ONLY             `ipvtrace stats`: no events at all; each
+ *                               context's evidence is gathered in its stack
+ *                               entry (struct ipvt_sig) and counted in `counts`
+ *                               when it closes
  */
 
 /* bcc 0.26's compat uapi bpf.h predates these, and 6.4+ kernel headers use
@@ -52,6 +56,11 @@ struct ipvt_stack {
 	__u64 ts[IPVT_STACK_MAX];
 	__u16 kind[IPVT_STACK_MAX];
 	__u8 filtered[IPVT_STACK_MAX];
+#ifdef IPVT_COUNT_ONLY
+	__u64 skb[IPVT_STACK_MAX];
+	__u64 enq_skb[IPVT_STACK_MAX];
+	struct ipvt_sig sig[IPVT_STACK_MAX];
+#endif
 };
 
 BPF_RINGBUF_OUTPUT(events, IPVT_RINGBUF_PAGES);
@@ -68,6 +77,20 @@ BPF_PERCPU_ARRAY(s2a_ctx, __u64, 1);          /* ctx of the running skb_to_addr 
 /* data (skb->head) of frames the filter rejected: their multicast-worker and
  * L3S events are not reported either */
 BPF_TABLE("lru_hash", __u64, __u8, filtered_heads, 4096);
+#ifdef IPVT_COUNT_ONLY
+BPF_PERCPU_HASH(counts, struct ipvt_sig, __u64, 8192);
+/* L3S frames between ipvlan_l3_rcv and LOCAL_IN: the parent, then the owner */
+struct ipvt_l3s {
+	__u32 netns;
+	__s32 ifindex;
+	__u32 own_netns;
+	__s32 own_ifindex;
+};
+BPF_TABLE("lru_hash", __u64, struct ipvt_l3s, l3s_count, 4096);
+/* skbs a slave's TX forwarded to the parent (tx.l2.to_parent): their RX on
+ * the parent is the same packet, not another one */
+BPF_TABLE("lru_hash", __u64, __u8, echo_skbs, 4096);
+#endif
 
 static __always_inline void stat_inc(int idx)
 {
@@ -207,8 +230,10 @@ static __always_inline __u64 ctx_push(__u16 kind, __u8 *depth_out)
 	return id;
 }
 
-/* Close the innermost context of this kind; skip ones whose return was lost. */
-static __always_inline __u64 ctx_pop(__u16 kind, __u8 *depth_out, __u8 *filtered)
+/* Close the innermost context of this kind; skip ones whose return was lost.
+ * *idx_out: its slot, still readable until the next push. */
+static __always_inline __u64 ctx_pop_at(__u16 kind, __u8 *depth_out, __u8 *filtered,
+					 __u32 *idx_out)
 {
 	int zero = 0;
 	struct ipvt_stack *st = stack.lookup(&zero);
@@ -226,11 +251,18 @@ static __always_inline __u64 ctx_pop(__u16 kind, __u8 *depth_out, __u8 *filtered
 		if (st->kind[i] == kind) {
 			id = st->id[i];
 			*filtered = st->filtered[i];
+			*idx_out = i;
 			break;
 		}
 		stat_inc(IPVT_S_STACK_MISMATCH);
 	}
 	return id;
+}
+
+static __always_inline __u64 ctx_pop(__u16 kind, __u8 *depth_out, __u8 *filtered)
+{
+	__u32 idx = 0;
+	return ctx_pop_at(kind, depth_out, filtered, &idx);
 }
 
 /* The innermost open context on this CPU, or the worker's, or 0. */
@@ -262,6 +294,223 @@ static __always_inline __u64 ctx_current(__u8 *depth_out, __u8 *flags)
 	}
 	return 0;
 }
+
+
+#ifdef IPVT_COUNT_ONLY
+/* ---- stats mode: evidence gathered per context, counted at its close -- */
+
+static __always_inline void dev_ids(struct net_device *dev, __u32 *netns, __s32 *ifindex)
+{
+	struct net *net = 0;
+	if (!dev)
+		return;
+	bpf_probe_read_kernel(ifindex, sizeof(*ifindex), &dev->ifindex);
+	bpf_probe_read_kernel(&net, sizeof(net), &dev->nd_net.net);
+	if (net)
+		bpf_probe_read_kernel(netns, sizeof(*netns), &net->ns.inum);
+}
+
+static __always_inline void count_sig(struct ipvt_sig *s)
+{
+	__u64 *c = counts.lookup(s);
+	if (c) {
+		(*c)++;
+		return;
+	}
+	__u64 one = 1;
+	if (counts.update(s, &one) != 0)
+		stat_inc(IPVT_S_COUNTS_FULL);
+}
+
+/* What the classifier reads from the frame: multicast dst, EtherType, L4. */
+static __always_inline void sig_frame(struct ipvt_sig *s, struct sk_buff *skb)
+{
+	unsigned char *head = 0, *data = 0;
+	__u16 mac = 0xffff;
+	unsigned int len = 0;
+	__u8 h[24] = {};
+
+	bpf_probe_read_kernel(&head, sizeof(head), &skb->head);
+	bpf_probe_read_kernel(&data, sizeof(data), &skb->data);
+	bpf_probe_read_kernel(&mac, sizeof(mac), &skb->mac_header);
+	bpf_probe_read_kernel(&len, sizeof(len), &skb->len);
+	if (mac == 0xffff || head + mac > data) {
+		s->hflags |= IPVT_H_NO_MAC;
+		return;
+	}
+	if (len + (data - (head + mac)) < 14) {
+		s->hflags |= IPVT_H_RUNT;
+		return;
+	}
+	bpf_probe_read_kernel(h, sizeof(h), head + mac);
+	if (h[0] & 1)
+		s->hflags |= IPVT_H_DST_MCAST;
+	s->etype = ((__u16)h[12] << 8) | h[13];
+	if (s->etype == 0x0800)
+		s->l4 = h[23];
+	else if (s->etype == 0x86dd)
+		s->l4 = h[20];
+}
+
+static __always_inline int count_entry(__u16 probe, struct sk_buff *skb, struct net_device *dev)
+{
+	__u8 depth = 0;
+	int zero = 0;
+	ctx_push(probe, &depth);
+	struct ipvt_stack *st = stack.lookup(&zero);
+	if (!st || depth == 0)
+		return 0;
+	__u32 i = stack_idx(depth - 1);
+	struct ipvt_sig *s = &st->sig[i];
+	__builtin_memset(s, 0, sizeof(*s));
+	s->kind = probe;
+	st->skb[i] = (__u64)skb;
+	st->enq_skb[i] = 0;
+	dev_ids(dev, &s->netns, &s->ifindex);
+	if (skb)
+		sig_frame(s, skb);
+	if (probe == IPVT_P_RX) {
+		__u64 key = (__u64)skb;
+		if (echo_skbs.lookup(&key)) {
+			s->hflags |= IPVT_H_ECHO;
+			echo_skbs.delete(&key);
+		}
+	}
+	return 0;
+}
+
+static __always_inline int count_entry_ret(struct pt_regs *ctx, __u16 probe)
+{
+	__u8 depth = 0, filtered = 0;
+	__u32 i = 0;
+	int zero = 0;
+	if (!ctx_pop_at(probe, &depth, &filtered, &i))
+		return 0;
+	struct ipvt_stack *st = stack.lookup(&zero);
+	if (!st)
+		return 0;
+	struct ipvt_sig *s = &st->sig[stack_idx(i)];
+	s->ret = (int)PT_REGS_RC(ctx);
+	count_sig(s);
+	return 0;
+}
+
+/* The innermost open context's signature on this CPU, or 0. */
+static __always_inline struct ipvt_sig *sig_current(struct ipvt_stack **stp, __u32 *idx)
+{
+	int zero = 0;
+	struct ipvt_stack *st = stack.lookup(&zero);
+	if (!st)
+		return 0;
+	__u32 d = st->depth;
+	if (d == 0 || d > IPVT_STACK_MAX)
+		return 0;
+	__u32 i = stack_idx(d - 1);
+	if (bpf_ktime_get_ns() - st->ts[i] > IPVT_STALE_NS) {
+		stat_inc(IPVT_S_STACK_STALE);
+		st->depth = 0;
+		return 0;
+	}
+	*stp = st;
+	*idx = i;
+	return &st->sig[i];
+}
+
+/* A helper probe: mark it seen in the open context; in the multicast
+ * worker, count each delivery (dev_forward_skb, netif_rx) or send-out. */
+static __always_inline int count_helper(__u16 probe, struct sk_buff *skb, struct net_device *to)
+{
+	struct ipvt_stack *st = 0;
+	__u32 i = 0;
+	struct ipvt_sig *s = sig_current(&st, &i);
+	if (s && st) {
+		i = stack_idx(i);
+		s->seen |= 1U << probe;
+		int own = (__u64)skb == st->skb[i];
+		if (probe == IPVT_P_MC_ENQUEUE)
+			st->enq_skb[i] = (__u64)skb;
+		if (probe == IPVT_P_QXMIT && own)
+			s->hflags |= IPVT_H_OWN_QX;
+		if (probe == IPVT_P_FWD && s->kind == IPVT_P_XMIT &&
+		    !(s->seen & (1U << IPVT_P_RCV_FRAME))) {
+			__u64 key = (__u64)skb;
+			__u8 one = 1;
+			echo_skbs.update(&key, &one);
+		}
+		if (probe == IPVT_P_FWD || probe == IPVT_P_LOCAL_OUT || probe == IPVT_P_LOCAL_OUT6 ||
+		    (probe == IPVT_P_QXMIT && own &&
+		     !(s->seen & ((1U << IPVT_P_LOCAL_OUT) | (1U << IPVT_P_LOCAL_OUT6)))))
+			dev_ids(to, &s->to_netns, &s->to_ifindex);
+		return 0;
+	}
+	if (probe != IPVT_P_FWD && probe != IPVT_P_NETIF_RX && probe != IPVT_P_QXMIT)
+		return 0;
+	__u32 tid = bpf_get_current_pid_tgid();
+	if (!workers.lookup(&tid))
+		return 0;
+	struct ipvt_sig w = {};
+	w.kind = IPVT_P_MC_WORK;
+	w.seen = 1U << probe;
+	dev_ids(to, &w.to_netns, &w.to_ifindex);
+	count_sig(&w);
+	return 0;
+}
+
+static __always_inline int count_fwd_ret(int ret)
+{
+	struct ipvt_stack *st = 0;
+	__u32 i = 0;
+	struct ipvt_sig *s = sig_current(&st, &i);
+	if (s) {
+		s->seen |= 1U << IPVT_P_FWD_RET;
+		s->fwd_ret = ret;
+	}
+	return 0;
+}
+
+static __always_inline int count_lookup(__u16 probe, void *addr)
+{
+	struct ipvt_stack *st = 0;
+	__u32 i = 0;
+	struct ipvt_sig *s = sig_current(&st, &i);
+	if (!s)
+		return 0;
+	s->seen |= 1U << probe;
+	if (addr) {
+		void *master = 0;
+		struct net_device *dev = 0;
+		s->hflags |= IPVT_H_FOUND;
+		bpf_probe_read_kernel(&master, sizeof(master), addr);
+		if (master)
+			bpf_probe_read_kernel(&dev, sizeof(dev), master);
+		dev_ids(dev, &s->own_netns, &s->own_ifindex);
+	}
+	return 0;
+}
+
+static __always_inline int count_free(__u16 probe, void *skbaddr, __u32 reason)
+{
+	struct ipvt_stack *st = 0;
+	__u32 i = 0;
+	struct ipvt_sig *s = sig_current(&st, &i);
+	if (!s || !st)
+		return 0;
+	i = stack_idx(i);
+	if (probe == IPVT_P_CONSUME) {
+		if ((__u64)skbaddr == st->skb[i]) {
+			s->seen |= 1U << probe;
+			s->hflags |= IPVT_H_CONSUME_OWN;
+		}
+		return 0;
+	}
+	if (!(s->seen & (1U << probe)))
+		s->reason = reason;
+	s->seen |= 1U << probe;
+	if (st->enq_skb[i] && (__u64)skbaddr == st->enq_skb[i])
+		s->hflags |= IPVT_H_KFREE_ENQ;
+	return 0;
+}
+#endif /* IPVT_COUNT_ONLY */
 
 /* ---- entry points ---------------------------------------------------- */
 
@@ -323,6 +572,9 @@ static __always_inline int head_filtered(__u64 head)
 /* Open a context for an entry probe and report the frame as ipvlan got it. */
 static __always_inline int entry(__u16 probe, struct sk_buff *skb, struct net_device *dev)
 {
+#ifdef IPVT_COUNT_ONLY
+	return count_entry(probe, skb, dev);
+#endif
 	__u8 depth = 0;
 	__u64 id = ctx_push(probe, &depth);
 	struct ipvt_event *e = ev_init(probe, id, depth);
@@ -349,6 +601,9 @@ static __always_inline int entry(__u16 probe, struct sk_buff *skb, struct net_de
 /* Close the entry's context and report its return value. */
 static __always_inline int entry_ret(struct pt_regs *ctx, __u16 probe, __u16 ret_probe)
 {
+#ifdef IPVT_COUNT_ONLY
+	return count_entry_ret(ctx, probe);
+#endif
 	__u8 depth = 0, filtered = 0;
 	__u64 id = ctx_pop(probe, &depth, &filtered);
 	if (filtered)
@@ -395,6 +650,9 @@ int on_mc_work(struct pt_regs *ctx)
 	__u32 tid = bpf_get_current_pid_tgid();
 	__u64 id = new_ctx_id();
 	workers.update(&tid, &id);
+#ifdef IPVT_COUNT_ONLY
+	return 0;
+#endif
 	struct ipvt_event *e = ev_init(IPVT_P_MC_WORK, id, 0);
 	if (!e)
 		return 0;
@@ -409,6 +667,9 @@ int on_mc_work_ret(struct pt_regs *ctx)
 	__u64 *w = workers.lookup(&tid);
 	__u64 id = w ? *w : 0;
 	workers.delete(&tid);
+#ifdef IPVT_COUNT_ONLY
+	return 0;
+#endif
 	struct ipvt_event *e = ev_init(IPVT_P_MC_WORK_RET, id, 0);
 	if (!e)
 		return 0;
@@ -428,6 +689,9 @@ int on_mc_work_ret(struct pt_regs *ctx)
  */
 int on_rcv_frame(struct pt_regs *ctx)
 {
+#ifdef IPVT_COUNT_ONLY
+	return count_helper(IPVT_P_RCV_FRAME, 0, 0);
+#endif
 	__u8 depth = 0, flags = 0;
 	__u64 id = ctx_current(&depth, &flags);
 	if (!id)
@@ -466,6 +730,9 @@ static __always_inline void ev_owner(struct ipvt_event *e, void *addr)
 
 int on_lookup_ret(struct pt_regs *ctx)
 {
+#ifdef IPVT_COUNT_ONLY
+	return count_lookup(IPVT_P_LOOKUP_RET, (void *)PT_REGS_RC(ctx));
+#endif
 	__u8 depth = 0, flags = 0;
 	__u64 id = ctx_current(&depth, &flags);
 	if (!id)
@@ -482,6 +749,10 @@ int on_lookup_ret(struct pt_regs *ctx)
 
 int on_fwd(struct pt_regs *ctx)
 {
+#ifdef IPVT_COUNT_ONLY
+	return count_helper(IPVT_P_FWD, (struct sk_buff *)PT_REGS_PARM2(ctx),
+			    (struct net_device *)PT_REGS_PARM1(ctx));
+#endif
 	__u8 depth = 0, flags = 0;
 	__u64 id = ctx_current(&depth, &flags);
 	if (!id)
@@ -497,6 +768,9 @@ int on_fwd(struct pt_regs *ctx)
 
 int on_fwd_ret(struct pt_regs *ctx)
 {
+#ifdef IPVT_COUNT_ONLY
+	return count_fwd_ret((int)PT_REGS_RC(ctx));
+#endif
 	__u64 key = (bpf_get_current_pid_tgid() << 32) | bpf_get_smp_processor_id();
 	__u64 *idp = fwd_ctx.lookup(&key);
 	if (!idp)
@@ -515,11 +789,13 @@ static __always_inline int report_skb_dev(struct pt_regs *ctx, __u16 probe,
 					  struct sk_buff *skb, int use_dst)
 {
 	__u8 depth = 0, flags = 0;
+#ifndef IPVT_COUNT_ONLY
 	__u64 id = ctx_current(&depth, &flags);
 	if (!id)
 		return 0;
 	if ((flags & IPVT_F_WORKER) && head_filtered(skb_head(skb)))
 		return 0;
+#endif
 	struct net_device *dev = 0;
 	if (use_dst) {
 		unsigned long refdst = 0;
@@ -530,7 +806,11 @@ static __always_inline int report_skb_dev(struct pt_regs *ctx, __u16 probe,
 	}
 	if (!dev)
 		bpf_probe_read_kernel(&dev, sizeof(dev), &skb->dev);
+#ifdef IPVT_COUNT_ONLY
+	return count_helper(probe, skb, dev);
+#else
 	return emit_dev_skb(probe, id, depth, flags, dev, skb);
+#endif
 }
 
 int on_qxmit(struct pt_regs *ctx)
@@ -552,6 +832,12 @@ int on_local_out6(struct pt_regs *ctx)
 int on_netif_rx(struct pt_regs *ctx)
 {
 	__u8 depth = 0, flags = 0;
+#ifdef IPVT_COUNT_ONLY
+	__u32 tid = bpf_get_current_pid_tgid();
+	if (!workers.lookup(&tid))
+		return 0;
+	flags = IPVT_F_WORKER;
+#endif
 	__u64 id = ctx_current(&depth, &flags);
 	if (!(flags & IPVT_F_WORKER))
 		return 0;
@@ -561,6 +847,9 @@ int on_netif_rx(struct pt_regs *ctx)
 /* ipvlan_multicast_enqueue(port, skb, tx_pkt) */
 int on_mc_enqueue(struct pt_regs *ctx)
 {
+#ifdef IPVT_COUNT_ONLY
+	return count_helper(IPVT_P_MC_ENQUEUE, (struct sk_buff *)PT_REGS_PARM2(ctx), 0);
+#endif
 	__u8 depth = 0, flags = 0;
 	__u64 id = ctx_current(&depth, &flags);
 	if (!id)
@@ -576,6 +865,9 @@ int on_mc_enqueue(struct pt_regs *ctx)
 static __always_inline int report_free(__u16 probe, void *skbaddr, void *location,
 				       __u32 reason)
 {
+#ifdef IPVT_COUNT_ONLY
+	return count_free(probe, skbaddr, reason);
+#endif
 	__u8 depth = 0, flags = 0;
 	__u64 id = ctx_current(&depth, &flags);
 	if (!id)
@@ -604,6 +896,12 @@ int on_l3_rcv(struct pt_regs *ctx)
 	if (head_filtered(skb_head(skb)))
 		return 0;
 	__u64 key = (__u64)skb;
+#ifdef IPVT_COUNT_ONLY
+	struct ipvt_l3s l = {};
+	dev_ids(dev, &l.netns, &l.ifindex);
+	l3s_count.update(&key, &l);
+	return 0;
+#endif
 	__u64 id = new_ctx_id() & L3S_ID_MASK;
 	__u64 val = id | L3S_PHASE_RCV;
 	l3s_skbs.update(&key, &val);
@@ -616,6 +914,24 @@ int on_nf_input(struct pt_regs *ctx)
 {
 	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM2(ctx);
 	__u64 key = (__u64)skb;
+#ifdef IPVT_COUNT_ONLY
+	struct ipvt_l3s *l = l3s_count.lookup(&key);
+	if (!l)
+		return 0;
+	if (l->own_ifindex) {
+		struct ipvt_sig s = {};
+		s.kind = IPVT_P_L3_RCV;
+		s.seen = 1U << IPVT_P_NF_INPUT;
+		s.hflags = IPVT_H_FOUND;
+		s.netns = l->netns;
+		s.ifindex = l->ifindex;
+		s.own_netns = l->own_netns;
+		s.own_ifindex = l->own_ifindex;
+		count_sig(&s);
+	}
+	l3s_count.delete(&key);
+	return 0;
+#endif
 	__u64 *val = l3s_skbs.lookup(&key);
 	if (!val)
 		return 0;
@@ -631,6 +947,13 @@ int on_nf_input(struct pt_regs *ctx)
 int on_s2a(struct pt_regs *ctx)
 {
 	__u64 key = PT_REGS_PARM1(ctx);
+#ifdef IPVT_COUNT_ONLY
+	int zero0 = 0;
+	__u64 *slot0 = s2a_ctx.lookup(&zero0);
+	if (slot0)
+		*slot0 = l3s_count.lookup(&key) ? key : 0;
+	return 0;
+#endif
 	__u64 *val = l3s_skbs.lookup(&key);
 	int zero = 0;
 	__u64 *slot = s2a_ctx.lookup(&zero);
@@ -651,6 +974,21 @@ int on_s2a_ret(struct pt_regs *ctx)
 	__u64 *slot = s2a_ctx.lookup(&zero);
 	if (!slot || !*slot)
 		return 0;
+#ifdef IPVT_COUNT_ONLY
+	__u64 key = *slot;
+	*slot = 0;
+	struct ipvt_l3s *l = l3s_count.lookup(&key);
+	void *a = (void *)PT_REGS_RC(ctx);
+	if (l && a && !l->own_ifindex) {
+		void *master = 0;
+		struct net_device *odev = 0;
+		bpf_probe_read_kernel(&master, sizeof(master), a);
+		if (master)
+			bpf_probe_read_kernel(&odev, sizeof(odev), master);
+		dev_ids(odev, &l->own_netns, &l->own_ifindex);
+	}
+	return 0;
+#endif
 	__u64 id = *slot & L3S_ID_MASK;
 	*slot = 0;
 	void *addr = (void *)PT_REGS_RC(ctx);

@@ -42,6 +42,7 @@ enum ipvt_stat {
 	IPVT_S_STACK_OVERFLOW = 24,
 	IPVT_S_STACK_MISMATCH = 25,
 	IPVT_S_STACK_STALE = 26,
+	IPVT_S_COUNTS_FULL = 27, /* stats mode: the counter map had no room */
 	IPVT_S_MAX = 28,
 };
 
@@ -51,6 +52,37 @@ enum ipvt_stat {
 #define IPVT_F_HAS_DEV 0x04  /* ifindex/ifname/netns are filled */
 #define IPVT_F_HAS_HDR 0x08  /* hdr[] holds the frame from its MAC header */
 #define IPVT_F_NO_MAC 0x10   /* no MAC header: hdr[] starts at the L3 header */
+
+/* Stats mode (ipvtrace stats): instead of events, the kernel gathers what a
+ * context saw into one signature and counts signatures in a hash map; user
+ * space names each distinct signature's branch with the same classifier. */
+#define IPVT_H_DST_MCAST 0x01  /* the frame's destination MAC is multicast */
+#define IPVT_H_NO_MAC 0x02     /* no MAC header */
+#define IPVT_H_RUNT 0x04       /* shorter than an Ethernet header */
+#define IPVT_H_FOUND 0x08      /* ipvlan_addr_lookup / skb_to_addr found a slave */
+#define IPVT_H_OWN_QX 0x10     /* __dev_queue_xmit of the entry's own skb */
+#define IPVT_H_CONSUME_OWN 0x20 /* consume_skb of the entry's own skb */
+#define IPVT_H_KFREE_ENQ 0x40  /* kfree_skb of the skb given to the multicast queue */
+#define IPVT_H_ECHO 0x80       /* RX of a frame a slave's TX forwarded to the parent */
+
+struct ipvt_sig {
+	__u32 seen;
+	__u32 netns;
+	__s32 ifindex;
+	__u32 to_netns;
+	__s32 to_ifindex;
+	__u32 own_netns;
+	__s32 own_ifindex;
+	__s32 ret;
+	__s32 fwd_ret;
+	__u32 reason;
+	__u16 etype;
+	__u8 kind;
+	__u8 hflags;
+	__u8 l4;
+	__u8 pad1;
+	__u16 pad2;
+};
 
 struct ipvt_event {
 	__u64 ts;

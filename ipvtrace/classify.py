@@ -77,7 +77,7 @@ def classify(pkt: Packet, ctx: Context) -> Verdict:
 
 
 def _base_complete(pkt: Packet) -> bool:
-    if pkt.entry is None or pkt.ret is None or pkt.lost_overlap:
+    if pkt.entry is None or pkt.ret is None or pkt.lost_overlap or pkt.evicted:
         return False
     if pkt.waiting_for == "worker" and not pkt.worker_done:
         return False

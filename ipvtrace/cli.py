@@ -33,6 +33,17 @@ EXAMPLES = {
   ipvtrace replay pods.ipvt --stats           # packets per branch, drops, lost events
   ipvtrace replay pods.ipvt --pcapng pods.pcapng && tshark -r pods.pcapng -T fields -e frame.comment
 """,
+    "stats": """examples:
+  sudo ipvtrace stats                       # packets per branch, counted in the kernel
+  sudo ipvtrace stats --json --interval 10  # one JSON object every 10 s
+  sudo ipvtrace stats --prometheus /var/lib/node_exporter/textfile/ipvtrace.prom
+  sudo ipvtrace stats --listen 127.0.0.1:9437   # http://127.0.0.1:9437/metrics
+
+No event leaves the kernel: the BPF program counts one signature per packet
+(which helpers ran, on which devices, what they returned) and ipvtrace names
+each distinct signature's branch with the same rules as live and replay.
+Cheap enough to leave on; for addresses and the evidence per packet use live.
+""",
     "lab": """examples:
   sudo ipvtrace lab --list                  # the scenarios
   sudo ipvtrace lab                         # all of them, traced, with the evidence
@@ -135,6 +146,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="write the packets (headers as captured) to OUT, branch as comment")
     filters.add_arguments(rep)
 
+    st = sub.add_parser("stats", help="packets per branch, counted in the kernel: cheap enough to leave on (root)",
+                        epilog=EXAMPLES["stats"], formatter_class=fmt)
+    st.add_argument("--interval", type=_positive_float, default=1.0, metavar="S",
+                    help="read the counters every S seconds (default 1)")
+    st.add_argument("--duration", type=_positive_float, metavar="S", help="stop after S seconds")
+    st.add_argument("--json", action="store_true", help="one JSON object per reading")
+    st.add_argument("--prometheus", type=Path, metavar="FILE",
+                    help="rewrite FILE each reading in the Prometheus text format "
+                         "(node_exporter textfile collector)")
+    st.add_argument("--listen", metavar="[ADDR:]PORT",
+                    help="serve the Prometheus metrics over HTTP at /metrics")
+    st.add_argument("--ready-file", type=Path, metavar="PATH",
+                    help="create PATH once the probes are attached")
+
     lab = sub.add_parser("lab", help="build the article's topologies in namespaces and trace them (root)",
                          epilog=EXAMPLES["lab"], formatter_class=fmt)
     lab.add_argument("names", nargs="*", metavar="NAME", help="scenarios to run (default: all)")
@@ -170,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_replay(args)
         if args.cmd == "lab":
             return cmd_lab(args)
+        if args.cmd == "stats":
+            return cmd_stats(args)
         if args.cmd == "doctor":
             from .doctor import report
 
@@ -296,6 +323,51 @@ def cmd_trace(args) -> int:
         from .render import print_stats
 
         print_stats(summary, Console(stderr=True, highlight=False))
+    return 0
+
+
+def cmd_stats(args) -> int:
+    import contextlib
+
+    from rich.console import Console
+
+    from .loader import LoadError, require_root
+    from .probes import PlanError
+    from .prometheus import PrometheusExport, parse_listen
+    from .render import StatsView, stats_table
+    from .stats_session import StatsOptions, run_stats
+
+    listen = None
+    if args.listen:
+        try:
+            listen = parse_listen(args.listen)
+        except ValueError as exc:
+            return _fail(str(exc), 2)
+    if args.prometheus is not None and not args.prometheus.absolute().parent.is_dir():
+        return _fail(f"cannot write {args.prometheus}: "
+                     f"{args.prometheus.absolute().parent} is not a directory")
+    sinks: list = []
+    view = contextlib.nullcontext()
+    if args.json:
+        sinks.append(lambda r: print(json.dumps(r), flush=True))
+    elif sys.stdout.isatty():
+        view = StatsView()
+        sinks.append(view)
+    try:
+        require_root()
+        if args.prometheus is not None or listen is not None:
+            sinks.append(PrometheusExport(args.prometheus, listen))
+        with view:
+            report = run_stats(StatsOptions(interval=args.interval, duration=args.duration,
+                                            ready_file=args.ready_file, sinks=sinks))
+            for sink in sinks:   # the last reading, taken just before detaching
+                sink(report)
+    except (PlanError, LoadError) as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+    if not args.json and not isinstance(view, StatsView):
+        Console(highlight=False).print(stats_table(report))   # off a terminal: once, at the end
     return 0
 
 

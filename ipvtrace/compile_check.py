@@ -1,4 +1,4 @@
-"""Compile bpf/ipvtrace.c and load every program through the verifier, no attach.
+"""Compile bpf/ipvtrace.c (events, filtered, stats) and load every program through the verifier, no attach.
 
 Run by scripts/compile-check against each installed kernel's headers.
 """
@@ -22,7 +22,8 @@ def main() -> int:
     # once as shipped, once with a filter that uses every field it can test
     expr = filterexpr.parse("(icmp and host 10.0.0.1) or (udp and dst port 53) or "
                             "src host fd00::1 or not arp")
-    for extra in ([], [f"-DIPVT_FILTER_EXPR={expr.c()}"]):
+    # ... and as `ipvtrace stats` builds it
+    for extra in ([], [f"-DIPVT_FILTER_EXPR={expr.c()}"], ["-DIPVT_COUNT_ONLY"]):
         b = bcc.BPF(src_file=str(loader.layout.BPF_DIR / "ipvtrace.c").encode(),
                     cflags=loader.cflags(plan, 64) + extra)
         for spec in probes.SPECS:

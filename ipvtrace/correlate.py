@@ -18,6 +18,11 @@ Keys, from the strongest to the weakest:
 
 Time only moves with the event stream (event timestamps and recorded clock
 ticks), never the wall clock, so replay groups exactly as live did.
+
+Memory stays bounded however long it runs: a context whose return never
+comes (a missed kretprobe, lost events), a worker run that never ends, or a
+packet whose RX echo never returns is evicted after a few WAIT_NS, finished
+as incomplete, and counted (`evicted`).
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ WAIT_NS = 2_000_000_000  # how long a packet waits for its RX echo / worker
 RX_HANDLER_PASS = 3
 
 
-@dataclass
+@dataclass(eq=False)   # identity: a packet is never "equal" to another one
 class Packet:
     """Everything seen about one packet inside ipvlan."""
 
@@ -44,6 +49,7 @@ class Packet:
     waiting_for: str | None = None                         # "rx" | "worker" | None
     deadline: int = 0
     lost_overlap: bool = False                             # events were lost while it was open
+    evicted: bool = False                                  # its return never came: evicted
     waits: list = field(default_factory=list)              # (table, key) it is registered under
 
     @property
@@ -94,6 +100,9 @@ class Correlator:
         self.pending: list[Packet] = []
         self.now = 0
         self.unattributed = 0
+        self.evicted = 0
+        self._next_sweep = 0
+        self._worker_seen: dict[int, int] = {}   # worker ctx id -> its first timestamp
 
     # -- input ----------------------------------------------------------
     def feed(self, ev: Event) -> None:
@@ -106,8 +115,10 @@ class Correlator:
             self._ret(ev)
         elif p == "mc_work":
             self.workers[ev.ctx] = _Worker()
+            self._worker_seen[ev.ctx] = ev.ts
         elif p == "mc_work_ret":
             w = self.workers.pop(ev.ctx, None)
+            self._worker_seen.pop(ev.ctx, None)
             if w is not None:
                 self._worker_done(w)
         else:
@@ -133,6 +144,7 @@ class Correlator:
         for w in list(self.workers.values()):
             self._worker_done(w)
         self.workers.clear()
+        self._worker_seen.clear()
         for pkt in sorted(self.pending, key=lambda p: p.first_ts):
             self._finish(pkt)
         self.pending.clear()
@@ -263,16 +275,38 @@ class Correlator:
         pkt.waits.clear()
 
     def _expire(self) -> None:
+        if self.now >= self._next_sweep:
+            self._sweep()
         if not self.pending or self.pending[0].deadline > self.now:
             return
         keep = []
         for pkt in self.pending:
-            if pkt.deadline <= self.now and not self._cont_open(pkt):
+            if pkt.deadline <= self.now and (not self._cont_open(pkt)
+                                             or pkt.deadline + 2 * self.wait_ns <= self.now):
                 self._forget(pkt)
                 self._finish(pkt)
             else:
                 keep.append(pkt)
         self.pending = keep
+
+    def _sweep(self) -> None:
+        """Evict what can no longer finish: open contexts and worker runs far
+        older than any packet takes (their return probe was missed or lost)."""
+        self._next_sweep = self.now + self.wait_ns // 2
+        limit = self.now - 3 * self.wait_ns
+        for ctx, pkt in list(self.open.items()):
+            if pkt.first_ts < limit:
+                del self.open[ctx]
+                pkt.evicted = True
+                self.evicted += 1
+                self._finish(pkt)
+        for ctx, first in list(self._worker_seen.items()):
+            if first < limit:
+                del self._worker_seen[ctx]
+                w = self.workers.pop(ctx, None)
+                self.evicted += 1
+                if w is not None:
+                    self._worker_done(w)
 
     def _cont_open(self, pkt: Packet) -> bool:
         return pkt.waiting_for == "rx" and bool(pkt.cont) and pkt.cont_ret is None

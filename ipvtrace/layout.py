@@ -75,19 +75,7 @@ def parse_header(text: str) -> Layout:
         for name, v in re.findall(r"(IPVT_P_\w+)\s*=\s*(\d+)", enum.group(1))
         if name != "IPVT_P_MAX"
     }
-    body = re.search(r"struct ipvt_event\s*\{(.*?)\};", text, re.S)
-    if not body:
-        raise ValueError("struct ipvt_event not found")
-    fields: list[str] = []
-    fmt = "<"
-    for ctype, name, count in re.findall(r"(\w+)\s+(\w+)(?:\[(\d+)\])?;", body.group(1)):
-        code = _CTYPES[ctype]
-        n = int(count) if count else 1
-        if code == "s" or (code == "B" and n > 1):
-            fmt += f"{n}s"
-        else:
-            fmt += code * n
-        fields.append(name)
+    fields, fmt = _struct(text, "ipvt_event")
     flags = {
         k.removeprefix("IPVT_F_").lower(): v for k, v in defines.items() if k.startswith("IPVT_F_")
     }
@@ -102,6 +90,45 @@ def parse_header(text: str) -> Layout:
         hdr_max=defines["IPVT_HDR_MAX"], format_version=defines["IPVT_FORMAT_VERSION"],
         stats=stats,
     )
+
+
+def _struct(text: str, name: str) -> tuple[list[str], str]:
+    """Field names and a little-endian struct format for `struct NAME`."""
+    body = re.search(r"struct " + name + r"\s*\{(.*?)\};", text, re.S)
+    if not body:
+        raise ValueError(f"struct {name} not found")
+    fields: list[str] = []
+    fmt = "<"
+    for ctype, fname, count in re.findall(r"(\w+)\s+(\w+)(?:\[(\d+)\])?;", body.group(1)):
+        code = _CTYPES[ctype]
+        n = int(count) if count else 1
+        if code == "s" or (code == "B" and n > 1):
+            fmt += f"{n}s"
+        else:
+            fmt += code * n
+        fields.append(fname)
+    return fields, fmt
+
+
+@dataclass(frozen=True)
+class SigLayout:
+    """`struct ipvt_sig`, the key of the stats-mode counter map, and its IPVT_H_* bits."""
+
+    fields: tuple[str, ...]
+    fmt: str
+    hflags: dict[str, int]
+    probes: dict[int, str]
+
+
+@lru_cache(maxsize=1)
+def sig_layout() -> SigLayout:
+    text = HEADER.read_text()
+    fields, fmt = _struct(text, "ipvt_sig")
+    hflags = {
+        m.group(1).lower(): int(m.group(2), 0)
+        for m in re.finditer(r"#define\s+IPVT_H_(\w+)\s+(0x[0-9a-fA-F]+|\d+)", text)
+    }
+    return SigLayout(tuple(fields), fmt, hflags, current().probes)
 
 
 @lru_cache(maxsize=1)

@@ -45,10 +45,11 @@ class Tracer:
     """Attached probes; use as a context manager so Ctrl-C always detaches."""
 
     def __init__(self, plan: ProbePlan, ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
-                 filter_c: str | None = None) -> None:
+                 filter_c: str | None = None, count_only: bool = False) -> None:
         self.plan = plan
         self.ringbuf_pages = ringbuf_pages
         self.filter_c = filter_c
+        self.count_only = count_only   # `stats`: counters in the kernel, no events
         self.bpf = None
         self._cb: Callable | None = None
 
@@ -58,6 +59,8 @@ class Tracer:
         src = layout.BPF_DIR / "ipvtrace.c"
         try:
             extra = [f"-DIPVT_FILTER_EXPR={self.filter_c}"] if self.filter_c else []
+            if self.count_only:
+                extra.append("-DIPVT_COUNT_ONLY")
             self.bpf = bcc.BPF(src_file=str(src).encode(),
                                cflags=cflags(self.plan, self.ringbuf_pages) + extra)
         except Exception as exc:  # bcc raises plain Exception on compile errors
@@ -109,6 +112,40 @@ class Tracer:
                 out[lay.stats[i]] = total
             else:   # IPVT_S_LOST_BASE + probe id
                 out[f"lost.{lay.probes.get(i, i)}"] = total
+        return out
+
+    def counts(self) -> dict[bytes, int]:
+        """Stats mode: the kernel's counter per signature (raw key bytes), summed over CPUs."""
+        out: dict[bytes, int] = {}
+        for key, values in self.bpf["counts"].items():
+            out[bytes(key)] = int(sum(values))
+        return out
+
+    def kprobe_misses(self) -> dict[str, dict[str, int]]:
+        """Hits and misses of this tracer's kprobes, from tracefs kprobe_profile.
+
+        A miss is a probe hit the kernel did not run (re-entry, or a
+        kretprobe with no free instance): evidence that never existed, not a
+        full buffer. bcc names legacy (tracefs) probe events
+        `p_/r_<symbol>_bcc_<pid>`; probes it attached through the perf PMU
+        are not listed there, so they are absent here."""
+        path = os.path.join(self.plan.tracefs, "kprobe_profile")
+        suffix = f"_bcc_{os.getpid()}"
+        names = {f"{'p' if p['kind'] == 'kprobe' else 'r'}_"
+                 + p["symbol"].replace(".", "_").replace("+", "_"): p["name"]
+                 for p in self.plan.attach}
+        out: dict[str, dict[str, int]] = {}
+        try:
+            with open(path) as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) != 3 or not parts[0].endswith(suffix):
+                        continue
+                    name = names.get(parts[0][: -len(suffix)])
+                    if name:
+                        out[name] = {"hits": int(parts[1]), "misses": int(parts[2])}
+        except OSError:
+            pass
         return out
 
     def close(self) -> None:

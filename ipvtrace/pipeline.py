@@ -112,6 +112,7 @@ class Pipeline:
             "drops": dict(sorted(self.drops.items())),
             "lost_events": self.lost_total,
             "unattributed_events": self.correlator.unattributed,
+            "evicted": self.correlator.evicted,
             "filtered_out": self.filtered_out,
         }
 

@@ -84,7 +84,8 @@ class JsonSink:
 def print_stats(summary: dict, console: Console, as_json: bool = False) -> None:
     """Packets per branch, drops by reason, lost events: live's Ctrl-C
     summary and `replay --stats`."""
-    keys = ("packets", "branches", "drops", "lost_events", "unattributed_events", "filtered_out")
+    keys = ("packets", "branches", "drops", "lost_events", "unattributed_events", "evicted",
+            "filtered_out")
     if as_json:
         console.file.write(json.dumps({k: summary.get(k) for k in keys}) + "\n")
         return
@@ -107,6 +108,8 @@ def print_stats(summary: dict, console: Console, as_json: bool = False) -> None:
         console.print(d)
     lost = summary.get("lost_events", 0)
     console.print(Text(f"lost events: {lost}", style="bold red" if lost else ""))
+    if summary.get("evicted"):
+        console.print(f"evicted unfinished (a return probe missed or lost): {summary['evicted']}")
     if summary.get("unattributed_events"):
         console.print(f"events outside any packet: {summary['unattributed_events']}")
     if summary.get("filtered_out"):
@@ -171,6 +174,62 @@ class Dashboard:
         from rich.live import Live
 
         self._live = Live(self, console=self.console, refresh_per_second=4, transient=False)
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc)
+
+
+def stats_table(report: dict | None):
+    """`ipvtrace stats`: one reading of the in-kernel counters."""
+    from rich.console import Group
+    from rich.table import Table
+
+    if report is None:
+        return Text("ipvtrace: compiling and attaching probes (counting mode)...")
+    misses = report.get("kprobe_misses_total", 0)
+    repairs = {k: v for k, v in report.get("kernel_stats", {}).items() if not k.startswith("lost.")}
+    head = Text(f"ipvtrace stats on {report['kernel']}: {report['probes']} probes, counting in "
+                f"the kernel   {report['elapsed_s']:.0f} s   packets {report['packets']}   ")
+    head.append(f"kprobe misses {misses}", style="bold red" if misses else "green")
+    if repairs:
+        head.append("   " + " ".join(f"{k} {v}" for k, v in sorted(repairs.items())),
+                    style="yellow")
+    t = Table(box=None, padding=(0, 1))
+    for name, justify in (("branch", "left"), ("delivery", "left"), ("from", "left"),
+                          ("to", "left"), ("packets", "right"), ("per s", "right"),
+                          ("reason", "left")):
+        t.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis")
+    for r in report["rows"]:
+        bad = r["delivery"] in ("dropped", "slave_down", "forward_failed") or r["branch"] == "unknown"
+        t.add_row(Text(r["branch"], style="bold red" if bad else ""), r["delivery"] or "-",
+                  r["from"], r["to"], str(r["packets"]),
+                  f"{r['per_s']:.0f}" if r.get("per_s") is not None else "-", r["reason"] or "")
+    return Group(head, t)
+
+
+class StatsView:
+    """`ipvtrace stats` on a terminal: the counter table, redrawn each reading."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(highlight=False)
+        self.report: dict | None = None
+        self._live = None
+
+    def __call__(self, report: dict) -> None:
+        self.report = report
+        if self._live is not None:
+            self._live.refresh()
+
+    def __rich__(self):
+        return stats_table(self.report)
+
+    def __enter__(self) -> "StatsView":
+        from rich.live import Live
+
+        self._live = Live(self, console=self.console, auto_refresh=False, transient=False)
         self._live.__enter__()
         return self
 

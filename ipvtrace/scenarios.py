@@ -291,38 +291,47 @@ SCENARIOS = {s.name: s for s in (*LAB, L2, L3)}
 
 
 
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float, what: str = "record") -> None:
     end = time.monotonic() + timeout
     while not path.exists():
         checkpoint()
         if proc.poll() is not None:
             err = proc.stderr.read() if proc.stderr else ""
-            raise LabError(f"ipvtrace record exited early (rc {proc.returncode}): {err.strip()}")
+            raise LabError(f"ipvtrace {what} exited early (rc {proc.returncode}): {err.strip()}")
         if time.monotonic() > end:
-            raise LabError(f"ipvtrace record not ready after {timeout:.0f} s")
+            raise LabError(f"ipvtrace {what} not ready after {timeout:.0f} s")
         time.sleep(0.2)
 
 
+class Traced:
+    """What a traced ipvtrace command left: its stdout once it has ended."""
+
+    stdout: str = ""
+
+
 @contextlib.contextmanager
-def recorder(output: Path, ready_timeout: float = 600) -> Iterator[None]:
-    """`ipvtrace record -o OUTPUT` around the body: started and attached before
-    it, stopped with SIGINT (a complete file) after it, whatever happens."""
-    ready = output.with_name(output.name + ".ready")
+def traced(args: list[str], ready: Path, ready_timeout: float = 600,
+           settle: float = 1.0) -> Iterator[Traced]:
+    """`ipvtrace ARGS --ready-file READY` around the body: attached before it,
+    stopped with SIGINT after it (and *settle* seconds for the multicast worker
+    and softirqs to finish), whatever happens."""
     ready.unlink(missing_ok=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ipvtrace", "record", "-o", str(output), "--ready-file", str(ready)],
-        stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "ipvtrace", *args, "--ready-file", str(ready)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+    result = Traced()
     try:
-        wait_for(ready, proc, ready_timeout)
-        yield
-        time.sleep(1.0)   # let the multicast worker and softirqs finish
+        wait_for(ready, proc, ready_timeout, args[0])
+        yield result
+        time.sleep(settle)
         checkpoint()
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=300)
+        out, err = proc.communicate(timeout=300)
         sys.stderr.write(err)
+        result.stdout = out
         if proc.returncode != 0:
-            raise LabError(f"ipvtrace record failed (rc {proc.returncode})")
+            raise LabError(f"ipvtrace {args[0]} failed (rc {proc.returncode})")
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
@@ -331,6 +340,14 @@ def recorder(output: Path, ready_timeout: float = 600) -> Iterator[None]:
             except subprocess.TimeoutExpired:
                 proc.kill()
         ready.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def recorder(output: Path, ready_timeout: float = 600, settle: float = 1.0) -> Iterator[None]:
+    """`ipvtrace record -o OUTPUT` around the body (a complete file after it)."""
+    with traced(["record", "-o", str(output)], output.with_name(output.name + ".ready"),
+                ready_timeout, settle):
+        yield
 
 
 def record_scenarios(names: list[str], output: Path, ready_timeout: float = 600) -> list[Scenario]:

@@ -168,3 +168,22 @@ def test_backlog_drop_is_tied_to_its_packet():
     [(pkt, v)] = verdicts(evs)
     assert (v.branch, v.delivery, v.complete) == ("rx.l2.multicast", "dropped", True)
     assert [m["branch"] for m in v.mcast] == ["mcast.backlog_drop"]
+
+
+def test_context_whose_return_never_comes_is_evicted_and_counted():
+    """A missed kretprobe leaves an open context: after a few WAIT_NS it is
+    finished as incomplete (memory stays bounded) and counted."""
+    out = []
+    c = Correlator(out.append, wait_ns=1000)
+    c.feed(local_tx(1, 100, 0x1000)[0])          # the entry only
+    for ts in range(200, 2000, 100):
+        c.tick(ts)
+    assert out == []                               # not before 3 x WAIT_NS
+    c.tick(5000)
+    [pkt] = out
+    assert pkt.evicted and c.evicted == 1 and not c.open
+    v = classify.classify(pkt, CTX)
+    assert not v.complete and v.branch == "unknown"
+    for ev in local_tx(2, 6000, 0x2000):          # later packets are unaffected
+        c.feed(ev)
+    assert classify.classify(out[-1], CTX).branch == "tx.l2.local" and c.evicted == 1

@@ -1,0 +1,134 @@
+"""`ipvtrace stats`: counters in the kernel, read every interval.
+
+No per-packet events reach user space: the BPF program (built with
+IPVT_COUNT_ONLY) counts one signature per packet in a map; every interval
+this reads the map, names each new signature once (counting.Tally, i.e. the
+shared classifier), and hands a report to the sinks (table, JSON lines,
+Prometheus). Signals only set a flag; the probes are detached on the way out.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import classify as cls
+from . import counting, layout, probes, snapshot
+from .symbols import drop_reasons
+
+Report = dict
+MCAST_PREFIX = "mcast."   # per delivery, not per packet
+
+
+@dataclass
+class StatsOptions:
+    interval: float = 1.0
+    duration: float | None = None
+    ready_file: Path | None = None
+    sinks: list[Callable[[Report], None]] = field(default_factory=list)
+
+
+def build_report(rows: Counter, kstats: dict[str, int], misses: dict[str, dict[str, int]],
+                 elapsed: float, kernel: str, probe_count: int,
+                 previous: Report | None = None) -> Report:
+    """One reading of the counters, as every sink gets it."""
+    before = {}
+    if previous is not None:
+        before = {_row_key(r): r["packets"] for r in previous["rows"]}
+    dt = elapsed - previous["elapsed_s"] if previous is not None else elapsed
+    out_rows = []
+    for o, n in sorted(rows.items(), key=lambda kv: (kv[0].branch, -kv[1])):
+        r = {"branch": o.branch, "delivery": o.delivery, "from": o.frm, "to": o.to,
+             "reason": o.reason, "packets": n}
+        r["per_s"] = round((n - before.get(_row_key(r), 0)) / dt, 1) if dt > 0 else None
+        out_rows.append(r)
+    branches: Counter[str] = Counter()
+    for r in out_rows:
+        branches[r["branch"]] += r["packets"]
+    return {
+        "elapsed_s": round(elapsed, 3), "kernel": kernel, "probes": probe_count,
+        "packets": sum(n for b, n in branches.items() if not b.startswith(MCAST_PREFIX)),
+        "branches": dict(sorted(branches.items())),
+        "rows": out_rows,
+        "kernel_stats": kstats,
+        "kprobe_misses": {k: v["misses"] for k, v in sorted(misses.items())},
+        "kprobe_misses_total": sum(v["misses"] for v in misses.values()),
+    }
+
+
+def _row_key(r: dict) -> tuple:
+    return (r["branch"], r["delivery"], r["from"], r["to"], r["reason"])
+
+
+def run_stats(opts: StatsOptions) -> Report:
+    """Attach in counting mode, report every interval until a signal or the duration."""
+    from . import loader  # bcc is imported only on this path
+
+    loader.require_root()
+    loader.import_bcc()
+    plan = probes.build()
+    snaps = [snapshot.take()]
+    ctx = cls.Context(topo=snapshot.Topology.from_snapshots(snaps),
+                      drop_reasons=drop_reasons(plan.tracefs), symbols={},
+                      flags=layout.current().flags)
+    tally = counting.Tally(ctx)
+    sl = layout.sig_layout()
+    stopping = {"why": None}
+
+    def _on_signal(signum, _frame):
+        stopping["why"] = stopping["why"] or signal.Signals(signum).name
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    report: Report | None = None
+    try:
+        with loader.Tracer(plan, count_only=True) as tracer:
+            for s in old:
+                signal.signal(s, _on_signal)
+            t0 = time.monotonic()
+            print(f"ipvtrace: counting in the kernel ({plan.probe_count} probes, no events); "
+                  "Ctrl-C to end", file=sys.stderr, flush=True)
+            for line in probes.what_this_kernel_shows(plan):
+                print(f"ipvtrace: note: {line}", file=sys.stderr)
+            if opts.ready_file is not None:
+                opts.ready_file.write_text(f"{os.getpid()}\n")
+            last_refresh = 0.0
+
+            def read() -> Report:
+                nonlocal last_refresh
+                sigs: Counter = Counter()
+                for raw, n in tracer.counts().items():
+                    sigs[counting.decode(raw, sl)] += n
+                now = time.monotonic()
+                if tally.unknown_devices(sigs) and now - last_refresh > 1.0:
+                    last_refresh = now   # a device appeared: read netlink again
+                    snaps.append(snapshot.take())
+                    ctx.topo = snapshot.Topology.from_snapshots(snaps)
+                    tally.forget_names()
+                return build_report(tally.rows(sigs), tracer.kernel_stats(),
+                                    tracer.kprobe_misses(), now - t0, plan.kernel,
+                                    plan.probe_count, report)
+
+            next_at = t0 + opts.interval
+            while stopping["why"] is None:
+                now = time.monotonic()
+                if opts.duration is not None and now - t0 >= opts.duration:
+                    stopping["why"] = "duration"
+                    break
+                if now < next_at:
+                    time.sleep(min(0.1, next_at - now))
+                    continue
+                next_at += opts.interval
+                report = read()
+                for sink in opts.sinks:
+                    sink(report)
+            report = read()   # the last reading, taken before the probes go
+            report["ended_by"] = stopping["why"]
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    return report
