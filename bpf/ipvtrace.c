@@ -90,6 +90,13 @@ BPF_TABLE("lru_hash", __u64, struct ipvt_l3s, l3s_count, 4096);
 /* skbs a slave's TX forwarded to the parent (tx.l2.to_parent): their RX on
  * the parent is the same packet, not another one */
 BPF_TABLE("lru_hash", __u64, __u8, echo_skbs, 4096);
+/* data (skb->head) of frames given to the multicast queue -> the worker run
+ * that claimed it (0: not yet). The worker's deliveries are clones (same
+ * head); anything else its task does (a softirq it runs, a slave's reply) is
+ * not a delivery. One run handles a queued frame: a head claimed by an older
+ * run was freed and reused, and is not counted (as the correlator, which
+ * matches a head only while its packet waits for the worker). */
+BPF_TABLE("lru_hash", __u64, __u64, mc_heads, 4096);
 #endif
 
 static __always_inline void stat_inc(int idx)
@@ -427,8 +434,12 @@ static __always_inline int count_helper(__u16 probe, struct sk_buff *skb, struct
 		i = stack_idx(i);
 		s->seen |= 1U << probe;
 		int own = (__u64)skb == st->skb[i];
-		if (probe == IPVT_P_MC_ENQUEUE)
+		if (probe == IPVT_P_MC_ENQUEUE) {
 			st->enq_skb[i] = (__u64)skb;
+			__u64 head = skb_head(skb);
+			__u64 unclaimed = 0;
+			mc_heads.update(&head, &unclaimed);
+		}
 		if (probe == IPVT_P_QXMIT && own)
 			s->hflags |= IPVT_H_OWN_QX;
 		if (probe == IPVT_P_FWD && s->kind == IPVT_P_XMIT &&
@@ -446,8 +457,17 @@ static __always_inline int count_helper(__u16 probe, struct sk_buff *skb, struct
 	if (probe != IPVT_P_FWD && probe != IPVT_P_NETIF_RX && probe != IPVT_P_QXMIT)
 		return 0;
 	__u32 tid = bpf_get_current_pid_tgid();
-	if (!workers.lookup(&tid))
+	__u64 *run = workers.lookup(&tid);
+	if (!run)
 		return 0;
+	__u64 head = skb_head(skb);
+	__u64 *claim = mc_heads.lookup(&head);
+	if (!claim)
+		return 0;
+	if (*claim == 0)
+		*claim = *run;
+	else if (*claim != *run)
+		return 0;   /* queued for an earlier run: this head was reused */
 	struct ipvt_sig w = {};
 	w.kind = IPVT_P_MC_WORK;
 	w.seen = 1U << probe;
@@ -506,8 +526,11 @@ static __always_inline int count_free(__u16 probe, void *skbaddr, __u32 reason)
 	if (!(s->seen & (1U << probe)))
 		s->reason = reason;
 	s->seen |= 1U << probe;
-	if (st->enq_skb[i] && (__u64)skbaddr == st->enq_skb[i])
-		s->hflags |= IPVT_H_KFREE_ENQ;
+	if (st->enq_skb[i] && (__u64)skbaddr == st->enq_skb[i]) {
+		s->hflags |= IPVT_H_KFREE_ENQ;   /* the backlog was full: never queued */
+		__u64 head = skb_head((struct sk_buff *)skbaddr);
+		mc_heads.delete(&head);
+	}
 	return 0;
 }
 #endif /* IPVT_COUNT_ONLY */

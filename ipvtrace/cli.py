@@ -227,7 +227,7 @@ def cmd_replay(args) -> int:
     expr = _filter(args)
     row_filter = _both(rf.matches if rf else None, expr.match if expr else None)
     quiet = args.stats or args.pcapng is not None
-    sink = (lambda row: None) if quiet else _sink(args)
+    sink = None if quiet else _sink(args)
     writer = out = None
     wall = {"ns": 0}   # ktime -> wall clock, from the header, for pcapng timestamps
 

@@ -193,15 +193,16 @@ class Tally:
         """Device names changed (a new snapshot): name signatures again."""
         self._named.clear()
 
-    def unknown_devices(self, counts: dict[Signature, int]) -> bool:
+    def unknown_devices(self, counts: dict[Signature, int]) -> set[tuple[int, int]]:
+        """(netns, ifindex) of devices the signatures name that no snapshot has."""
         topo = self.ctx.topo
-        return any(
-            (ns, ix) != (0, 0) and topo.device(ns, ix) is None
+        return {
+            (ns, ix)
             for s in counts
             for ns, ix in ((s.netns, s.ifindex), (s.to_netns, s.to_ifindex),
                            (s.own_netns, s.own_ifindex))
-            if ix
-        )
+            if ix and topo.device(ns, ix) is None
+        }
 
     def rows(self, counts: dict[Signature, int]) -> Counter[Outcome]:
         out: Counter[Outcome] = Counter()

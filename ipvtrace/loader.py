@@ -99,7 +99,8 @@ class Tracer:
         self.bpf.ring_buffer_consume()
 
     def kernel_stats(self) -> dict[str, int]:
-        """Counters kept in the kernel: events lost per probe, context-stack repairs."""
+        """Counters kept in the kernel: events lost per probe, context-stack
+        repairs, and kprobe misses (`kprobe_missed.<probe>`)."""
         lay = layout.current()
         table = self.bpf["stats"]
         out: dict[str, int] = {}
@@ -112,6 +113,9 @@ class Tracer:
                 out[lay.stats[i]] = total
             else:   # IPVT_S_LOST_BASE + probe id
                 out[f"lost.{lay.probes.get(i, i)}"] = total
+        for name, hm in self.kprobe_misses().items():
+            if hm["misses"]:
+                out[f"kprobe_missed.{name}"] = hm["misses"]
         return out
 
     def counts(self) -> dict[bytes, int]:

@@ -27,7 +27,7 @@ class Pipeline:
         drop_reasons: dict[int, str],
         symbols: dict[int, str],
         t0: int,
-        sink: Callable[[Row], None],
+        sink: Callable[[Row], None] | None,
         resolver: Callable[[int], str | None] | None = None,
         row_filter: Callable[[Row], bool] | None = None,
         packet_sink: Callable[[Row, Packet], None] | None = None,
@@ -91,7 +91,10 @@ class Pipeline:
                         self.ctx.symbols[e.aux] = name
                         self.resolved[e.aux] = name
         v = cls.classify(pkt, self.ctx)
-        row = to_row(pkt, v, self.ctx, self.t0)
+        row: Row | None = None
+        # counting alone (replay --stats) needs no row: skip building one
+        if self.sink is not None or self.row_filter is not None or self.packet_sink is not None:
+            row = to_row(pkt, v, self.ctx, self.t0)
         if self.row_filter is not None and not self.row_filter(row):
             self.filtered_out += 1
             return
@@ -101,7 +104,8 @@ class Pipeline:
             self.branches[m["branch"]] += 1
         if v.delivery in ("dropped", "slave_down", "forward_failed"):
             self.drops[f"{v.branch}: {v.reason or v.delivery}"] += 1
-        self.sink(row)
+        if self.sink is not None:
+            self.sink(row)
         if self.packet_sink is not None:
             self.packet_sink(row, pkt)
 

@@ -108,6 +108,11 @@ def print_stats(summary: dict, console: Console, as_json: bool = False) -> None:
         console.print(d)
     lost = summary.get("lost_events", 0)
     console.print(Text(f"lost events: {lost}", style="bold red" if lost else ""))
+    kstats = summary.get("kernel_stats") or summary.get("trailer", {}).get("kernel_stats") or {}
+    missed = {k.split(".", 1)[1]: v for k, v in kstats.items() if k.startswith("kprobe_missed.")}
+    if missed:
+        console.print(Text("kprobe misses (counted as lost): "
+                           + ", ".join(f"{k} {v}" for k, v in sorted(missed.items())), style="red"))
     if summary.get("evicted"):
         console.print(f"evicted unfinished (a return probe missed or lost): {summary['evicted']}")
     if summary.get("unattributed_events"):
@@ -190,7 +195,8 @@ def stats_table(report: dict | None):
     if report is None:
         return Text("ipvtrace: compiling and attaching probes (counting mode)...")
     misses = report.get("kprobe_misses_total", 0)
-    repairs = {k: v for k, v in report.get("kernel_stats", {}).items() if not k.startswith("lost.")}
+    repairs = {k: v for k, v in report.get("kernel_stats", {}).items()
+               if not k.startswith(("lost.", "kprobe_missed."))}
     head = Text(f"ipvtrace stats on {report['kernel']}: {report['probes']} probes, counting in "
                 f"the kernel   {report['elapsed_s']:.0f} s   packets {report['packets']}   ")
     head.append(f"kprobe misses {misses}", style="bold red" if misses else "green")

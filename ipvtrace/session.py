@@ -139,7 +139,7 @@ class _LiveStream:
         self.tried: set[tuple[int, int]] = set()
         self.pipe = Pipeline(
             lay, snapshots=[snap0], drop_reasons=reasons, symbols={}, t0=t0,
-            sink=sink or (lambda row: None), resolver=self._resolve, row_filter=row_filter,
+            sink=sink, resolver=self._resolve, row_filter=row_filter,
         )
         self.classify = sink is not None
         # fixed offsets into struct ipvt_event, for the record-only fast path
@@ -214,7 +214,8 @@ class _LiveStream:
             raise self.error
 
     def tick(self, now: int, kstats: dict[str, int]) -> None:
-        lost = sum(v for k, v in kstats.items() if k.startswith("lost."))
+        # a kprobe miss is evidence that never existed: same effect as a lost event
+        lost = sum(v for k, v in kstats.items() if k.startswith(("lost.", "kprobe_missed.")))
         if lost > self.lost_seen:
             delta = lost - self.lost_seen
             self.lost_seen = lost
@@ -256,7 +257,7 @@ def _codes(fmt: str) -> list[str]:
     return re.findall(r"\d*[a-zA-Z]", fmt.lstrip("<>=!@"))
 
 
-def run_replay(path: Path, sink: Callable[[Row], None],
+def run_replay(path: Path, sink: Callable[[Row], None] | None,
                row_filter: Callable[[Row], bool] | None = None,
                packet_sink: Callable | None = None,
                on_header: Callable[[dict], None] | None = None) -> dict:

@@ -96,16 +96,16 @@ def run_stats(opts: StatsOptions) -> Report:
                 print(f"ipvtrace: note: {line}", file=sys.stderr)
             if opts.ready_file is not None:
                 opts.ready_file.write_text(f"{os.getpid()}\n")
-            last_refresh = 0.0
+            tried: set = set()
 
             def read() -> Report:
-                nonlocal last_refresh
                 sigs: Counter = Counter()
                 for raw, n in tracer.counts().items():
                     sigs[counting.decode(raw, sl)] += n
                 now = time.monotonic()
-                if tally.unknown_devices(sigs) and now - last_refresh > 1.0:
-                    last_refresh = now   # a device appeared: read netlink again
+                new = tally.unknown_devices(sigs) - tried
+                if new:   # a device appeared: read netlink again (once per device)
+                    tried.update(new)
                     snaps.append(snapshot.take())
                     ctx.topo = snapshot.Topology.from_snapshots(snaps)
                     tally.forget_names()

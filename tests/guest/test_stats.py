@@ -47,8 +47,18 @@ def test_stats_counts_what_record_saw(both):
     for b in ("tx.l2.private_drop", "tx.l2.out_parent", "tx.l3.local", "rx.l3s.local",
               "tx.l3.non_ip_drop", "tx.l2.multicast", "mcast.deliver", "tx.l2.local"):
         assert final["branches"].get(b, 0) > 0, (b, final["branches"])
-    assert final["branches"] == replayed["branches"]
-    assert final["packets"] == replayed["packets"]
+    # a kprobe miss (a probe hit inside another probe's handler, e.g. an
+    # interrupt's softirq) drops one packet's evidence in each tool: the only
+    # difference allowed, and only as many as the kernel reported
+    missed = final["kprobe_misses_total"] + sum(
+        v for k, v in replayed["trailer"]["kernel_stats"].items() if k.startswith("kprobe_missed."))
+    if missed == 0:
+        assert final["branches"] == replayed["branches"]
+        assert final["packets"] == replayed["packets"]
+    else:
+        diff = {b: final["branches"].get(b, 0) - replayed["branches"].get(b, 0)
+                for b in set(final["branches"]) | set(replayed["branches"])}
+        assert sum(abs(d) for d in diff.values()) <= 2 * missed, (missed, diff)
 
 
 def test_stats_readings_only_grow(both):
@@ -73,7 +83,8 @@ def test_prometheus_textfile(both):
 def test_kprobe_misses_are_reported(both):
     readings, _, _ = both
     final = readings[-1]
-    # the return probes are the ones that can miss (no free instance): their
-    # hit/miss counts must be read from the kernel, and none missed here
-    assert {"xmit_ret", "rx_ret"} <= set(final["kprobe_misses"]), final["kprobe_misses"]
-    assert final["kprobe_misses_total"] == 0
+    # the return probes (attached through tracefs) report hits and misses:
+    # a probe missing here would hide misses. (6.12 missed rx_ret once in
+    # one run: a miss is the kernel's behaviour, reported, not a failure.)
+    assert {"xmit_ret", "rx_ret", "fwd_ret", "lookup_ret"} <= set(final["kprobe_misses"])
+    assert final["kprobe_misses_total"] == sum(final["kprobe_misses"].values())
