@@ -513,8 +513,19 @@ static __always_inline int count_free(__u16 probe, void *skbaddr, __u32 reason)
 	struct ipvt_stack *st = 0;
 	__u32 i = 0;
 	struct ipvt_sig *s = sig_current(&st, &i);
-	if (!s || !st)
+	if (!s || !st) {
+		/* the worker frees a queued frame it handled: claim its head for
+		 * this run, so a later reuse of that memory is not a delivery */
+		__u32 tid = bpf_get_current_pid_tgid();
+		__u64 *run = workers.lookup(&tid);
+		if (run) {
+			__u64 head = skb_head((struct sk_buff *)skbaddr);
+			__u64 *claim = mc_heads.lookup(&head);
+			if (claim && *claim == 0)
+				*claim = *run;
+		}
 		return 0;
+	}
 	i = stack_idx(i);
 	if (probe == IPVT_P_CONSUME) {
 		if ((__u64)skbaddr == st->skb[i]) {

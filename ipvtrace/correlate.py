@@ -81,6 +81,7 @@ class Packet:
 @dataclass
 class _Worker:
     events: list[Event] = field(default_factory=list)
+    start: int = 0                                         # mc_work's timestamp
 
 
 class Correlator:
@@ -95,7 +96,9 @@ class Correlator:
         self.cont_of: dict[int, Packet] = {}       # ctx id of a parent RX -> TX packet
         self.workers: dict[int, _Worker] = {}
         self.await_rx: dict[tuple[int, int], Packet] = {}   # (skb, head) -> packet
-        self.await_mc: dict[int, Packet] = {}               # head -> packet
+        # head -> packets waiting for the worker, oldest first: a clone queued
+        # while the worker runs (a reflected frame) shares its original's head
+        self.await_mc: dict[int, list[Packet]] = {}
         self.await_l3s: dict[tuple[int, int], Packet] = {}  # (skb, head) -> packet
         self.pending: list[Packet] = []
         self.now = 0
@@ -114,7 +117,7 @@ class Correlator:
         elif p == "xmit_ret" or p == "rx_ret":
             self._ret(ev)
         elif p == "mc_work":
-            self.workers[ev.ctx] = _Worker()
+            self.workers[ev.ctx] = _Worker(start=ev.ts)
             self._worker_seen[ev.ctx] = ev.ts
         elif p == "mc_work_ret":
             w = self.workers.pop(ev.ctx, None)
@@ -210,7 +213,9 @@ class Correlator:
         enq_freed = {e.skb for e in pkt.helpers("kfree")} & {e.skb for e in enq}
         if enq and not enq_freed:
             pkt.waiting_for = "worker"
-            self._wait(self.await_mc, enq[-1].head, pkt)
+            head = enq[-1].head
+            self.await_mc.setdefault(head, []).append(pkt)
+            pkt.waits.append((self.await_mc, head))
         elif fwd_parent and pkt.direction == "tx":
             pkt.waiting_for = "rx"
             f = fwd_parent[-1]
@@ -237,7 +242,8 @@ class Correlator:
         # the enqueued skb itself may show up only in kfree/consume (no head):
         # its head is known from the enqueue event of the waiting packet
         skb_head: dict[int, int] = {
-            e.skb: e.head for p in self.await_mc.values() for e in p.helpers("mc_enqueue")}
+            e.skb: e.head for ps in self.await_mc.values() for p in ps
+            for e in p.helpers("mc_enqueue")}
         for ev in w.events:
             if ev.head:
                 skb_head[ev.skb] = ev.head
@@ -248,13 +254,23 @@ class Correlator:
             last = head
             by_head.setdefault(head, []).append(ev)
         for head, evs in by_head.items():
-            pkt = self.await_mc.pop(head, None) if head else None
+            pkt = self._queued_before(head, w.start) if head else None
             if pkt is None:
                 self.unattributed += len(evs)
                 continue
             pkt.worker.extend(evs)
             pkt.worker_done = True
             self._release(pkt)
+
+    def _queued_before(self, head: int, start: int) -> Packet | None:
+        """The packet this worker run handled for *head*: the oldest queued
+        before the run began (one queued during the run waits for the next)."""
+        for p in self.await_mc.get(head, ()):
+            enq = p.helpers("mc_enqueue")
+            if enq and enq[-1].ts <= start:
+                self._forget(p)
+                return p
+        return None
 
     def _release(self, pkt: Packet) -> None:
         if pkt in self.pending:
@@ -270,8 +286,13 @@ class Correlator:
 
     def _forget(self, pkt: Packet) -> None:
         for table, key in pkt.waits:
-            if table.get(key) is pkt:
+            held = table.get(key)
+            if held is pkt:
                 del table[key]
+            elif isinstance(held, list) and pkt in held:
+                held.remove(pkt)
+                if not held:
+                    del table[key]
         pkt.waits.clear()
 
     def _expire(self) -> None:

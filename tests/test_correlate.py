@@ -3,7 +3,7 @@ from ipvtrace import classify
 from ipvtrace.correlate import Correlator, correlate
 from ipvtrace.snapshot import Topology
 
-from synth import (BCAST, HOST, OTHER_MAC, ev, ipv4_icmp, parent, pod_a, pod_b, snapshot)
+from synth import (BCAST, HOST, OTHER_MAC, F, ev, ipv4_icmp, parent, pod_a, pod_b, snapshot)
 
 CTX = classify.Context(topo=Topology.from_snapshots([snapshot("l2")]),
                        flags=__import__("synth").F)
@@ -187,3 +187,32 @@ def test_context_whose_return_never_comes_is_evicted_and_counted():
     for ev in local_tx(2, 6000, 0x2000):          # later packets are unaffected
         c.feed(ev)
     assert classify.classify(out[-1], CTX).branch == "tx.l2.local" and c.evicted == 1
+
+
+def test_clone_queued_during_the_worker_run_does_not_take_its_events():
+    """A broadcast the worker sends out of the parent is reflected back (tc
+    mirred) and its clone queued again while the worker still runs: same
+    skb->head. The run's events belong to the packet queued before it began."""
+    W = F["worker"]
+    bc = ipv4_icmp("10.0.0.1", "10.0.0.255", dmac=BCAST)
+    H, S1, S2 = 0x9000, 0xE400, 0xE200
+    events = [
+        ev("xmit", 100, 1, skb=S1, head=H, hdr=bc, **pod_a()),
+        ev("mc_enqueue", 101, 1, skb=S1, head=H, flags=1, **pod_a()),
+        ev("xmit_ret", 102, 1, ret=0),
+        ev("mc_work", 110, 50, flags=W, depth=0),
+        ev("qxmit", 111, 50, skb=S1, head=H, flags=W, depth=0, **parent()),
+        ev("rx", 112, 2, skb=S2, head=H, hdr=bc, **parent()),           # the reflection
+        ev("mc_enqueue", 113, 2, skb=S2, head=H, **parent()),
+        ev("rx_ret", 114, 2, ret=3),
+        ev("mc_work_ret", 115, 50, flags=W, depth=0),
+        ev("mc_work", 120, 51, flags=W, depth=0),
+        ev("kfree", 121, 51, skb=S2, flags=W, depth=0),
+        ev("mc_work_ret", 122, 51, flags=W, depth=0),
+    ]
+    got = {p.direction: (p, classify.classify(p, CTX)) for p in correlate(events, 10_000)}
+    tx_pkt, tx = got["tx"]
+    assert tx.branch == "tx.l2.multicast" and tx.complete
+    assert [m["branch"] for m in tx.mcast] == ["mcast.out_parent"]
+    rx_pkt, rx = got["rx"]
+    assert rx_pkt.worker_done and [e.probe for e in rx_pkt.worker] == ["kfree"]
