@@ -20,12 +20,29 @@ SECONDS = int(os.environ.get("IPVT_BENCH_SECONDS", "8"))
 HERE = Path(__file__).resolve().parent
 
 
-def udp_rate(lab: Lab) -> dict:
+SOAK_SECONDS = int(os.environ.get("IPVT_BENCH_SOAK_SECONDS", "90"))
+
+
+def rss_kib(pid: int) -> dict:
+    """VmRSS and VmHWM (peak) of a process, in KiB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("VmRSS:", "VmHWM:")):
+            out[line.split(":")[0]] = int(line.split()[1])
+    return out
+
+
+def udp_rate(lab: Lab, seconds: int = SECONDS, during=None) -> dict:
     srv = subprocess.Popen(["ip", "netns", "exec", NS[2], "iperf3", "-s", "-1", "-J"],
                            stdout=subprocess.PIPE, text=True)
     time.sleep(1.0)
-    cli = lab.run(NS[1], ["iperf3", "-c", "10.99.0.2", "-u", "-b", "0", "-l", "64",
-                          "-t", str(SECONDS), "-J"], timeout=SECONDS + 60)
+    cli_proc = subprocess.Popen(["ip", "netns", "exec", NS[1], "iperf3", "-c", "10.99.0.2", "-u",
+                                 "-b", "0", "-l", "64", "-t", str(seconds), "-J"],
+                                stdout=subprocess.PIPE, text=True)
+    if during is not None:
+        during(cli_proc)
+    cli_proc.communicate(timeout=seconds + 60)
+    cli = cli_proc
     srv_out, _ = srv.communicate(timeout=60)
     s = json.loads(srv_out)["end"]["sum"]
     return {"pps": s["packets"] / s["seconds"] if s["seconds"] else 0.0,
@@ -43,12 +60,15 @@ def wait_file(path: Path, proc: subprocess.Popen, timeout: float = 900) -> float
     return time.monotonic() - t0
 
 
-def traced(lab: Lab, cmd: list[str], ready: Path, out_path: Path | None = None) -> dict:
+def traced(lab: Lab, cmd: list[str], ready: Path, out_path: Path | None = None,
+           env: dict | None = None) -> dict:
     ready.unlink(missing_ok=True)
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, **(env or {})))
     startup = wait_file(ready, proc)
     res = udp_rate(lab)
+    res["rss_kib"] = rss_kib(proc.pid)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=900)
     if "stats" in cmd:   # its last reading: what the kernel counted, misses
@@ -67,6 +87,30 @@ def traced(lab: Lab, cmd: list[str], ready: Path, out_path: Path | None = None) 
         res["events"] = rec.trailer["events"]
         res["lost_events"] = rec.trailer["lost_events"]
         res["bytes"] = out_path.stat().st_size
+    return res
+
+
+def soak(lab: Lab, cmd: list[str], ready: Path) -> dict:
+    """`live --json` under the flood for SOAK_SECONDS: its memory every 10 s.
+    Under emulation it loses events (returns among them), so this also runs
+    the correlator's eviction of packets that can never finish."""
+    ready.unlink(missing_ok=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_file(ready, proc)
+    samples: list[tuple[float, int]] = []
+
+    def watch(cli: subprocess.Popen) -> None:
+        t0 = time.monotonic()
+        while cli.poll() is None:
+            samples.append((round(time.monotonic() - t0, 1), rss_kib(proc.pid)["VmRSS"]))
+            time.sleep(10)
+
+    res = udp_rate(lab, SOAK_SECONDS, during=watch)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=900)
+    res["rss_samples_kib"] = samples
+    res["seconds"] = SOAK_SECONDS
+    res["summary_tail"] = [l for l in err.splitlines() if "evicted" in l or "lost" in l][-3:]
     return res
 
 
@@ -119,11 +163,18 @@ def main() -> int:
         rec = out_dir / "bench-record.ipvt"
         results["record"] = traced(lab, py + ["record", "-o", str(rec), "--ready-file", str(ready)],
                                    ready, rec)
+        # the same, reading the ring buffer through bcc's per-event callback
+        rec_bcc = out_dir / "bench-record-bcc.ipvt"
+        results["record_bcc_callback"] = traced(
+            lab, py + ["record", "-o", str(rec_bcc), "--ready-file", str(ready)], ready, rec_bcc,
+            env={"IPVTRACE_RINGBUF": "bcc"})
         results["live_json"] = traced(lab, py + ["live", "--json", "--ready-file", str(ready)], ready)
         results["filter_nothing"] = traced(
             lab, py + ["record", "-o", str(out_dir / "bench-none.ipvt"), "--ready-file", str(ready),
                        "host", "192.0.2.77"], ready, out_dir / "bench-none.ipvt")
         results["bpftrace_ref"] = bpftrace_ref(lab, out_dir)
+        results["soak_live_json"] = soak(lab, py + ["live", "--json", "--ready-file", str(ready)],
+                                         ready)
         results["untraced_again"] = udp_rate(lab)
     results["minimal_bcc_startup_s"] = minimal_bcc_startup()
     print(json.dumps(results, indent=1))

@@ -24,11 +24,12 @@ def main() -> int:
     dp = json.loads(Path(sys.argv[1]).read_text())
     rp = json.loads(Path(sys.argv[2]).read_text())
     base = (dp["untraced"]["pps"] + dp["untraced_again"]["pps"]) / 2
-    rows = [(name, dp[key]["pps"]) for name, key in (
+    rows = [(name, dp[key]["pps"]) for name, key in (  # rows an older datapath.py lacks: left out
         ("stats (counters in the kernel)", "stats"), ("record", "record"),
+        ("record, bcc's per-event callback instead of the mapped ring", "record_bcc_callback"),
         ("live --json", "live_json"),
         ("record, filter matching nothing", "filter_nothing"),
-        ("reference bpftrace (text line per event)", "bpftrace_ref"))]
+        ("reference bpftrace (text line per event)", "bpftrace_ref")) if key in dp]
     lines = [f"datapath: UDP 64-byte flood between two ipvlan namespaces, {dp['seconds']} s each,"
              f" kernel {dp['kernel']}, {dp['cpus']} vCPU",
              f"  untraced: {base:,.0f} packets/s (before {dp['untraced']['pps']:,.0f}, "
@@ -42,9 +43,14 @@ def main() -> int:
     lines.append(f"  stats: {st.get('counted_packets', 0):,} packets counted in the kernel "
                  f"(iperf3 saw {st['pps'] * dp['seconds']:,.0f} arrive), "
                  f"{st.get('kprobe_misses', 0)} kprobe misses, no events")
-    for key in ("record", "filter_nothing"):
+    for key in [k for k in ("record", "record_bcc_callback", "filter_nothing") if k in dp]:
         lines.append(f"  {key}: {dp[key].get('events', 0):,} events, "
                      f"{dp[key].get('lost_events', 0):,} lost")
+    if "soak_live_json" in dp:
+        s = dp["soak_live_json"]["rss_samples_kib"]
+        lines.append(f"memory: live --json under the flood for {dp['soak_live_json'].get('seconds', '?')} s: "
+                     + ", ".join(f"{t:.0f} s {k / 1024:.0f} MiB" for t, k in s)
+                     + f" (RSS); {' '.join(dp['soak_live_json']['summary_tail'])}")
     lines.append(f"start-up to tracing: ipvtrace record {dp['record']['startup_s']:.1f} s, "
                  f"stats {dp['stats']['startup_s']:.1f} s, "
                  f"minimal bcc program {dp['minimal_bcc_startup_s']:.1f} s, "

@@ -6,6 +6,7 @@ distribution (python3-bpfcc), never from PyPI, and live in the system Python.
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 from typing import Callable
 
@@ -52,6 +53,8 @@ class Tracer:
         self.count_only = count_only   # `stats`: counters in the kernel, no events
         self.bpf = None
         self._cb: Callable | None = None
+        self._ring = None            # ringbuf.MappedRing, when this CPU allows it
+        self._handle: Callable[[bytes], None] | None = None
 
     def __enter__(self) -> "Tracer":
         require_root()
@@ -84,7 +87,16 @@ class Tracer:
         self.close()
 
     def on_event(self, callback: Callable[[bytes], None]) -> None:
-        """Call *callback* with each raw event (bytes) as it is polled."""
+        """Call *callback* with each raw event (bytes) as it is polled: read
+        from the mapped ring buffer pages where the CPU allows it (no ctypes
+        call per event), through bcc's callback otherwise."""
+        from . import ringbuf
+
+        if ringbuf.usable() and os.environ.get("IPVTRACE_RINGBUF") != "bcc":
+            self._ring = ringbuf.MappedRing(self.bpf["events"].map_fd,
+                                            self.ringbuf_pages * mmap.PAGESIZE)
+            self._handle = callback
+            return
 
         def _cb(_ctx, data, size):
             callback(ctypes.string_at(data, size))
@@ -93,10 +105,17 @@ class Tracer:
         self.bpf["events"].open_ring_buffer(_cb)
 
     def poll(self, timeout_ms: int) -> None:
-        self.bpf.ring_buffer_poll(timeout_ms)
+        if self._ring is not None:
+            self._ring.wait(timeout_ms)
+            self._ring.consume(self._handle)
+        else:
+            self.bpf.ring_buffer_poll(timeout_ms)
 
     def drain(self) -> None:
-        self.bpf.ring_buffer_consume()
+        if self._ring is not None:
+            self._ring.consume(self._handle)
+        else:
+            self.bpf.ring_buffer_consume()
 
     def kernel_stats(self) -> dict[str, int]:
         """Counters kept in the kernel: events lost per probe, context-stack
@@ -153,6 +172,9 @@ class Tracer:
         return out
 
     def close(self) -> None:
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
         if self.bpf is not None:
             try:
                 self.bpf.cleanup()

@@ -33,9 +33,8 @@ class Pipeline:
         packet_sink: Callable[[Row, Packet], None] | None = None,
     ) -> None:
         self.decoder = Decoder(lay)
-        self.snapshots = list(snapshots)
         self.ctx = cls.Context(
-            topo=Topology.from_snapshots(self.snapshots), drop_reasons=drop_reasons,
+            topo=Topology.from_snapshots(snapshots), drop_reasons=drop_reasons,
             symbols=dict(symbols), flags=lay.flags,
         )
         self.t0 = t0
@@ -71,8 +70,7 @@ class Pipeline:
         self.correlator.mark_lost()
 
     def snapshot(self, snap: dict) -> None:
-        self.snapshots.append(snap)
-        self.ctx.topo = Topology.from_snapshots(self.snapshots)
+        self.ctx.topo.add(snap)
 
     def finish(self) -> None:
         self.correlator.flush()

@@ -60,8 +60,7 @@ class Writer:
         return FRAME.size + len(payload)
 
     def event(self, raw: bytes) -> None:
-        self._f.write(FRAME.pack(F_EVENT, len(raw)))
-        self._f.write(raw)
+        self._f.write(FRAME.pack(F_EVENT, len(raw)) + raw)   # one buffered write per event
         self.events += 1
 
     def tick(self, ktime: int) -> None:

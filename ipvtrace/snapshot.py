@@ -179,11 +179,16 @@ class Topology:
     def from_snapshots(cls, snaps: list[dict]) -> "Topology":
         t = cls()
         for snap in snaps:
-            for ns in snap.get("namespaces", []):
-                t.ns_names[ns["inum"]] = ns["name"] or ("root" if ns.get("root") else f"netns:{ns['inum']}")
-            for d in snap.get("devices", []):
-                t.devices[(d["netns"], d["ifindex"])] = d
+            t.add(snap)
         return t
+
+    def add(self, snap: dict) -> None:
+        """Merge a later snapshot in place (a long run keeps one merged view,
+        not every snapshot it took)."""
+        for ns in snap.get("namespaces", []):
+            self.ns_names[ns["inum"]] = ns["name"] or ("root" if ns.get("root") else f"netns:{ns['inum']}")
+        for d in snap.get("devices", []):
+            self.devices[(d["netns"], d["ifindex"])] = d
 
     def ns_name(self, inum: int) -> str:
         return self.ns_names.get(inum, f"netns:{inum}" if inum else "?")

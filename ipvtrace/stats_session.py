@@ -72,8 +72,7 @@ def run_stats(opts: StatsOptions) -> Report:
     loader.require_root()
     loader.import_bcc()
     plan = probes.build()
-    snaps = [snapshot.take()]
-    ctx = cls.Context(topo=snapshot.Topology.from_snapshots(snaps),
+    ctx = cls.Context(topo=snapshot.Topology.from_snapshots([snapshot.take()]),
                       drop_reasons=drop_reasons(plan.tracefs), symbols={},
                       flags=layout.current().flags)
     tally = counting.Tally(ctx)
@@ -106,8 +105,7 @@ def run_stats(opts: StatsOptions) -> Report:
                 new = tally.unknown_devices(sigs) - tried
                 if new:   # a device appeared: read netlink again (once per device)
                     tried.update(new)
-                    snaps.append(snapshot.take())
-                    ctx.topo = snapshot.Topology.from_snapshots(snaps)
+                    ctx.topo.add(snapshot.take())
                     tally.forget_names()
                 return build_report(tally.rows(sigs), tracer.kernel_stats(),
                                     tracer.kprobe_misses(), now - t0, plan.kernel,
