@@ -313,7 +313,11 @@ def cmd_trace(args) -> int:
     except OSError as exc:
         return _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
     lost = summary.get("lost_events", 0)
+    missed = sum(v for k, v in summary.get("kernel_stats", {}).items()
+                 if k.startswith("kprobe_missed."))
     tail = f", {lost} events LOST" if lost else ", no events lost"
+    if missed:
+        tail += f" ({missed} of them kprobe misses)"
     if args.cmd == "record":
         print(f"ipvtrace: wrote {summary.get('events', 0)} events to {summary.get('output')}{tail}",
               file=sys.stderr)
