@@ -107,13 +107,18 @@ def run_live(opts: LiveOptions) -> dict:
                 if deadline is not None and time.monotonic() >= deadline:
                     stopping["why"] = "duration"
                     break
+                # the clock is read *before* the ring is read: a tick says
+                # "every event older than this is in", which holds even when
+                # handling the batch takes long (a netlink snapshot under load)
+                now = ktime_ns()
                 tracer.poll(TICK_MS)
                 src.check()
-                src.tick(ktime_ns(), tracer.kernel_stats())
+                src.tick(now, tracer.kernel_stats())
+            now = ktime_ns()
             tracer.drain()
             src.check()
             kstats = tracer.kernel_stats()
-            src.tick(ktime_ns(), kstats)
+            src.tick(now, kstats)
         summary = src.close(ended_by=stopping["why"] or "duration", kstats=kstats)
     except BaseException:
         if writer is not None:

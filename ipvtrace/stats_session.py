@@ -35,7 +35,7 @@ class StatsOptions:
 
 def build_report(rows: Counter, kstats: dict[str, int], misses: dict[str, dict[str, int]],
                  elapsed: float, kernel: str, probe_count: int,
-                 previous: Report | None = None) -> Report:
+                 previous: Report | None = None, raw: dict[bytes, int] | None = None) -> Report:
     """One reading of the counters, as every sink gets it."""
     before = {}
     if previous is not None:
@@ -58,6 +58,9 @@ def build_report(rows: Counter, kstats: dict[str, int], misses: dict[str, dict[s
         "kernel_stats": kstats,
         "kprobe_misses": {k: v["misses"] for k, v in sorted(misses.items())},
         "kprobe_misses_total": sum(v["misses"] for v in misses.values()),
+        # the kernel's counters as read (struct ipvt_sig bytes, hex): what the
+        # rows were named from, kept so a reading can be named again later
+        "signatures": {k.hex(): n for k, n in sorted((raw or {}).items())},
     }
 
 
@@ -99,7 +102,8 @@ def run_stats(opts: StatsOptions) -> Report:
 
             def read() -> Report:
                 sigs: Counter = Counter()
-                for raw, n in tracer.counts().items():
+                raw_counts = tracer.counts()
+                for raw, n in raw_counts.items():
                     sigs[counting.decode(raw, sl)] += n
                 now = time.monotonic()
                 new = tally.unknown_devices(sigs) - tried
@@ -109,7 +113,7 @@ def run_stats(opts: StatsOptions) -> Report:
                     tally.forget_names()
                 return build_report(tally.rows(sigs), tracer.kernel_stats(),
                                     tracer.kprobe_misses(), now - t0, plan.kernel,
-                                    plan.probe_count, report)
+                                    plan.probe_count, report, raw_counts)
 
             next_at = t0 + opts.interval
             while stopping["why"] is None:
