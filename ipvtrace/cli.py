@@ -206,14 +206,18 @@ def main(argv: list[str] | None = None) -> int:
         print("ipvtrace: interrupted; nothing it set up was left behind", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        sys.stderr.close()
+        # `ipvtrace replay FILE --json | head`: stop quietly; point stdout at
+        # /dev/null so the interpreter's last flush does not fail again
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 
 
 def _sink(args):
     from .render import JsonSink, LineSink
 
-    return JsonSink() if args.json else LineSink(why=args.why)
+    return JsonSink(flush=args.cmd != "replay") if args.json else LineSink(why=args.why)
 
 
 def cmd_replay(args) -> int:
@@ -259,6 +263,8 @@ def cmd_replay(args) -> int:
             out.close()
             args.pcapng.unlink(missing_ok=True)
         return _fail(str(exc), 2)
+    except BrokenPipeError:
+        raise   # the reader went away (| head): not an error, see main()
     except OSError as exc:
         return _fail(f"{exc.strerror}: {exc.filename}")
     if out is not None:
@@ -310,6 +316,8 @@ def cmd_trace(args) -> int:
             summary = run_live(opts)
     except (PlanError, LoadError) as exc:
         return _fail(str(exc))
+    except BrokenPipeError:
+        raise   # the reader went away (| head): not an error, see main()
     except OSError as exc:
         return _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
     lost = summary.get("lost_events", 0)
@@ -368,6 +376,8 @@ def cmd_stats(args) -> int:
                 sink(report)
     except (PlanError, LoadError) as exc:
         return _fail(str(exc))
+    except BrokenPipeError:
+        raise   # the reader went away (| head): not an error, see main()
     except OSError as exc:
         return _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
     if not args.json and not isinstance(view, StatsView):

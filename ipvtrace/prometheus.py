@@ -18,6 +18,7 @@ class StatsCollector:
 
     def __init__(self) -> None:
         self.report: dict | None = None
+        self.stopped = False   # probes detached: the last counters, ipvtrace_up 0
 
     def __call__(self, report: dict) -> None:
         self.report = report
@@ -26,7 +27,7 @@ class StatsCollector:
         r = self.report
         up = GaugeMetricFamily("ipvtrace_up", "1 while ipvtrace stats has its probes attached",
                                labels=["kernel"])
-        up.add_metric([r["kernel"] if r else ""], 1 if r else 0)
+        up.add_metric([r["kernel"] if r else ""], 1 if r and not self.stopped else 0)
         yield up
         if r is None:
             return
@@ -67,6 +68,8 @@ class PrometheusExport:
 
     def __call__(self, report: dict) -> None:
         self.collector(report)
+        if report.get("ended_by"):   # the last reading, taken as the probes go
+            self.collector.stopped = True
         if self.textfile is not None:
             write_to_textfile(str(self.textfile), self.registry)   # tmp file + rename
 

@@ -54,6 +54,10 @@ def test_textfile_and_http_agree_with_the_report(tmp_path):
         assert misses == {"rx_ret": 1.0, "xmit_ret": 0.0}
         assert fams["ipvtrace_up"].samples[0].value == 1
     assert not list(tmp_path.glob("*.tmp*")), "the textfile is written by rename"
+    export(dict(REPORT, ended_by="SIGINT"))   # stats ends: counters stay, up goes to 0
+    last = families(prom.read_text())
+    assert last["ipvtrace_up"].samples[0].value == 0
+    assert packets(last) == {("tx.l2.local", "delivered"): 5.0, ("tx.l2.private_drop", "dropped"): 2.0}
 
 
 def test_listen_address_forms():

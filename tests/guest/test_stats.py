@@ -96,7 +96,7 @@ def test_prometheus_textfile(both):
         if s.name == "ipvtrace_packets_total":
             per_branch[s.labels["branch"]] = per_branch.get(s.labels["branch"], 0) + s.value
     assert per_branch == {b: float(n) for b, n in readings[-1]["branches"].items()}
-    assert fams["ipvtrace_up"].samples[0].value == 1
+    assert fams["ipvtrace_up"].samples[0].value == 0   # written last, as stats ended
 
 
 def test_kprobe_misses_are_reported(both):
