@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -46,13 +45,20 @@ def make(path: Path, packets: int) -> int:
     return w.events
 
 
-def timed(cmd: list[str]) -> tuple[float, int]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+# run ipvtrace in the child and report that process's own peak (VmHWM): the
+# rusage of children also counts the parent's memory copied at fork
+_WRAP = ("import sys\nfrom ipvtrace import cli\nrc = cli.main(sys.argv[1:])\n"
+         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
+         "print('peak_kib', hwm.split()[1], file=sys.stderr)\nsys.exit(rc)\n")
+
+
+def timed(args: list[str]) -> tuple[float, int]:
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    r = subprocess.run([sys.executable, "-c", _WRAP, *args], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     dt = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return dt, max(peak, before)
+    peak = int([l for l in r.stderr.splitlines() if l.startswith("peak_kib")][-1].split()[1])
+    return dt, peak
 
 
 def main() -> int:
@@ -65,7 +71,7 @@ def main() -> int:
     t0 = time.perf_counter()
     path.read_bytes()
     read_s = time.perf_counter() - t0
-    py = [sys.executable, "-m", "ipvtrace", "replay", str(path)]
+    py = ["replay", str(path)]
     json_s, json_rss = timed(py + ["--json"])
     stats_s, stats_rss = timed(py + ["--stats"])
     print(json.dumps({

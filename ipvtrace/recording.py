@@ -22,6 +22,7 @@ truncated one before printing anything.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -89,11 +90,14 @@ class Writer:
             self.tmp.unlink(missing_ok=True)
 
 
+RELEASE_EVERY = 16 << 20   # replay gives back the pages it has read, every 16 MiB
+
+
 @dataclass
 class Recording:
     header: dict
     trailer: dict
-    data: bytes
+    data: bytes | mmap.mmap   # the file, mapped: memory stays bounded however large
     start: int      # offset of the first frame after the header
     end: int        # offset of the trailer frame
 
@@ -101,7 +105,13 @@ class Recording:
         """(type, payload) for every frame between header and trailer."""
         data, off, end = self.data, self.start, self.end
         unpack = FRAME.unpack_from
+        release = getattr(data, "madvise", None)
+        released = 0
         while off < end:
+            if release is not None and off - released >= RELEASE_EVERY:
+                upto = off & ~(mmap.PAGESIZE - 1)   # drop what is read from our page tables
+                release(mmap.MADV_DONTNEED, released, upto - released)
+                released = upto
             if off + FRAME.size > end:
                 raise RecordingError(f"corrupted: frame header cut at byte {off}")
             ftype, n = unpack(data, off)
@@ -122,7 +132,9 @@ class Recording:
 def read(path: Path) -> Recording:
     """Open and check a recording; raise RecordingError with a one-line reason."""
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
     except FileNotFoundError:
         raise RecordingError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -131,7 +143,7 @@ def read(path: Path) -> Recording:
         raise RecordingError(f"{path}: permission denied") from None
     if not data:
         raise RecordingError(f"{path}: empty file, not a recording")
-    if not data.startswith(MAGIC):
+    if data[:len(MAGIC)] != MAGIC:
         if Path(str(path) + ".partial").exists() or str(path).endswith(".partial"):
             raise RecordingError(f"{path}: not a complete recording (an interrupted .partial file)")
         raise RecordingError(f"{path}: not an ipvtrace recording (bad magic)")
