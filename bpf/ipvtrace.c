@@ -155,6 +155,21 @@ static __always_inline __u64 skb_head(struct sk_buff *skb)
 	return (__u64)head;
 }
 
+/* The slave owning an address: struct ipvl_addr starts with `struct ipvl_dev
+ * *master`, and struct ipvl_dev with `struct net_device *dev` (unchanged since
+ * 4.x). *master_out: the ipvl_dev (0: none). */
+static __always_inline struct net_device *owner_dev(void *addr, __u64 *master_out)
+{
+	void *master = 0;
+	struct net_device *dev = 0;
+	if (addr)
+		bpf_probe_read_kernel(&master, sizeof(master), addr);
+	if (master)
+		bpf_probe_read_kernel(&dev, sizeof(dev), master);
+	*master_out = (__u64)master;
+	return dev;
+}
+
 static __always_inline void ev_skb(struct ipvt_event *e, struct sk_buff *skb, int with_hdr)
 {
 	unsigned char *head = 0, *data = 0;
@@ -497,13 +512,9 @@ static __always_inline int count_lookup(__u16 probe, void *addr)
 		return 0;
 	s->seen |= 1U << probe;
 	if (addr) {
-		void *master = 0;
-		struct net_device *dev = 0;
+		__u64 master = 0;
 		s->hflags |= IPVT_H_FOUND;
-		bpf_probe_read_kernel(&master, sizeof(master), addr);
-		if (master)
-			bpf_probe_read_kernel(&dev, sizeof(dev), master);
-		dev_ids(dev, &s->own_netns, &s->own_ifindex);
+		dev_ids(owner_dev(addr, &master), &s->own_netns, &s->own_ifindex);
 	}
 	return 0;
 }
@@ -745,21 +756,12 @@ int on_rcv_frame(struct pt_regs *ctx)
 	return 0;
 }
 
-/* The slave owning an address: struct ipvl_addr starts with `struct ipvl_dev
- * *master`, and struct ipvl_dev with `struct net_device *dev` (unchanged since
- * 4.x). aux = the ipvl_addr (0: no slave), aux2 = its ipvl_dev. */
+/* aux = the ipvl_addr (0: no slave), aux2 = its ipvl_dev, dev = the slave. */
 static __always_inline void ev_owner(struct ipvt_event *e, void *addr)
 {
 	e->aux = (__u64)addr;
-	if (!addr)
-		return;
-	void *master = 0;
-	struct net_device *dev = 0;
-	bpf_probe_read_kernel(&master, sizeof(master), addr);
-	e->aux2 = (__u64)master;
-	if (master)
-		bpf_probe_read_kernel(&dev, sizeof(dev), master);
-	ev_dev(e, dev);
+	if (addr)
+		ev_dev(e, owner_dev(addr, &e->aux2));
 }
 
 int on_lookup_ret(struct pt_regs *ctx)
@@ -863,18 +865,20 @@ int on_local_out6(struct pt_regs *ctx)
 	return report_skb_dev(ctx, IPVT_P_LOCAL_OUT6, (struct sk_buff *)PT_REGS_PARM3(ctx), 1);
 }
 
+/* netif_rx: a delivery only from the multicast worker, outside any context */
 int on_netif_rx(struct pt_regs *ctx)
 {
-	__u8 depth = 0, flags = 0;
 #ifdef IPVT_COUNT_ONLY
-	__u32 tid = bpf_get_current_pid_tgid();
-	if (!workers.lookup(&tid))
-		return 0;
-	flags = IPVT_F_WORKER;
-#endif
-	__u64 id = ctx_current(&depth, &flags);
+	struct ipvt_stack *st = 0;
+	__u32 i = 0;
+	if (sig_current(&st, &i))
+		return 0;   /* count_helper's worker path checks the task */
+#else
+	__u8 depth = 0, flags = 0;
+	ctx_current(&depth, &flags);
 	if (!(flags & IPVT_F_WORKER))
 		return 0;
+#endif
 	return report_skb_dev(ctx, IPVT_P_NETIF_RX, (struct sk_buff *)PT_REGS_PARM1(ctx), 0);
 }
 
@@ -1014,12 +1018,8 @@ int on_s2a_ret(struct pt_regs *ctx)
 	struct ipvt_l3s *l = l3s_count.lookup(&key);
 	void *a = (void *)PT_REGS_RC(ctx);
 	if (l && a && !l->own_ifindex) {
-		void *master = 0;
-		struct net_device *odev = 0;
-		bpf_probe_read_kernel(&master, sizeof(master), a);
-		if (master)
-			bpf_probe_read_kernel(&odev, sizeof(odev), master);
-		dev_ids(odev, &l->own_netns, &l->own_ifindex);
+		__u64 master = 0;
+		dev_ids(owner_dev(a, &master), &l->own_netns, &l->own_ifindex);
 	}
 	return 0;
 #endif

@@ -143,7 +143,7 @@ def _tx(x: Evidence) -> Verdict:
     if enq:
         if fam not in (None, "l2"):
             return v("unknown", None, None, f"multicast enqueue on a port netlink calls {mode}")
-        mcast, worker_why = _mcast(pkt, ctx, tx_origin=True)
+        mcast, worker_why = mcast_share(pkt, ctx, tx_origin=True)
         queued = "dropped" if mcast and mcast[0]["branch"] == "mcast.backlog_drop" else "queued"
         return v("tx.l2.multicast", queued, None,
                  f"dst MAC {info.eth_dst} is multicast: ipvlan_multicast_enqueue(tx); {worker_why}",
@@ -233,7 +233,7 @@ def _rx(x: Evidence) -> Verdict:
         return v("rx.local", "delivered", to,
                  f"{dev_str(to)} owns {dst}: ipvlan_rcv_frame -> skb->dev = slave, RX_HANDLER_ANOTHER")
     if enq and ret == RX_HANDLER_PASS:
-        mcast, worker_why = _mcast(pkt, ctx, tx_origin=False)
+        mcast, worker_why = mcast_share(pkt, ctx, tx_origin=False)
         queued = "dropped" if mcast and mcast[0]["branch"] == "mcast.backlog_drop" else "queued"
         return v("rx.l2.multicast", queued, frm,
                  f"multicast from outside: a clone is queued (ipvlan_multicast_enqueue), "
@@ -283,7 +283,7 @@ def _backlog_drop(pkt: Packet, ctx: Context) -> dict | None:
     return None
 
 
-def _mcast(pkt: Packet, ctx: Context, tx_origin: bool) -> tuple[list[dict], str]:
+def mcast_share(pkt: Packet, ctx: Context, tx_origin: bool) -> tuple[list[dict], str]:
     """The worker's share of a queued packet: one entry per delivery."""
     dropped = _backlog_drop(pkt, ctx)
     if dropped is not None:

@@ -279,9 +279,28 @@ def cmd_replay(args) -> int:
     return 0
 
 
-def cmd_trace(args) -> int:
-    from .loader import LoadError
+def _tracing(run, writes: Path | None = None):
+    """Run a command that attaches probes: (its result, None), or (None, exit
+    code) after a one-line error for a missing prerequisite, an output file
+    that cannot be written (both checked before anything is attached) or an
+    OS error."""
+    from .loader import LoadError, require_root
     from .probes import PlanError
+
+    try:
+        require_root()
+        if writes is not None and not writes.absolute().parent.is_dir():
+            return None, _fail(f"cannot write {writes}: {writes.absolute().parent} is not a directory")
+        return run(), None
+    except (PlanError, LoadError) as exc:
+        return None, _fail(str(exc))
+    except BrokenPipeError:
+        raise   # the reader went away (| head): not an error, see main()
+    except OSError as exc:
+        return None, _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+
+
+def cmd_trace(args) -> int:
     from .session import LiveOptions, run_live
 
     import contextlib
@@ -304,22 +323,13 @@ def cmd_trace(args) -> int:
                        filter_c=expr.c() if expr else None,
                        filter_text=" ".join(args.expression) if expr else None,
                        row_filters=rf.to_json() if rf else None)
-    try:
-        from .loader import require_root
-
-        require_root()
-        if args.output is not None:
-            parent = args.output.absolute().parent
-            if not parent.is_dir():
-                return _fail(f"cannot write {args.output}: {parent} is not a directory")
+    def run():
         with view:
-            summary = run_live(opts)
-    except (PlanError, LoadError) as exc:
-        return _fail(str(exc))
-    except BrokenPipeError:
-        raise   # the reader went away (| head): not an error, see main()
-    except OSError as exc:
-        return _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+            return run_live(opts)
+
+    summary, code = _tracing(run, writes=args.output)
+    if summary is None:
+        return code
     lost = summary.get("lost_events", 0)
     missed = sum(v for k, v in summary.get("kernel_stats", {}).items()
                  if k.startswith("kprobe_missed."))
@@ -343,8 +353,6 @@ def cmd_stats(args) -> int:
 
     from rich.console import Console
 
-    from .loader import LoadError, require_root
-    from .probes import PlanError
     from .prometheus import PrometheusExport, parse_listen
     from .render import StatsView, stats_table
     from .stats_session import StatsOptions, run_stats
@@ -355,9 +363,6 @@ def cmd_stats(args) -> int:
             listen = parse_listen(args.listen)
         except ValueError as exc:
             return _fail(str(exc), 2)
-    if args.prometheus is not None and not args.prometheus.absolute().parent.is_dir():
-        return _fail(f"cannot write {args.prometheus}: "
-                     f"{args.prometheus.absolute().parent} is not a directory")
     sinks: list = []
     view = contextlib.nullcontext()
     if args.json:
@@ -365,8 +370,7 @@ def cmd_stats(args) -> int:
     elif sys.stdout.isatty():
         view = StatsView()
         sinks.append(view)
-    try:
-        require_root()
+    def run():
         if args.prometheus is not None or listen is not None:
             sinks.append(PrometheusExport(args.prometheus, listen))
         with view:
@@ -374,12 +378,11 @@ def cmd_stats(args) -> int:
                                             ready_file=args.ready_file, sinks=sinks))
             for sink in sinks:   # the last reading, taken just before detaching
                 sink(report)
-    except (PlanError, LoadError) as exc:
-        return _fail(str(exc))
-    except BrokenPipeError:
-        raise   # the reader went away (| head): not an error, see main()
-    except OSError as exc:
-        return _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+        return report
+
+    report, code = _tracing(run, writes=args.prometheus)
+    if report is None:
+        return code
     if not args.json and not isinstance(view, StatsView):
         Console(highlight=False).print(stats_table(report))   # off a terminal: once, at the end
     return 0

@@ -173,7 +173,7 @@ def outcomes(sig: Signature, ctx: cls.Context) -> list[Outcome]:
         probe = next(iter(sig.seen), "fwd")
         ev = mk.ev(probe, sig.to_netns, sig.to_ifindex, skb=OTHER_SKB)
         pkt = Packet(entry=None, worker=[ev], worker_done=True)
-        mcast, _ = cls._mcast(pkt, ctx, tx_origin=True)
+        mcast, _ = cls.mcast_share(pkt, ctx, tx_origin=True)
         return [Outcome(m["branch"], m["delivery"], "-", _ref(m["to"]), None) for m in mcast]
     v = cls.classify(synth_packet(sig, ctx), ctx)
     out = [Outcome(v.branch, v.delivery, _ref(v.frm), _ref(v.to), v.reason)]

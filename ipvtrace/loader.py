@@ -117,9 +117,10 @@ class Tracer:
         else:
             self.bpf.ring_buffer_consume()
 
-    def kernel_stats(self) -> dict[str, int]:
+    def kernel_stats(self, misses: dict[str, dict[str, int]] | None = None) -> dict[str, int]:
         """Counters kept in the kernel: events lost per probe, context-stack
-        repairs, and kprobe misses (`kprobe_missed.<probe>`)."""
+        repairs, and kprobe misses (`kprobe_missed.<probe>`; pass *misses* when
+        they were just read)."""
         lay = layout.current()
         table = self.bpf["stats"]
         out: dict[str, int] = {}
@@ -132,7 +133,7 @@ class Tracer:
                 out[lay.stats[i]] = total
             else:   # IPVT_S_LOST_BASE + probe id
                 out[f"lost.{lay.probes.get(i, i)}"] = total
-        for name, hm in self.kprobe_misses().items():
+        for name, hm in (self.kprobe_misses() if misses is None else misses).items():
             if hm["misses"]:
                 out[f"kprobe_missed.{name}"] = hm["misses"]
         return out

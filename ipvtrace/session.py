@@ -29,6 +29,42 @@ def ktime_ns() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
 
+class StopFlag:
+    """SIGINT/SIGTERM, once `install()`ed (after the probes are attached, so a
+    Ctrl-C during the compile still interrupts), only note why to stop:
+    raising could land inside the ring buffer callback or half-way through
+    writing a frame. The previous handlers come back on exit, after the
+    probes are gone and the file is closed."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.why: str | None = None
+        self._old: dict = {}
+
+    def __enter__(self) -> "StopFlag":
+        self._old = {s: signal.getsignal(s) for s in self.SIGNALS}
+        return self
+
+    def install(self) -> None:
+        for s in self.SIGNALS:
+            signal.signal(s, self._note)
+
+    def _note(self, signum, _frame) -> None:
+        self.why = self.why or signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def announce(plan: probes.ProbePlan, headline: str) -> None:
+    """The line scripts and people wait for, then what this kernel cannot show."""
+    print(f"ipvtrace: {headline}; Ctrl-C to end", file=sys.stderr, flush=True)
+    for line in probes.what_this_kernel_shows(plan):
+        print(f"ipvtrace: note: {line}", file=sys.stderr)
+
+
 @dataclass
 class LiveOptions:
     output: Path | None = None
@@ -56,77 +92,63 @@ def run_live(opts: LiveOptions) -> dict:
     reasons = drop_reasons(plan.tracefs)
     snap0 = snapshot.take()
 
-    stopping = {"why": None}
-
-    def _on_signal(signum, _frame):
-        # Only note it: raising here could land inside the ring buffer
-        # callback or half-way through writing a frame.
-        stopping["why"] = stopping["why"] or signal.Signals(signum).name
-
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     writer: recording.Writer | None = None
-    summary: dict = {}
-    try:
-        with loader.Tracer(plan, ringbuf_pages=opts.ringbuf_pages, filter_c=opts.filter_c) as tracer:
-            t0 = ktime_ns()
-            header = {
-                "format": "ipvtrace-recording",
-                "format_version": lay.format_version,
-                "ipvtrace_version": __version__,
-                "kernel": os.uname().release,
-                "host": socket.gethostname(),
-                "command": opts.argv,
-                "start_ktime": t0,
-                "start_wall": time.time(),
-                "plan": plan.to_json(),
-                "filter": opts.filter_text,
-                "row_filters": opts.row_filters,
-                "cannot_show": probes.what_this_kernel_shows(plan),
-                "layout": lay.to_json(),
-                "drop_reasons": {str(k): v for k, v in reasons.items()},
-                "snapshot": snap0,
-            }
-            if opts.output is not None:
-                writer = recording.Writer(opts.output, header)
-            src = _LiveStream(lay, writer, snap0, reasons, t0, opts.sink, opts.row_filter)
-            tracer.on_event(src.raw)
-            for s in old:
-                signal.signal(s, _on_signal)
-            print(f"ipvtrace: tracing ({plan.probe_count} probes)"
-                  + (f", writing {opts.output}" if opts.output else "") + "; Ctrl-C to end",
-                  file=sys.stderr, flush=True)
-            for line in probes.what_this_kernel_shows(plan):
-                print(f"ipvtrace: note: {line}", file=sys.stderr)
-            if opts.on_attached is not None:
-                opts.on_attached(f"ipvtrace on {os.uname().release}: {plan.probe_count} probes",
-                                 lambda: src.lost_seen)
-            if opts.ready_file is not None:
-                opts.ready_file.write_text(f"{os.getpid()}\n")
-            deadline = time.monotonic() + opts.duration if opts.duration else None
-            while stopping["why"] is None:
-                if deadline is not None and time.monotonic() >= deadline:
-                    stopping["why"] = "duration"
-                    break
-                # the clock is read *before* the ring is read: a tick says
-                # "every event older than this is in", which holds even when
-                # handling the batch takes long (a netlink snapshot under load)
+    with StopFlag() as stop:
+        try:
+            with loader.Tracer(plan, ringbuf_pages=opts.ringbuf_pages,
+                               filter_c=opts.filter_c) as tracer:
+                t0 = ktime_ns()
+                header = {
+                    "format": "ipvtrace-recording",
+                    "format_version": lay.format_version,
+                    "ipvtrace_version": __version__,
+                    "kernel": os.uname().release,
+                    "host": socket.gethostname(),
+                    "command": opts.argv,
+                    "start_ktime": t0,
+                    "start_wall": time.time(),
+                    "plan": plan.to_json(),
+                    "filter": opts.filter_text,
+                    "row_filters": opts.row_filters,
+                    "cannot_show": probes.what_this_kernel_shows(plan),
+                    "layout": lay.to_json(),
+                    "drop_reasons": {str(k): v for k, v in reasons.items()},
+                    "snapshot": snap0,
+                }
+                if opts.output is not None:
+                    writer = recording.Writer(opts.output, header)
+                src = _LiveStream(lay, writer, snap0, reasons, t0, opts.sink, opts.row_filter)
+                tracer.on_event(src.raw)
+                stop.install()
+                announce(plan, f"tracing ({plan.probe_count} probes)"
+                         + (f", writing {opts.output}" if opts.output else ""))
+                if opts.on_attached is not None:
+                    opts.on_attached(f"ipvtrace on {os.uname().release}: {plan.probe_count} probes",
+                                     lambda: src.lost_seen)
+                if opts.ready_file is not None:
+                    opts.ready_file.write_text(f"{os.getpid()}\n")
+                deadline = time.monotonic() + opts.duration if opts.duration else None
+                while stop.why is None:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        stop.why = "duration"
+                        break
+                    # the clock is read *before* the ring is read: a tick says
+                    # "every event older than this is in", which holds even when
+                    # handling the batch takes long (a netlink snapshot under load)
+                    now = ktime_ns()
+                    tracer.poll(TICK_MS)
+                    src.check()
+                    src.tick(now, tracer.kernel_stats())
                 now = ktime_ns()
-                tracer.poll(TICK_MS)
+                tracer.drain()
                 src.check()
-                src.tick(now, tracer.kernel_stats())
-            now = ktime_ns()
-            tracer.drain()
-            src.check()
-            kstats = tracer.kernel_stats()
-            src.tick(now, kstats)
-        summary = src.close(ended_by=stopping["why"] or "duration", kstats=kstats)
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+                kstats = tracer.kernel_stats()
+                src.tick(now, kstats)
+            summary = src.close(ended_by=stop.why or "duration", kstats=kstats)
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
     if opts.on_summary:
         opts.on_summary(summary)
     return summary

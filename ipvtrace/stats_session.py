@@ -9,8 +9,6 @@ Prometheus). Signals only set a flag; the probes are detached on the way out.
 from __future__ import annotations
 
 import os
-import signal
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,6 +17,7 @@ from typing import Callable
 
 from . import classify as cls
 from . import counting, layout, probes, snapshot
+from .session import StopFlag, announce
 from .symbols import drop_reasons
 
 Report = dict
@@ -80,57 +79,43 @@ def run_stats(opts: StatsOptions) -> Report:
                       flags=layout.current().flags)
     tally = counting.Tally(ctx)
     sl = layout.sig_layout()
-    stopping = {"why": None}
-
-    def _on_signal(signum, _frame):
-        stopping["why"] = stopping["why"] or signal.Signals(signum).name
-
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     report: Report | None = None
-    try:
-        with loader.Tracer(plan, count_only=True) as tracer:
-            for s in old:
-                signal.signal(s, _on_signal)
-            t0 = time.monotonic()
-            print(f"ipvtrace: counting in the kernel ({plan.probe_count} probes, no events); "
-                  "Ctrl-C to end", file=sys.stderr, flush=True)
-            for line in probes.what_this_kernel_shows(plan):
-                print(f"ipvtrace: note: {line}", file=sys.stderr)
-            if opts.ready_file is not None:
-                opts.ready_file.write_text(f"{os.getpid()}\n")
-            tried: set = set()
+    with StopFlag() as stop, loader.Tracer(plan, count_only=True) as tracer:
+        stop.install()
+        t0 = time.monotonic()
+        announce(plan, f"counting in the kernel ({plan.probe_count} probes, no events)")
+        if opts.ready_file is not None:
+            opts.ready_file.write_text(f"{os.getpid()}\n")
+        tried: set = set()
 
-            def read() -> Report:
-                sigs: Counter = Counter()
-                raw_counts = tracer.counts()
-                for raw, n in raw_counts.items():
-                    sigs[counting.decode(raw, sl)] += n
-                now = time.monotonic()
-                new = tally.unknown_devices(sigs) - tried
-                if new:   # a device appeared: read netlink again (once per device)
-                    tried.update(new)
-                    ctx.topo.add(snapshot.take())
-                    tally.forget_names()
-                return build_report(tally.rows(sigs), tracer.kernel_stats(),
-                                    tracer.kprobe_misses(), now - t0, plan.kernel,
-                                    plan.probe_count, report, raw_counts)
+        def read() -> Report:
+            sigs: Counter = Counter()
+            raw_counts = tracer.counts()
+            for raw, n in raw_counts.items():
+                sigs[counting.decode(raw, sl)] += n
+            now = time.monotonic()
+            new = tally.unknown_devices(sigs) - tried
+            if new:   # a device appeared: read netlink again (once per device)
+                tried.update(new)
+                ctx.topo.add(snapshot.take())
+                tally.forget_names()
+            misses = tracer.kprobe_misses()
+            return build_report(tally.rows(sigs), tracer.kernel_stats(misses), misses,
+                                now - t0, plan.kernel, plan.probe_count, report, raw_counts)
 
-            next_at = t0 + opts.interval
-            while stopping["why"] is None:
-                now = time.monotonic()
-                if opts.duration is not None and now - t0 >= opts.duration:
-                    stopping["why"] = "duration"
-                    break
-                if now < next_at:
-                    time.sleep(min(0.1, next_at - now))
-                    continue
-                next_at += opts.interval
-                report = read()
-                for sink in opts.sinks:
-                    sink(report)
-            report = read()   # the last reading, taken before the probes go
-            report["ended_by"] = stopping["why"]
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+        next_at = t0 + opts.interval
+        while stop.why is None:
+            now = time.monotonic()
+            if opts.duration is not None and now - t0 >= opts.duration:
+                stop.why = "duration"
+                break
+            if now < next_at:
+                time.sleep(min(0.1, next_at - now))
+                continue
+            next_at += opts.interval
+            report = read()
+            for sink in opts.sinks:
+                sink(report)
+        report = read()   # the last reading, taken before the probes go
+        report["ended_by"] = stop.why
     return report

@@ -184,8 +184,8 @@ def test_context_whose_return_never_comes_is_evicted_and_counted():
     assert pkt.evicted and c.evicted == 1 and not c.open
     v = classify.classify(pkt, CTX)
     assert not v.complete and v.branch == "unknown"
-    for ev in local_tx(2, 6000, 0x2000):          # later packets are unaffected
-        c.feed(ev)
+    for e in local_tx(2, 6000, 0x2000):           # later packets are unaffected
+        c.feed(e)
     assert classify.classify(out[-1], CTX).branch == "tx.l2.local" and c.evicted == 1
 
 
