@@ -16,6 +16,10 @@
  *   IPVT_FILTER_EXPR            a C expression over `struct ipvt_pkt p`, made
  *                               by ipvtrace/filterexpr.py from a tcpdump-style
  *                               filter: packets it rejects send no event
+ *   IPVT_STACK_PER_TASK         PREEMPT_RT: a task can be preempted inside a
+ *                               probed function and another task then runs on
+ *                               that CPU, so contexts are kept per task (and
+ *                               CPU) instead of per CPU
  *   IPVT_COUNT_ONLY             `ipvtrace stats`: no events at all; each
  *                               context's evidence is gathered in its stack
  *                               entry (struct ipvt_sig) and counted in `counts`
@@ -64,7 +68,20 @@ struct ipvt_stack {
 };
 
 BPF_RINGBUF_OUTPUT(events, IPVT_RINGBUF_PAGES);
+#ifdef IPVT_STACK_PER_TASK
+/* tid << 32 | cpu: on PREEMPT_RT softirqs run in threads and a task can be
+ * preempted (not migrated) inside ipvlan, so nesting is per task */
+BPF_TABLE("lru_hash", __u64, struct ipvt_stack, stacks, 4096);
+BPF_PERCPU_ARRAY(stack_zero, struct ipvt_stack, 1);  /* never written: an empty stack */
+BPF_TABLE("lru_hash", __u64, __u64, s2a_ctx, 4096);   /* ctx of the running skb_to_addr */
+#else
 BPF_PERCPU_ARRAY(stack, struct ipvt_stack, 1);
+BPF_PERCPU_ARRAY(s2a_ctx, __u64, 1);          /* ctx of the running skb_to_addr */
+#endif
+/* [0] = 1 once user space has attached every probe: a packet already inside
+ * ipvlan while the probes were being attached has holes in its evidence, so
+ * no context opens before that (no row from partial evidence) */
+BPF_ARRAY(armed, __u32, 1);
 BPF_PERCPU_ARRAY(seq, __u64, 1);
 BPF_PERCPU_ARRAY(scratch, struct ipvt_event, 1);
 BPF_PERCPU_ARRAY(stats, __u64, IPVT_S_MAX);
@@ -73,7 +90,6 @@ BPF_HASH(fwd_ctx, __u64, __u64, 1024);      /* tid<<32|cpu -> fwd ctx, for its r
 /* L3S: a frame the l3mdev hook saw, until LOCAL_IN; LRU so frames that never
  * reach LOCAL_IN (forwarded, dropped) age out. value: ctx id | phase << 62 */
 BPF_TABLE("lru_hash", __u64, __u64, l3s_skbs, 4096);
-BPF_PERCPU_ARRAY(s2a_ctx, __u64, 1);          /* ctx of the running skb_to_addr */
 /* data (skb->head) of frames the filter rejected: their multicast-worker and
  * L3S events are not reported either */
 BPF_TABLE("lru_hash", __u64, __u8, filtered_heads, 4096);
@@ -98,6 +114,54 @@ BPF_TABLE("lru_hash", __u64, __u8, echo_skbs, 4096);
  * matches a head only while its packet waits for the worker). */
 BPF_TABLE("lru_hash", __u64, __u64, mc_heads, 4096);
 #endif
+
+static __always_inline __u64 task_cpu_key(void)
+{
+	return (bpf_get_current_pid_tgid() << 32) | bpf_get_smp_processor_id();
+}
+
+/* This CPU's (PREEMPT_RT: this task's) context stack. */
+static __always_inline struct ipvt_stack *stack_get(int create)
+{
+#ifdef IPVT_STACK_PER_TASK
+	__u64 key = task_cpu_key();
+	struct ipvt_stack *st = stacks.lookup(&key);
+	if (st || !create)
+		return st;
+	int zero = 0;
+	struct ipvt_stack *empty = stack_zero.lookup(&zero);
+	if (!empty)
+		return 0;
+	stacks.update(&key, empty);
+	return stacks.lookup(&key);
+#else
+	int zero = 0;
+	return stack.lookup(&zero);
+#endif
+}
+
+static __always_inline __u64 *s2a_slot(int create)
+{
+#ifdef IPVT_STACK_PER_TASK
+	__u64 key = task_cpu_key();
+	__u64 *slot = s2a_ctx.lookup(&key);
+	if (slot || !create)
+		return slot;
+	__u64 zero64 = 0;
+	s2a_ctx.update(&key, &zero64);
+	return s2a_ctx.lookup(&key);
+#else
+	int zero = 0;
+	return s2a_ctx.lookup(&zero);
+#endif
+}
+
+static __always_inline int is_armed(void)
+{
+	int zero = 0;
+	__u32 *a = armed.lookup(&zero);
+	return a && *a;
+}
 
 static __always_inline void stat_inc(int idx)
 {
@@ -200,15 +264,27 @@ static __always_inline void ev_skb(struct ipvt_event *e, struct sk_buff *skb, in
 		return;
 	if (linear > IPVT_HDR_MAX)
 		linear = IPVT_HDR_MAX;
-	e->hdr_len = linear;
-	bpf_probe_read_kernel(e->hdr, IPVT_HDR_MAX, start);
+	/* only the frame's own bytes: never the tailroom after it (stale data
+	 * of other traffic) nor, below, the scratch left by an earlier event */
+	__u32 n = linear;
+	asm volatile("%[n] &= 0xff" : [n] "+r"(n));
+	if (n == 0 || n > IPVT_HDR_MAX)
+		return;
+	if (bpf_probe_read_kernel(e->hdr, n, start) != 0)
+		return;
+	e->hdr_len = n;
 	e->flags |= IPVT_F_HAS_HDR;
 }
 
 static __always_inline void ev_submit(struct ipvt_event *e)
 {
-	__u32 size = sizeof(*e) - IPVT_HDR_MAX;
+	__u64 size = sizeof(*e) - IPVT_HDR_MAX;
 	if (e->flags & IPVT_F_HAS_HDR)
+		size += e->hdr_len;   /* the captured bytes and not one more */
+	/* clang must not fold the bound below away: the verifier needs it on
+	 * the very register handed to the helper */
+	asm volatile("" : "+r"(size));
+	if (size > sizeof(*e))
 		size = sizeof(*e);
 	if (events.ringbuf_output(e, size, 0) != 0)
 		stat_inc(IPVT_S_LOST_BASE + e->probe);
@@ -232,8 +308,7 @@ static __always_inline int emit_dev_skb(__u16 probe, __u64 id, __u8 depth, __u8 
  * are masked so the verifier sees them bounded. */
 static __always_inline __u64 ctx_push(__u16 kind, __u8 *depth_out)
 {
-	int zero = 0;
-	struct ipvt_stack *st = stack.lookup(&zero);
+	struct ipvt_stack *st = stack_get(1);
 	if (!st)
 		return 0;
 	__u32 d = st->depth;
@@ -257,8 +332,7 @@ static __always_inline __u64 ctx_push(__u16 kind, __u8 *depth_out)
 static __always_inline __u64 ctx_pop_at(__u16 kind, __u8 *depth_out, __u8 *filtered,
 					 __u32 *idx_out)
 {
-	int zero = 0;
-	struct ipvt_stack *st = stack.lookup(&zero);
+	struct ipvt_stack *st = stack_get(0);
 	if (!st)
 		return 0;
 	__u64 id = 0;
@@ -290,8 +364,7 @@ static __always_inline __u64 ctx_pop(__u16 kind, __u8 *depth_out, __u8 *filtered
 /* The innermost open context on this CPU, or the worker's, or 0. */
 static __always_inline __u64 ctx_current(__u8 *depth_out, __u8 *flags)
 {
-	int zero = 0;
-	struct ipvt_stack *st = stack.lookup(&zero);
+	struct ipvt_stack *st = stack_get(0);
 	if (st) {
 		__u32 d = st->depth;
 		if (d > 0 && d <= IPVT_STACK_MAX) {
@@ -377,9 +450,10 @@ static __always_inline void sig_frame(struct ipvt_sig *s, struct sk_buff *skb)
 static __always_inline int count_entry(__u16 probe, struct sk_buff *skb, struct net_device *dev)
 {
 	__u8 depth = 0;
-	int zero = 0;
+	if (!is_armed())
+		return 0;
 	ctx_push(probe, &depth);
-	struct ipvt_stack *st = stack.lookup(&zero);
+	struct ipvt_stack *st = stack_get(0);
 	if (!st || depth == 0)
 		return 0;
 	__u32 i = stack_idx(depth - 1);
@@ -405,10 +479,9 @@ static __always_inline int count_entry_ret(struct pt_regs *ctx, __u16 probe)
 {
 	__u8 depth = 0, filtered = 0;
 	__u32 i = 0;
-	int zero = 0;
 	if (!ctx_pop_at(probe, &depth, &filtered, &i))
 		return 0;
-	struct ipvt_stack *st = stack.lookup(&zero);
+	struct ipvt_stack *st = stack_get(0);
 	if (!st)
 		return 0;
 	struct ipvt_sig *s = &st->sig[stack_idx(i)];
@@ -420,8 +493,7 @@ static __always_inline int count_entry_ret(struct pt_regs *ctx, __u16 probe)
 /* The innermost open context's signature on this CPU, or 0. */
 static __always_inline struct ipvt_sig *sig_current(struct ipvt_stack **stp, __u32 *idx)
 {
-	int zero = 0;
-	struct ipvt_stack *st = stack.lookup(&zero);
+	struct ipvt_stack *st = stack_get(0);
 	if (!st)
 		return 0;
 	__u32 d = st->depth;
@@ -621,6 +693,8 @@ static __always_inline int entry(__u16 probe, struct sk_buff *skb, struct net_de
 	return count_entry(probe, skb, dev);
 #endif
 	__u8 depth = 0;
+	if (!is_armed())
+		return 0;
 	__u64 id = ctx_push(probe, &depth);
 	struct ipvt_event *e = ev_init(probe, id, depth);
 	if (!e)
@@ -629,8 +703,7 @@ static __always_inline int entry(__u16 probe, struct sk_buff *skb, struct net_de
 	ev_skb(e, skb, 1);
 #ifdef IPVT_FILTER_EXPR
 	if (!pkt_match(e)) {
-		int zero = 0;
-		struct ipvt_stack *st = stack.lookup(&zero);
+		struct ipvt_stack *st = stack_get(0);
 		if (st && depth > 0)
 			st->filtered[stack_idx(depth - 1)] = 1;
 		__u64 head = e->head;
@@ -651,7 +724,7 @@ static __always_inline int entry_ret(struct pt_regs *ctx, __u16 probe, __u16 ret
 #endif
 	__u8 depth = 0, filtered = 0;
 	__u64 id = ctx_pop(probe, &depth, &filtered);
-	if (filtered)
+	if (filtered || !id)
 		return 0;
 	struct ipvt_event *e = ev_init(ret_probe, id, depth);
 	if (!e)
@@ -692,6 +765,8 @@ int on_rx_ret(struct pt_regs *ctx)
 
 int on_mc_work(struct pt_regs *ctx)
 {
+	if (!is_armed())
+		return 0;
 	__u32 tid = bpf_get_current_pid_tgid();
 	__u64 id = new_ctx_id();
 	workers.update(&tid, &id);
@@ -710,7 +785,9 @@ int on_mc_work_ret(struct pt_regs *ctx)
 {
 	__u32 tid = bpf_get_current_pid_tgid();
 	__u64 *w = workers.lookup(&tid);
-	__u64 id = w ? *w : 0;
+	if (!w)
+		return 0;   /* the run began before the probes were armed */
+	__u64 id = *w;
 	workers.delete(&tid);
 #ifdef IPVT_COUNT_ONLY
 	return 0;
@@ -931,7 +1008,7 @@ int on_l3_rcv(struct pt_regs *ctx)
 {
 	struct net_device *dev = (struct net_device *)PT_REGS_PARM1(ctx);
 	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM2(ctx);
-	if (head_filtered(skb_head(skb)))
+	if (!is_armed() || head_filtered(skb_head(skb)))
 		return 0;
 	__u64 key = (__u64)skb;
 #ifdef IPVT_COUNT_ONLY
@@ -986,15 +1063,13 @@ int on_s2a(struct pt_regs *ctx)
 {
 	__u64 key = PT_REGS_PARM1(ctx);
 #ifdef IPVT_COUNT_ONLY
-	int zero0 = 0;
-	__u64 *slot0 = s2a_ctx.lookup(&zero0);
+	__u64 *slot0 = s2a_slot(1);
 	if (slot0)
 		*slot0 = l3s_count.lookup(&key) ? key : 0;
 	return 0;
 #endif
 	__u64 *val = l3s_skbs.lookup(&key);
-	int zero = 0;
-	__u64 *slot = s2a_ctx.lookup(&zero);
+	__u64 *slot = s2a_slot(1);
 	if (!slot)
 		return 0;
 	*slot = 0;
@@ -1008,8 +1083,7 @@ int on_s2a(struct pt_regs *ctx)
 
 int on_s2a_ret(struct pt_regs *ctx)
 {
-	int zero = 0;
-	__u64 *slot = s2a_ctx.lookup(&zero);
+	__u64 *slot = s2a_slot(0);
 	if (!slot || !*slot)
 		return 0;
 #ifdef IPVT_COUNT_ONLY

@@ -98,6 +98,21 @@ def _drop_details(pkt: Packet, ctx: Context) -> tuple[str | None, str | None]:
     return None, None
 
 
+def _rcv_frame_mismatch(entry: Event, rcv: list[Event], found: list[Event]) -> str | None:
+    """ipvlan_rcv_frame is a GCC clone (.isra.N) on Debian's kernels, with an
+    argument list the source does not show: (struct ipvl_dev *, struct sk_buff
+    **pskb, bool local) on 6.1 and 6.12. Its hit is trusted only when the skb
+    it was handed is this context's and its slave is the one
+    ipvlan_addr_lookup returned; otherwise the packet is incomplete."""
+    for e in rcv:
+        if e.skb != entry.skb:
+            return f"ipvlan_rcv_frame was handed skb {e.skb:#x}, not this packet's {entry.skb:#x}"
+        if found and e.aux2 != found[-1].aux2:
+            return (f"ipvlan_rcv_frame's slave {e.aux2:#x} is not the one "
+                    f"ipvlan_addr_lookup found ({found[-1].aux2:#x})")
+    return None
+
+
 @dataclass
 class Evidence:
     """What one packet's events say, gathered once for the TX and RX rules."""
@@ -127,9 +142,14 @@ class Evidence:
         self.consume = [e for e in _frees(pkt, "consume") if e.skb == entry.skb]
         self.fam = "l2" if self.mode == "l2" else "l3" if self.mode in ("l3", "l3s") else None
         self.dst = self.info.dst or "?"
+        self.clone_mismatch = _rcv_frame_mismatch(entry, self.rcv, self.found)
+        if self.clone_mismatch:
+            self.complete = False
 
     def verdict(self, branch: str, delivery: str | None, to: dict | None, why: str,
                 **kw) -> Verdict:
+        if self.clone_mismatch:
+            why = f"{why} (evidence rejected: {self.clone_mismatch})"
         return Verdict(branch, delivery, self.mode, self.flags, self.info, self.frm, to,
                        self.complete, why, **kw)
 

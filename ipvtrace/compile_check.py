@@ -23,7 +23,9 @@ def main() -> int:
     expr = filterexpr.parse("(icmp and host 10.0.0.1) or (udp and dst port 53) or "
                             "src host fd00::1 or not arp")
     # ... and as `ipvtrace stats` builds it
-    for extra in ([], [f"-DIPVT_FILTER_EXPR={expr.c()}"], ["-DIPVT_COUNT_ONLY"]):
+    # ... and with contexts per task, as on a PREEMPT_RT kernel
+    for extra in ([], [f"-DIPVT_FILTER_EXPR={expr.c()}"], ["-DIPVT_COUNT_ONLY"],
+                  ["-DIPVT_STACK_PER_TASK"], ["-DIPVT_STACK_PER_TASK", "-DIPVT_COUNT_ONLY"]):
         b = bcc.BPF(src_file=str(loader.layout.BPF_DIR / "ipvtrace.c").encode(),
                     cflags=loader.cflags(plan, 64) + extra)
         for spec in probes.SPECS:

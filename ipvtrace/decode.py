@@ -58,21 +58,26 @@ class Decoder:
         self._i_hdr_len, self._i_hdr, self._i_ifname = idx["hdr_len"], idx["hdr"], idx["ifname"]
 
     def decode(self, raw: bytes) -> Event:
+        """An event is its fixed part and then only the captured bytes of the
+        frame (hdr_len of them, at most hdr_max); older recordings padded
+        every captured frame to hdr_max."""
         n = len(raw)
-        full = n == self._st.size
-        if full:
+        if n == self._st.size:
             vals = self._st.unpack(raw)
-        elif n == self._base:
-            vals = self._st.unpack(raw + self._pad)
+        elif self._base <= n < self._st.size:
+            vals = self._st.unpack(raw + self._pad[:self._st.size - n])
         else:
-            raise DecodeError(f"event of {n} bytes (expected {self._base} or {self._st.size})")
+            raise DecodeError(f"event of {n} bytes (expected {self._base} to {self._st.size})")
         probe_id = vals[self._i_probe]
         try:
             probe = self._probes[probe_id]
         except KeyError:
             raise DecodeError(f"unknown probe id {probe_id}") from None
+        hdr_len = vals[self._i_hdr_len]
+        if hdr_len > n - self._base:
+            raise DecodeError(f"event says {hdr_len} captured bytes but carries {n - self._base}")
         return Event(
             *self._head(vals), probe, vals[self._i_depth], vals[self._i_flags],
-            vals[self._i_hdr][:vals[self._i_hdr_len]] if full else b"",
+            vals[self._i_hdr][:hdr_len],
             vals[self._i_ifname].split(b"\0", 1)[0].decode(errors="replace"),
         )

@@ -139,9 +139,15 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
         plan.attach.append({"name": spec.name, "fn": spec.fn, "kind": spec.kind, "symbol": sym})
         if sym != spec.symbol:
             plan.notes.append(
-                f"{spec.symbol} is the GCC clone {sym} here: its arguments are "
-                "checked against the enclosing entry's skb before use"
+                f"{spec.symbol} is the GCC clone {sym} here: a hit counts only when the "
+                "skb it was handed is the packet's and its slave is the one "
+                "ipvlan_addr_lookup found (otherwise the packet is incomplete)"
             )
+    if preempt_rt():
+        # softirqs run in threads and a task can be preempted inside a probed
+        # function: another task's contexts must not land on its stack
+        plan.cflags.append("-DIPVT_STACK_PER_TASK")
+        plan.notes.append("PREEMPT_RT kernel: contexts are kept per task, not per CPU")
     for sys_, ev in TRACEPOINTS:
         fmt = tracefs / "events" / sys_ / ev / "format"
         if not fmt.exists():
@@ -156,6 +162,14 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
         elif ev == "kfree_skb":
             plan.notes.append("skb:kfree_skb has no drop reason before 5.17: reasons are not shown")
     return plan
+
+
+def preempt_rt() -> bool:
+    """A PREEMPT_RT kernel says so in /sys/kernel/realtime (and in uname -v)."""
+    try:
+        return Path("/sys/kernel/realtime").read_text().strip() == "1"
+    except OSError:
+        return "PREEMPT_RT" in os.uname().version
 
 
 def check_kernel(tracefs: Path, kernel: str) -> None:

@@ -98,6 +98,7 @@ def run_live(opts: LiveOptions) -> dict:
             with loader.Tracer(plan, ringbuf_pages=opts.ringbuf_pages,
                                filter_c=opts.filter_c) as tracer:
                 t0 = ktime_ns()
+                tracer.arm()   # every event from here on is at or after t0
                 header = {
                     "format": "ipvtrace-recording",
                     "format_version": lay.format_version,

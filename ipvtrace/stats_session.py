@@ -83,6 +83,7 @@ def run_stats(opts: StatsOptions) -> Report:
     with StopFlag() as stop, loader.Tracer(plan, count_only=True) as tracer:
         stop.install()
         t0 = time.monotonic()
+        tracer.arm()
         announce(plan, f"counting in the kernel ({plan.probe_count} probes, no events)")
         if opts.ready_file is not None:
             opts.ready_file.write_text(f"{os.getpid()}\n")

@@ -58,7 +58,7 @@ def raw(probe: str, ts: int, ctx: int, *, cpu: int = 0, skb: int = 0, head: int 
                 probe=PROBE_ID[probe], depth=depth, flags=flags, hdr_len=len(hdr), pad=0,
                 ifname=ifname.encode(), hdr=hdr)
     data = ST.pack(*(vals[f] for f in LAY.fields))
-    return data if hdr else data[:LAY.base_size]
+    return data[:LAY.base_size + len(hdr)]   # the frame's own bytes, as the kernel sends them
 
 
 def ev(*a, **kw) -> Event:

@@ -32,6 +32,19 @@ def test_local_delivery():
     assert v.frm["netns"] == "pod-a" and v.to["netns"] == "pod-b"
 
 
+def test_rcv_frame_clone_arguments_are_checked():
+    """ipvlan_rcv_frame.isra.0's arguments count only when its skb is the
+    packet's and its slave is the lookup's: otherwise incomplete, with why."""
+    evs = local_tx(1, 1000, 0x1000)
+    evs[2] = ev("rcv_frame", 1002, 1, skb=0x1000, head=0x1001, aux2=0xC, flags=1)
+    [(_, v)] = verdicts(evs)
+    assert v.complete is False and "not the one ipvlan_addr_lookup found" in v.why
+    evs = local_tx(1, 1000, 0x1000)
+    evs[2] = ev("rcv_frame", 1002, 1, skb=0x2000, head=0x1001, aux2=0xB, flags=1)
+    [(_, v)] = verdicts(evs)
+    assert v.complete is False and "not this packet's" in v.why
+
+
 def test_nested_rx_inside_tx_same_cpu():
     """A softirq runs another packet's RX inside a TX on the same CPU: the
     context ids keep the two apart even though the events interleave."""
