@@ -37,7 +37,8 @@ EXAMPLES = {
   sudo ipvtrace stats                       # packets per branch, counted in the kernel
   sudo ipvtrace stats --json --interval 10  # one JSON object every 10 s
   sudo ipvtrace stats --prometheus /var/lib/node_exporter/textfile/ipvtrace.prom
-  sudo ipvtrace stats --listen 127.0.0.1:9437   # http://127.0.0.1:9437/metrics
+  sudo ipvtrace stats --listen 9437         # http://127.0.0.1:9437/metrics (loopback only)
+  sudo ipvtrace stats --listen 0.0.0.0:9437 # every interface: the metrics name namespaces
 
 No event leaves the kernel: the BPF program counts one signature per packet
 (which helpers ran, on which devices, what they returned) and ipvtrace names
@@ -156,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="rewrite FILE each reading in the Prometheus text format "
                          "(node_exporter textfile collector)")
     st.add_argument("--listen", metavar="[ADDR:]PORT",
-                    help="serve the Prometheus metrics over HTTP at /metrics")
+                    help="serve the Prometheus metrics over HTTP at /metrics; a bare PORT "
+                         "binds 127.0.0.1 (the metrics name namespaces and devices)")
     st.add_argument("--ready-file", type=Path, metavar="PATH",
                     help="create PATH once the probes are attached")
 
@@ -251,13 +253,15 @@ def cmd_replay(args) -> int:
     try:
         if args.pcapng is not None:
             from .layout import current
+            from .files import private_open
             from .pcapng import PcapngWriter, comment
 
             pkt_flags = current().flags
-            out = open(args.pcapng, "wb")
+            out = private_open(args.pcapng)
             writer = PcapngWriter(out, f"ipvtrace {__version__}")
         summary = run_replay(args.file, sink, row_filter=row_filter,
-                             packet_sink=to_pcap if writer else None, on_header=on_header)
+                             packet_sink=to_pcap if writer else None, on_header=on_header,
+                             on_warning=lambda w: print(f"ipvtrace: warning: {w}", file=sys.stderr))
     except RecordingError as exc:
         if out is not None:
             out.close()

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, start_http_server, write_to_textfile
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .files import write_private_atomic
 
 
 class StatsCollector:
@@ -71,13 +73,16 @@ class PrometheusExport:
         if report.get("ended_by"):   # the last reading, taken as the probes go
             self.collector.stopped = True
         if self.textfile is not None:
-            write_to_textfile(str(self.textfile), self.registry)   # tmp file + rename
+            # tmp file + rename, owner-only (it names namespaces and devices)
+            write_private_atomic(self.textfile, generate_latest(self.registry))
 
 
 def parse_listen(text: str) -> tuple[str, int]:
     """'9437' or '127.0.0.1:9437' or '[::1]:9437' -> (addr, port)."""
     host, _, port = text.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
+    # a bare port binds the loopback only: the metrics name the node's
+    # namespaces and devices; publishing them is the user's choice (ADDR:PORT)
+    host = host.strip("[]") or "127.0.0.1"
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"bad --listen {text!r}: want PORT or ADDR:PORT")
     return host, int(port)

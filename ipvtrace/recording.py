@@ -15,9 +15,15 @@ Layout (little endian)::
                    (ring buffer full) since the last such frame
     u32 length of the trailer frame, b"IPVTEND\\0"
 
-The file is written as NAME.partial and renamed when complete, so a file by
-the name the user gave is always whole; the end marker lets replay refuse a
-truncated one before printing anything.
+The file is written as NAME.partial (readable by its owner only: it holds
+addresses, headers and namespace names), flushed at least once a second,
+and renamed when complete. A recorder that dies (SIGKILL, the OOM killer, a
+full disk) leaves a .partial file without trailer or end marker: `read()`
+takes it up to its last whole frame and says where it was cut.
+
+Every frame is checked before use (sizes per type, JSON shapes in
+ipvtrace/header.py, each length against the file), so a malformed file is
+one RecordingError, with memory bounded by the file's size.
 """
 from __future__ import annotations
 
@@ -25,9 +31,13 @@ import json
 import mmap
 import os
 import struct
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator
+
+from . import header as schema
+from .files import private_open
 
 MAGIC = b"IPVTREC\0"
 END_MAGIC = b"IPVTEND\0"
@@ -38,10 +48,17 @@ END = struct.Struct("<I8s")
 
 F_HEADER, F_EVENT, F_TICK, F_SNAPSHOT, F_TRAILER, F_LOST = 1, 2, 3, 4, 5, 6
 LOST = struct.Struct("<QQ")
+FIXED_SIZE = {F_TICK: TICK.size, F_LOST: LOST.size}
+FLUSH_EVERY_S = 1.0   # a killed recorder loses at most this much
 
 
 class RecordingError(ValueError):
     """The file is not a readable recording; str() is the one-line reason."""
+
+
+class WriteError(OSError):
+    """The recording could not be written (a full disk, an I/O error); what
+    was written before stays in the .partial file."""
 
 
 class Writer:
@@ -50,22 +67,37 @@ class Writer:
     def __init__(self, path: Path, header: dict) -> None:
         self.path = path
         self.tmp = path.with_name(path.name + ".partial")
-        self._f: BinaryIO = open(self.tmp, "wb", buffering=1 << 20)
-        self._f.write(MAGIC + struct.pack("<H", CONTAINER_VERSION))
-        self._frame(F_HEADER, json.dumps(header).encode())
+        self._f: BinaryIO = private_open(self.tmp, buffering=1 << 20)
         self.events = 0
+        self._guard(lambda: self._f.write(MAGIC + struct.pack("<H", CONTAINER_VERSION)))
+        self._frame(F_HEADER, json.dumps(header).encode())
+        self.flush()   # a recorder killed at once still leaves a readable header
+        self._flushed = time.monotonic()
+
+    def _guard(self, op):
+        try:
+            return op()
+        except OSError as exc:
+            raise WriteError(exc.errno, f"{exc.strerror} writing {self.tmp}") from exc
 
     def _frame(self, ftype: int, payload: bytes) -> int:
-        self._f.write(FRAME.pack(ftype, len(payload)))
-        self._f.write(payload)
+        self._guard(lambda: self._f.write(FRAME.pack(ftype, len(payload)) + payload))
         return FRAME.size + len(payload)
 
     def event(self, raw: bytes) -> None:
-        self._f.write(FRAME.pack(F_EVENT, len(raw)) + raw)   # one buffered write per event
+        self._frame(F_EVENT, raw)   # one buffered write per event
         self.events += 1
 
     def tick(self, ktime: int) -> None:
         self._frame(F_TICK, TICK.pack(ktime))
+        if time.monotonic() - self._flushed >= FLUSH_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand the buffered frames to the kernel: a SIGKILL loses nothing
+        written before this (the page cache outlives the process)."""
+        self._guard(self._f.flush)
+        self._flushed = time.monotonic()
 
     def lost(self, ktime: int, count: int) -> None:
         self._frame(F_LOST, LOST.pack(ktime, count))
@@ -76,18 +108,24 @@ class Writer:
     def close(self, trailer: dict) -> None:
         trailer = dict(trailer, events=self.events)
         n = self._frame(F_TRAILER, json.dumps(trailer).encode())
-        self._f.write(END.pack(n, END_MAGIC))
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        self._guard(lambda: self._f.write(END.pack(n, END_MAGIC)))
+        self.flush()
+        self._guard(lambda: os.fsync(self._f.fileno()))
         self._f.close()
         os.replace(self.tmp, self.path)
 
-    def abort(self) -> None:
-        """Drop a half-written file (nothing by the user's name is created)."""
+    def keep_partial(self) -> Path:
+        """Stop writing, keep what reached the file (replay reads a .partial
+        up to its last whole frame); returns its path."""
+        try:
+            self._f.flush()
+        except OSError:
+            pass   # the disk is full: what the kernel has is what is kept
         try:
             self._f.close()
-        finally:
-            self.tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        return self.tmp
 
 
 RELEASE_EVERY = 16 << 20   # replay gives back the pages it has read, every 16 MiB
@@ -99,14 +137,19 @@ class Recording:
     trailer: dict
     data: bytes | mmap.mmap   # the file, mapped: memory stays bounded however large
     start: int      # offset of the first frame after the header
-    end: int        # offset of the trailer frame
+    end: int        # offset of the trailer frame (or of the cut)
+    cut_at: int | None = None   # a file without end marker: where its last whole frame ends
+    size: int = 0
+    frames_before_cut: int = field(default=0)
 
     def frames(self) -> Iterator[tuple[int, bytes]]:
-        """(type, payload) for every frame between header and trailer."""
+        """(type, payload) for every frame between header and trailer, each
+        checked: type, size per type, JSON shape."""
         data, off, end = self.data, self.start, self.end
         unpack = FRAME.unpack_from
         release = getattr(data, "madvise", None)
         released = 0
+        fixed = FIXED_SIZE
         while off < end:
             if release is not None and off - released >= RELEASE_EVERY:
                 upto = off & ~(mmap.PAGESIZE - 1)   # drop what is read from our page tables
@@ -116,17 +159,40 @@ class Recording:
                 raise RecordingError(f"corrupted: frame header cut at byte {off}")
             ftype, n = unpack(data, off)
             off += FRAME.size
-            if off + n > end or ftype not in (F_EVENT, F_TICK, F_SNAPSHOT, F_LOST):
+            if (off + n > end or ftype not in (F_EVENT, F_TICK, F_SNAPSHOT, F_LOST)
+                    or fixed.get(ftype, n) != n):
                 raise RecordingError(f"corrupted: bad frame (type {ftype}, {n} bytes) at byte {off - FRAME.size}")
-            yield ftype, data[off:off + n]
+            if ftype == F_SNAPSHOT:
+                yield ftype, _json(data[off:off + n], schema.snapshot, f"snapshot at byte {off}")
+            else:
+                yield ftype, data[off:off + n]
             off += n
 
     def snapshots(self) -> list[dict]:
         snaps = [self.header.get("snapshot", {})]
         for ftype, payload in self.frames():
             if ftype == F_SNAPSHOT:
-                snaps.append(json.loads(payload))
+                snaps.append(payload)
         return snaps
+
+    def cut_warning(self, path: Path) -> str | None:
+        """One line for a file that ends without its end marker."""
+        if self.cut_at is None:
+            return None
+        return (f"{path}: recording cut at byte {self.cut_at} of {self.size} (no end marker: the "
+                "recorder was killed or its disk filled); replaying what comes before, "
+                "unfinished packets marked incomplete")
+
+
+def _json(raw: bytes, check, what: str):
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise RecordingError(f"corrupted {what} (not JSON)") from None
+    try:
+        return check(obj)
+    except schema.BadFrame as exc:
+        raise RecordingError(f"corrupted {what}: {exc}") from None
 
 
 def read(path: Path) -> Recording:
@@ -141,36 +207,47 @@ def read(path: Path) -> Recording:
         raise RecordingError(f"{path}: is a directory, not a recording") from None
     except PermissionError:
         raise RecordingError(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise RecordingError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if not data:
         raise RecordingError(f"{path}: empty file, not a recording")
-    if data[:len(MAGIC)] != MAGIC:
-        if Path(str(path) + ".partial").exists() or str(path).endswith(".partial"):
-            raise RecordingError(f"{path}: not a complete recording (an interrupted .partial file)")
-        raise RecordingError(f"{path}: not an ipvtrace recording (bad magic)")
     if len(data) < len(MAGIC) + 2:
-        raise RecordingError(f"{path}: truncated inside the file header")
+        if MAGIC.startswith(bytes(data[:len(MAGIC)])):
+            raise RecordingError(f"{path}: truncated inside the file header")
+        raise RecordingError(f"{path}: not an ipvtrace recording (bad magic)")
+    if data[:len(MAGIC)] != MAGIC:
+        raise RecordingError(f"{path}: not an ipvtrace recording (bad magic)")
     (version,) = struct.unpack_from("<H", data, len(MAGIC))
     if version != CONTAINER_VERSION:
         raise RecordingError(
             f"{path}: recording container version {version}; this ipvtrace reads version {CONTAINER_VERSION}"
         )
     off = len(MAGIC) + 2
-    header, off = _json_frame(data, off, F_HEADER, path, "header")
-    if len(data) < off + END.size or data[-8:] != END_MAGIC:
-        raise RecordingError(
-            f"{path}: truncated: no end-of-recording marker (was the recorder killed?)"
-        )
-    tlen, _ = END.unpack_from(data, len(data) - END.size)
-    tstart = len(data) - END.size - tlen
-    if tstart < off:
-        raise RecordingError(f"{path}: corrupted: bad trailer length")
-    trailer, tend = _json_frame(data, tstart, F_TRAILER, path, "trailer")
-    if tend != len(data) - END.size:
-        raise RecordingError(f"{path}: corrupted: trailer does not end at the end marker")
-    return Recording(header=header, trailer=trailer, data=data, start=off, end=tstart)
+    header, off = _json_frame(data, off, F_HEADER, path, "header", schema.header)
+    if len(data) >= off + END.size and data[-8:] == END_MAGIC:
+        tlen, _ = END.unpack_from(data, len(data) - END.size)
+        tstart = len(data) - END.size - tlen
+        if tstart < off:
+            raise RecordingError(f"{path}: corrupted: bad trailer length")
+        trailer, tend = _json_frame(data, tstart, F_TRAILER, path, "trailer", schema.trailer)
+        if tend != len(data) - END.size:
+            raise RecordingError(f"{path}: corrupted: trailer does not end at the end marker")
+        return Recording(header=header, trailer=trailer, data=data, start=off, end=tstart,
+                         size=len(data))
+    # no end marker: the recorder died. Keep every whole frame before the cut
+    # (a trailer frame there means the end marker alone is missing).
+    end, n = off, 0
+    while end + FRAME.size <= len(data):
+        ftype, flen = FRAME.unpack_from(data, end)
+        if ftype == F_TRAILER or end + FRAME.size + flen > len(data):
+            break
+        end += FRAME.size + flen
+        n += 1
+    return Recording(header=header, trailer={}, data=data, start=off, end=end, cut_at=end,
+                     size=len(data), frames_before_cut=n)
 
 
-def _json_frame(data: bytes, off: int, want: int, path: Path, what: str) -> tuple[dict, int]:
+def _json_frame(data, off: int, want: int, path: Path, what: str, check) -> tuple[dict, int]:
     if off + FRAME.size > len(data):
         raise RecordingError(f"{path}: truncated before the {what}")
     ftype, n = FRAME.unpack_from(data, off)
@@ -180,9 +257,6 @@ def _json_frame(data: bytes, off: int, want: int, path: Path, what: str) -> tupl
     if off + n > len(data):
         raise RecordingError(f"{path}: truncated inside the {what}")
     try:
-        obj = json.loads(data[off:off + n])
-    except ValueError:
-        raise RecordingError(f"{path}: corrupted {what} (not JSON)") from None
-    if not isinstance(obj, dict):
-        raise RecordingError(f"{path}: corrupted {what}")
-    return obj, off + n
+        return _json(data[off:off + n], check, what), off + n
+    except RecordingError as exc:
+        raise RecordingError(f"{path}: {exc}") from None

@@ -146,9 +146,15 @@ def run_live(opts: LiveOptions) -> dict:
                 kstats = tracer.kernel_stats()
                 src.tick(now, kstats)
             summary = src.close(ended_by=stop.why or "duration", kstats=kstats)
+        except recording.WriteError as exc:
+            kept = writer.keep_partial() if writer is not None else None
+            raise recording.WriteError(
+                exc.errno, f"{exc.strerror}: recording stopped; what was written is kept in "
+                f"{kept} (ipvtrace replay reads it)") from None
         except BaseException:
-            if writer is not None:
-                writer.abort()
+            if writer is not None:   # nothing recorded is thrown away
+                kept = writer.keep_partial()
+                print(f"ipvtrace: what was recorded is kept in {kept}", file=sys.stderr)
             raise
     if opts.on_summary:
         opts.on_summary(summary)
@@ -288,57 +294,60 @@ def _codes(fmt: str) -> list[str]:
 def run_replay(path: Path, sink: Callable[[Row], None] | None,
                row_filter: Callable[[Row], bool] | None = None,
                packet_sink: Callable | None = None,
-               on_header: Callable[[dict], None] | None = None) -> dict:
+               on_header: Callable[[dict], None] | None = None,
+               on_warning: Callable[[str], None] | None = None) -> dict:
     """Feed a recording through the pipeline; RecordingError for a bad file.
 
     The file is read once: *on_header* sees its header before any packet, and
-    the row filters `record` kept in it apply together with *row_filter*."""
+    the row filters `record` kept in it apply together with *row_filter*. A
+    file cut short (its recorder died) is replayed up to its last whole
+    frame; *on_warning* gets one line saying where it was cut."""
+    from .decode import DecodeError
     from .filters import RowFilter
 
-    rec = recording.read(path)
+    rec = recording.read(path)   # header, trailer and layout checked (ipvtrace/header.py)
     h = rec.header
-    kept = RowFilter.from_json(h.get("row_filters"))
-    if kept:
-        given = row_filter
-        row_filter = (lambda row: kept.matches(row) and given(row)) if given else kept.matches
-    if on_header is not None:
-        on_header(h)
-    if h.get("format") != "ipvtrace-recording":
-        raise recording.RecordingError(f"{path}: header is not an ipvtrace recording header")
-    try:
-        lay = layout.Layout.from_json(h["layout"])
-        t0 = int(h["start_ktime"])
-        reasons = {int(k): v for k, v in h.get("drop_reasons", {}).items()}
-        symbols = {int(k, 16): v for k, v in rec.trailer.get("symbols", {}).items()}
-    except (KeyError, TypeError, ValueError) as exc:
-        raise recording.RecordingError(f"{path}: corrupted header ({exc})") from None
+    lay = layout.Layout.from_json(h["layout"])
     version = max(int(h.get("format_version", 0)), lay.format_version)
     if version > layout.current().format_version:
         raise recording.RecordingError(
             f"{path}: recording format version {version} is newer than this "
             f"ipvtrace reads ({layout.current().format_version}); upgrade ipvtrace"
         )
+    kept = RowFilter.from_json(h.get("row_filters"))
+    if kept:
+        given = row_filter
+        row_filter = (lambda row: kept.matches(row) and given(row)) if given else kept.matches
+    if on_header is not None:
+        on_header(h)
+    warning = rec.cut_warning(path)
+    if warning and on_warning is not None:
+        on_warning(warning)
+    reasons = {int(k): v for k, v in h.get("drop_reasons", {}).items()}
+    symbols = {int(k, 16): v for k, v in rec.trailer.get("symbols", {}).items()}
     pipe = Pipeline(lay, snapshots=[h.get("snapshot", {})], drop_reasons=reasons,
-                    symbols=symbols, t0=t0, sink=sink, row_filter=row_filter,
+                    symbols=symbols, t0=int(h["start_ktime"]), sink=sink, row_filter=row_filter,
                     packet_sink=packet_sink)
-    from .decode import DecodeError
-    for ftype, payload in rec.frames():
-        if ftype == recording.F_EVENT:
-            try:
-                ev = pipe.decode(payload)
-            except DecodeError as exc:
-                raise recording.RecordingError(f"{path}: corrupted event ({exc})") from None
-            pipe.event(ev)
-        elif ftype == recording.F_TICK:
-            pipe.tick(recording.TICK.unpack(payload)[0])
-        elif ftype == recording.F_LOST:
-            pipe.lost(recording.LOST.unpack(payload)[1])
-        elif ftype == recording.F_SNAPSHOT:
-            import json
-            pipe.snapshot(json.loads(payload))
+    try:
+        for ftype, payload in rec.frames():
+            if ftype == recording.F_EVENT:
+                pipe.event(pipe.decode(payload))
+            elif ftype == recording.F_TICK:
+                pipe.tick(recording.TICK.unpack(payload)[0])
+            elif ftype == recording.F_LOST:
+                pipe.lost(recording.LOST.unpack(payload)[1])
+            elif ftype == recording.F_SNAPSHOT:
+                pipe.snapshot(payload)
+    except DecodeError as exc:
+        raise recording.RecordingError(f"{path}: corrupted event ({exc})") from None
+    except recording.RecordingError as exc:
+        raise recording.RecordingError(f"{path}: {exc}") from None
+    if rec.cut_at is not None:
+        pipe.lost(0)   # what the recorder held when it died is missing: open packets are incomplete
     pipe.finish()
     summary = pipe.summary()
     summary["header"] = {k: h.get(k) for k in ("kernel", "ipvtrace_version", "format_version",
                                                 "cannot_show", "start_ktime", "start_wall")}
     summary["trailer"] = rec.trailer
+    summary["cut_at"] = rec.cut_at
     return summary

@@ -54,6 +54,7 @@ def test_textfile_and_http_agree_with_the_report(tmp_path):
         assert misses == {"rx_ret": 1.0, "xmit_ret": 0.0}
         assert fams["ipvtrace_up"].samples[0].value == 1
     assert not list(tmp_path.glob("*.tmp*")), "the textfile is written by rename"
+    assert prom.stat().st_mode & 0o777 == 0o600, "it names namespaces: owner only"
     export(dict(REPORT, ended_by="SIGINT"))   # stats ends: counters stay, up goes to 0
     last = families(prom.read_text())
     assert last["ipvtrace_up"].samples[0].value == 0
@@ -61,7 +62,8 @@ def test_textfile_and_http_agree_with_the_report(tmp_path):
 
 
 def test_listen_address_forms():
-    assert parse_listen("9437") == ("0.0.0.0", 9437)
+    assert parse_listen("9437") == ("127.0.0.1", 9437)   # loopback unless an address is given
+    assert parse_listen("0.0.0.0:9437") == ("0.0.0.0", 9437)
     assert parse_listen("127.0.0.1:9437") == ("127.0.0.1", 9437)
     assert parse_listen("[::1]:9437") == ("::1", 9437)
     for bad in ("abc", "1.2.3.4:", "70000"):

@@ -1,0 +1,159 @@
+"""Hostile recordings: the reader, mutated from real kernels' recordings.
+
+Every input either replays or fails with RecordingError (one line, exit 2 in
+the CLI); nothing else may escape, and memory stays bounded by the file.
+Mutations act where a stranger's file would differ: JSON values of the
+header, snapshots and trailer replaced by values of any type, frame headers
+and event bytes flipped, frames cut, repeated or dropped.
+
+The fast tier tries IPVTRACE_FUZZ_EXAMPLES inputs per strategy (default 150);
+`IPVTRACE_FUZZ_EXAMPLES=20000 scripts/test tests/test_fuzz_reader.py` is the
+long run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ipvtrace import recording, session
+
+FIX = Path(__file__).parent / "fixtures"
+EXAMPLES = int(os.environ.get("IPVTRACE_FUZZ_EXAMPLES", "150"))
+SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
+                    suppress_health_check=list(HealthCheck))
+
+
+def frames_of(path: Path) -> tuple[dict, list[tuple[int, bytes]], dict]:
+    rec = recording.read(path)
+    frames = []
+    for t, p in rec.frames():
+        frames.append((t, json.dumps(p).encode() if t == recording.F_SNAPSHOT else bytes(p)))
+        if len(frames) >= 120:   # small inputs: many of them per second
+            break
+    return rec.header, frames, rec.trailer
+
+
+def pack(header, frames, trailer, end=True) -> bytes:
+    out = bytearray(recording.MAGIC + struct.pack("<H", recording.CONTAINER_VERSION))
+    h = header if isinstance(header, bytes) else json.dumps(header).encode()
+    out += recording.FRAME.pack(recording.F_HEADER, len(h)) + h
+    for t, p in frames:
+        out += recording.FRAME.pack(t, len(p)) + p
+    if end:
+        tr = trailer if isinstance(trailer, bytes) else json.dumps(trailer).encode()
+        out += recording.FRAME.pack(recording.F_TRAILER, len(tr)) + tr
+        out += recording.END.pack(recording.FRAME.size + len(tr), recording.END_MAGIC)
+    return bytes(out)
+
+
+BASES = {k: frames_of(FIX / f"{k}.ipvt") for k in ("article-6.12", "topologies-6.1")}
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70)
+    | st.floats(allow_nan=True) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=8,
+)
+
+
+def paths(obj, prefix=()):
+    """Every (path) to a value inside a JSON object."""
+    yield prefix
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from paths(v, prefix + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj[:3]):
+            yield from paths(v, prefix + (i,))
+
+
+def replace_at(obj, path, value):
+    if not path:
+        return value
+    obj = json.loads(json.dumps(obj))
+    cur = obj
+    for p in path[:-1]:
+        cur = cur[p]
+    cur[path[-1]] = value
+    return obj
+
+
+def survives(tmp_path: Path, data: bytes) -> None:
+    p = tmp_path / "fuzz.ipvt"
+    p.write_bytes(data)
+    try:
+        session.run_replay(p, sink=lambda row: None)
+    except recording.RecordingError as exc:
+        assert "\n" not in str(exc)
+
+
+@SETTINGS
+@given(base=st.sampled_from(sorted(BASES)), where=st.sampled_from(["header", "trailer", "snapshot"]),
+       pick=st.integers(min_value=0), value=json_values, data=st.data())
+def test_json_frames_of_any_shape(tmp_path_factory, base, where, pick, value, data):
+    header, frames, trailer = BASES[base]
+    if where == "header":
+        ps = list(paths(header))
+        header = replace_at(header, ps[pick % len(ps)], value)
+    elif where == "trailer":
+        ps = list(paths(trailer))
+        trailer = replace_at(trailer, ps[pick % len(ps)], value)
+    else:
+        snap = json.loads(json.dumps(header.get("snapshot", {})))
+        ps = list(paths(snap))
+        new = json.dumps(replace_at(snap, ps[pick % len(ps)], value), allow_nan=True).encode()
+        frames = frames[:5] + [(recording.F_SNAPSHOT, new)] + frames[5:]
+    survives(tmp_path_factory.mktemp("j"), pack(header, frames, trailer))
+
+
+@SETTINGS
+@given(base=st.sampled_from(sorted(BASES)),
+       edits=st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), min_size=1, max_size=8),
+       cut=st.none() | st.integers(min_value=0), end=st.booleans())
+def test_bytes_flipped_and_cut(tmp_path_factory, base, edits, cut, end):
+    header, frames, trailer = BASES[base]
+    data = bytearray(pack(header, frames, trailer, end=end))
+    hlen = 15 + len(json.dumps(header))
+    for pos, val in edits:   # past the header: frame headers and event bytes
+        data[hlen + pos % (len(data) - hlen)] = val
+    if cut is not None:
+        data = data[: cut % (len(data) + 1)]
+    survives(tmp_path_factory.mktemp("b"), bytes(data))
+
+
+@SETTINGS
+@given(base=st.sampled_from(sorted(BASES)), ftype=st.integers(0, 255),
+       payload=st.binary(max_size=300), at=st.integers(min_value=0))
+def test_frames_of_any_type_and_size(tmp_path_factory, base, ftype, payload, at):
+    header, frames, trailer = BASES[base]
+    i = at % (len(frames) + 1)
+    frames = frames[:i] + [(ftype, payload)] + frames[i:]
+    survives(tmp_path_factory.mktemp("f"), pack(header, frames, trailer))
+
+
+@pytest.mark.parametrize("hdr_max", [2**33, 2**62, 10**6])
+def test_a_huge_size_in_the_header_allocates_nothing(tmp_path, hdr_max):
+    """The file names a size; the reader never allocates what a file says
+    before checking it (here under a 512 MiB address-space limit)."""
+    header, frames, trailer = BASES["article-6.12"]
+    header = json.loads(json.dumps(header))
+    header["layout"]["hdr_max"] = hdr_max
+    header["layout"]["fmt"] = header["layout"]["fmt"].replace("128s", f"{hdr_max}s")
+    p = tmp_path / "huge.ipvt"
+    p.write_bytes(pack(header, frames, trailer))
+    limit = 512 << 20
+    r = subprocess.run([sys.executable, "-m", "ipvtrace", "replay", str(p)], capture_output=True,
+                       text=True, timeout=60,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and "MemoryError" not in r.stderr
+    assert r.stderr.startswith("ipvtrace: error: ") and "layout" in r.stderr, r.stderr
