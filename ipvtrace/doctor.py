@@ -67,6 +67,15 @@ def run_checks() -> tuple[list[Check], probes.ProbePlan | None]:
     btf = Path("/sys/kernel/btf/ipvlan").exists()
     out.append(Check("ipvlan BTF", btf, "/sys/kernel/btf/ipvlan" if btf else "absent (not needed: "
                      "ipvtrace reads modes from netlink)", required=False))
+    if tracefs is not None and kprobes:
+        left = probes.leftover_probe_events(tracefs)
+        out.append(Check("leftover probes", not left,
+                         "none of a killed ipvtrace in kprobe_events" if not left else
+                         f"{len(left)} left by killed tracers: "
+                         + ", ".join(f"{n} (pid {p} gone)" for n, p in left),
+                         "the next ipvtrace start removes them, or: "
+                         + "; ".join(f"echo -:{n} >> {tracefs}/kprobe_events" for n, _ in left[:2]),
+                         required=False))
     plan = None
     if tracefs is not None and kprobes and ipvlan:
         try:

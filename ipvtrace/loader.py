@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+from pathlib import Path
 from typing import Callable
 
 from . import layout
@@ -55,10 +56,20 @@ class Tracer:
         self._cb: Callable | None = None
         self._ring = None            # ringbuf.MappedRing, when this CPU allows it
         self._handle: Callable[[bytes], None] | None = None
+        self.removed_leftovers: list[str] = []
 
     def __enter__(self) -> "Tracer":
         require_root()
         bcc = import_bcc()
+        from .probes import remove_leftover_probe_events
+
+        # a killed ipvtrace's return probes stay in kprobe_events: take them out
+        self.removed_leftovers = remove_leftover_probe_events(Path(self.plan.tracefs))
+        if self.removed_leftovers:
+            import sys
+
+            print(f"ipvtrace: removed {len(self.removed_leftovers)} probe(s) a killed ipvtrace "
+                  f"left in kprobe_events", file=sys.stderr)
         src = layout.BPF_DIR / "ipvtrace.c"
         try:
             extra = [f"-DIPVT_FILTER_EXPR={self.filter_c}"] if self.filter_c else []

@@ -98,6 +98,22 @@ class Lab:
                 if exc.errno != errno.ENOENT:
                     raise
 
+    def add_namespace(self, name: str) -> None:
+        """One more namespace (a pod coming up), removed with the lab."""
+        from pyroute2 import netns
+
+        checkpoint()
+        netns.create(name)
+        self._made.append(name)
+        self.link_up(name, "lo")
+
+    def remove_namespace(self, name: str) -> None:
+        """A pod going away: its namespace and the devices in it."""
+        from pyroute2 import netns
+
+        self._made.remove(name)
+        netns.remove(name)
+
     # -- building blocks -------------------------------------------------
     def ipr(self, ns: str):
         from pyroute2 import IPRoute

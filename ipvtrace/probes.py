@@ -164,6 +164,44 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
     return plan
 
 
+_BCC_EVENT = re.compile(r"^[pr]\d*:(?:\S+/)?([pr]_(\S+)_bcc_(\d+))\s")
+
+
+def leftover_probe_events(tracefs: Path) -> list[tuple[str, int]]:
+    """(event name, pid) of ipvtrace's probes in tracefs `kprobe_events` whose
+    process is gone. bcc makes its return probes there (for `maxactive`) and
+    only its own cleanup removes them: a tracer killed by SIGKILL (OOM
+    killer, a node drain) leaves them behind, each still costing a kprobe
+    hit. Ours are bcc's `p_/r_<symbol>_bcc_<pid>` on the symbols of SPECS."""
+    ours = tuple(sorted({sp.symbol for sp in SPECS}, key=len, reverse=True))
+    out = []
+    try:
+        text = (tracefs / "kprobe_events").read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        m = _BCC_EVENT.match(line + " ")
+        if not m or not m.group(2).startswith(ours):
+            continue
+        pid = int(m.group(3))
+        if not Path(f"/proc/{pid}").exists():
+            out.append((m.group(1), pid))
+    return out
+
+
+def remove_leftover_probe_events(tracefs: Path) -> list[str]:
+    """Remove what leftover_probe_events() finds; returns the names removed."""
+    removed = []
+    for name, _pid in leftover_probe_events(tracefs):
+        try:
+            with open(tracefs / "kprobe_events", "a") as f:
+                f.write(f"-:{name}\n")
+            removed.append(name)
+        except OSError:
+            pass   # busy (still enabled somewhere): doctor names it
+    return removed
+
+
 def preempt_rt() -> bool:
     """A PREEMPT_RT kernel says so in /sys/kernel/realtime (and in uname -v)."""
     try:

@@ -93,3 +93,23 @@ def test_dashboard_renders_counters_and_recent(rows):
     assert f"tx.l2.local {sum(r['branch'] == 'tx.l2.local' for r in rows)}" in text
     assert text.count("\n") < 30   # 5 recent rows, not all of them
     assert rows[-1]["summary"][:30] in text
+
+
+def test_leftover_probes_of_dead_tracers_are_found(tmp_path):
+    """bcc's return probes of a SIGKILLed ipvtrace stay in kprobe_events:
+    found (for removal at the next start, and for doctor) when their pid is
+    gone; a live tracer's and other tools' probes are left alone."""
+    import os
+
+    from ipvtrace import probes
+
+    dead = 4194303   # above pid_max's default: no such process
+    (tmp_path / "kprobe_events").write_text(
+        f"r128:kprobes/r_ipvlan_queue_xmit_bcc_{dead} ipvlan_queue_xmit\n"
+        f"r128:kprobes/r_ipvlan_rcv_frame_isra_0_bcc_{dead} ipvlan_rcv_frame.isra.0\n"
+        f"r128:kprobes/r_dev_forward_skb_bcc_{os.getpid()} dev_forward_skb\n"
+        f"r:kprobes/r_tcp_sendmsg_bcc_{dead} tcp_sendmsg\n"
+        "p:kprobes/myprobe ipvlan_queue_xmit\n")
+    left = probes.leftover_probe_events(tmp_path)
+    assert left == [(f"r_ipvlan_queue_xmit_bcc_{dead}", dead),
+                    (f"r_ipvlan_rcv_frame_isra_0_bcc_{dead}", dead)]

@@ -19,10 +19,12 @@ from pathlib import Path
 from . import initramfs
 
 KERNEL_ALIASES = {
-    # Debian 12's default kernel and its backported 6.12: never hard-code the
-    # ABI number, read what /boot has.
-    "6.1": "6.1.*-amd64",
-    "6.12": "6.12.*-amd64",
+    # Debian 12's default kernel, its backported 6.12 and the PREEMPT_RT 6.1:
+    # never hard-code the ABI number, read what /boot has. "6.1" must not
+    # pick the RT build, which the glob 6.1.*-amd64 also matches.
+    "6.1": ("6.1.*-amd64", "generic"),
+    "6.12": ("6.12.*-amd64", "generic"),
+    "6.1-rt": ("6.1.*-rt-amd64", "rt"),
 }
 
 
@@ -40,19 +42,31 @@ class VMResult:
     accel: str
 
 
+def _flavour(release: str) -> str:
+    return "rt" if "-rt-" in release else "generic"
+
+
 def resolve_kernel(name: str) -> str:
-    """Map '6.1' / '6.12' / a full release to an installed kernel release."""
-    pattern = KERNEL_ALIASES.get(name, name)
+    """Map an alias ('6.1', '6.12', '6.1-rt') or a full release
+    ('6.1.0-57-rt-amd64') to an installed kernel release."""
+    pattern, flavour = KERNEL_ALIASES.get(name, (name, None))
     found = sorted(
-        Path(p).name.removeprefix("vmlinuz-")
-        for p in glob.glob(f"/boot/vmlinuz-{pattern}")
+        (r for r in (Path(p).name.removeprefix("vmlinuz-")
+                     for p in glob.glob(f"/boot/vmlinuz-{pattern}"))
+         if flavour is None or _flavour(r) == flavour),
+        key=_release_key,
     )
     if not found:
         raise VMError(
-            f"no kernel matching {pattern!r} in /boot; install it with "
-            "scripts/setup (linux-image-amd64 / linux-image-6.12-amd64)"
+            f"no kernel matching {name!r} in /boot; install it with scripts/setup "
+            "(linux-image-amd64 / linux-image-6.12-amd64 / linux-image-rt-amd64)"
         )
     return found[-1]
+
+
+def _release_key(release: str) -> list:
+    """Newest last: compare the numbers in the release as numbers (6.1.0-57 > 6.1.0-9)."""
+    return [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", release)]
 
 
 def kvm_usable() -> bool:
