@@ -131,9 +131,12 @@ def print_stats(summary: dict, console: Console, as_json: bool = False) -> None:
 class Dashboard:
     """`ipvtrace live` on a terminal: a header, counters per branch (drops
     highlighted) and the most recent packets. Redraws follow the clock
-    (rich Live), not the packet rate, so it stays readable under load."""
+    (rich Live, in its own thread), not the packet rate, so it stays readable
+    under load. Rows arrive on the consumer's thread and are drawn on rich's:
+    the state is handed over under a lock, and drawn from a copy."""
 
     def __init__(self, *, recent: int = 15, console: Console | None = None) -> None:
+        import threading
         from collections import Counter, deque
 
         self.console = console or Console(highlight=False)
@@ -142,39 +145,44 @@ class Dashboard:
         self.packets = 0
         self.header = "ipvtrace: compiling and attaching probes..."
         self.lost = 0
+        self._lost = None
+        self._lock = threading.Lock()
         self._live = None
 
     def attached(self, header: str, lost) -> None:
-        self.header = header
-        self._lost = lost
+        with self._lock:
+            self.header = header
+            self._lost = lost
 
     def __call__(self, row: dict) -> None:
-        self.packets += 1
-        self.branches[row["branch"]] += 1
-        for m in row.get("mcast", []):
-            self.branches[m["branch"]] += 1
-        self.rows.append(row)
+        with self._lock:
+            self.packets += 1
+            self.branches[row["branch"]] += 1
+            for m in row.get("mcast", []):
+                self.branches[m["branch"]] += 1
+            self.rows.append(row)
 
     def __rich__(self):
         from rich.console import Group
         from rich.table import Table
 
-        if getattr(self, "_lost", None) is not None:
-            self.lost = self._lost()
-        head = Text(f"{self.header}   packets {self.packets}   ")
+        with self._lock:   # a consistent copy; drawing happens outside the lock
+            header, packets, lost_fn = self.header, self.packets, self._lost
+            items = sorted(self.branches.items())
+            rows = list(self.rows)
+        if lost_fn is not None:
+            self.lost = lost_fn()
+        head = Text(f"{header}   packets {packets}   ")
         head.append(f"lost events {self.lost}", style="bold red" if self.lost else "green")
         counts = Table(box=None, show_header=False, padding=(0, 2))
-        items = sorted(self.branches.items())
         for i in range(0, len(items), 4):
             cells = []
             for b, n in items[i:i + 4]:
                 bad = "drop" in b or b == "unknown"
                 cells.append(Text(f"{b} {n}", style="bold red" if bad else ""))
             counts.add_row(*cells)
-        recent = Table(box=None, padding=(0, 1))
-        for name, width in COLUMNS:
-            recent.add_column(name, width=width, no_wrap=True, overflow="ellipsis")
-        for row in self.rows:
+        recent = dashboard_table()
+        for row in rows:
             bad = row.get("delivery") in ("dropped", "slave_down", "forward_failed")
             recent.add_row(f"{row['time']:.6f}" if row.get("time") is not None else "?",
                            _dev(row.get("from")), _dev(row.get("to")), row.get("summary") or "?",
@@ -192,6 +200,25 @@ class Dashboard:
     def __exit__(self, *exc) -> None:
         if self._live is not None:
             self._live.__exit__(*exc)
+
+
+# the dashboard's recent packets: TIME, BRANCH and DELIVERY are never cut
+# (the longest branch id and delivery fit); FROM, TO and PACKET share what
+# the terminal has left, PACKET the most
+FIXED = {"TIME": 13, "BRANCH": 19, "DELIVERY": 14}
+FLEX = {"FROM": 2, "TO": 2, "PACKET": 5}
+
+
+def dashboard_table():
+    from rich.table import Table
+
+    t = Table(box=None, padding=(0, 1), pad_edge=False, expand=True)
+    for name, _ in COLUMNS:
+        if name in FIXED:
+            t.add_column(name, min_width=FIXED[name], no_wrap=True)
+        else:
+            t.add_column(name, ratio=FLEX[name], min_width=4, no_wrap=True, overflow="ellipsis")
+    return t
 
 
 def stats_table(report: dict | None):

@@ -190,6 +190,8 @@ class _LiveStream:
         self._entry_ids = {ids[p] for p in ENTRY_PROBES}
         self._free_ids = {ids["kfree"], ids["consume"]}
         self._known: set[tuple[int, int]] = set()
+        self.refreshes = 0
+        self.refresh_s = 0.0
 
     def _resolve(self, addr: int) -> str | None:
         name = self.symbols.get(addr)
@@ -234,14 +236,19 @@ class _LiveStream:
         self.pipe.events += 1
 
     def _refresh(self, key: tuple[int, int]) -> None:
-        """A device appeared after the start: read netlink again, once per device."""
+        """A device appeared after the start: read its namespace (one netlink
+        dump, not the node's), once per device. Timed: `refresh_s` in the
+        summary and the trailer says what pod churn cost the consumer."""
         if key in self.tried:
             return
         self.tried.add(key)
-        snap = snapshot.take()
+        t = time.monotonic()
+        snap = snapshot.take_netns(key[0], self.pipe.ctx.topo)
         if self.writer is not None:
             self.writer.snapshot(snap)
         self.pipe.snapshot(snap)
+        self.refreshes += 1
+        self.refresh_s += time.monotonic() - t
 
     def check(self) -> None:
         if self.error is not None:
@@ -271,12 +278,16 @@ class _LiveStream:
         summary = self.pipe.summary()
         summary["lost_events"] = self.lost_seen
         summary["kernel_stats"] = kstats
+        summary["refreshes"] = self.refreshes
+        summary["refresh_s"] = round(self.refresh_s, 3)
         if self.writer is not None:
             self.writer.close({
                 "ended_by": ended_by,
                 "end_ktime": ktime_ns(),
                 "lost_events": self.lost_seen,
                 "kernel_stats": kstats,
+                "refreshes": self.refreshes,
+                "refresh_s": round(self.refresh_s, 3),
                 "symbols": {f"{a:#x}": n for a, n in self.symbols.items()},
             })
             summary["output"] = str(self.writer.path)

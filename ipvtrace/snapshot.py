@@ -95,25 +95,12 @@ def _open_iproute(ns: dict):
     return IPRoute(netns=ns["path"] if ns.get("anonymous") or not ns["name"] else ns["name"])
 
 
-def _dump_ns(ns: dict, all_ns: list[dict]) -> list[dict]:
+def _dump_ns(ns: dict) -> list[dict]:
+    """Every link of one namespace (one netlink socket, two dumps). A link
+    into another namespace keeps its peer's nsid (`link_nsid`) until
+    resolve_links() names that namespace."""
     devices = []
     with _open_iproute(ns) as ipr:
-        nsid_to_inum: dict[int, int] = {}
-        for other in all_ns:
-            if other["inum"] == ns["inum"]:
-                continue
-            try:
-                fd = os.open(other["path"], os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                r = ipr.get_netnsid(fd=fd)
-                if r and r.get("nsid") is not None and r["nsid"] >= 0:
-                    nsid_to_inum[r["nsid"]] = other["inum"]
-            except Exception:
-                pass
-            finally:
-                os.close(fd)
         addrs: dict[int, list[str]] = {}
         for a in ipr.get_addr():
             addrs.setdefault(a["index"], []).append(
@@ -135,7 +122,10 @@ def _dump_ns(ns: dict, all_ns: list[dict]) -> list[dict]:
             }
             nsid = link.get_attr("IFLA_LINK_NETNSID")
             if dev["link"] is not None:
-                dev["link_netns"] = nsid_to_inum.get(nsid) if nsid is not None else ns["inum"]
+                if nsid is None:
+                    dev["link_netns"] = ns["inum"]
+                else:
+                    dev["link_nsid"] = nsid
             if kind == "ipvlan" and info is not None:
                 data = info.get_attr("IFLA_INFO_DATA")
                 mode = data.get_attr("IFLA_IPVLAN_MODE") if data else None
@@ -148,6 +138,33 @@ def _dump_ns(ns: dict, all_ns: list[dict]) -> list[dict]:
     return devices
 
 
+def resolve_links(devices: list[dict], known: list[dict] | dict) -> None:
+    """Name the namespace behind each `link_nsid`, from the devices alone: an
+    ipvlan slave shares its parent's MAC and names its ifindex; a veth and
+    its peer name each other's ifindex. No netlink call per pair of
+    namespaces (a node with hundreds of pods would make N² of them); a link
+    that matches no device, or several, keeps link_netns None."""
+    pool = list(known.values()) if isinstance(known, dict) else list(known)
+    by_index: dict[int, list[dict]] = {}
+    for d in pool + devices:
+        by_index.setdefault(d["ifindex"], []).append(d)
+    for dev in devices:
+        if "link_nsid" not in dev:
+            continue
+        nsid = dev.pop("link_nsid")
+        cands = [d for d in by_index.get(dev["link"], ()) if d["netns"] != dev["netns"]]
+        if dev.get("kind") == "ipvlan":
+            # the parent: same MAC, and never an ipvlan slave itself (the
+            # kernel puts a slave of a slave on the first one's parent)
+            cands = [d for d in cands if d.get("mac") == dev.get("mac") and d.get("kind") != "ipvlan"]
+        else:
+            cands = [d for d in cands if d.get("link") == dev["ifindex"]] or cands
+        netns = {d["netns"] for d in cands}
+        dev["link_netns"] = netns.pop() if len(netns) == 1 else None
+        if dev["link_netns"] is None:
+            dev["link_nsid"] = nsid   # kept: a later snapshot may know the peer
+
+
 def take() -> dict:
     """A snapshot of every known namespace's devices (errors per netns are kept)."""
     _register_ipvlan_kind()
@@ -156,9 +173,45 @@ def take() -> dict:
     errors: list[str] = []
     for ns in namespaces:
         try:
-            devices.extend(_dump_ns(ns, namespaces))
+            devices.extend(_dump_ns(ns))
         except Exception as exc:  # a netns that vanished while we looked
             errors.append(f"{ns['name'] or ns['path']}: {exc}")
+    resolve_links(devices, [])
+    return _snap(namespaces, devices, errors)
+
+
+def take_netns(inum: int, known: "Topology") -> dict:
+    """A snapshot of one namespace (a pod that appeared while tracing): found
+    by its inode among `ip netns` names, then processes; its links resolved
+    against what *known* has. Costs one namespace's netlink dump, not a
+    node's."""
+    _register_ipvlan_kind()
+    ns = _find_namespace(inum)
+    if ns is None:
+        return _snap([], [], [f"netns:{inum}: gone before it could be read"])
+    try:
+        devices = _dump_ns(ns)
+    except Exception as exc:
+        return _snap([ns], [], [f"{ns['name'] or ns['path']}: {exc}"])
+    resolve_links(devices, known.devices)
+    return _snap([ns], devices, [])
+
+
+def _find_namespace(inum: int) -> dict | None:
+    if NETNS_RUN.is_dir():
+        for p in NETNS_RUN.iterdir():
+            try:
+                if netns_inode(p) == inum:
+                    return {"inum": inum, "name": p.name, "path": str(p), "root": False}
+            except OSError:
+                continue
+    for ns in list_namespaces():
+        if ns["inum"] == inum:
+            return ns
+    return None
+
+
+def _snap(namespaces: list[dict], devices: list[dict], errors: list[str]) -> dict:
     return {
         "ktime_ns": time.clock_gettime_ns(time.CLOCK_MONOTONIC),
         "wall_time": time.time(),
@@ -170,10 +223,13 @@ def take() -> dict:
 
 @dataclass
 class Topology:
-    """Lookups over one or more snapshots (later ones win)."""
+    """Lookups over one or more snapshots (later ones win). Every lookup is a
+    dict access: nothing scans all devices per packet."""
 
     ns_names: dict[int, str] = field(default_factory=dict)
     devices: dict[tuple[int, int], dict] = field(default_factory=dict)
+    # (parent netns, parent ifindex) -> the port's ipvlan {mode, flags}, from its slaves
+    ports: dict[tuple[int, int], dict] = field(default_factory=dict)
 
     @classmethod
     def from_snapshots(cls, snaps: list[dict]) -> "Topology":
@@ -189,6 +245,8 @@ class Topology:
             self.ns_names[ns["inum"]] = ns["name"] or ("root" if ns.get("root") else f"netns:{ns['inum']}")
         for d in snap.get("devices", []):
             self.devices[(d["netns"], d["ifindex"])] = d
+            if d.get("ipvlan") and d.get("link") is not None and d.get("link_netns") is not None:
+                self.ports[(d["link_netns"], d["link"])] = d["ipvlan"]
 
     def ns_name(self, inum: int) -> str:
         return self.ns_names.get(inum, f"netns:{inum}" if inum else "?")
@@ -198,13 +256,10 @@ class Topology:
 
     def port_of(self, netns: int, ifindex: int) -> dict | None:
         """ipvlan mode/flags for a slave, or for a parent (from any of its slaves)."""
-        d = self.device(netns, ifindex)
+        d = self.devices.get((netns, ifindex))
         if d and d.get("ipvlan"):
             return d["ipvlan"]
-        for s in self.devices.values():
-            if s.get("ipvlan") and s.get("link") == ifindex and s.get("link_netns") == netns:
-                return s["ipvlan"]
-        return None
+        return self.ports.get((netns, ifindex))
 
     def is_ipvlan(self, netns: int, ifindex: int) -> bool:
         d = self.device(netns, ifindex)

@@ -98,7 +98,8 @@ def run_stats(opts: StatsOptions) -> Report:
             new = tally.unknown_devices(sigs) - tried
             if new:   # a device appeared: read netlink again (once per device)
                 tried.update(new)
-                ctx.topo.add(snapshot.take())
+                for netns in {ns for ns, _ in new}:
+                    ctx.topo.add(snapshot.take_netns(netns, ctx.topo))
                 tally.forget_names()
             misses = tracer.kprobe_misses()
             return build_report(tally.rows(sigs), tracer.kernel_stats(misses), misses,

@@ -28,7 +28,7 @@ from ipvtrace import recording, session
 
 FIX = Path(__file__).parent / "fixtures"
 EXAMPLES = int(os.environ.get("IPVTRACE_FUZZ_EXAMPLES", "150"))
-SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
+SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None,
                     suppress_health_check=list(HealthCheck))
 
 

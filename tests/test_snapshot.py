@@ -1,0 +1,51 @@
+"""The netlink snapshot's data side, without netlink: links into other
+namespaces are resolved from the devices themselves (no call per pair of
+namespaces), and the per-packet lookups are dict accesses."""
+from ipvtrace.snapshot import Topology, resolve_links
+
+HOST, MAC = 4026531840, "02:00:00:00:00:01"
+
+
+def node(pods: int) -> list[dict]:
+    devs = [{"netns": HOST, "ifindex": 2, "name": "ens10", "kind": "veth", "mac": MAC,
+             "link": 3, "link_netns": HOST},
+            {"netns": HOST, "ifindex": 3, "name": "peer0", "kind": "veth", "mac": "02:00:00:00:00:02",
+             "link": 2, "link_netns": HOST}]
+    for i in range(pods):
+        devs.append({"netns": 5000 + i, "ifindex": 2, "name": "eth0", "kind": "ipvlan", "mac": MAC,
+                     "link": 2, "link_nsid": 0, "link_netns": None,
+                     "ipvlan": {"mode": "l3" if i % 2 else "l2", "flags": []}})
+    return devs
+
+
+def test_slaves_find_their_parent_by_mac_and_ifindex():
+    devs = node(500)
+    resolve_links(devs, [])
+    assert all(d["link_netns"] == HOST for d in devs if d["kind"] == "ipvlan")
+    assert all("link_nsid" not in d for d in devs)
+
+
+def test_a_veth_finds_its_peer_and_ambiguity_stays_unresolved():
+    a = {"netns": 10, "ifindex": 7, "kind": "veth", "mac": "02:aa", "link": 9, "link_nsid": 1}
+    b = {"netns": 11, "ifindex": 9, "kind": "veth", "mac": "02:bb", "link": 7, "link_nsid": 4}
+    decoy = {"netns": 12, "ifindex": 9, "kind": "dummy", "mac": "02:cc", "link": None}
+    resolve_links([a, b], [decoy])
+    assert a["link_netns"] == 11 and b["link_netns"] == 10
+    # two namespaces hold a device that fits: not guessed
+    s = {"netns": 20, "ifindex": 2, "kind": "ipvlan", "mac": MAC, "link": 2, "link_nsid": 0}
+    twins = [{"netns": n, "ifindex": 2, "kind": "veth", "mac": MAC, "link": None} for n in (1, 2)]
+    resolve_links([s], twins)
+    assert s["link_netns"] is None and s["link_nsid"] == 0
+
+
+def test_port_of_a_parent_is_indexed_and_later_snapshots_win():
+    devs = node(3)
+    resolve_links(devs, [])
+    topo = Topology.from_snapshots([{"namespaces": [], "devices": devs}])
+    assert topo.port_of(5000, 2) == {"mode": "l2", "flags": []}
+    assert topo.port_of(HOST, 2)["mode"] in ("l2", "l3")
+    # the port re-set to l3s (every slave reports it): the parent follows
+    redone = [dict(d, ipvlan={"mode": "l3s", "flags": []}) for d in devs if d["kind"] == "ipvlan"]
+    topo.add({"namespaces": [], "devices": redone})
+    assert topo.port_of(HOST, 2) == {"mode": "l3s", "flags": []}
+    assert topo.port_of(HOST, 3) is None
