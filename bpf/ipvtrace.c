@@ -43,6 +43,8 @@ struct bpf_rb_node { __u64 __opaque[4]; } __attribute__((aligned(8)));
 #ifndef IPVT_RINGBUF_PAGES
 #define IPVT_RINGBUF_PAGES 1024
 #endif
+/* in a `workers` value: an event of this worker run was not reserved */
+#define IPVT_WORKER_LOSSY (1ULL << 63)
 /* A context older than this is left over from a missed return probe. */
 #define IPVT_STALE_NS 200000000ULL
 
@@ -60,6 +62,7 @@ struct ipvt_stack {
 	__u64 ts[IPVT_STACK_MAX];
 	__u16 kind[IPVT_STACK_MAX];
 	__u8 filtered[IPVT_STACK_MAX];
+	__u8 lossy[IPVT_STACK_MAX];   /* an event of this context was not reserved */
 #ifdef IPVT_COUNT_ONLY
 	__u64 skb[IPVT_STACK_MAX];
 	__u64 enq_skb[IPVT_STACK_MAX];
@@ -276,6 +279,26 @@ static __always_inline void ev_skb(struct ipvt_event *e, struct sk_buff *skb, in
 	e->flags |= IPVT_F_HAS_HDR;
 }
 
+/* An event could not be reserved: flag the context it belonged to, so its
+ * closing event says so (IPVT_F_LOST) and its packet is incomplete. */
+static __always_inline void note_loss(struct ipvt_event *e)
+{
+	if (e->flags & IPVT_F_WORKER) {
+		__u32 tid = bpf_get_current_pid_tgid();
+		__u64 *w = workers.lookup(&tid);
+		if (w)
+			*w |= IPVT_WORKER_LOSSY;
+		return;
+	}
+	struct ipvt_stack *st = stack_get(0);
+	if (!st || !e->ctx)
+		return;
+#pragma unroll
+	for (int n = 0; n < IPVT_STACK_MAX; n++)
+		if (st->id[n] == e->ctx)
+			st->lossy[n] = 1;
+}
+
 static __always_inline void ev_submit(struct ipvt_event *e)
 {
 	__u64 size = sizeof(*e) - IPVT_HDR_MAX;
@@ -286,8 +309,10 @@ static __always_inline void ev_submit(struct ipvt_event *e)
 	asm volatile("" : "+r"(size));
 	if (size > sizeof(*e))
 		size = sizeof(*e);
-	if (events.ringbuf_output(e, size, 0) != 0)
+	if (events.ringbuf_output(e, size, 0) != 0) {
 		stat_inc(IPVT_S_LOST_BASE + e->probe);
+		note_loss(e);
+	}
 }
 
 /* The common helper event: a device and an skb (without its bytes). */
@@ -322,6 +347,7 @@ static __always_inline __u64 ctx_push(__u16 kind, __u8 *depth_out)
 	st->ts[i] = bpf_ktime_get_ns();
 	st->kind[i] = kind;
 	st->filtered[i] = 0;
+	st->lossy[i] = 0;
 	st->depth = d + 1;
 	*depth_out = d + 1;
 	return id;
@@ -330,7 +356,7 @@ static __always_inline __u64 ctx_push(__u16 kind, __u8 *depth_out)
 /* Close the innermost context of this kind; skip ones whose return was lost.
  * *idx_out: its slot, still readable until the next push. */
 static __always_inline __u64 ctx_pop_at(__u16 kind, __u8 *depth_out, __u8 *filtered,
-					 __u32 *idx_out)
+					 __u32 *idx_out, __u8 *lossy)
 {
 	struct ipvt_stack *st = stack_get(0);
 	if (!st)
@@ -347,6 +373,7 @@ static __always_inline __u64 ctx_pop_at(__u16 kind, __u8 *depth_out, __u8 *filte
 		if (st->kind[i] == kind) {
 			id = st->id[i];
 			*filtered = st->filtered[i];
+			*lossy = st->lossy[i];
 			*idx_out = i;
 			break;
 		}
@@ -355,10 +382,10 @@ static __always_inline __u64 ctx_pop_at(__u16 kind, __u8 *depth_out, __u8 *filte
 	return id;
 }
 
-static __always_inline __u64 ctx_pop(__u16 kind, __u8 *depth_out, __u8 *filtered)
+static __always_inline __u64 ctx_pop(__u16 kind, __u8 *depth_out, __u8 *filtered, __u8 *lossy)
 {
 	__u32 idx = 0;
-	return ctx_pop_at(kind, depth_out, filtered, &idx);
+	return ctx_pop_at(kind, depth_out, filtered, &idx, lossy);
 }
 
 /* The innermost open context on this CPU, or the worker's, or 0. */
@@ -385,7 +412,7 @@ static __always_inline __u64 ctx_current(__u8 *depth_out, __u8 *flags)
 	if (w) {
 		*flags |= IPVT_F_WORKER;
 		*depth_out = 0;
-		return *w;
+		return *w & ~IPVT_WORKER_LOSSY;
 	}
 	return 0;
 }
@@ -479,7 +506,8 @@ static __always_inline int count_entry_ret(struct pt_regs *ctx, __u16 probe)
 {
 	__u8 depth = 0, filtered = 0;
 	__u32 i = 0;
-	if (!ctx_pop_at(probe, &depth, &filtered, &i))
+	__u8 lossy = 0;
+	if (!ctx_pop_at(probe, &depth, &filtered, &i, &lossy))
 		return 0;
 	struct ipvt_stack *st = stack_get(0);
 	if (!st)
@@ -551,9 +579,10 @@ static __always_inline int count_helper(__u16 probe, struct sk_buff *skb, struct
 	__u64 *claim = mc_heads.lookup(&head);
 	if (!claim)
 		return 0;
+	__u64 run_id = *run & ~IPVT_WORKER_LOSSY;
 	if (*claim == 0)
-		*claim = *run;
-	else if (*claim != *run)
+		*claim = run_id;
+	else if (*claim != run_id)
 		return 0;   /* queued for an earlier run: this head was reused */
 	struct ipvt_sig w = {};
 	w.kind = IPVT_P_MC_WORK;
@@ -605,7 +634,7 @@ static __always_inline int count_free(__u16 probe, void *skbaddr, __u32 reason)
 			__u64 head = skb_head((struct sk_buff *)skbaddr);
 			__u64 *claim = mc_heads.lookup(&head);
 			if (claim && *claim == 0)
-				*claim = *run;
+				*claim = *run & ~IPVT_WORKER_LOSSY;
 		}
 		return 0;
 	}
@@ -702,7 +731,12 @@ static __always_inline int entry(__u16 probe, struct sk_buff *skb, struct net_de
 	ev_dev(e, dev);
 	ev_skb(e, skb, 1);
 #ifdef IPVT_FILTER_EXPR
-	if (!pkt_match(e)) {
+	if (pkt_match(e)) {
+		/* the allocator reuses skb->head: a packet the filter rejected
+		 * earlier at this address must not hide this one's evidence */
+		__u64 head = e->head;
+		filtered_heads.delete(&head);
+	} else {
 		struct ipvt_stack *st = stack_get(0);
 		if (st && depth > 0)
 			st->filtered[stack_idx(depth - 1)] = 1;
@@ -722,14 +756,16 @@ static __always_inline int entry_ret(struct pt_regs *ctx, __u16 probe, __u16 ret
 #ifdef IPVT_COUNT_ONLY
 	return count_entry_ret(ctx, probe);
 #endif
-	__u8 depth = 0, filtered = 0;
-	__u64 id = ctx_pop(probe, &depth, &filtered);
+	__u8 depth = 0, filtered = 0, lossy = 0;
+	__u64 id = ctx_pop(probe, &depth, &filtered, &lossy);
 	if (filtered || !id)
 		return 0;
 	struct ipvt_event *e = ev_init(ret_probe, id, depth);
 	if (!e)
 		return 0;
 	e->ret = (int)PT_REGS_RC(ctx);
+	if (lossy)
+		e->flags |= IPVT_F_LOST;
 	ev_submit(e);
 	return 0;
 }
@@ -787,7 +823,8 @@ int on_mc_work_ret(struct pt_regs *ctx)
 	__u64 *w = workers.lookup(&tid);
 	if (!w)
 		return 0;   /* the run began before the probes were armed */
-	__u64 id = *w;
+	__u64 id = *w & ~IPVT_WORKER_LOSSY;
+	__u8 lossy = (*w & IPVT_WORKER_LOSSY) != 0;
 	workers.delete(&tid);
 #ifdef IPVT_COUNT_ONLY
 	return 0;
@@ -796,6 +833,8 @@ int on_mc_work_ret(struct pt_regs *ctx)
 	if (!e)
 		return 0;
 	e->flags |= IPVT_F_WORKER;
+	if (lossy)
+		e->flags |= IPVT_F_LOST;
 	ev_submit(e);
 	return 0;
 }

@@ -7,7 +7,9 @@
 #ifndef IPVTRACE_H
 #define IPVTRACE_H
 
-#define IPVT_FORMAT_VERSION 1  /* new probe ids are additive: old files still read */
+/* 2: an event carries only the captured bytes of its frame (hdr_len), and
+ * loss is flagged on the context it hit (IPVT_F_LOST); version-1 files read */
+#define IPVT_FORMAT_VERSION 2  /* new probe ids are additive: old files still read */
 #define IPVT_HDR_MAX 128
 #define IPVT_IFNAMSIZ 16
 #define IPVT_STACK_MAX 4
@@ -52,6 +54,8 @@ enum ipvt_stat {
 #define IPVT_F_HAS_DEV 0x04  /* ifindex/ifname/netns are filled */
 #define IPVT_F_HAS_HDR 0x08  /* hdr[] holds the frame from its MAC header */
 #define IPVT_F_NO_MAC 0x10   /* no MAC header: hdr[] starts at the L3 header */
+#define IPVT_F_LOST 0x20     /* on a return (or worker return) event: an event of
+				this context could not be reserved in the ring */
 
 /* Stats mode (ipvtrace stats): instead of events, the kernel gathers what a
  * context saw into one signature and counts signatures in a hash map; user

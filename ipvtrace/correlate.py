@@ -19,6 +19,14 @@ Keys, from the strongest to the weakest:
 Time only moves with the event stream (event timestamps and recorded clock
 ticks), never the wall clock, so replay groups exactly as live did.
 
+Loss is exact where the kernel can tell (format 2): an event that could not
+be reserved in the ring flags its context, and the context's closing event
+(an entry's return, the worker's return) carries IPVT_F_LOST, so exactly the
+packets that lost evidence are incomplete. An L3S continuation has no
+closing event: a lost-events mark makes the packets still waiting for one
+incomplete. Version-1 recordings have no such flag: a mark there makes every
+open packet incomplete.
+
 Memory stays bounded however long it runs: a context whose return never
 comes (a missed kretprobe, lost events), a worker run that never ends, or a
 packet whose RX echo never returns is evicted after a few WAIT_NS, finished
@@ -82,14 +90,16 @@ class Packet:
 class _Worker:
     events: list[Event] = field(default_factory=list)
     start: int = 0                                         # mc_work's timestamp
+    lossy: bool = False                                    # mc_work_ret said: events lost
 
 
 class Correlator:
     """Feed events and ticks in stream order; packets come out when finished."""
 
     def __init__(self, emit: Callable[[Packet], None], wait_ns: int = WAIT_NS,
-                 is_l3s: Callable[[Event], bool] | None = None) -> None:
+                 is_l3s: Callable[[Event], bool] | None = None, lost_flag: int = 0) -> None:
         self.emit = emit
+        self.lost_flag = lost_flag   # IPVT_F_LOST, 0 for recordings without it
         self.wait_ns = wait_ns
         self.is_l3s = is_l3s or (lambda ev: False)
         self.open: dict[int, Packet] = {}
@@ -123,6 +133,7 @@ class Correlator:
             w = self.workers.pop(ev.ctx, None)
             self._worker_seen.pop(ev.ctx, None)
             if w is not None:
+                w.lossy = bool(ev.flags & self.lost_flag)
                 self._worker_done(w)
         else:
             self._helper(ev)
@@ -134,7 +145,14 @@ class Correlator:
         self._expire()
 
     def mark_lost(self) -> None:
-        """Events were lost: every packet open now may have holes."""
+        """Events were lost. With the kernel's per-context flag only the L3S
+        continuations (which have no closing event) may be the ones; without
+        it (version-1 files), every packet open now may have holes."""
+        if self.lost_flag:
+            for pkt in self.pending:
+                if pkt.waiting_for == "l3s":
+                    pkt.lost_overlap = True
+            return
         for pkt in self.open.values():
             pkt.lost_overlap = True
         for pkt in self.pending:
@@ -171,6 +189,8 @@ class Correlator:
         owner = self.cont_of.pop(ev.ctx, None)
         if owner is not None:
             owner.cont_ret = ev
+            if ev.flags & self.lost_flag:
+                owner.lost_overlap = True
             if owner.waiting_for == "rx":
                 self._release(owner)
             return
@@ -178,6 +198,8 @@ class Correlator:
         if pkt is None:
             pkt = Packet(entry=None)  # its entry was lost or came before we started
         pkt.ret = ev
+        if ev.flags & self.lost_flag:
+            pkt.lost_overlap = True   # the kernel could not keep all of its evidence
         self._closed(pkt)
 
     def _helper(self, ev: Event) -> None:
@@ -260,6 +282,8 @@ class Correlator:
                 continue
             pkt.worker.extend(evs)
             pkt.worker_done = True
+            if w.lossy:
+                pkt.lost_overlap = True
             self._release(pkt)
 
     def _queued_before(self, head: int, start: int) -> Packet | None:

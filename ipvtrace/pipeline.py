@@ -44,7 +44,8 @@ class Pipeline:
         self.packet_sink = packet_sink
         self.filtered_out = 0
         self.resolved: dict[int, str] = {}
-        self.correlator = Correlator(self._packet, is_l3s=self._is_l3s)
+        self.correlator = Correlator(self._packet, is_l3s=self._is_l3s,
+                                     lost_flag=lay.flags.get("lost", 0))
         self.branches: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
         self.lost_total = 0

@@ -229,3 +229,30 @@ def test_clone_queued_during_the_worker_run_does_not_take_its_events():
     assert [m["branch"] for m in tx.mcast] == ["mcast.out_parent"]
     rx_pkt, rx = got["rx"]
     assert rx_pkt.worker_done and [e.probe for e in rx_pkt.worker] == ["kfree"]
+
+
+def test_loss_is_exact_per_context():
+    """format 2: the kernel flags the context that lost an event on its
+    return; only that packet is incomplete, the one beside it is not. A
+    version-1 stream (no flag) marks every open packet at a loss mark."""
+    lost = F["lost"]
+    a = local_tx(1, 1000, 0x1000)
+    b = local_tx(2, 2000, 0x2000)
+    b[-1] = ev("xmit_ret", 2005, 2, ret=0, flags=lost)   # one of b's helpers was lost
+    out = []
+    c = Correlator(out.append, lost_flag=lost)
+    for e in a[:3] + b + a[3:]:
+        c.feed(e)
+    c.mark_lost()   # the tick's loss mark: no L3S packet waits, nothing else changes
+    c.flush()
+    got = {p.entry.ctx: classify.classify(p, CTX).complete for p in out}
+    assert got == {1: True, 2: False}
+    out.clear()
+    c = Correlator(out.append, lost_flag=0)   # a version-1 recording
+    for e in a[:3]:
+        c.feed(e)
+    c.mark_lost()
+    for e in a[3:]:
+        c.feed(e)
+    c.flush()
+    assert [classify.classify(p, CTX).complete for p in out] == [False]
