@@ -100,6 +100,22 @@ def _positive_float(s: str) -> float:
     return v
 
 
+def _ring_pages(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {s!r}") from None
+    if v < 1 or v > 1 << 18 or v & (v - 1):
+        raise argparse.ArgumentTypeError("a power of two between 1 and 262144 (pages of 4 KiB)")
+    return v
+
+
+def _ring_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ring-pages", type=_ring_pages, default=1024, metavar="N",
+                   help="BPF ring buffer size in 4 KiB pages (power of two, default 1024 = "
+                        "4 MiB); what does not fit is counted as lost, its packets incomplete")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ipvtrace",
@@ -122,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("-o", "--output", type=Path, metavar="FILE", help="also record to FILE")
     live.add_argument("--ready-file", type=Path, metavar="PATH",
                       help="create PATH once the probes are attached")
+    _ring_option(live)
     filters.add_arguments(live)
 
     rec = sub.add_parser("record", help="trace to a file for replay anywhere (root)",
@@ -132,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--duration", type=_positive_float, metavar="S", help="stop after S seconds")
     rec.add_argument("--ready-file", type=Path, metavar="PATH",
                      help="create PATH once the probes are attached")
+    _ring_option(rec)
     filters.add_arguments(rec)
 
     rep = sub.add_parser("replay", help="read a recording (no root, no bcc)",
@@ -326,7 +344,9 @@ def cmd_trace(args) -> int:
                        on_attached=getattr(sink, "attached", None),
                        filter_c=expr.c() if expr else None,
                        filter_text=" ".join(args.expression) if expr else None,
-                       row_filters=rf.to_json() if rf else None)
+                       row_filters=rf.to_json() if rf else None,
+                       ringbuf_pages=args.ring_pages)
+
     def run():
         with view:
             return run_live(opts)

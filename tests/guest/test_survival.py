@@ -160,3 +160,35 @@ def test_pod_churn_under_record_loses_nothing(pods, tmp_path):
     assert "eth0" in names
     print(f"churn: 100 pods in {churn_s:.1f} s, {rec.trailer['events']} events, "
           f"{len(snaps)} snapshots, refresh {rec.trailer.get('refresh_s')}")
+
+
+def test_a_tiny_ring_under_a_flood_never_gives_a_complete_row_on_partial_evidence(pods, tmp_path):
+    """A 4 KiB ring and ping -f between two L2 pods: most events are lost.
+    Every row still marked complete carries the branch this topology
+    dictates (pod to pod: tx.l2.local, delivered; broadcast and multicast:
+    tx.l2.multicast); the loss is counted and its packets are incomplete."""
+    out = OUT / "tiny-ring.ipvt"
+    out.unlink(missing_ok=True)
+    proc = start(["record", "-o", str(out), "--ring-pages", "1"], tmp_path / "ready")
+    f = flood(NS[1], "10.78.0.2", 5)
+    f.wait()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    r = replay(out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(l) for l in r.stdout.splitlines()]
+    from ipvtrace import recording
+    trailer = recording.read(out).trailer
+    assert trailer["lost_events"] > 0, "the flood should overrun a 4 KiB ring"
+    complete = [x for x in rows if x["complete"]]
+    assert complete and len(complete) < len(rows)
+    for x in complete:
+        if x["proto"] in ("icmp",) and {x["src"], x["dst"]} == {"10.78.0.1", "10.78.0.2"}:
+            assert (x["branch"], x["delivery"]) == ("tx.l2.local", "delivered"), x
+        elif (x.get("eth_dst") or "") == "ff:ff:ff:ff:ff:ff" or (x.get("eth_dst") or "").startswith("33:33"):
+            assert x["branch"] == "tx.l2.multicast", x
+        else:
+            assert x["branch"] != "unknown", x
+    print(f"tiny ring: {len(rows)} rows, {len(complete)} complete, "
+          f"{trailer['lost_events']} events lost")
