@@ -32,11 +32,19 @@ def rss_kib(pid: int) -> dict:
     return out
 
 
-def udp_rate(lab: Lab, seconds: int = SECONDS, during=None) -> dict:
-    srv = subprocess.Popen(["ip", "netns", "exec", NS[2], "iperf3", "-s", "-1", "-J"],
+# a veth pair between two namespaces that never touches ipvlan: what probes
+# on __dev_queue_xmit, netif_rx and the skb free tracepoints cost the node's
+# other traffic
+VETH = ("ipvt-bench-v1", "ipvt-bench-v2", "10.98.0.2")
+IPVLAN = (NS[1], NS[2], "10.99.0.2")
+
+
+def udp_rate(lab: Lab, seconds: int = SECONDS, during=None, path=IPVLAN) -> dict:
+    src, dst, dst_ip = path
+    srv = subprocess.Popen(["ip", "netns", "exec", dst, "iperf3", "-s", "-1", "-J"],
                            stdout=subprocess.PIPE, text=True)
     time.sleep(1.0)
-    cli_proc = subprocess.Popen(["ip", "netns", "exec", NS[1], "iperf3", "-c", "10.99.0.2", "-u",
+    cli_proc = subprocess.Popen(["ip", "netns", "exec", src, "iperf3", "-c", dst_ip, "-u",
                                  "-b", "0", "-l", "64", "-t", str(seconds), "-J"],
                                 stdout=subprocess.PIPE, text=True)
     if during is not None:
@@ -61,13 +69,13 @@ def wait_file(path: Path, proc: subprocess.Popen, timeout: float = 900) -> float
 
 
 def traced(lab: Lab, cmd: list[str], ready: Path, out_path: Path | None = None,
-           env: dict | None = None) -> dict:
+           env: dict | None = None, path=IPVLAN) -> dict:
     ready.unlink(missing_ok=True)
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, **(env or {})))
     startup = wait_file(ready, proc)
-    res = udp_rate(lab)
+    res = udp_rate(lab, path=path)
     res["rss_kib"] = rss_kib(proc.pid)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=900)
@@ -150,7 +158,10 @@ def main() -> int:
     out_dir = Path(os.environ.get("IPVTRACE_OUT", "/tmp")).resolve()
     ready = out_dir / "bench.ready"
     results: dict = {"kernel": os.uname().release, "cpus": os.cpu_count(), "seconds": SECONDS}
-    with Lab(namespaces=NS) as lab:
+    with Lab(namespaces=NS + list(VETH[:2])) as lab:
+        lab.veth(VETH[0], "v0", VETH[1], "v1")
+        lab.addr(VETH[0], "v0", "10.98.0.1/24")
+        lab.addr(VETH[1], "v1", "10.98.0.2/24")
         lab.veth(NS[0], "ens10", NS[0], "peer")
         for ns, ip in ((NS[1], "10.99.0.1/24"), (NS[2], "10.99.0.2/24")):
             lab.ipvlan(NS[0], "ens10", "ipvl0", "l2", into=ns, rename="eth0")
@@ -176,6 +187,14 @@ def main() -> int:
         results["soak_live_json"] = soak(lab, py + ["live", "--json", "--ready-file", str(ready)],
                                          ready)
         results["untraced_again"] = udp_rate(lab)
+        # traffic that never touches ipvlan, untraced and under stats / record
+        results["veth_untraced"] = udp_rate(lab, path=VETH)
+        results["veth_stats"] = traced(lab, py + ["stats", "--json", "--interval", "2",
+                                                  "--ready-file", str(ready)], ready, path=VETH)
+        rec_v = out_dir / "bench-veth.ipvt"
+        results["veth_record"] = traced(lab, py + ["record", "-o", str(rec_v), "--ready-file",
+                                                   str(ready)], ready, rec_v, path=VETH)
+        results["veth_untraced_again"] = udp_rate(lab, path=VETH)
     results["minimal_bcc_startup_s"] = minimal_bcc_startup()
     print(json.dumps(results, indent=1))
     return 0

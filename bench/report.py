@@ -46,6 +46,12 @@ def main() -> int:
     for key in [k for k in ("record", "record_bcc_callback", "filter_nothing") if k in dp]:
         lines.append(f"  {key}: {dp[key].get('events', 0):,} events, "
                      f"{dp[key].get('lost_events', 0):,} lost")
+    if "veth_untraced" in dp:
+        vb = (dp["veth_untraced"]["pps"] + dp["veth_untraced_again"]["pps"]) / 2
+        lines.append(f"traffic that never touches ipvlan (veth pair): untraced {vb:,.0f} packets/s; "
+                     f"under stats {dp['veth_stats']['pps'] / vb:.2f}, "
+                     f"under record {dp['veth_record']['pps'] / vb:.2f} of it "
+                     f"(record kept {dp['veth_record'].get('events', 0)} events)")
     if "soak_live_json" in dp:
         s = dp["soak_live_json"]["rss_samples_kib"]
         lines.append(f"memory: live --json under the flood for {dp['soak_live_json'].get('seconds', '?')} s: "
@@ -64,6 +70,14 @@ def main() -> int:
     lines.append(f"recording size: {rp['bytes_per_event']:.0f} bytes/event, "
                  f"{rp['bytes_per_packet']:.0f} bytes/packet (synthetic pod-to-pod); real record "
                  f"run: {dp['record'].get('bytes', 0) / max(1, dp['record'].get('events', 1)):.0f} bytes/event")
+    sc = json.loads(Path(sys.argv[3]).read_text() or "{}") if len(sys.argv) > 3 else {}
+    if sc:
+        lines.append(f"node scale ({sc['pods']} pods: a namespace and an ipvlan slave each, "
+                     f"built in {sc['build_s']:.0f} s): start-up snapshot {sc['snapshot_take_s']:.2f} s "
+                     f"for {sc['namespaces_seen']} namespaces ({sc['slaves_parent_resolved']} of "
+                     f"{sc['slaves']} slaves tied to their parent without a netlink call per pair); "
+                     f"one new pod's refresh {sc['refresh_one_pod_s'] * 1000:.1f} ms; per-packet "
+                     f"device/port lookup {sc['lookup_ns']:.0f} ns")
     text = "\n".join(lines)
     print(text)
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -71,7 +85,7 @@ def main() -> int:
     out.write_text(json.dumps({"date": now.isoformat(), "machine": {
         "host": platform.node(), "cpus": os.cpu_count(), "host_kernel": platform.release(),
         "guest": _guest()},
-        "datapath": dp, "replay": rp, "summary": lines}, indent=1))
+        "datapath": dp, "replay": rp, "scale": sc, "summary": lines}, indent=1))
     print(f"\nwritten: {out}")
     return 0
 
