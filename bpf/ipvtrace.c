@@ -661,49 +661,7 @@ static __always_inline int count_free(__u16 probe, void *skbaddr, __u32 reason)
 /* ---- entry points ---------------------------------------------------- */
 
 #ifdef IPVT_FILTER_EXPR
-/* What the filter expression can test, read from the captured frame. */
-struct ipvt_pkt {
-	__u32 s4, d4;
-	__u32 s6[4], d6[4];
-	__u16 etype, sport, dport;
-	__u8 l4, has4, has6;
-};
-
-static __always_inline int pkt_match(struct ipvt_event *e)
-{
-	struct ipvt_pkt p = {};
-	__u8 *h = e->hdr;
-	__u32 n = e->hdr_len;
-
-	if (!(e->flags & IPVT_F_HAS_HDR) || (e->flags & IPVT_F_NO_MAC) || n < 14)
-		return 1;   /* nothing to judge by: keep it */
-	p.etype = ((__u16)h[12] << 8) | h[13];
-	if (p.etype == 0x0806 && n >= 42) {
-		__builtin_memcpy(&p.s4, h + 28, 4);     /* ARP sender IP */
-		__builtin_memcpy(&p.d4, h + 38, 4);     /* ARP target IP */
-		p.has4 = 1;
-	} else if (p.etype == 0x0800 && n >= 34) {
-		p.l4 = h[23];
-		__builtin_memcpy(&p.s4, h + 26, 4);
-		__builtin_memcpy(&p.d4, h + 30, 4);
-		p.has4 = 1;
-		__u32 off = 14 + ((h[14] & 0x0f) << 2);
-		if (off + 4 <= n && off <= 74) {
-			p.sport = ((__u16)h[off] << 8) | h[off + 1];
-			p.dport = ((__u16)h[off + 2] << 8) | h[off + 3];
-		}
-	} else if (p.etype == 0x86dd && n >= 54) {
-		p.l4 = h[20];
-		__builtin_memcpy(p.s6, h + 22, 16);
-		__builtin_memcpy(p.d6, h + 38, 16);
-		p.has6 = 1;
-		if (n >= 58) {
-			p.sport = ((__u16)h[54] << 8) | h[55];
-			p.dport = ((__u16)h[56] << 8) | h[57];
-		}
-	}
-	return IPVT_FILTER_EXPR;
-}
+#include "ipvtrace_filter.h"
 #endif
 
 static __always_inline int head_filtered(__u64 head)

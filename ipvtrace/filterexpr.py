@@ -21,9 +21,10 @@ from dataclasses import dataclass
 PROTOS = {
     # name: (C test over struct ipvt_pkt, row test)
     "arp": ("(p.etype == 0x0806)", lambda r: r.get("proto") == "arp"),
-    "ip": ("(p.etype == 0x0800)", lambda r: r.get("proto") in ("ipv4", "icmp", "tcp", "udp")
-           and ":" not in (r.get("src") or "")),
-    "ip6": ("(p.etype == 0x86dd)", lambda r: ":" in (r.get("src") or "")),
+    # by the L3 header, as the kernel tests the EtherType: IGMP, ESP, ... too
+    "ip": ("(p.etype == 0x0800)", lambda r: r.get("proto") == "ipv4"
+           or (r.get("proto") != "arp" and "." in (r.get("src") or ""))),
+    "ip6": ("(p.etype == 0x86dd)", lambda r: r.get("proto") == "ipv6" or ":" in (r.get("src") or "")),
     "icmp": ("(p.etype == 0x0800 && p.l4 == 1)", lambda r: r.get("proto") == "icmp"),
     "icmp6": ("(p.etype == 0x86dd && p.l4 == 58)", lambda r: r.get("proto") == "icmp6"),
     "tcp": ("(p.l4 == 6)", lambda r: r.get("proto") == "tcp"),

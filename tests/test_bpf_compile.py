@@ -18,3 +18,10 @@ def test_compiles_against_debian_headers():
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     ok = [l for l in r.stdout.splitlines() if l.endswith(" ok")]
     assert len(ok) == len(headers), r.stdout
+    # the in-kernel filter, run on test frames by this kernel (BPF_PROG_TEST_RUN),
+    # selects what the replay filter selects (IGMP, MLD behind a hop-by-hop
+    # header, ARP, bare L3 frames, ...)
+    agree = [l for l in r.stdout.splitlines() if l.startswith("filter_check: ")]
+    assert len(agree) == 1 and " agree " in agree[0], r.stdout
+    n, _, total = agree[0].split()[1:4]
+    assert n == total and int(total) >= 200, agree
