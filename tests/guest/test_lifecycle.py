@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ipvtrace import recording
-from ipvtrace.netlab import Lab
+from guest_helpers import two_pods, wait_ready
 
 OUT = Path(os.environ.get("IPVTRACE_OUT", "build/guest")).resolve()
 NS = ["ipvt-lc-host", "ipvt-lc-a", "ipvt-lc-b"]
@@ -24,20 +24,7 @@ def kprobes_of_ours() -> list[str]:
 
 @pytest.fixture
 def pods():
-    with Lab(namespaces=NS) as lab:
-        lab.veth(NS[0], "ens10", NS[0], "peer0")
-        for ns, ip in ((NS[1], "10.77.0.1/24"), (NS[2], "10.77.0.2/24")):
-            lab.ipvlan(NS[0], "ens10", "ipvl0", "l2", into=ns, rename="eth0")
-            lab.addr(ns, "eth0", ip)
-        yield lab
-
-
-def wait_ready(path: Path, proc: subprocess.Popen) -> None:
-    end = time.monotonic() + 600
-    while not path.exists():
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < end, "not ready after 600 s"
-        time.sleep(0.2)
+    yield from two_pods(NS, "10.77.0")
 
 
 def test_live_json_duration(pods, tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ipvtrace import doctor, probes
-from ipvtrace.netlab import Lab
+from guest_helpers import two_pods, wait_ready
 
 OUT = Path(os.environ.get("IPVTRACE_OUT", "build/guest")).resolve()
 NS = ["ipvt-sv-host", "ipvt-sv-a", "ipvt-sv-b"]
@@ -22,23 +22,14 @@ TRACEFS = Path("/sys/kernel/tracing")
 
 @pytest.fixture
 def pods():
-    with Lab(namespaces=NS) as lab:
-        lab.veth(NS[0], "ens10", NS[0], "peer0")
-        for ns, ip in ((NS[1], "10.78.0.1/24"), (NS[2], "10.78.0.2/24")):
-            lab.ipvlan(NS[0], "ens10", "ipvl0", "l2", into=ns, rename="eth0")
-            lab.addr(ns, "eth0", ip)
-        yield lab
+    yield from two_pods(NS, "10.78.0")
 
 
 def start(args: list[str], ready: Path) -> subprocess.Popen:
     ready.unlink(missing_ok=True)
     proc = subprocess.Popen([sys.executable, "-m", "ipvtrace", *args, "--ready-file", str(ready)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    end = time.monotonic() + 600
-    while not ready.exists():
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < end, "not ready after 600 s"
-        time.sleep(0.2)
+    wait_ready(ready, proc)
     return proc
 
 
