@@ -93,14 +93,19 @@ def test_live_dashboard_on_a_terminal(pods, tmp_path):
     """On a terminal `live` shows the dashboard; at the end the summary."""
     ready = tmp_path / "ready"
     cmd = f"{sys.executable} -m ipvtrace live --duration 6 --ready-file {ready}"
-    proc = subprocess.Popen(["script", "-qec", cmd, "/dev/null"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, COLUMNS="160", TERM="xterm"))
-    try:
-        wait_ready(ready, proc)
-        assert pods.ping(NS[1], "10.77.0.2", 2)
-    finally:
-        out, _ = proc.communicate(timeout=300)
+    # the terminal's output goes to a file, not a pipe nobody reads while the
+    # probes compile: a full pipe would block `script`, the pty, then ipvtrace
+    screen = tmp_path / "screen"
+    with open(screen, "w") as f:
+        proc = subprocess.Popen(["script", "-qec", cmd, "/dev/null"], stdout=f,
+                                stderr=subprocess.STDOUT, text=True,
+                                env=dict(os.environ, COLUMNS="160", TERM="xterm"))
+        try:
+            wait_ready(ready, proc)
+            assert pods.ping(NS[1], "10.77.0.2", 2)
+        finally:
+            proc.wait(timeout=300)
+    out = screen.read_text(errors="replace")
     assert proc.returncode == 0, out[-2000:]
     assert " probes   packets " in out and "lost events 0" in out
     assert "tx.l2.local" in out and "echo-request" in out
