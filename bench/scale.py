@@ -21,7 +21,7 @@ def main() -> None:
     with Lab(namespaces=[HOST]) as lab:
         lab.veth(HOST, "ens10", HOST, "peer0")
         t = time.monotonic()
-        lab.pods(HOST, "ens10", pods, "l2", lambda i: f"10.{20 + i // 250}.{i % 250}.1/32")
+        lab.pods(HOST, "ens10", pods, "l2")
         build_s = time.monotonic() - t
         t = time.monotonic()
         snap = snapshot.take()
@@ -30,7 +30,7 @@ def main() -> None:
         slaves = [d for d in snap["devices"] if d.get("kind") == "ipvlan"]
         resolved = sum(1 for d in slaves if d.get("link_netns") is not None)
         # one more pod while tracing: its namespace alone is read
-        lab.pods(HOST, "ens10", ["ipvt-sc-new"], "l2", lambda i: "10.19.0.1/32")
+        lab.pods(HOST, "ens10", ["ipvt-sc-new"], "l2")
         inum = snapshot.netns_inode("/run/netns/ipvt-sc-new")
         t = time.monotonic()
         one = snapshot.take_netns(inum, topo)

@@ -66,6 +66,7 @@ struct ipvt_stack {
 #ifdef IPVT_COUNT_ONLY
 	__u64 skb[IPVT_STACK_MAX];
 	__u64 enq_skb[IPVT_STACK_MAX];
+	__u64 master[IPVT_STACK_MAX];   /* the ipvl_dev ipvlan_addr_lookup found */
 	struct ipvt_sig sig[IPVT_STACK_MAX];
 #endif
 };
@@ -489,6 +490,7 @@ static __always_inline int count_entry(__u16 probe, struct sk_buff *skb, struct 
 	s->kind = probe;
 	st->skb[i] = (__u64)skb;
 	st->enq_skb[i] = 0;
+	st->master[i] = 0;
 	dev_ids(dev, &s->netns, &s->ifindex);
 	if (skb)
 		sig_frame(s, skb);
@@ -616,7 +618,25 @@ static __always_inline int count_lookup(__u16 probe, void *addr)
 		__u64 master = 0;
 		s->hflags |= IPVT_H_FOUND;
 		dev_ids(owner_dev(addr, &master), &s->own_netns, &s->own_ifindex);
+		if (st && probe == IPVT_P_LOOKUP_RET)
+			st->master[stack_idx(i)] = master;
 	}
+	return 0;
+}
+
+/* ipvlan_rcv_frame.isra.N(struct ipvl_dev *, struct sk_buff **, bool): its
+ * hit counts only when its skb is the context's and its slave the lookup's */
+static __always_inline int count_rcv_frame(struct sk_buff *skb, __u64 master)
+{
+	struct ipvt_stack *st = 0;
+	__u32 i = 0;
+	struct ipvt_sig *s = sig_current(&st, &i);
+	if (!s || !st)
+		return 0;
+	i = stack_idx(i);
+	s->seen |= 1U << IPVT_P_RCV_FRAME;
+	if ((__u64)skb != st->skb[i] || (st->master[i] && master != st->master[i]))
+		s->checks |= IPVT_C_CLONE_ARGS;
 	return 0;
 }
 
@@ -809,7 +829,9 @@ int on_mc_work_ret(struct pt_regs *ctx)
 int on_rcv_frame(struct pt_regs *ctx)
 {
 #ifdef IPVT_COUNT_ONLY
-	return count_helper(IPVT_P_RCV_FRAME, 0, 0);
+	struct sk_buff *cskb = 0;
+	bpf_probe_read_kernel(&cskb, sizeof(cskb), (void *)PT_REGS_PARM2(ctx));
+	return count_rcv_frame(cskb, PT_REGS_PARM1(ctx));
 #endif
 	__u8 depth = 0, flags = 0;
 	__u64 id = ctx_current(&depth, &flags);

@@ -69,6 +69,10 @@ enum ipvt_stat {
 #define IPVT_H_KFREE_ENQ 0x40  /* kfree_skb of the skb given to the multicast queue */
 #define IPVT_H_ECHO 0x80       /* RX of a frame a slave's TX forwarded to the parent */
 
+/* ipvlan_rcv_frame's GCC clone was handed another skb, or another slave than
+ * ipvlan_addr_lookup found: its hit is not evidence (the packet is incomplete) */
+#define IPVT_C_CLONE_ARGS 0x01
+
 struct ipvt_sig {
 	__u32 seen;
 	__u32 netns;
@@ -84,7 +88,7 @@ struct ipvt_sig {
 	__u8 kind;
 	__u8 hflags;
 	__u8 l4;
-	__u8 pad1;
+	__u8 checks;   /* IPVT_C_*: checks on the evidence that failed */
 	__u16 pad2;
 };
 

@@ -30,7 +30,9 @@ from .decode import Event
 from .layout import SigLayout, sig_layout
 
 ENTRY_SKB, ENQ_SKB, OTHER_SKB = 0x1000, 0x2000, 0x3000
+OWNER = 0x4000   # the ipvl_dev the lookup found (the kernel compared it)
 # helper probes in the order the driver runs them, for the synthetic packet
+CLONE_ARGS = 0x01   # IPVT_C_CLONE_ARGS
 HELPER_ORDER = ("rcv_frame", "lookup_ret", "mc_enqueue", "fwd", "fwd_ret", "local_out",
                 "local_out6", "qxmit", "kfree", "consume")
 
@@ -58,6 +60,8 @@ def decode(raw: bytes, sl: SigLayout | None = None) -> Signature:
     vals = dict(zip(sl.fields, struct.unpack(sl.fmt, raw[: struct.calcsize(sl.fmt)])))
     seen = frozenset(name for pid, name in sl.probes.items() if vals["seen"] & (1 << pid))
     hflags = frozenset(name for name, bit in sl.hflags.items() if vals["hflags"] & bit)
+    if vals.get("checks", 0) & CLONE_ARGS:   # (older fixtures: a pad byte, always 0)
+        hflags |= {"clone_mismatch"}
     return Signature(
         kind=sl.probes.get(vals["kind"], str(vals["kind"])), seen=seen,
         netns=vals["netns"], ifindex=vals["ifindex"], to_netns=vals["to_netns"],
@@ -125,7 +129,11 @@ def synth_packet(sig: Signature, ctx: cls.Context) -> Packet:
             continue
         if probe == "lookup_ret":
             found = "found" in sig.hflags
-            e = (mk.ev(probe, sig.own_netns, sig.own_ifindex, aux=1) if found else mk.ev(probe))
+            e = (mk.ev(probe, sig.own_netns, sig.own_ifindex, aux=1, aux2=OWNER)
+                 if found else mk.ev(probe))
+        elif probe == "rcv_frame":   # its arguments as the kernel checked them
+            bad = "clone_mismatch" in sig.hflags
+            e = mk.ev(probe, skb=OTHER_SKB if bad else ENTRY_SKB, aux2=OWNER)
         elif probe in ("fwd", "local_out", "local_out6"):
             e = mk.ev(probe, *to, skb=OTHER_SKB)
         elif probe == "fwd_ret":

@@ -98,22 +98,20 @@ class Lab:
                 if exc.errno != errno.ENOENT:
                     raise
 
-    def pods(self, host_ns: str, parent: str, names: list[str], mode: str, cidr) -> None:
+    def pods(self, host_ns: str, parent: str, names: list[str], mode: str) -> None:
         """Many pods at once, as a node brings them up: a namespace each with
-        an ipvlan slave of *parent* named eth0, up, addressed cidr(i). One
-        `ip -batch` (a netlink socket per pod would take minutes in an
-        emulated guest); removed with the lab, or by remove_pods()."""
+        an ipvlan slave of *parent* named eth0, up (its IPv6 start-up traffic
+        goes through ipvlan). One `ip -batch` in the host's namespace (a
+        netlink socket per pod would take minutes in an emulated guest); the
+        slave is moved, renamed and brought up by one request. Removed with
+        the lab, or by remove_pods()."""
+        self._made.extend(names)
+        self._batch([f"netns add {ns}" for ns in names])
         lines = []
         for i, ns in enumerate(names):
-            lines += [f"netns add {ns}",
-                      f"-n {host_ns} link add pod{i} link {parent} type ipvlan mode {mode}",
-                      f"-n {host_ns} link set pod{i} netns {ns}",
-                      f"-n {ns} link set pod{i} name eth0",
-                      f"-n {ns} link set eth0 up",
-                      f"-n {ns} link set lo up",
-                      f"-n {ns} addr add {cidr(i)} dev eth0"]
-        self._made.extend(names)
-        self._batch(lines)
+            lines += [f"link add pod{i} link {parent} type ipvlan mode {mode}",
+                      f"link set pod{i} netns {ns} name eth0 up"]
+        self._batch(lines, host_ns)
 
     def remove_pods(self, names: list[str]) -> None:
         """Pods going away: their namespaces, and the slaves in them."""
@@ -121,9 +119,10 @@ class Lab:
             self._made.remove(ns)
         self._batch([f"netns del {ns}" for ns in names])
 
-    def _batch(self, lines: list[str]) -> None:
+    def _batch(self, lines: list[str], ns: str | None = None) -> None:
         checkpoint()
-        r = subprocess.run(["ip", "-batch", "-"], input="\n".join(lines) + "\n",
+        r = subprocess.run(["ip", *(["-n", ns] if ns else []), "-batch", "-"],
+                           input="\n".join(lines) + "\n",
                            capture_output=True, text=True, timeout=600)
         checkpoint()
         if r.returncode != 0:

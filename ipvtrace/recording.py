@@ -87,6 +87,10 @@ class Writer:
     def event(self, raw: bytes) -> None:
         self._frame(F_EVENT, raw)   # one buffered write per event
         self.events += 1
+        # under a flood the consumer may drain the ring for long between two
+        # ticks: look at the clock every 1024 events too
+        if not self.events & 1023 and time.monotonic() - self._flushed >= FLUSH_EVERY_S:
+            self.flush()
 
     def tick(self, ktime: int) -> None:
         self._frame(F_TICK, TICK.pack(ktime))

@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import tempfile
 import sys
 import time
 from dataclasses import dataclass, field
@@ -314,32 +315,41 @@ def traced(args: list[str], ready: Path, ready_timeout: float = 600,
            settle: float = 1.0) -> Iterator[Traced]:
     """`ipvtrace ARGS --ready-file READY` around the body: attached before it,
     stopped with SIGINT after it (and *settle* seconds for the multicast worker
-    and softirqs to finish), whatever happens."""
+    and softirqs to finish), whatever happens. Its output goes to files, not
+    pipes: a pipe nobody reads while the body runs fills (`stats --json`
+    writes a reading twice a second) and blocks the tracer."""
     ready.unlink(missing_ok=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ipvtrace", *args, "--ready-file", str(ready)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    result = Traced()
-    try:
-        wait_for(ready, proc, ready_timeout, args[0])
-        yield result
-        time.sleep(settle)
-        checkpoint()
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=300)
-        sys.stderr.write(err)
-        result.stdout = out
-        if proc.returncode != 0:
-            raise LabError(f"ipvtrace {args[0]} failed (rc {proc.returncode})")
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ipvtrace", *args, "--ready-file", str(ready)],
+            stdout=out, stderr=err, text=True,
+        )
+        result = Traced()
+        try:
             try:
-                proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        ready.unlink(missing_ok=True)
+                wait_for(ready, proc, ready_timeout, args[0])
+            except LabError as exc:
+                err.seek(0)
+                raise LabError(f"{exc} {err.read().strip()[-2000:]}") from None
+            yield result
+            time.sleep(settle)
+            checkpoint()
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=300)
+            err.seek(0)
+            sys.stderr.write(err.read())
+            out.seek(0)
+            result.stdout = out.read()
+            if proc.returncode != 0:
+                raise LabError(f"ipvtrace {args[0]} failed (rc {proc.returncode})")
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            ready.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

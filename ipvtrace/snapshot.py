@@ -240,13 +240,25 @@ class Topology:
 
     def add(self, snap: dict) -> None:
         """Merge a later snapshot in place (a long run keeps one merged view,
-        not every snapshot it took)."""
+        not every snapshot it took). A pod's namespace may be read before
+        its parent's (devices appear in any order): links left unresolved are
+        tied again once the devices they point at are known."""
         for ns in snap.get("namespaces", []):
             self.ns_names[ns["inum"]] = ns["name"] or ("root" if ns.get("root") else f"netns:{ns['inum']}")
-        for d in snap.get("devices", []):
-            self.devices[(d["netns"], d["ifindex"])] = d
-            if d.get("ipvlan") and d.get("link") is not None and d.get("link_netns") is not None:
-                self.ports[(d["link_netns"], d["link"])] = d["ipvlan"]
+        new = snap.get("devices", [])
+        for d in new:
+            self.devices[(d["netns"], d["ifindex"])] = dict(d)
+        pending = [d for d in self.devices.values() if "link_nsid" in d]
+        if pending and new:
+            resolve_links(pending, self.devices)
+        for d in (self.devices[(x["netns"], x["ifindex"])] for x in new):
+            self._port(d)
+        for d in pending:
+            self._port(d)
+
+    def _port(self, d: dict) -> None:
+        if d.get("ipvlan") and d.get("link") is not None and d.get("link_netns") is not None:
+            self.ports[(d["link_netns"], d["link"])] = d["ipvlan"]
 
     def ns_name(self, inum: int) -> str:
         return self.ns_names.get(inum, f"netns:{inum}" if inum else "?")

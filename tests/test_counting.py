@@ -109,3 +109,19 @@ def test_unknown_device_asks_for_a_new_snapshot():
     t = counting.Tally(ctx("l2"))
     assert not t.unknown_devices({sig("xmit", **POD_A_DEV): 1})
     assert t.unknown_devices({sig("xmit", netns=POD_A, ifindex=77): 1})
+
+
+def test_a_rcv_frame_clone_with_foreign_arguments_is_incomplete():
+    """stats checks ipvlan_rcv_frame.isra's arguments in the kernel (its skb
+    is the context's, its slave the lookup's); a failed check comes as a bit
+    of the signature (IPVT_C_CLONE_ARGS) and names the packet incomplete, as
+    replay does with the same evidence."""
+    base = dict(seen=("lookup_ret", "rcv_frame", "fwd", "fwd_ret"), hflags=("found",),
+                own_netns=POD_B, own_ifindex=3, to_netns=POD_B, to_ifindex=3, etype=0x0800,
+                l4=1, **POD_A_DEV)
+    c = ctx("l2")
+    for checks, complete in ((0, True), (counting.CLONE_ARGS, False)):
+        s = sig("xmit", checks=checks, **base)
+        assert ("clone_mismatch" in s.hflags) == (not complete)
+        v = classify.classify(counting.synth_packet(s, c), c)
+        assert (v.branch, v.complete) == ("tx.l2.local", complete)

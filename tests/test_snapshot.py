@@ -49,3 +49,21 @@ def test_port_of_a_parent_is_indexed_and_later_snapshots_win():
     topo.add({"namespaces": [], "devices": redone})
     assert topo.port_of(HOST, 2) == {"mode": "l3s", "flags": []}
     assert topo.port_of(HOST, 3) is None
+
+
+def test_a_pod_read_before_its_parent_is_tied_once_the_parent_is_known():
+    """Devices appear in any order while tracing: a pod's namespace read
+    before the parent's leaves its link open; the parent's arrival ties it,
+    and the parent's port mode is known from then on."""
+    devs = node(2)
+    host = [d for d in devs if d["netns"] == HOST]
+    pods = [d for d in devs if d["netns"] != HOST]
+    topo = Topology()
+    for p in pods:
+        one = [dict(p)]
+        resolve_links(one, topo.devices)
+        topo.add({"namespaces": [], "devices": one})
+    assert topo.port_of(HOST, 2) is None
+    topo.add({"namespaces": [], "devices": [dict(d) for d in host]})
+    assert topo.device(5000, 2)["link_netns"] == HOST
+    assert topo.port_of(HOST, 2) is not None

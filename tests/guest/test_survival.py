@@ -116,7 +116,7 @@ def test_pod_churn_under_record_loses_nothing(pods, tmp_path):
     churn = [f"ipvt-ch-{i}" for i in range(100)]
     try:
         t0 = time.monotonic()
-        pods.pods(NS[0], "ens10", churn, "l2", lambda i: f"10.78.{1 + i // 200}.{1 + i % 200}/16")
+        pods.pods(NS[0], "ens10", churn, "l2")
         time.sleep(2)
         pods.remove_pods(churn)
         churn_s = time.monotonic() - t0
@@ -156,7 +156,8 @@ def test_a_tiny_ring_under_a_flood_never_gives_a_complete_row_on_partial_evidenc
     trailer = recording.read(out).trailer
     assert trailer["lost_events"] > 0, "the flood should overrun a 4 KiB ring"
     complete = [x for x in rows if x["complete"]]
-    assert complete and len(complete) < len(rows)
+    # (most packets lose their entry event with the rest: they give no row)
+    assert any(x["branch"] == "tx.l2.local" for x in complete), rows[:5]
     for x in complete:
         if x["proto"] in ("icmp",) and {x["src"], x["dst"]} == {"10.78.0.1", "10.78.0.2"}:
             assert (x["branch"], x["delivery"]) == ("tx.l2.local", "delivered"), x
