@@ -119,6 +119,8 @@ def run_live(opts: LiveOptions) -> dict:
                 if opts.output is not None:
                     writer = recording.Writer(opts.output, header)
                 src = _LiveStream(lay, writer, snap0, reasons, t0, opts.sink, opts.row_filter)
+                if opts.sink is not None:   # rows name drop locations as they go:
+                    src.kallsyms.resolve(0)   # read kallsyms now, not under the first drop
                 tracer.on_event(src.raw)
                 stop.install()
                 announce(plan, f"tracing ({plan.probe_count} probes)"
@@ -192,6 +194,7 @@ class _LiveStream:
         self._known: set[tuple[int, int]] = set()
         self.refreshes = 0
         self.refresh_s = 0.0
+        self._pending_symbols: set[int] = set()   # record: drop locations, named at close
 
     def _resolve(self, addr: int) -> str | None:
         name = self.symbols.get(addr)
@@ -229,8 +232,8 @@ class _LiveStream:
                 self._known.add((netns, ifindex))
         elif probe in self._free_ids:
             aux = self._peek_aux(data, self._off_aux)[0]
-            if aux:
-                self._resolve(aux)
+            if aux:   # named at the end: loading kallsyms here stalled the
+                self._pending_symbols.add(aux)   # consumer for seconds (emulated)
         if self.writer is not None:
             self.writer.event(data)
         self.pipe.events += 1
@@ -280,6 +283,8 @@ class _LiveStream:
         summary["kernel_stats"] = kstats
         summary["refreshes"] = self.refreshes
         summary["refresh_s"] = round(self.refresh_s, 3)
+        for addr in self._pending_symbols:
+            self._resolve(addr)
         if self.writer is not None:
             self.writer.close({
                 "ended_by": ended_by,
