@@ -164,7 +164,7 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
     return plan
 
 
-_BCC_EVENT = re.compile(r"^[pr]\d*:(?:\S+/)?([pr]_(\S+)_bcc_(\d+))\s")
+_BCC_EVENT = re.compile(r"^[pr]\d*:((?:\S+/)?([pr]_(\S+)_bcc_(\d+)))\s")
 
 
 def leftover_probe_events(tracefs: Path) -> list[tuple[str, int]]:
@@ -181,11 +181,11 @@ def leftover_probe_events(tracefs: Path) -> list[tuple[str, int]]:
         return []
     for line in text.splitlines():
         m = _BCC_EVENT.match(line + " ")
-        if not m or not m.group(2).startswith(ours):
+        if not m or not m.group(3).startswith(ours):
             continue
-        pid = int(m.group(3))
+        pid = int(m.group(4))
         if not Path(f"/proc/{pid}").exists():
-            out.append((m.group(1), pid))
+            out.append((m.group(1), pid))   # GROUP/EVENT, as `-:` wants it
     return out
 
 
@@ -194,11 +194,18 @@ def remove_leftover_probe_events(tracefs: Path) -> list[str]:
     removed = []
     for name, _pid in leftover_probe_events(tracefs):
         try:
-            with open(tracefs / "kprobe_events", "a") as f:
-                f.write(f"-:{name}\n")
+            # unbuffered: the kernel's answer (EBUSY, ENOENT) comes from this write
+            fd = os.open(tracefs / "kprobe_events", os.O_WRONLY | os.O_APPEND)
+            try:
+                os.write(fd, f"-:{name}\n".encode())
+            finally:
+                os.close(fd)
             removed.append(name)
-        except OSError:
-            pass   # busy (still enabled somewhere): doctor names it
+        except OSError as exc:   # still enabled somewhere: doctor names it
+            import sys
+
+            print(f"ipvtrace: cannot remove {name} from kprobe_events: {exc.strerror}",
+                  file=sys.stderr)
     return removed
 
 

@@ -111,5 +111,5 @@ def test_leftover_probes_of_dead_tracers_are_found(tmp_path):
         f"r:kprobes/r_tcp_sendmsg_bcc_{dead} tcp_sendmsg\n"
         "p:kprobes/myprobe ipvlan_queue_xmit\n")
     left = probes.leftover_probe_events(tmp_path)
-    assert left == [(f"r_ipvlan_queue_xmit_bcc_{dead}", dead),
-                    (f"r_ipvlan_rcv_frame_isra_0_bcc_{dead}", dead)]
+    assert left == [(f"kprobes/r_ipvlan_queue_xmit_bcc_{dead}", dead),
+                    (f"kprobes/r_ipvlan_rcv_frame_isra_0_bcc_{dead}", dead)]
