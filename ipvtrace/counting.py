@@ -212,6 +212,13 @@ class Tally:
             if ix and topo.device(ns, ix) is None
         }
 
+    def portless_parents(self, counts: dict[Signature, int]) -> set[tuple[int, int]]:
+        """Parents whose rx_handler ran but that no snapshot ties to a port
+        (read before their first slave existed): their mode is not known."""
+        topo = self.ctx.topo
+        return {(s.netns, s.ifindex) for s in counts
+                if s.kind == "rx" and s.ifindex and topo.port_of(s.netns, s.ifindex) is None}
+
     def rows(self, counts: dict[Signature, int]) -> Counter[Outcome]:
         out: Counter[Outcome] = Counter()
         moved: Counter[str] = Counter()

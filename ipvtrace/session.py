@@ -172,7 +172,7 @@ class _LiveStream:
         self.symbols: dict[int, str] = {}
         self.error: BaseException | None = None
         self.lost_seen = 0
-        self.tried: set[tuple[int, int]] = set()
+        self.tried: set[tuple[bool, tuple[int, int]]] = set()
         self.pipe = Pipeline(
             lay, snapshots=[snap0], drop_reasons=reasons, symbols={}, t0=t0,
             sink=sink, resolver=self._resolve, row_filter=row_filter,
@@ -190,6 +190,7 @@ class _LiveStream:
         self._peek_aux = struct.Struct("<Q").unpack_from
         ids = {v: k for k, v in lay.probes.items()}
         self._entry_ids = {ids[p] for p in ENTRY_PROBES}
+        self._rx_id = ids["rx"]
         self._free_ids = {ids["kfree"], ids["consume"]}
         self._known: set[tuple[int, int]] = set()
         self.refreshes = 0
@@ -210,8 +211,8 @@ class _LiveStream:
                 self._record_only(data)
                 return
             ev = self.pipe.decode(data)
-            if ev.probe in ENTRY_PROBES and not self.pipe.knows_device(ev):
-                self._refresh((ev.netns, ev.ifindex))
+            if ev.probe in ENTRY_PROBES:
+                self._check_device(ev.probe == "rx", ev.netns, ev.ifindex)
             if ev.probe in ("kfree", "consume") and ev.aux:
                 self._resolve(ev.aux)
             if self.writer is not None:
@@ -227,8 +228,7 @@ class _LiveStream:
         if probe in self._entry_ids:
             netns, ifindex = self._peek_dev(data, self._off_netns)
             if (netns, ifindex) not in self._known:
-                if self.pipe.ctx.topo.device(netns, ifindex) is None:
-                    self._refresh((netns, ifindex))
+                self._check_device(probe == self._rx_id, netns, ifindex)
                 self._known.add((netns, ifindex))
         elif probe in self._free_ids:
             aux = self._peek_aux(data, self._off_aux)[0]
@@ -238,15 +238,30 @@ class _LiveStream:
             self.writer.event(data)
         self.pipe.events += 1
 
-    def _refresh(self, key: tuple[int, int]) -> None:
+    def _check_device(self, rx: bool, netns: int, ifindex: int) -> None:
+        """Before an entry event is written or classified: its device must be
+        known, and a parent whose rx_handler ran must be known as a port (its
+        mode decides the RX branch). A parent read before its first slave
+        existed, or while that slave moved to its pod's namespace, has no
+        port yet: the slaves can be in any namespace, so the node is read
+        again, once per parent. (Without this, such a parent's first frames
+        were named by a port of unknown mode: rx.to_host for an L3S port.)"""
+        topo = self.pipe.ctx.topo
+        if topo.device(netns, ifindex) is None:
+            self._refresh((netns, ifindex))
+        if rx and topo.port_of(netns, ifindex) is None:
+            self._refresh((netns, ifindex), whole_node=True)
+
+    def _refresh(self, key: tuple[int, int], whole_node: bool = False) -> None:
         """A device appeared after the start: read its namespace (one netlink
         dump, not the node's), once per device. Timed: `refresh_s` in the
         summary and the trailer says what pod churn cost the consumer."""
-        if key in self.tried:
+        tag = (whole_node, key)
+        if tag in self.tried:
             return
-        self.tried.add(key)
+        self.tried.add(tag)
         t = time.monotonic()
-        snap = snapshot.take_netns(key[0], self.pipe.ctx.topo)
+        snap = snapshot.take() if whole_node else snapshot.take_netns(key[0], self.pipe.ctx.topo)
         if self.writer is not None:
             self.writer.snapshot(snap)
         self.pipe.snapshot(snap)

@@ -101,6 +101,11 @@ def run_stats(opts: StatsOptions) -> Report:
                 for netns in {ns for ns, _ in new}:
                     ctx.topo.add(snapshot.take_netns(netns, ctx.topo))
                 tally.forget_names()
+            portless = {("port", k) for k in tally.portless_parents(sigs)} - tried
+            if portless:   # its slaves may be in any namespace: the node again
+                tried.update(portless)
+                ctx.topo.add(snapshot.take())
+                tally.forget_names()
             misses = tracer.kprobe_misses()
             return build_report(tally.rows(sigs), tracer.kernel_stats(misses), misses,
                                 now - t0, plan.kernel, plan.probe_count, report, raw_counts)

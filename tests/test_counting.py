@@ -125,3 +125,22 @@ def test_a_rcv_frame_clone_with_foreign_arguments_is_incomplete():
         assert ("clone_mismatch" in s.hflags) == (not complete)
         v = classify.classify(counting.synth_packet(s, c), c)
         assert (v.branch, v.complete) == ("tx.l2.local", complete)
+
+
+def test_a_parent_read_before_its_slaves_asks_for_the_node_again():
+    """A parent read before its first slave existed (or while that slave moved
+    into its pod's namespace) is a device with no port: its rx_handler's frames
+    cannot be named by mode (an L3S port's frames would come out rx.to_host),
+    so stats reads the node again; once a slave ties it, nothing is asked."""
+    bare = snapshot("l3s")
+    bare["devices"] = bare["devices"][:1]          # only the parent so far
+    c = classify.Context(topo=Topology.from_snapshots([bare]), flags=F)
+    t = counting.Tally(c)
+    passed = sig("rx", ret=3, etype=0x0800, l4=1, netns=HOST, ifindex=2)
+    assert t.unknown_devices({passed: 1}) == set()
+    assert t.portless_parents({passed: 1}) == {(HOST, 2)}
+    c.topo.add(snapshot("l3s"))
+    t.forget_names()
+    assert t.portless_parents({passed: 1}) == set()
+    [(o, n)] = t.rows({passed: 1}).items()
+    assert (o.branch, n) == ("rx.l3s.to_host", 1)
