@@ -67,3 +67,26 @@ def test_a_pod_read_before_its_parent_is_tied_once_the_parent_is_known():
     topo.add({"namespaces": [], "devices": [dict(d) for d in host]})
     assert topo.device(5000, 2)["link_netns"] == HOST
     assert topo.port_of(HOST, 2) is not None
+
+
+def test_a_namespace_is_read_without_leaving_ours():
+    """take() reads each namespace through a socket made there by a short-lived
+    thread (no fork per namespace): what it reads is that namespace's, and the
+    reading thread stays in its own. Needs root (CI runs as root)."""
+    import os
+    import subprocess
+
+    from ipvtrace import snapshot
+
+    name = f"ipvt-snap-{os.getpid()}"
+    own = os.stat("/proc/thread-self/ns/net").st_ino
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        snap = snapshot.take()
+        inum = snapshot.netns_inode(f"/run/netns/{name}")
+        [lo] = [d for d in snap["devices"] if d["netns"] == inum]
+        assert (lo["name"], lo["up"]) == ("lo", True) and "127.0.0.1/8" in lo["addrs"]
+        assert os.stat("/proc/thread-self/ns/net").st_ino == own
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=True)
