@@ -3,9 +3,9 @@
 In stats mode the BPF program sends no events: it gathers what each context
 saw (which helpers ran, on which devices, what they returned, a few bits of
 the frame) into a `struct ipvt_sig` and counts identical signatures in a
-per-CPU hash map. Here each *distinct* signature becomes a small Packet of
-events and goes through the same `classify()` that live and replay use, so
-there is one rule set; only the counting happens in the kernel.
+per-CPU hash map. Here each *distinct* signature is read into the same
+Evidence that live and replay build from events, and goes through the same
+`classify()`: one rule set; only the counting happens in the kernel.
 
 Three kinds of signature are not a whole packet:
 - the parent's RX of a frame a slave forwarded to it (tx.l2.to_parent): the
@@ -25,16 +25,12 @@ from collections import Counter
 from dataclasses import dataclass
 
 from . import classify as cls
-from .correlate import Packet
-from .decode import Event
+from . import evidence
+from .evidence import Evidence
 from .layout import SigLayout, sig_layout
+from .packet import PacketInfo, parse
 
-ENTRY_SKB, ENQ_SKB, OTHER_SKB = 0x1000, 0x2000, 0x3000
-OWNER = 0x4000   # the ipvl_dev the lookup found (the kernel compared it)
-# helper probes in the order the driver runs them, for the synthetic packet
 CLONE_ARGS = 0x01   # IPVT_C_CLONE_ARGS
-HELPER_ORDER = ("rcv_frame", "lookup_ret", "mc_enqueue", "fwd", "fwd_ret", "local_out",
-                "local_out6", "qxmit", "kfree", "consume")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,90 +67,66 @@ def decode(raw: bytes, sl: SigLayout | None = None) -> Signature:
     )
 
 
-def synth_frame(sig: Signature) -> bytes:
-    """Frame bytes that parse to what the kernel saw: multicast or not,
-    EtherType, L4 protocol (addresses are zero: stats does not keep them)."""
+def frame_info(sig: Signature) -> PacketInfo:
+    """What the kernel kept of the frame (multicast or not, EtherType, L4
+    protocol; no addresses), as the parser would have read it."""
+    if "runt" in sig.hflags or "no_mac" in sig.hflags:
+        return PacketInfo()   # (no MAC header: the kernel kept no L3 fields either)
     dst = b"\x01\x00\x5e\x00\x00\x01" if "dst_mcast" in sig.hflags else b"\x02\0\0\0\0\x01"
     eth = dst + b"\x02\0\0\0\0\x02" + sig.etype.to_bytes(2, "big")
     if sig.etype == 0x0800:
-        return eth + bytes([0x45, 0, 0, 20, 0, 0, 0, 0, 64, sig.l4, 0, 0]) + b"\0" * 8
-    if sig.etype == 0x86DD:
-        return eth + bytes([0x60, 0, 0, 0, 0, 0, sig.l4, 64]) + b"\0" * 32
-    if sig.etype == 0x0806:
-        return eth + bytes([0, 1, 8, 0, 6, 4, 0, 1]) + b"\0" * 20
-    return eth
-
-
-class _Events:
-    """Makes the synthetic events of one signature."""
-
-    def __init__(self, ctx: cls.Context) -> None:
-        self.ctx = ctx
-        self.has_dev = ctx.flag("has_dev")
-
-    def ev(self, probe: str, netns: int = 0, ifindex: int = 0, **kw) -> Event:
-        flags = kw.pop("flags", 0)
-        name = ""
-        if ifindex:
-            flags |= self.has_dev
-            dev = self.ctx.topo.device(netns, ifindex)
-            name = dev.get("name", "") if dev else f"if{ifindex}"
-        base = dict(ts=0, skb=0, head=0, ctx=0, aux=0, aux2=0, ret=0, cpu=0, pid=0,
-                    netns=netns, ifindex=ifindex, reason=0, len=0, probe=probe, depth=0,
-                    flags=flags, hdr=b"", ifname=name)
-        base.update(kw)
-        return Event(**base)
-
-
-def synth_packet(sig: Signature, ctx: cls.Context) -> Packet:
-    """The events a traced packet with this signature would have had."""
-    mk = _Events(ctx)
-    no_mac = ctx.flag("no_mac") if "no_mac" in sig.hflags else 0
-    if "runt" in sig.hflags:
-        hdr, length = b"\0" * 10, 10
+        l3 = bytes([0x45, 0, 0, 20, 0, 0, 0, 0, 64, sig.l4, 0, 0]) + b"\0" * 8
+    elif sig.etype == 0x86DD:
+        l3 = bytes([0x60, 0, 0, 0, 0, 0, sig.l4, 64]) + b"\0" * 32
+    elif sig.etype == 0x0806:
+        l3 = bytes([0, 1, 8, 0, 6, 4, 0, 1]) + b"\0" * 20
     else:
-        hdr = b"" if no_mac else synth_frame(sig)
-        length = max(len(hdr), 60)
-    entry_probe = "xmit" if sig.kind == "xmit" else "rx"
-    entry = mk.ev(entry_probe, sig.netns, sig.ifindex, skb=ENTRY_SKB, hdr=hdr, len=length,
-                  flags=no_mac)
-    pkt = Packet(entry=entry, events=[entry])
+        l3 = b""
+    return parse(eth + l3)
+
+
+def evidence_of(sig: Signature, ctx: cls.Context) -> Evidence:
+    """The Evidence one counted context gave: the same facts the events of a
+    traced packet give, read from the signature's fields and bits."""
+    dev = ctx.device
+    port = ctx.topo.port_of(sig.netns, sig.ifindex) or {}
+    x = Evidence(direction="tx" if sig.kind == "xmit" else "rx",
+                 frm=dev(sig.netns, sig.ifindex), info=frame_info(sig),
+                 mode=port.get("mode"), flags=list(port.get("flags", [])))
     if sig.kind == "l3_rcv":   # an L3S frame a slave got at LOCAL_IN
-        pkt.ret = mk.ev("rx_ret", ret=cls.RX_HANDLER_PASS)
-        pkt.cont = [mk.ev("s2a_ret", sig.own_netns, sig.own_ifindex, aux=1), mk.ev("nf_input")]
-        return pkt
-    to = (sig.to_netns, sig.to_ifindex)
-    for probe in HELPER_ORDER:
-        if probe not in sig.seen:
-            continue
-        if probe == "lookup_ret":
-            found = "found" in sig.hflags
-            e = (mk.ev(probe, sig.own_netns, sig.own_ifindex, aux=1, aux2=OWNER)
-                 if found else mk.ev(probe))
-        elif probe == "rcv_frame":   # its arguments as the kernel checked them
-            bad = "clone_mismatch" in sig.hflags
-            e = mk.ev(probe, skb=OTHER_SKB if bad else ENTRY_SKB, aux2=OWNER)
-        elif probe in ("fwd", "local_out", "local_out6"):
-            e = mk.ev(probe, *to, skb=OTHER_SKB)
-        elif probe == "fwd_ret":
-            e = mk.ev(probe, ret=sig.fwd_ret)
-        elif probe == "mc_enqueue":
-            e = mk.ev(probe, skb=ENQ_SKB)
-        elif probe == "qxmit":
-            own = "own_qx" in sig.hflags
-            e = mk.ev(probe, *(to if own else (0, 0)), skb=ENTRY_SKB if own else OTHER_SKB)
-        elif probe == "kfree":
-            e = mk.ev(probe, skb=ENQ_SKB if "kfree_enq" in sig.hflags else OTHER_SKB,
-                      reason=sig.reason)
-        elif probe == "consume":
-            e = mk.ev(probe, skb=ENTRY_SKB if "consume_own" in sig.hflags else OTHER_SKB)
-        else:
-            e = mk.ev(probe)
-        pkt.events.append(e)
-    pkt.ret = mk.ev(f"{entry_probe}_ret", ret=sig.ret)
-    if "mc_enqueue" in sig.seen and "kfree_enq" not in sig.hflags:
-        pkt.worker_done = True   # the worker's deliveries are counted on their own
-    return pkt
+        x.ret = cls.RX_HANDLER_PASS
+        x.l3s_lookup, x.l3s_owner = True, dev(sig.own_netns, sig.own_ifindex)
+        x.nf_input = True
+        return x
+    seen, to = sig.seen, dev(sig.to_netns, sig.to_ifindex)
+    x.ret = sig.ret
+    x.runt = "runt" in sig.hflags
+    x.found = "lookup_ret" in seen and "found" in sig.hflags
+    x.owner = dev(sig.own_netns, sig.own_ifindex) if x.found else None
+    x.rcv = "rcv_frame" in seen
+    if x.rcv and "clone_mismatch" in sig.hflags:   # checked in the kernel
+        x.clone_mismatch = "ipvlan_rcv_frame's arguments were not this packet's (checked in the kernel)"
+        x.complete = False
+    x.fwd = "fwd" in seen
+    x.fwd_to = to if x.fwd else None
+    x.fwd_ret = sig.fwd_ret if "fwd_ret" in seen else None
+    x.enq = "mc_enqueue" in seen
+    for probe in ("local_out", "local_out6"):
+        if probe in seen:
+            x.local_out, x.local_out_to = probe, to
+    x.own_qx = "qxmit" in seen and "own_qx" in sig.hflags
+    x.own_qx_to = to if x.own_qx else None
+    x.kfree = "kfree" in seen
+    if x.kfree:
+        x.reason = ctx.drop_reasons.get(sig.reason, str(sig.reason) if sig.reason else None)
+    x.consume_own = "consume" in seen and "consume_own" in sig.hflags
+    x.helpers = ",".join(sorted(seen)) or "none"
+    if x.enq:
+        if "kfree_enq" in sig.hflags:
+            x.mcast, x.worker_why = [evidence.backlog_drop(sig.reason, ctx)], evidence.BACKLOG_WHY
+        else:   # the worker's deliveries are counted on their own (kind mc_work)
+            x.worker_why = evidence.worker_summary([])
+    return x
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,13 +149,11 @@ def outcomes(sig: Signature, ctx: cls.Context) -> list[Outcome]:
     if "echo" in sig.hflags:
         return []   # the parent's RX of a tx.l2.to_parent frame: counted with its TX
     if sig.kind == "mc_work":
-        mk = _Events(ctx)
         probe = next(iter(sig.seen), "fwd")
-        ev = mk.ev(probe, sig.to_netns, sig.to_ifindex, skb=OTHER_SKB)
-        pkt = Packet(entry=None, worker=[ev], worker_done=True)
-        mcast, _ = cls.mcast_share(pkt, ctx, tx_origin=True)
-        return [Outcome(m["branch"], m["delivery"], "-", _ref(m["to"]), None) for m in mcast]
-    v = cls.classify(synth_packet(sig, ctx), ctx)
+        m = evidence.worker_delivery(probe, ctx.device(sig.to_netns, sig.to_ifindex), None,
+                                     tx_origin=True)
+        return [Outcome(m["branch"], m["delivery"], "-", _ref(m["to"]), None)] if m else []
+    v = cls.classify(evidence_of(sig, ctx))
     out = [Outcome(v.branch, v.delivery, _ref(v.frm), _ref(v.to), v.reason)]
     out += [Outcome(m["branch"], m["delivery"], _ref(v.frm), _ref(m.get("to")), m.get("reason"))
             for m in v.mcast]

@@ -10,6 +10,7 @@ from collections import Counter
 from typing import Callable
 
 from . import classify as cls
+from . import evidence
 from .correlate import Correlator, Packet
 from .decode import Decoder, Event
 from .layout import Layout
@@ -89,7 +90,7 @@ class Pipeline:
                     if name:
                         self.ctx.symbols[e.aux] = name
                         self.resolved[e.aux] = name
-        v = cls.classify(pkt, self.ctx)
+        v = cls.classify(evidence.from_packet(pkt, self.ctx))
         row: Row | None = None
         # counting alone (replay --stats) needs no row: skip building one
         if self.sink is not None or self.row_filter is not None or self.packet_sink is not None:

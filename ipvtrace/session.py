@@ -243,25 +243,26 @@ class _LiveStream:
         known, and a parent whose rx_handler ran must be known as a port (its
         mode decides the RX branch). A parent read before its first slave
         existed, or while that slave moved to its pod's namespace, has no
-        port yet: the slaves can be in any namespace, so the node is read
-        again, once per parent. (Without this, such a parent's first frames
+        port yet: its slaves are in namespaces not read so far, so those are
+        read, once per parent. (Without this, such a parent's first frames
         were named by a port of unknown mode: rx.to_host for an L3S port.)"""
         topo = self.pipe.ctx.topo
         if topo.device(netns, ifindex) is None:
             self._refresh((netns, ifindex))
         if rx and topo.port_of(netns, ifindex) is None:
-            self._refresh((netns, ifindex), whole_node=True)
+            self._refresh((netns, ifindex), new_namespaces=True)
 
-    def _refresh(self, key: tuple[int, int], whole_node: bool = False) -> None:
+    def _refresh(self, key: tuple[int, int], new_namespaces: bool = False) -> None:
         """A device appeared after the start: read its namespace (one netlink
         dump, not the node's), once per device. Timed: `refresh_s` in the
         summary and the trailer says what pod churn cost the consumer."""
-        tag = (whole_node, key)
+        tag = (new_namespaces, key)
         if tag in self.tried:
             return
         self.tried.add(tag)
         t = time.monotonic()
-        snap = snapshot.take() if whole_node else snapshot.take_netns(key[0], self.pipe.ctx.topo)
+        topo = self.pipe.ctx.topo
+        snap = snapshot.take(topo) if new_namespaces else snapshot.take_netns(key[0], topo)
         if self.writer is not None:
             self.writer.snapshot(snap)
         self.pipe.snapshot(snap)

@@ -207,10 +207,15 @@ def resolve_links(devices: list[dict], known: list[dict] | dict) -> None:
             dev["link_nsid"] = nsid   # kept: a later snapshot may know the peer
 
 
-def take() -> dict:
-    """A snapshot of every known namespace's devices (errors per netns are kept)."""
+def take(known: "Topology | None" = None) -> dict:
+    """A snapshot of every namespace's devices (errors per netns are kept);
+    with *known*, of the namespaces it has not seen yet, their links resolved
+    against what it has: where a parent's slaves went when the parent's
+    port is not known (new pods), without reading every pod of the node."""
     _register_ipvlan_kind()
     namespaces = list_namespaces()
+    if known is not None:
+        namespaces = [ns for ns in namespaces if ns["inum"] not in known.ns_names]
     devices: list[dict] = []
     errors: list[str] = []
     for ns in namespaces:
@@ -218,7 +223,7 @@ def take() -> dict:
             devices.extend(_dump_ns(ns))
         except Exception as exc:  # a netns that vanished while we looked
             errors.append(f"{ns['name'] or ns['path']}: {exc}")
-    resolve_links(devices, [])
+    resolve_links(devices, known.devices if known is not None else [])
     return _snap(namespaces, devices, errors)
 
 

@@ -1,6 +1,7 @@
 """Correlation and classification on synthetic streams (fast, no kernel)."""
 from ipvtrace import classify
 from ipvtrace.correlate import Correlator, correlate
+from ipvtrace.evidence import from_packet
 from ipvtrace.snapshot import Topology
 
 from synth import (BCAST, HOST, OTHER_MAC, F, ev, ipv4_icmp, parent, pod_a, pod_b, snapshot)
@@ -10,7 +11,7 @@ CTX = classify.Context(topo=Topology.from_snapshots([snapshot("l2")]),
 
 
 def verdicts(events, ctx=CTX, wait_ns=2_000_000_000):
-    return [(p, classify.classify(p, ctx)) for p in correlate(events, wait_ns)]
+    return [(p, classify.classify(from_packet(p, ctx))) for p in correlate(events, wait_ns)]
 
 
 def local_tx(ctx_id, ts, skb, cpu=0):
@@ -146,7 +147,7 @@ def test_lost_events_mark_incomplete():
     c.mark_lost()
     for e in evs[1:]:
         c.feed(e)
-    v = classify.classify(out[0], CTX)
+    v = classify.classify(from_packet(out[0], CTX))
     assert v.branch == "tx.l2.local" and v.complete is False
 
 
@@ -195,11 +196,11 @@ def test_context_whose_return_never_comes_is_evicted_and_counted():
     c.tick(5000)
     [pkt] = out
     assert pkt.evicted and c.evicted == 1 and not c.open
-    v = classify.classify(pkt, CTX)
+    v = classify.classify(from_packet(pkt, CTX))
     assert not v.complete and v.branch == "unknown"
     for e in local_tx(2, 6000, 0x2000):           # later packets are unaffected
         c.feed(e)
-    assert classify.classify(out[-1], CTX).branch == "tx.l2.local" and c.evicted == 1
+    assert classify.classify(from_packet(out[-1], CTX)).branch == "tx.l2.local" and c.evicted == 1
 
 
 def test_clone_queued_during_the_worker_run_does_not_take_its_events():
@@ -223,7 +224,7 @@ def test_clone_queued_during_the_worker_run_does_not_take_its_events():
         ev("kfree", 121, 51, skb=S2, flags=W, depth=0),
         ev("mc_work_ret", 122, 51, flags=W, depth=0),
     ]
-    got = {p.direction: (p, classify.classify(p, CTX)) for p in correlate(events, 10_000)}
+    got = {p.direction: (p, classify.classify(from_packet(p, CTX))) for p in correlate(events, 10_000)}
     tx_pkt, tx = got["tx"]
     assert tx.branch == "tx.l2.multicast" and tx.complete
     assert [m["branch"] for m in tx.mcast] == ["mcast.out_parent"]
@@ -245,7 +246,7 @@ def test_loss_is_exact_per_context():
         c.feed(e)
     c.mark_lost()   # the tick's loss mark: no L3S packet waits, nothing else changes
     c.flush()
-    got = {p.entry.ctx: classify.classify(p, CTX).complete for p in out}
+    got = {p.entry.ctx: classify.classify(from_packet(p, CTX)).complete for p in out}
     assert got == {1: True, 2: False}
     out.clear()
     c = Correlator(out.append, lost_flag=0)   # a version-1 recording
@@ -255,4 +256,4 @@ def test_loss_is_exact_per_context():
     for e in a[3:]:
         c.feed(e)
     c.flush()
-    assert [classify.classify(p, CTX).complete for p in out] == [False]
+    assert [classify.classify(from_packet(p, CTX)).complete for p in out] == [False]
