@@ -10,6 +10,7 @@ import os
 import time
 
 from ipvtrace import snapshot
+from ipvtrace.topology import Topology
 from ipvtrace.netlab import Lab
 
 PODS = int(os.environ.get("IPVT_BENCH_PODS", "500"))
@@ -26,7 +27,7 @@ def main() -> None:
         t = time.monotonic()
         snap = snapshot.take()
         take_s = time.monotonic() - t
-        topo = snapshot.Topology.from_snapshots([snap])
+        topo = Topology.from_snapshots([snap])
         slaves = [d for d in snap["devices"] if d.get("kind") == "ipvlan"]
         resolved = sum(1 for d in slaves if d.get("link_netns") is not None)
         # one more pod while tracing: its namespace alone is read

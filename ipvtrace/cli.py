@@ -245,7 +245,7 @@ def cmd_replay(args) -> int:
 
     from .recording import RecordingError
     from .render import print_stats
-    from .session import run_replay
+    from .replay import run_replay
 
     rf = filters.RowFilter.from_args(args)
     expr = _filter(args)
@@ -323,7 +323,7 @@ def _tracing(run, writes: Path | None = None):
 
 
 def cmd_trace(args) -> int:
-    from .session import LiveOptions, run_live
+    from .live import LiveOptions, run_live
 
     import contextlib
 

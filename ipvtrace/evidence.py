@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from .correlate import Packet
 from .decode import Event
 from .packet import PacketInfo, parse
-from .snapshot import Topology
+from .topology import Topology
 
 
 @dataclass

@@ -14,7 +14,7 @@ from . import recording
 from .render import LineSink
 from .netlab import checkpoint
 from .scenarios import Scenario, Step, guest_ready, record_scenarios
-from .session import run_replay
+from .replay import run_replay
 
 
 def steps_path(recording_path: Path) -> Path:

@@ -14,7 +14,7 @@ from . import evidence
 from .correlate import Correlator, Packet
 from .decode import Decoder, Event
 from .layout import Layout
-from .snapshot import Topology
+from .topology import Topology
 
 Row = dict
 

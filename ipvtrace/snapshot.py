@@ -2,7 +2,7 @@
 
 Events carry (netns inode, ifindex); this snapshot turns them into names a
 person knows (``eth0@pod-a``) and tells the classifier each port's mode and
-flags. The mode is read from netlink, not from struct offsets, which move
+flags (merged and looked up by topology.Topology). The mode is read from netlink, not from struct offsets, which move
 between kernels. Taken at the start and again at the end of a recording, so
 devices created while tracing are known too.
 """
@@ -12,8 +12,9 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from .topology import Topology, resolve_links
 
 NETNS_RUN = Path("/run/netns")
 IPVLAN_MODES = {0: "l2", 1: "l3", 2: "l3s"}
@@ -180,34 +181,7 @@ def _dump_ns(ns: dict) -> list[dict]:
     return devices
 
 
-def resolve_links(devices: list[dict], known: list[dict] | dict) -> None:
-    """Name the namespace behind each `link_nsid`, from the devices alone: an
-    ipvlan slave shares its parent's MAC and names its ifindex; a veth and
-    its peer name each other's ifindex. No netlink call per pair of
-    namespaces (a node with hundreds of pods would make N² of them); a link
-    that matches no device, or several, keeps link_netns None."""
-    pool = list(known.values()) if isinstance(known, dict) else list(known)
-    by_index: dict[int, list[dict]] = {}
-    for d in pool + devices:
-        by_index.setdefault(d["ifindex"], []).append(d)
-    for dev in devices:
-        if "link_nsid" not in dev:
-            continue
-        nsid = dev.pop("link_nsid")
-        cands = [d for d in by_index.get(dev["link"], ()) if d["netns"] != dev["netns"]]
-        if dev.get("kind") == "ipvlan":
-            # the parent: same MAC, and never an ipvlan slave itself (the
-            # kernel puts a slave of a slave on the first one's parent)
-            cands = [d for d in cands if d.get("mac") == dev.get("mac") and d.get("kind") != "ipvlan"]
-        else:
-            cands = [d for d in cands if d.get("link") == dev["ifindex"]] or cands
-        netns = {d["netns"] for d in cands}
-        dev["link_netns"] = netns.pop() if len(netns) == 1 else None
-        if dev["link_netns"] is None:
-            dev["link_nsid"] = nsid   # kept: a later snapshot may know the peer
-
-
-def take(known: "Topology | None" = None) -> dict:
+def take(known: Topology | None = None) -> dict:
     """A snapshot of every namespace's devices (errors per netns are kept);
     with *known*, of the namespaces it has not seen yet, their links resolved
     against what it has: where a parent's slaves went when the parent's
@@ -227,7 +201,7 @@ def take(known: "Topology | None" = None) -> dict:
     return _snap(namespaces, devices, errors)
 
 
-def take_netns(inum: int, known: "Topology") -> dict:
+def take_netns(inum: int, known: Topology) -> dict:
     """A snapshot of one namespace (a pod that appeared while tracing): found
     by its inode among `ip netns` names, then processes; its links resolved
     against what *known* has. Costs one namespace's netlink dump, not a
@@ -266,60 +240,3 @@ def _snap(namespaces: list[dict], devices: list[dict], errors: list[str]) -> dic
         "devices": devices,
         "errors": errors,
     }
-
-
-@dataclass
-class Topology:
-    """Lookups over one or more snapshots (later ones win). Every lookup is a
-    dict access: nothing scans all devices per packet."""
-
-    ns_names: dict[int, str] = field(default_factory=dict)
-    devices: dict[tuple[int, int], dict] = field(default_factory=dict)
-    # (parent netns, parent ifindex) -> the port's ipvlan {mode, flags}, from its slaves
-    ports: dict[tuple[int, int], dict] = field(default_factory=dict)
-
-    @classmethod
-    def from_snapshots(cls, snaps: list[dict]) -> "Topology":
-        t = cls()
-        for snap in snaps:
-            t.add(snap)
-        return t
-
-    def add(self, snap: dict) -> None:
-        """Merge a later snapshot in place (a long run keeps one merged view,
-        not every snapshot it took). A pod's namespace may be read before
-        its parent's (devices appear in any order): links left unresolved are
-        tied again once the devices they point at are known."""
-        for ns in snap.get("namespaces", []):
-            self.ns_names[ns["inum"]] = ns["name"] or ("root" if ns.get("root") else f"netns:{ns['inum']}")
-        new = snap.get("devices", [])
-        for d in new:
-            self.devices[(d["netns"], d["ifindex"])] = dict(d)
-        pending = [d for d in self.devices.values() if "link_nsid" in d]
-        if pending and new:
-            resolve_links(pending, self.devices)
-        for d in (self.devices[(x["netns"], x["ifindex"])] for x in new):
-            self._port(d)
-        for d in pending:
-            self._port(d)
-
-    def _port(self, d: dict) -> None:
-        if d.get("ipvlan") and d.get("link") is not None and d.get("link_netns") is not None:
-            self.ports[(d["link_netns"], d["link"])] = d["ipvlan"]
-
-    def ns_name(self, inum: int) -> str:
-        return self.ns_names.get(inum, f"netns:{inum}" if inum else "?")
-
-    def device(self, netns: int, ifindex: int) -> dict | None:
-        return self.devices.get((netns, ifindex))
-
-    def port_of(self, netns: int, ifindex: int) -> dict | None:
-        """ipvlan mode/flags for a slave, or for a parent (from any of its slaves)."""
-        d = self.devices.get((netns, ifindex))
-        if d and d.get("ipvlan"):
-            return d["ipvlan"]
-        return self.ports.get((netns, ifindex))
-
-    def is_ipvlan(self, netns: int, ifindex: int) -> bool:
-        d = self.device(netns, ifindex)
-        return bool(d and d.get("kind") == "ipvlan")

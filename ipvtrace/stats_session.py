@@ -17,8 +17,9 @@ from typing import Callable
 
 from . import classify as cls
 from . import counting, layout, probes, snapshot
-from .session import StopFlag, announce
+from .lifecycle import StopFlag, announce
 from .symbols import drop_reasons
+from .topology import Topology
 
 Report = dict
 MCAST_PREFIX = "mcast."   # per delivery, not per packet
@@ -74,7 +75,7 @@ def run_stats(opts: StatsOptions) -> Report:
     loader.require_root()
     loader.import_bcc()
     plan = probes.build()
-    ctx = cls.Context(topo=snapshot.Topology.from_snapshots([snapshot.take()]),
+    ctx = cls.Context(topo=Topology.from_snapshots([snapshot.take()]),
                       drop_reasons=drop_reasons(plan.tracefs), symbols={},
                       flags=layout.current().flags)
     tally = counting.Tally(ctx)

@@ -2,7 +2,7 @@
 from ipvtrace import classify
 from ipvtrace.correlate import Correlator, correlate
 from ipvtrace.evidence import from_packet
-from ipvtrace.snapshot import Topology
+from ipvtrace.topology import Topology
 
 from synth import (BCAST, HOST, OTHER_MAC, F, ev, ipv4_icmp, parent, pod_a, pod_b, snapshot)
 

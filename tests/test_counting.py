@@ -6,7 +6,7 @@ checks on real kernels that these counts equal what `record` saw."""
 import struct
 
 from ipvtrace import classify, counting, layout
-from ipvtrace.snapshot import Topology
+from ipvtrace.topology import Topology
 
 from synth import F, HOST, POD_A, POD_B, snapshot
 

@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ipvtrace import recording, session
+from ipvtrace import recording, replay
 
 FIX = Path(__file__).parent / "fixtures"
 EXAMPLES = int(os.environ.get("IPVTRACE_FUZZ_EXAMPLES", "150"))
@@ -91,7 +91,7 @@ def survives(tmp_path: Path, data: bytes) -> None:
     p = tmp_path / "fuzz.ipvt"
     p.write_bytes(data)
     try:
-        session.run_replay(p, sink=lambda row: None)
+        replay.run_replay(p, sink=lambda row: None)
     except recording.RecordingError as exc:
         assert "\n" not in str(exc)
 

@@ -4,7 +4,7 @@ import io
 
 from rich.console import Console
 
-from ipvtrace import session, snapshot
+from ipvtrace import live, replay, snapshot
 from ipvtrace.layout import current
 from ipvtrace.render import LineSink
 
@@ -49,7 +49,7 @@ def test_live_rows_equal_replay_rows(tmp_path, monkeypatch):
     writer = recording.Writer(out, {"format": "ipvtrace-recording", "format_version": 1,
                                     "start_ktime": 0, "layout": lay.to_json(),
                                     "drop_reasons": {"2": "NOT_SPECIFIED"}, "snapshot": snap})
-    src = session._LiveStream(lay, writer, snap, {2: "NOT_SPECIFIED"}, 0,
+    src = live._LiveStream(lay, writer, snap, {2: "NOT_SPECIFIED"}, 0,
                               lambda row: (live_rows.append(row), live_sink(row)))
     src.kallsyms.resolve = lambda addr: "ipvlan_queue_xmit+0x10"
     lost = 0
@@ -66,7 +66,7 @@ def test_live_rows_equal_replay_rows(tmp_path, monkeypatch):
 
     replay_rows, replay_text = [], io.StringIO()
     replay_sink = LineSink(Console(file=replay_text, width=200, color_system=None), why=True)
-    session.run_replay(out, lambda row: (replay_rows.append(row), replay_sink(row)))
+    replay.run_replay(out, lambda row: (replay_rows.append(row), replay_sink(row)))
     assert replay_rows == live_rows
     assert replay_text.getvalue() == live_text.getvalue()
     branches = [r["branch"] for r in live_rows]
@@ -90,7 +90,7 @@ def test_record_only_path_writes_the_same_file(tmp_path, monkeypatch):
         w = recording.Writer(out, {"format": "ipvtrace-recording", "format_version": 1,
                                    "start_ktime": 0, "layout": lay.to_json(),
                                    "drop_reasons": {}, "snapshot": snap})
-        src = session._LiveStream(lay, w, snap, {}, 0, sink)
+        src = live._LiveStream(lay, w, snap, {}, 0, sink)
         src.kallsyms.resolve = lambda addr: "ipvlan_queue_xmit+0x10"
         for item in stream():
             if isinstance(item, bytes):
@@ -103,7 +103,7 @@ def test_record_only_path_writes_the_same_file(tmp_path, monkeypatch):
     rows = []
     for out in outs:
         got = []
-        session.run_replay(out, got.append)
+        replay.run_replay(out, got.append)
         rows.append(got)
     assert rows[0] == rows[1] and len(rows[0]) == 2
     assert recording.read(outs[1]).trailer["symbols"] == {"0xffffffff81000010": "ipvlan_queue_xmit+0x10"}
@@ -125,7 +125,7 @@ def test_record_keeps_row_filters_for_replay(tmp_path, monkeypatch):
     w = recording.Writer(out, {"format": "ipvtrace-recording", "format_version": 1,
                                "start_ktime": 0, "layout": lay.to_json(), "drop_reasons": {},
                                "snapshot": snap, "row_filters": {"branch": ["tx.l2.multicast"]}})
-    src = session._LiveStream(lay, w, snap, {}, 0, None)
+    src = live._LiveStream(lay, w, snap, {}, 0, None)
     src.kallsyms.resolve = lambda addr: None
     for item in stream():
         if isinstance(item, bytes):

@@ -1,7 +1,7 @@
 """The netlink snapshot's data side, without netlink: links into other
 namespaces are resolved from the devices themselves (no call per pair of
 namespaces), and the per-packet lookups are dict accesses."""
-from ipvtrace.snapshot import Topology, resolve_links
+from ipvtrace.topology import Topology, resolve_links
 
 HOST, MAC = 4026531840, "02:00:00:00:00:01"
 

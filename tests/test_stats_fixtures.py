@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ipvtrace import classify, counting, layout, recording, session
-from ipvtrace.snapshot import Topology
+from ipvtrace import classify, counting, layout, recording, replay
+from ipvtrace.topology import Topology
 
 FIX = Path(__file__).parent / "fixtures"
 KERNELS = ["6.1", "6.12"]
@@ -33,7 +33,7 @@ def named(kernel: str) -> tuple[dict, dict]:
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_kernel_counters_name_the_same_branches_as_the_replay(kernel):
     reading, branches = named(kernel)
-    replayed = session.run_replay(FIX / f"stats-{kernel}.ipvt", sink=None)
+    replayed = replay.run_replay(FIX / f"stats-{kernel}.ipvt", sink=None)
     assert reading["kprobe_misses_total"] == 0 and replayed["lost_events"] == 0
     assert branches == replayed["branches"]
     assert sum(n for b, n in branches.items() if not b.startswith("mcast.")) == replayed["packets"]

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import topology_checks as checks
-from ipvtrace import scenarios, session
+from ipvtrace import scenarios, replay
 from ipvtrace.netlab import Lab
 
 OUT = Path(os.environ.get("IPVTRACE_OUT", "build/guest")).resolve()
@@ -52,7 +52,7 @@ def both():
     # kept as a fixture with the recording (scripts/refresh-fixtures): the
     # fast tier names these kernel counters again and replays the recording
     (OUT / f"stats-{rel}.json").write_text(json.dumps(readings[-1]))
-    replayed = session.run_replay(rec, sink=lambda row: None)
+    replayed = replay.run_replay(rec, sink=lambda row: None)
     return readings, replayed, prom
 
 

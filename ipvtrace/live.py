@@ -1,13 +1,10 @@
-"""Event sources: the live tracer (live, record) and a recording (replay).
-
-Both feed the same Pipeline in the same order: decoded events, clock ticks,
-lost-event marks and snapshots. The live source also writes exactly that
-stream to the recording, which is why replay prints what live printed.
+"""The live source (live, record): attach, read the ring buffer, feed the
+pipeline, and write exactly that stream (events, ticks, lost-event marks,
+snapshots) to the recording, which is why replay prints what live printed.
 """
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import struct
 import sys
@@ -17,52 +14,12 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__, layout, probes, recording, snapshot
+from .lifecycle import StopFlag, announce, ktime_ns
 from .pipeline import Pipeline, Row
 from .symbols import Kallsyms, drop_reasons
 
 TICK_MS = 200
 ENTRY_PROBES = ("xmit", "rx")
-
-
-def ktime_ns() -> int:
-    """The clock bpf_ktime_get_ns() reads."""
-    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-
-
-class StopFlag:
-    """SIGINT/SIGTERM, once `install()`ed (after the probes are attached, so a
-    Ctrl-C during the compile still interrupts), only note why to stop:
-    raising could land inside the ring buffer callback or half-way through
-    writing a frame. The previous handlers come back on exit, after the
-    probes are gone and the file is closed."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.why: str | None = None
-        self._old: dict = {}
-
-    def __enter__(self) -> "StopFlag":
-        self._old = {s: signal.getsignal(s) for s in self.SIGNALS}
-        return self
-
-    def install(self) -> None:
-        for s in self.SIGNALS:
-            signal.signal(s, self._note)
-
-    def _note(self, signum, _frame) -> None:
-        self.why = self.why or signal.Signals(signum).name
-
-    def __exit__(self, *exc) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
-def announce(plan: probes.ProbePlan, headline: str) -> None:
-    """The line scripts and people wait for, then what this kernel cannot show."""
-    print(f"ipvtrace: {headline}; Ctrl-C to end", file=sys.stderr, flush=True)
-    for line in probes.what_this_kernel_shows(plan):
-        print(f"ipvtrace: note: {line}", file=sys.stderr)
 
 
 @dataclass
@@ -321,65 +278,3 @@ def _codes(fmt: str) -> list[str]:
     import re
 
     return re.findall(r"\d*[a-zA-Z]", fmt.lstrip("<>=!@"))
-
-
-def run_replay(path: Path, sink: Callable[[Row], None] | None,
-               row_filter: Callable[[Row], bool] | None = None,
-               packet_sink: Callable | None = None,
-               on_header: Callable[[dict], None] | None = None,
-               on_warning: Callable[[str], None] | None = None) -> dict:
-    """Feed a recording through the pipeline; RecordingError for a bad file.
-
-    The file is read once: *on_header* sees its header before any packet, and
-    the row filters `record` kept in it apply together with *row_filter*. A
-    file cut short (its recorder died) is replayed up to its last whole
-    frame; *on_warning* gets one line saying where it was cut."""
-    from .decode import DecodeError
-    from .filters import RowFilter
-
-    rec = recording.read(path)   # header, trailer and layout checked (ipvtrace/header.py)
-    h = rec.header
-    lay = layout.Layout.from_json(h["layout"])
-    version = max(int(h.get("format_version", 0)), lay.format_version)
-    if version > layout.current().format_version:
-        raise recording.RecordingError(
-            f"{path}: recording format version {version} is newer than this "
-            f"ipvtrace reads ({layout.current().format_version}); upgrade ipvtrace"
-        )
-    kept = RowFilter.from_json(h.get("row_filters"))
-    if kept:
-        given = row_filter
-        row_filter = (lambda row: kept.matches(row) and given(row)) if given else kept.matches
-    if on_header is not None:
-        on_header(h)
-    warning = rec.cut_warning(path)
-    if warning and on_warning is not None:
-        on_warning(warning)
-    reasons = {int(k): v for k, v in h.get("drop_reasons", {}).items()}
-    symbols = {int(k, 16): v for k, v in rec.trailer.get("symbols", {}).items()}
-    pipe = Pipeline(lay, snapshots=[h.get("snapshot", {})], drop_reasons=reasons,
-                    symbols=symbols, t0=int(h["start_ktime"]), sink=sink, row_filter=row_filter,
-                    packet_sink=packet_sink)
-    try:
-        for ftype, payload in rec.frames():
-            if ftype == recording.F_EVENT:
-                pipe.event(pipe.decode(payload))
-            elif ftype == recording.F_TICK:
-                pipe.tick(recording.TICK.unpack(payload)[0])
-            elif ftype == recording.F_LOST:
-                pipe.lost(recording.LOST.unpack(payload)[1])
-            elif ftype == recording.F_SNAPSHOT:
-                pipe.snapshot(payload)
-    except DecodeError as exc:
-        raise recording.RecordingError(f"{path}: corrupted event ({exc})") from None
-    except recording.RecordingError as exc:
-        raise recording.RecordingError(f"{path}: {exc}") from None
-    if rec.cut_at is not None:
-        pipe.lost(0)   # what the recorder held when it died is missing: open packets are incomplete
-    pipe.finish()
-    summary = pipe.summary()
-    summary["header"] = {k: h.get(k) for k in ("kernel", "ipvtrace_version", "format_version",
-                                                "cannot_show", "start_ktime", "start_wall")}
-    summary["trailer"] = rec.trailer
-    summary["cut_at"] = rec.cut_at
-    return summary
