@@ -200,8 +200,8 @@ class _LiveStream:
         known, and a parent whose rx_handler ran must be known as a port (its
         mode decides the RX branch). A parent read before its first slave
         existed, or while that slave moved to its pod's namespace, has no
-        port yet: its slaves are in namespaces not read so far, so those are
-        read, once per parent. (Without this, such a parent's first frames
+        port yet: its slaves are in namespaces not read so far or beside it,
+        so those are read, once per parent. (Without this, such a parent's first frames
         were named by a port of unknown mode: rx.to_host for an L3S port.)"""
         topo = self.pipe.ctx.topo
         if topo.device(netns, ifindex) is None:
@@ -219,7 +219,8 @@ class _LiveStream:
         self.tried.add(tag)
         t = time.monotonic()
         topo = self.pipe.ctx.topo
-        snap = snapshot.take(topo) if new_namespaces else snapshot.take_netns(key[0], topo)
+        snap = (snapshot.take(topo, again=frozenset({key[0]})) if new_namespaces
+                else snapshot.take_netns(key[0], topo))
         if self.writer is not None:
             self.writer.snapshot(snap)
         self.pipe.snapshot(snap)

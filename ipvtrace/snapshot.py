@@ -181,15 +181,17 @@ def _dump_ns(ns: dict) -> list[dict]:
     return devices
 
 
-def take(known: Topology | None = None) -> dict:
+def take(known: Topology | None = None, again: frozenset[int] = frozenset()) -> dict:
     """A snapshot of every namespace's devices (errors per netns are kept);
-    with *known*, of the namespaces it has not seen yet, their links resolved
-    against what it has: where a parent's slaves went when the parent's
-    port is not known (new pods), without reading every pod of the node."""
+    with *known*, of the namespaces it has not seen yet and those in *again*,
+    their links resolved against what it has: where a parent's slaves are
+    when the parent's port is not known (new pods, or a slave made beside
+    its parent), without reading every pod of the node."""
     _register_ipvlan_kind()
     namespaces = list_namespaces()
     if known is not None:
-        namespaces = [ns for ns in namespaces if ns["inum"] not in known.ns_names]
+        namespaces = [ns for ns in namespaces
+                      if ns["inum"] not in known.ns_names or ns["inum"] in again]
     devices: list[dict] = []
     errors: list[str] = []
     for ns in namespaces:

@@ -103,9 +103,9 @@ def run_stats(opts: StatsOptions) -> Report:
                     ctx.topo.add(snapshot.take_netns(netns, ctx.topo))
                 tally.forget_names()
             portless = {("port", k) for k in tally.portless_parents(sigs)} - tried
-            if portless:   # its slaves are in namespaces not read so far
+            if portless:   # its slaves are in namespaces not read so far, or beside it
                 tried.update(portless)
-                ctx.topo.add(snapshot.take(ctx.topo))
+                ctx.topo.add(snapshot.take(ctx.topo, again=frozenset(k[0] for _, k in portless)))
                 tally.forget_names()
             misses = tracer.kprobe_misses()
             return build_report(tally.rows(sigs), tracer.kernel_stats(misses), misses,

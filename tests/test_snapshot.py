@@ -111,6 +111,10 @@ def test_take_with_a_topology_reads_only_namespaces_it_has_not_seen():
         read = {d["netns"] for d in snap["devices"]}
         assert snapshot.netns_inode(f"/run/netns/{new}") in read
         assert snapshot.netns_inode(f"/run/netns/{old}") not in read
+        # a slave made beside its parent: the parent's own namespace again
+        again = snapshot.netns_inode(f"/run/netns/{old}")
+        snap = snapshot.take(topo, again=frozenset({again}))
+        assert again in {d["netns"] for d in snap["devices"]}
     finally:
         for n in (old, new):
             subprocess.run(["ip", "netns", "del", n], check=False)
