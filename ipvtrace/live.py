@@ -200,27 +200,27 @@ class _LiveStream:
         known, and a parent whose rx_handler ran must be known as a port (its
         mode decides the RX branch). A parent read before its first slave
         existed, or while that slave moved to its pod's namespace, has no
-        port yet: its slaves are in namespaces not read so far or beside it,
-        so those are read, once per parent. (Without this, such a parent's first frames
+        port yet. Its slaves can be in any namespace, even one read before
+        they moved in (a CNI makes the namespace first): the whole node is
+        read, once per parent. (Without this, such a parent's first frames
         were named by a port of unknown mode: rx.to_host for an L3S port.)"""
         topo = self.pipe.ctx.topo
         if topo.device(netns, ifindex) is None:
             self._refresh((netns, ifindex))
         if rx and topo.port_of(netns, ifindex) is None:
-            self._refresh((netns, ifindex), new_namespaces=True)
+            self._refresh((netns, ifindex), whole_node=True)
 
-    def _refresh(self, key: tuple[int, int], new_namespaces: bool = False) -> None:
+    def _refresh(self, key: tuple[int, int], whole_node: bool = False) -> None:
         """A device appeared after the start: read its namespace (one netlink
         dump, not the node's), once per device. Timed: `refresh_s` in the
         summary and the trailer says what pod churn cost the consumer."""
-        tag = (new_namespaces, key)
+        tag = (whole_node, key)
         if tag in self.tried:
             return
         self.tried.add(tag)
         t = time.monotonic()
         topo = self.pipe.ctx.topo
-        snap = (snapshot.take(topo, again=frozenset({key[0]})) if new_namespaces
-                else snapshot.take_netns(key[0], topo))
+        snap = snapshot.take() if whole_node else snapshot.take_netns(key[0], topo)
         if self.writer is not None:
             self.writer.snapshot(snap)
         self.pipe.snapshot(snap)

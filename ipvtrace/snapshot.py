@@ -2,8 +2,8 @@
 
 Events carry (netns inode, ifindex); this snapshot turns them into names a
 person knows (``eth0@pod-a``) and tells the classifier each port's mode and
-flags (merged and looked up by topology.Topology). The mode is read from netlink, not from struct offsets, which move
-between kernels. Taken at the start and again at the end of a recording, so
+flags (merged and looked up by topology.Topology). The mode is read from
+netlink, not from struct offsets, which move between kernels. Taken at the start and again at the end of a recording, so
 devices created while tracing are known too.
 """
 from __future__ import annotations
@@ -181,17 +181,10 @@ def _dump_ns(ns: dict) -> list[dict]:
     return devices
 
 
-def take(known: Topology | None = None, again: frozenset[int] = frozenset()) -> dict:
-    """A snapshot of every namespace's devices (errors per netns are kept);
-    with *known*, of the namespaces it has not seen yet and those in *again*,
-    their links resolved against what it has: where a parent's slaves are
-    when the parent's port is not known (new pods, or a slave made beside
-    its parent), without reading every pod of the node."""
+def take() -> dict:
+    """A snapshot of every namespace's devices (errors per netns are kept)."""
     _register_ipvlan_kind()
     namespaces = list_namespaces()
-    if known is not None:
-        namespaces = [ns for ns in namespaces
-                      if ns["inum"] not in known.ns_names or ns["inum"] in again]
     devices: list[dict] = []
     errors: list[str] = []
     for ns in namespaces:
@@ -199,7 +192,7 @@ def take(known: Topology | None = None, again: frozenset[int] = frozenset()) -> 
             devices.extend(_dump_ns(ns))
         except Exception as exc:  # a netns that vanished while we looked
             errors.append(f"{ns['name'] or ns['path']}: {exc}")
-    resolve_links(devices, known.devices if known is not None else [])
+    resolve_links(devices, [])
     return _snap(namespaces, devices, errors)
 
 

@@ -103,9 +103,9 @@ def run_stats(opts: StatsOptions) -> Report:
                     ctx.topo.add(snapshot.take_netns(netns, ctx.topo))
                 tally.forget_names()
             portless = {("port", k) for k in tally.portless_parents(sigs)} - tried
-            if portless:   # its slaves are in namespaces not read so far, or beside it
+            if portless:   # its slaves may be in any namespace: the node again
                 tried.update(portless)
-                ctx.topo.add(snapshot.take(ctx.topo, again=frozenset(k[0] for _, k in portless)))
+                ctx.topo.add(snapshot.take())
                 tally.forget_names()
             misses = tracer.kprobe_misses()
             return build_report(tally.rows(sigs), tracer.kernel_stats(misses), misses,

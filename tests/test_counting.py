@@ -127,12 +127,11 @@ def test_a_rcv_frame_clone_with_foreign_arguments_is_incomplete():
         assert (v.branch, v.complete) == ("tx.l2.local", complete)
 
 
-def test_a_parent_read_before_its_slaves_asks_for_new_namespaces():
+def test_a_parent_read_before_its_slaves_asks_for_the_node_again():
     """A parent read before its first slave existed (or while that slave moved
     into its pod's namespace) is a device with no port: its rx_handler's frames
     cannot be named by mode (an L3S port's frames would come out rx.to_host),
-    so stats reads the namespaces it has not seen; once a slave ties it,
-    nothing is asked."""
+    so stats reads the node again; once a slave ties it, nothing is asked."""
     bare = snapshot("l3s")
     bare["devices"] = bare["devices"][:1]          # only the parent so far
     c = classify.Context(topo=Topology.from_snapshots([bare]), flags=F)

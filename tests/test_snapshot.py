@@ -91,30 +91,3 @@ def test_a_namespace_is_read_without_leaving_ours():
     finally:
         subprocess.run(["ip", "netns", "del", name], check=True)
 
-
-def test_take_with_a_topology_reads_only_namespaces_it_has_not_seen():
-    """Where a portless parent's slaves went: the namespaces not read so far,
-    not the node's every pod; links are tied against what is known."""
-    import os
-    import subprocess
-
-    from ipvtrace import snapshot
-
-    old, new = f"ipvt-old-{os.getpid()}", f"ipvt-new-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", old], check=True)
-    try:
-        topo = Topology.from_snapshots([snapshot.take()])
-        subprocess.run(["ip", "netns", "add", new], check=True)
-        snap = snapshot.take(topo)
-        names = {ns["name"] for ns in snap["namespaces"]}
-        assert new in names and old not in names
-        read = {d["netns"] for d in snap["devices"]}
-        assert snapshot.netns_inode(f"/run/netns/{new}") in read
-        assert snapshot.netns_inode(f"/run/netns/{old}") not in read
-        # a slave made beside its parent: the parent's own namespace again
-        again = snapshot.netns_inode(f"/run/netns/{old}")
-        snap = snapshot.take(topo, again=frozenset({again}))
-        assert again in {d["netns"] for d in snap["devices"]}
-    finally:
-        for n in (old, new):
-            subprocess.run(["ip", "netns", "del", n], check=False)
