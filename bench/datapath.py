@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from ipvtrace.netlab import Lab
+from ipvtrace.lab.netlab import Lab
 
 NS = ["ipvt-bench-host", "ipvt-bench-a", "ipvt-bench-b"]
 SECONDS = int(os.environ.get("IPVT_BENCH_SECONDS", "8"))
@@ -90,7 +90,7 @@ def traced(lab: Lab, cmd: list[str], ready: Path, out_path: Path | None = None,
     lost = [l for l in err.splitlines() if "LOST" in l or "lost" in l]
     res["stderr_tail"] = err.strip().splitlines()[-1:] + lost[-1:]
     if out_path is not None and out_path.exists():
-        from ipvtrace import recording
+        from ipvtrace.output import recording
         rec = recording.read(out_path)
         res["events"] = rec.trailer["events"]
         res["lost_events"] = rec.trailer["lost_events"]

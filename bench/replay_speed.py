@@ -13,7 +13,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import synth  # noqa: E402
-from ipvtrace import layout, recording  # noqa: E402
+from ipvtrace.model import layout
+from ipvtrace import recording  # noqa: E402
 
 
 def make(path: Path, packets: int) -> int:

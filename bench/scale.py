@@ -9,9 +9,9 @@ import json
 import os
 import time
 
-from ipvtrace import snapshot
-from ipvtrace.topology import Topology
-from ipvtrace.netlab import Lab
+from ipvtrace.capture import snapshot
+from ipvtrace.model.topology import Topology
+from ipvtrace.lab.netlab import Lab
 
 PODS = int(os.environ.get("IPVT_BENCH_PODS", "500"))
 HOST = "ipvt-sc-host"

@@ -2,7 +2,7 @@
 /*
  * Runs the in-kernel filter (ipvtrace_filter.h, built with the same
  * -DIPVT_FILTER_EXPR as ipvtrace.c) on a test frame through
- * BPF_PROG_TEST_RUN: ipvtrace/filter_check.py compares its verdicts with the
+ * BPF_PROG_TEST_RUN: ipvtrace/capture/filter_check.py compares its verdicts with the
  * replay filter's on the same frames. `nomac[0]` = 1: the frame's L3 header
  * follows a 14-byte dummy (as a frame ipvlan got without a MAC header).
  */

@@ -9,12 +9,12 @@
  * CPU. The multicast worker is a kworker that may sleep and migrate: its
  * context is keyed by task, not by CPU.
  *
- * Options come as -D cflags from ipvtrace/probes.py (the probe plan):
+ * Options come as -D cflags from ipvtrace/capture/probes.py (the probe plan):
  *   IPVT_HAVE_CONSUME_LOCATION  skb:consume_skb has a location field (6.3+)
  *   IPVT_HAVE_DROP_REASON       skb:kfree_skb has a reason field (5.17+)
  *   IPVT_RINGBUF_PAGES          ring buffer size in pages
  *   IPVT_FILTER_EXPR            a C expression over `struct ipvt_pkt p`, made
- *                               by ipvtrace/filterexpr.py from a tcpdump-style
+ *                               by ipvtrace/model/filterexpr.py from a tcpdump-style
  *                               filter: packets it rejects send no event
  *   IPVT_STACK_PER_TASK         PREEMPT_RT: a task can be preempted inside a
  *                               probed function and another task then runs on

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * The one layout that BPF C and Python share. ipvtrace/layout.py parses the
+ * The one layout that BPF C and Python share. ipvtrace/model/layout.py parses the
  * enum and struct below (fixed-width members only, one per line), so a change
  * here is a change of the recording format: bump IPVT_FORMAT_VERSION.
  */

@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * The in-kernel half of the tcpdump-style filter: what IPVT_FILTER_EXPR (a C
- * expression made by ipvtrace/filterexpr.py) can test, read from a captured
+ * expression made by ipvtrace/model/filterexpr.py) can test, read from a captured
  * frame. Shared by bpf/ipvtrace.c and bpf/filter_check.c, which runs it on
  * test frames next to the replay filter (both must select the same packets).
- * It reads what ipvtrace/packet.py reads: Ethernet or a bare L3 header,
+ * It reads what ipvtrace/model/packet.py reads: Ethernet or a bare L3 header,
  * ARP sender/target, IPv4 (options skipped for ports), IPv6 with one
  * hop-by-hop header (MLD reports carry one).
  */

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * A self-test of ipvtrace/ringbuf.py (the mapped ring buffer reader) on the
+ * A self-test of ipvtrace/capture/ringbuf.py (the mapped ring buffer reader) on the
  * machine's own kernel: a socket filter on lo sends one record per packet,
  * of two sizes, into a ring small enough to wrap many times.
  */

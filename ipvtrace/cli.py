@@ -6,7 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from . import __version__, catalogue, filters
+from ipvtrace import __version__
+
+from ipvtrace.model import catalogue, filters
 
 EXAMPLES = {
     "live": """examples:
@@ -70,7 +72,7 @@ def _fail(msg: str, code: int = 1) -> int:
 
 def _filter(args):
     """Parse FILTER words (as tcpdump joins them); None when absent."""
-    from .filterexpr import FilterError, parse
+    from ipvtrace.model.filterexpr import FilterError, parse
 
     text = " ".join(getattr(args, "expression", None) or [])
     if not text.strip():
@@ -218,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "stats":
             return cmd_stats(args)
         if args.cmd == "doctor":
-            from .doctor import report
+            from ipvtrace.doctor import report
 
             return report()
         return cmd_trace(args)
@@ -235,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _sink(args):
-    from .render import JsonSink, LineSink
+    from ipvtrace.output.render import JsonSink, LineSink
 
     return JsonSink(flush=args.cmd != "replay") if args.json else LineSink(why=args.why)
 
@@ -243,9 +245,9 @@ def _sink(args):
 def cmd_replay(args) -> int:
     from rich.console import Console
 
-    from .recording import RecordingError
-    from .render import print_stats
-    from .replay import run_replay
+    from ipvtrace.output.recording import RecordingError
+    from ipvtrace.output.render import print_stats
+    from ipvtrace.replay import run_replay
 
     rf = filters.RowFilter.from_args(args)
     expr = _filter(args)
@@ -270,9 +272,9 @@ def cmd_replay(args) -> int:
 
     try:
         if args.pcapng is not None:
-            from .layout import current
-            from .files import private_open
-            from .pcapng import PcapngWriter, comment
+            from ipvtrace.model.layout import current
+            from ipvtrace.output.files import private_open
+            from ipvtrace.output.pcapng import PcapngWriter, comment
 
             pkt_flags = current().flags
             out = private_open(args.pcapng)
@@ -306,8 +308,8 @@ def _tracing(run, writes: Path | None = None):
     code) after a one-line error for a missing prerequisite, an output file
     that cannot be written (both checked before anything is attached) or an
     OS error."""
-    from .loader import LoadError, require_root
-    from .probes import PlanError
+    from ipvtrace.capture.loader import LoadError, require_root
+    from ipvtrace.capture.probes import PlanError
 
     try:
         require_root()
@@ -323,7 +325,7 @@ def _tracing(run, writes: Path | None = None):
 
 
 def cmd_trace(args) -> int:
-    from .live import LiveOptions, run_live
+    from ipvtrace.live import LiveOptions, run_live
 
     import contextlib
 
@@ -333,7 +335,7 @@ def cmd_trace(args) -> int:
     view = contextlib.nullcontext()
     if args.cmd == "live":
         if not (args.json or args.lines or args.why) and sys.stdout.isatty():
-            from .render import Dashboard
+            from ipvtrace.output.render import Dashboard
 
             sink = view = Dashboard()
         else:
@@ -366,7 +368,7 @@ def cmd_trace(args) -> int:
     else:
         from rich.console import Console
 
-        from .render import print_stats
+        from ipvtrace.output.render import print_stats
 
         print_stats(summary, Console(stderr=True, highlight=False))
     return 0
@@ -377,9 +379,9 @@ def cmd_stats(args) -> int:
 
     from rich.console import Console
 
-    from .prometheus import PrometheusExport, parse_listen
-    from .render import StatsView, stats_table
-    from .stats_session import StatsOptions, run_stats
+    from ipvtrace.output.prometheus import PrometheusExport, parse_listen
+    from ipvtrace.output.render import StatsView, stats_table
+    from ipvtrace.stats_session import StatsOptions, run_stats
 
     listen = None
     if args.listen:
@@ -413,8 +415,8 @@ def cmd_stats(args) -> int:
 
 
 def cmd_lab(args) -> int:
-    from .netlab import LabError, require_root
-    from .scenarios import LAB, SCENARIOS
+    from ipvtrace.lab.netlab import LabError, require_root
+    from ipvtrace.lab.scenarios import LAB, SCENARIOS
 
     if args.list:
         for s in SCENARIOS.values():
@@ -423,9 +425,9 @@ def cmd_lab(args) -> int:
     unknown = [n for n in args.names if n not in SCENARIOS]
     if unknown:
         return _fail(f"no scenario {', '.join(unknown)}; 'ipvtrace lab --list' names them", 2)
-    from . import labrun
+    from ipvtrace import labrun
 
-    from .netlab import interruptible
+    from ipvtrace.lab.netlab import interruptible
 
     try:
         require_root()

@@ -8,7 +8,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import catalogue, probes
+from ipvtrace.model import catalogue
+
+from ipvtrace.capture import probes
 
 
 @dataclass

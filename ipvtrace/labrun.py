@@ -10,11 +10,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.text import Text
 
-from . import recording
-from .render import LineSink
-from .netlab import checkpoint
-from .scenarios import Scenario, Step, guest_ready, record_scenarios
-from .replay import run_replay
+from ipvtrace.output import recording
+from ipvtrace.output.render import LineSink
+from ipvtrace.lab.netlab import checkpoint
+from ipvtrace.lab.scenarios import Scenario, Step, guest_ready, record_scenarios
+from ipvtrace.replay import run_replay
 
 
 def steps_path(recording_path: Path) -> Path:

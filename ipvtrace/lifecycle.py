@@ -6,7 +6,7 @@ import signal
 import sys
 import time
 
-from . import probes
+from ipvtrace.capture import probes
 
 
 def ktime_ns() -> int:

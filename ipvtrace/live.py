@@ -13,10 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import __version__, layout, probes, recording, snapshot
-from .lifecycle import StopFlag, announce, ktime_ns
-from .pipeline import Pipeline, Row
-from .symbols import Kallsyms, drop_reasons
+from ipvtrace import __version__
+
+from ipvtrace.model import layout
+
+from ipvtrace.capture import probes, snapshot
+
+from ipvtrace.output import recording
+from ipvtrace.lifecycle import StopFlag, announce, ktime_ns
+from ipvtrace.model.pipeline import Pipeline, Row
+from ipvtrace.capture.symbols import Kallsyms, drop_reasons
 
 TICK_MS = 200
 ENTRY_PROBES = ("xmit", "rx")
@@ -40,7 +46,7 @@ class LiveOptions:
 
 def run_live(opts: LiveOptions) -> dict:
     """Attach, stream until a signal or the duration, detach. Returns a summary."""
-    from . import loader  # bcc is imported only on this path
+    from ipvtrace.capture import loader  # bcc is imported only on this path
 
     loader.require_root()
     loader.import_bcc()

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from . import layout, recording
-from .pipeline import Pipeline, Row
+from ipvtrace.model import layout
+
+from ipvtrace.output import recording
+from ipvtrace.model.pipeline import Pipeline, Row
 
 
 def run_replay(path: Path, sink: Callable[[Row], None] | None,
@@ -20,10 +22,10 @@ def run_replay(path: Path, sink: Callable[[Row], None] | None,
     the row filters `record` kept in it apply together with *row_filter*. A
     file cut short (its recorder died) is replayed up to its last whole
     frame; *on_warning* gets one line saying where it was cut."""
-    from .decode import DecodeError
-    from .filters import RowFilter
+    from ipvtrace.model.decode import DecodeError
+    from ipvtrace.model.filters import RowFilter
 
-    rec = recording.read(path)   # header, trailer and layout checked (ipvtrace/header.py)
+    rec = recording.read(path)   # header, trailer and layout checked (ipvtrace/output/header.py)
     h = rec.header
     lay = layout.Layout.from_json(h["layout"])
     version = max(int(h.get("format_version", 0)), lay.format_version)

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import classify as cls
-from . import counting, layout, probes, snapshot
-from .lifecycle import StopFlag, announce
-from .symbols import drop_reasons
-from .topology import Topology
+from ipvtrace.model import classify as cls
+from ipvtrace.model import counting, layout
+from ipvtrace.capture import probes, snapshot
+from ipvtrace.lifecycle import StopFlag, announce
+from ipvtrace.capture.symbols import drop_reasons
+from ipvtrace.model.topology import Topology
 
 Report = dict
 MCAST_PREFIX = "mcast."   # per delivery, not per packet
@@ -70,7 +71,7 @@ def _row_key(r: dict) -> tuple:
 
 def run_stats(opts: StatsOptions) -> Report:
     """Attach in counting mode, report every interval until a signal or the duration."""
-    from . import loader  # bcc is imported only on this path
+    from ipvtrace.capture import loader  # bcc is imported only on this path
 
     loader.require_root()
     loader.import_bcc()

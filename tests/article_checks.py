@@ -6,7 +6,7 @@ Every check reads `ipvtrace replay --json`, as a user would.
 
 Source: drivers/net/ipvlan/ipvlan_core.c (ipvlan_xmit_mode_l2/l3,
 ipvlan_handle_mode_l2/l3, ipvlan_process_multicast); the branch ids are those
-of ipvtrace/branches.toml.
+of ipvtrace/model/branches.toml.
 """
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import struct
 
-from ipvtrace import layout
-from ipvtrace.decode import Decoder, Event
+from ipvtrace.model import layout
+from ipvtrace.model.decode import Decoder, Event
 
 LAY = layout.current()
 DEC = Decoder(LAY)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import article_checks
-from ipvtrace import catalogue
+from ipvtrace.model import catalogue
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -7,11 +7,11 @@ the in-guest suite; here each branch's defining facts are written out, with
 a near miss for the branches one fact tells apart."""
 import pytest
 
-from ipvtrace import catalogue
-from ipvtrace.classify import (NET_XMIT_SUCCESS, RX_HANDLER_ANOTHER, RX_HANDLER_CONSUMED,
+from ipvtrace.model import catalogue
+from ipvtrace.model.classify import (NET_XMIT_SUCCESS, RX_HANDLER_ANOTHER, RX_HANDLER_CONSUMED,
                                RX_HANDLER_PASS, classify)
-from ipvtrace.evidence import BACKLOG_WHY, Evidence, backlog_drop, worker_delivery, worker_summary
-from ipvtrace.packet import PacketInfo
+from ipvtrace.model.evidence import BACKLOG_WHY, Evidence, backlog_drop, worker_delivery, worker_summary
+from ipvtrace.model.packet import PacketInfo
 
 NET_XMIT_DROP = 1
 POD_A = {"dev": "eth0", "netns": "pod-a", "ifindex": 3}

@@ -103,5 +103,5 @@ def test_branches_json_is_the_catalogue():
 
     r = run("-m", "ipvtrace", "branches", "--json")
     ids = [b["id"] for b in json.loads(r.stdout)]
-    toml = tomllib.loads((REPO / "ipvtrace" / "branches.toml").read_text())
+    toml = tomllib.loads((REPO / "ipvtrace" / "model" / "branches.toml").read_text())
     assert ids == [b["id"] for b in toml["branch"]]

@@ -1,8 +1,8 @@
 """Correlation and classification on synthetic streams (fast, no kernel)."""
-from ipvtrace import classify
-from ipvtrace.correlate import Correlator, correlate
-from ipvtrace.evidence import from_packet
-from ipvtrace.topology import Topology
+from ipvtrace.model import classify
+from ipvtrace.model.correlate import Correlator, correlate
+from ipvtrace.model.evidence import from_packet
+from ipvtrace.model.topology import Topology
 
 from synth import (BCAST, HOST, OTHER_MAC, F, ev, ipv4_icmp, parent, pod_a, pod_b, snapshot)
 

@@ -5,8 +5,8 @@ named by the same classifier live and replay use; tests/guest/test_stats.py
 checks on real kernels that these counts equal what `record` saw."""
 import struct
 
-from ipvtrace import classify, counting, layout
-from ipvtrace.topology import Topology
+from ipvtrace.model import classify, counting, layout
+from ipvtrace.model.topology import Topology
 
 from synth import F, HOST, POD_A, POD_B, snapshot
 

@@ -6,8 +6,8 @@ import threading
 
 from rich.console import Console
 
-from ipvtrace import catalogue
-from ipvtrace.render import Dashboard
+from ipvtrace.model import catalogue
+from ipvtrace.output.render import Dashboard
 
 DELIVERIES = ("delivered", "forward_failed", "slave_down", "dropped", "queued", "pending")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import article_checks
-from ipvtrace.filterexpr import FilterError, parse
+from ipvtrace.model.filterexpr import FilterError, parse
 
 LAB = Path(__file__).parent / "fixtures" / "lab-6.12.ipvt"
 

@@ -58,7 +58,7 @@ def test_article_fixture(rows, check):
 
 @pytest.mark.parametrize("path", FIXTURES + TOPOLOGIES + LABS, ids=lambda p: p.stem)
 def test_fixture_kernel(path):
-    from ipvtrace import recording
+    from ipvtrace.output import recording
 
     rec = recording.read(path)
     kernel = rec.header["kernel"]

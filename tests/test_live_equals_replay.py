@@ -4,9 +4,11 @@ import io
 
 from rich.console import Console
 
-from ipvtrace import live, replay, snapshot
-from ipvtrace.layout import current
-from ipvtrace.render import LineSink
+from ipvtrace import live, replay
+
+from ipvtrace.capture import snapshot
+from ipvtrace.model.layout import current
+from ipvtrace.output.render import LineSink
 
 import synth
 from synth import BCAST, ipv4_icmp, parent, pod_a, pod_b, raw
@@ -44,7 +46,7 @@ def test_live_rows_equal_replay_rows(tmp_path, monkeypatch):
     lay = current()
     live_rows, live_text = [], io.StringIO()
     live_sink = LineSink(Console(file=live_text, width=200, color_system=None), why=True)
-    from ipvtrace import recording
+    from ipvtrace.output import recording
 
     writer = recording.Writer(out, {"format": "ipvtrace-recording", "format_version": 1,
                                     "start_ktime": 0, "layout": lay.to_json(),
@@ -82,7 +84,7 @@ def test_record_only_path_writes_the_same_file(tmp_path, monkeypatch):
     snap = synth.snapshot("l2")
     monkeypatch.setattr(snapshot, "take", lambda: snap)
     lay = current()
-    from ipvtrace import recording
+    from ipvtrace.output import recording
 
     outs = []
     for sink in (lambda row: None, None):
@@ -119,7 +121,7 @@ def test_record_keeps_row_filters_for_replay(tmp_path, monkeypatch):
     snap = synth.snapshot("l2")
     monkeypatch.setattr(snapshot, "take", lambda: snap)
     lay = current()
-    from ipvtrace import recording
+    from ipvtrace.output import recording
 
     out = tmp_path / "f.ipvt"
     w = recording.Writer(out, {"format": "ipvtrace-recording", "format_version": 1,

@@ -80,7 +80,7 @@ def test_dashboard_renders_counters_and_recent(rows):
 
     from rich.console import Console
 
-    from ipvtrace.render import Dashboard
+    from ipvtrace.output.render import Dashboard
 
     buf = io.StringIO()
     d = Dashboard(recent=5, console=Console(file=buf, width=200, color_system=None))
@@ -101,7 +101,7 @@ def test_leftover_probes_of_dead_tracers_are_found(tmp_path):
     gone; a live tracer's and other tools' probes are left alone."""
     import os
 
-    from ipvtrace import probes
+    from ipvtrace.capture import probes
 
     dead = 4194303   # above pid_max's default: no such process
     (tmp_path / "kprobe_events").write_text(

@@ -7,7 +7,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ipvtrace import cli
-from ipvtrace.prometheus import PrometheusExport, parse_listen
+from ipvtrace.output.prometheus import PrometheusExport, parse_listen
 
 REPORT = {
     "elapsed_s": 3.0, "kernel": "6.12.117+deb12-amd64", "probes": 21, "packets": 7,

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ipvtrace.vm import REPO, guest_script, qemu
+from ipvtrace.lab.vm import REPO, guest_script, qemu
 
 KERNELS = ["6.1", "6.12", "6.1-rt"]
 # PREEMPT_RT runs the datapath part of the suite (every topology, the article,

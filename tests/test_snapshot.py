@@ -1,7 +1,7 @@
 """The netlink snapshot's data side, without netlink: links into other
 namespaces are resolved from the devices themselves (no call per pair of
 namespaces), and the per-packet lookups are dict accesses."""
-from ipvtrace.topology import Topology, resolve_links
+from ipvtrace.model.topology import Topology, resolve_links
 
 HOST, MAC = 4026531840, "02:00:00:00:00:01"
 
@@ -76,7 +76,7 @@ def test_a_namespace_is_read_without_leaving_ours():
     import os
     import subprocess
 
-    from ipvtrace import snapshot
+    from ipvtrace.capture import snapshot
 
     name = f"ipvt-snap-{os.getpid()}"
     own = os.stat("/proc/thread-self/ns/net").st_ino

@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from ipvtrace import classify, counting, layout, recording, replay
-from ipvtrace.topology import Topology
+from ipvtrace.model import classify, counting, layout
+
+from ipvtrace.output import recording
+
+from ipvtrace import replay
+from ipvtrace.model.topology import Topology
 
 FIX = Path(__file__).parent / "fixtures"
 KERNELS = ["6.1", "6.12"]

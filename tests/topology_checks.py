@@ -28,7 +28,7 @@ vepa), L3S, IPv6, and the L3 drops. Expectations from ipvlan_core.c:
 from __future__ import annotations
 
 from article_checks import requires
-from ipvtrace.netlab import Lab
+from ipvtrace.lab.netlab import Lab
 
 
 H = "ipvt-t-host"

@@ -2,7 +2,7 @@
 (guest_helpers.skip_unless_probed)."""
 import pytest
 
-from ipvtrace import probes
+from ipvtrace.capture import probes
 
 
 @pytest.fixture(scope="session")

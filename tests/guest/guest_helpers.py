@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from ipvtrace import probes
-from ipvtrace.netlab import Lab
+from ipvtrace.capture import probes
+from ipvtrace.lab.netlab import Lab
 
 
 def skip_unless_probed(plan: probes.ProbePlan, check) -> None:

@@ -12,7 +12,7 @@ import pytest
 from guest_helpers import skip_unless_probed
 
 import article_checks as checks
-from ipvtrace import scenarios
+from ipvtrace.lab import scenarios
 
 OUT = Path(os.environ.get("IPVTRACE_OUT", "build/guest")).resolve()
 
@@ -46,7 +46,7 @@ def test_no_namespace_left(recording):
 
 
 def test_recording_complete(recording):
-    from ipvtrace import recording as rec
+    from ipvtrace.output import recording as rec
 
     r = rec.read(recording)
     assert r.trailer["ended_by"] == "SIGINT"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ipvtrace import recording
+from ipvtrace.output import recording
 from guest_helpers import two_pods, wait_ready
 
 OUT = Path(os.environ.get("IPVTRACE_OUT", "build/guest")).resolve()

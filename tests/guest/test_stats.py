@@ -12,8 +12,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import topology_checks as checks
-from ipvtrace import scenarios, replay
-from ipvtrace.netlab import Lab
+from ipvtrace.lab import scenarios
+from ipvtrace import replay
+from ipvtrace.lab.netlab import Lab
 
 OUT = Path(os.environ.get("IPVTRACE_OUT", "build/guest")).resolve()
 # one more port: a slave pings the parent's own address with the neighbour

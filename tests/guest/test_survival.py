@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from ipvtrace import doctor, probes
+from ipvtrace import doctor
+
+from ipvtrace.capture import probes
 from guest_helpers import two_pods, wait_ready
 
 OUT = Path(os.environ.get("IPVTRACE_OUT", "build/guest")).resolve()
@@ -131,7 +133,7 @@ def test_pod_churn_under_record_loses_nothing(pods, tmp_path):
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
-    from ipvtrace import recording
+    from ipvtrace.output import recording
     rec = recording.read(out)
     assert rec.trailer["lost_events"] == 0, rec.trailer["kernel_stats"]
     snaps = rec.snapshots()
@@ -157,7 +159,7 @@ def test_a_tiny_ring_under_a_flood_never_gives_a_complete_row_on_partial_evidenc
     r = replay(out)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(l) for l in r.stdout.splitlines()]
-    from ipvtrace import recording
+    from ipvtrace.output import recording
     trailer = recording.read(out).trailer
     assert trailer["lost_events"] > 0, "the flood should overrun a 4 KiB ring"
     complete = [x for x in rows if x["complete"]]

@@ -9,8 +9,8 @@ from guest_helpers import skip_unless_probed
 
 import article_checks
 import topology_checks as checks
-from ipvtrace import scenarios
-from ipvtrace.netlab import Lab
+from ipvtrace.lab import scenarios
+from ipvtrace.lab.netlab import Lab
 
 OUT = Path(os.environ.get("IPVTRACE_OUT", "build/guest")).resolve()
 

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-BPF_DIR = Path(__file__).resolve().parent / "bpf"
+_PKG = Path(__file__).resolve().parents[1]     # ipvtrace/
+BPF_DIR = _PKG / "bpf"                          # installed: ipvtrace/bpf/
 if not BPF_DIR.is_dir():  # source checkout: bpf/ sits beside the package
-    BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+    BPF_DIR = _PKG.parent / "bpf"
 HEADER = BPF_DIR / "ipvtrace.h"
 
 _CTYPES = {

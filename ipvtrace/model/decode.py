@@ -5,7 +5,7 @@ import operator
 import struct
 from dataclasses import dataclass
 
-from .layout import Layout
+from ipvtrace.model.layout import Layout
 
 
 class DecodeError(ValueError):

@@ -13,7 +13,9 @@ import ctypes
 import struct
 import sys
 
-from . import filterexpr, layout, loader, packet
+from ipvtrace.model import filterexpr, layout, packet
+
+from ipvtrace.capture import loader
 
 # the expressions: every primitive, with directions, negation, combinations
 EXPRESSIONS = (

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .correlate import Packet
-from .decode import Event
-from .packet import PacketInfo, parse
-from .topology import Topology
+from ipvtrace.model.correlate import Packet
+from ipvtrace.model.decode import Event
+from ipvtrace.model.packet import PacketInfo, parse
+from ipvtrace.model.topology import Topology
 
 
 @dataclass

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import sys
 
-from . import filterexpr, loader, probes
+from ipvtrace.model import filterexpr
+
+from ipvtrace.capture import loader, probes
 
 
 def main() -> int:

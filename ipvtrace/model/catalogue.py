@@ -48,7 +48,7 @@ def markdown() -> str:
     """docs/branches.md, generated: the catalogue and what no kernel run shows."""
     cat = load()
     out = ["# ipvlan branches", "",
-           "Generated from `ipvtrace/branches.toml` by `ipvtrace branches --markdown`;",
+           "Generated from `ipvtrace/model/branches.toml` by `ipvtrace branches --markdown`;",
            "a test keeps this page equal to that output.", "",
            "| id | mode | dir | what happens | evidence ipvtrace uses |", "|---|---|---|---|---|"]
     for b in cat.branches.values():

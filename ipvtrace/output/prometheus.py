@@ -12,7 +12,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .files import write_private_atomic
+from ipvtrace.output.files import write_private_atomic
 
 
 class StatsCollector:

@@ -1,4 +1,4 @@
-"""python -m ipvtrace.vm --kernel 6.12 [--kernel 6.1] -- COMMAND...
+"""python -m ipvtrace.lab.vm --kernel 6.12 [--kernel 6.1] -- COMMAND...
 
 Boots each kernel in QEMU (in parallel) with this machine's root file system
 read-only and runs COMMAND in the repository as root; prints each guest's
@@ -16,7 +16,7 @@ from . import guest_script, qemu
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(prog="python -m ipvtrace.vm", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m ipvtrace.lab.vm", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kernel", action="append", default=[], help="6.1, 6.12 or a release")
     p.add_argument("--work", type=Path, default=Path("build/vm"), help="per-kernel work dirs here")

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .snapshot import IPVLAN_FLAGS, IPVLAN_MODES, _register_ipvlan_kind
+from ipvtrace.capture.snapshot import IPVLAN_FLAGS, IPVLAN_MODES, _register_ipvlan_kind
 
 MODE_NUM = {v: k for k, v in IPVLAN_MODES.items()}
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .netlab import Lab, LabError, checkpoint
+from ipvtrace.lab.netlab import Lab, LabError, checkpoint
 
 
 @dataclass

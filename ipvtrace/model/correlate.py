@@ -37,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
-from .decode import Event
+from ipvtrace.model.decode import Event
 
 WAIT_NS = 2_000_000_000  # how long a packet waits for its RX echo / worker
 RX_HANDLER_PASS = 3

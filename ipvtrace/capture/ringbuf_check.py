@@ -1,4 +1,4 @@
-"""Check ipvtrace/ringbuf.py against this machine's kernel (run by
+"""Check ipvtrace/capture/ringbuf.py against this machine's kernel (run by
 scripts/compile-check, as root, where bcc finds kernel headers): every record
 a BPF program submits comes out once, in order, intact, while the 16 KiB ring
 wraps around many times."""
@@ -8,8 +8,10 @@ import socket
 import struct
 import sys
 
-from . import layout, loader
-from .ringbuf import MappedRing
+from ipvtrace.model import layout
+
+from ipvtrace.capture import loader
+from ipvtrace.capture.ringbuf import MappedRing
 
 PACKETS = 5000
 

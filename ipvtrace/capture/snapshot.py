@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from .topology import Topology, resolve_links
+from ipvtrace.model.topology import Topology, resolve_links
 
 NETNS_RUN = Path("/run/netns")
 IPVLAN_MODES = {0: "l2", 1: "l3", 2: "l3s"}

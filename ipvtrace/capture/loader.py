@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from . import layout
-from .probes import ProbePlan
+from ipvtrace.model import layout
+from ipvtrace.capture.probes import ProbePlan
 
 KRETPROBE_MAXACTIVE = 64
 DEFAULT_RINGBUF_PAGES = 1024  # 4 MiB
@@ -61,7 +61,7 @@ class Tracer:
     def __enter__(self) -> "Tracer":
         require_root()
         bcc = import_bcc()
-        from .probes import remove_leftover_probe_events
+        from ipvtrace.capture.probes import remove_leftover_probe_events
 
         # a killed ipvtrace's return probes stay in kprobe_events: take them out
         self.removed_leftovers = remove_leftover_probe_events(Path(self.plan.tracefs))
@@ -110,7 +110,7 @@ class Tracer:
         """Call *callback* with each raw event (bytes) as it is polled: read
         from the mapped ring buffer pages where the CPU allows it (no ctypes
         call per event), through bcc's callback otherwise."""
-        from . import ringbuf
+        from ipvtrace.capture import ringbuf
 
         if ringbuf.usable() and os.environ.get("IPVTRACE_RINGBUF") != "bcc":
             self._ring = ringbuf.MappedRing(self.bpf["events"].map_fd,

@@ -22,7 +22,7 @@ full disk) leaves a .partial file without trailer or end marker: `read()`
 takes it up to its last whole frame and says where it was cut.
 
 Every frame is checked before use (sizes per type, JSON shapes in
-ipvtrace/header.py, each length against the file), so a malformed file is
+ipvtrace/output/header.py, each length against the file), so a malformed file is
 one RecordingError, with memory bounded by the file's size.
 """
 from __future__ import annotations
@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from . import header as schema
-from .files import private_open
+from ipvtrace.output import header as schema
+from ipvtrace.output.files import private_open
 
 MAGIC = b"IPVTREC\0"
 END_MAGIC = b"IPVTEND\0"

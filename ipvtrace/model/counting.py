@@ -24,11 +24,11 @@ import struct
 from collections import Counter
 from dataclasses import dataclass
 
-from . import classify as cls
-from . import evidence
-from .evidence import Evidence
-from .layout import SigLayout, sig_layout
-from .packet import PacketInfo, parse
+from ipvtrace.model import classify as cls
+from ipvtrace.model import evidence
+from ipvtrace.model.evidence import Evidence
+from ipvtrace.model.layout import SigLayout, sig_layout
+from ipvtrace.model.packet import PacketInfo, parse
 
 CLONE_ARGS = 0x01   # IPVT_C_CLONE_ARGS
 

@@ -4,16 +4,16 @@ Evidence first, mode second: a branch is chosen from what the kernel did
 (which helper ran, on which device, what it returned); the port mode read by
 netlink only labels L2 vs L3 where the same evidence means either. Anything
 that fits no rule is `unknown`, with its events, never a guess. The rules see
-only an Evidence (ipvtrace/evidence.py): the same for live, replay and stats.
+only an Evidence (ipvtrace/model/evidence.py): the same for live, replay and stats.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import catalogue
-from .decode import Event
-from .evidence import Context, Evidence, dev_ref, dev_str
-from .packet import PacketInfo
+from ipvtrace.model import catalogue
+from ipvtrace.model.decode import Event
+from ipvtrace.model.evidence import Context, Evidence, dev_ref, dev_str
+from ipvtrace.model.packet import PacketInfo
 
 __all__ = ["Context", "Evidence", "Verdict", "classify", "event_json"]
 

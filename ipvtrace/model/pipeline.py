@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable
 
-from . import classify as cls
-from . import evidence
-from .correlate import Correlator, Packet
-from .decode import Decoder, Event
-from .layout import Layout
-from .topology import Topology
+from ipvtrace.model import classify as cls
+from ipvtrace.model import evidence
+from ipvtrace.model.correlate import Correlator, Packet
+from ipvtrace.model.decode import Decoder, Event
+from ipvtrace.model.layout import Layout
+from ipvtrace.model.topology import Topology
 
 Row = dict
 

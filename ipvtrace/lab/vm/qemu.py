@@ -122,7 +122,7 @@ def run(
     if accel is None:
         accel = "kvm" if kvm_usable() else "tcg"
     cpu = "host" if accel == "kvm" else "max"
-    keep = keep or Path(__file__).resolve().parents[2]
+    keep = keep or Path(__file__).resolve().parents[3]
     append = f"console=ttyS0 panic=-1 loglevel=4 ipvt.out={work_dir} ipvt.keep={keep}"
     if len(append) > 1500:
         raise VMError("work dir path too long for the kernel command line")
