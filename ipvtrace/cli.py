@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from ipvtrace import __version__
-
 from ipvtrace.model import catalogue, filters
 
 EXAMPLES = {
@@ -325,9 +324,9 @@ def _tracing(run, writes: Path | None = None):
 
 
 def cmd_trace(args) -> int:
-    from ipvtrace.live import LiveOptions, run_live
-
     import contextlib
+
+    from ipvtrace.live import LiveOptions, run_live
 
     expr = _filter(args)   # a bad filter is refused before anything is attached
     rf = filters.RowFilter.from_args(args)
@@ -426,7 +425,6 @@ def cmd_lab(args) -> int:
     if unknown:
         return _fail(f"no scenario {', '.join(unknown)}; 'ipvtrace lab --list' names them", 2)
     from ipvtrace import labrun
-
     from ipvtrace.lab.netlab import interruptible
 
     try:

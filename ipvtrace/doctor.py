@@ -8,9 +8,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ipvtrace.model import catalogue
-
 from ipvtrace.capture import probes
+from ipvtrace.model import catalogue
 
 
 @dataclass

@@ -14,15 +14,12 @@ from pathlib import Path
 from typing import Callable
 
 from ipvtrace import __version__
-
-from ipvtrace.model import layout
-
 from ipvtrace.capture import probes, snapshot
-
-from ipvtrace.output import recording
-from ipvtrace.lifecycle import StopFlag, announce, ktime_ns
-from ipvtrace.model.pipeline import Pipeline, Row
 from ipvtrace.capture.symbols import Kallsyms, drop_reasons
+from ipvtrace.lifecycle import StopFlag, announce, ktime_ns
+from ipvtrace.model import layout
+from ipvtrace.model.pipeline import Pipeline, Row
+from ipvtrace.output import recording
 
 TICK_MS = 200
 ENTRY_PROBES = ("xmit", "rx")

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Callable
 
 from ipvtrace.model import layout
-
-from ipvtrace.output import recording
 from ipvtrace.model.pipeline import Pipeline, Row
+from ipvtrace.output import recording
 
 
 def run_replay(path: Path, sink: Callable[[Row], None] | None,

@@ -4,7 +4,7 @@ from ipvtrace.model.correlate import Correlator, correlate
 from ipvtrace.model.evidence import from_packet
 from ipvtrace.model.topology import Topology
 
-from synth import (BCAST, HOST, OTHER_MAC, F, ev, ipv4_icmp, parent, pod_a, pod_b, snapshot)
+from synth import BCAST, HOST, OTHER_MAC, F, ev, ipv4_icmp, parent, pod_a, pod_b, snapshot
 
 CTX = classify.Context(topo=Topology.from_snapshots([snapshot("l2")]),
                        flags=__import__("synth").F)

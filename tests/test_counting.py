@@ -8,7 +8,7 @@ import struct
 from ipvtrace.model import classify, counting, layout
 from ipvtrace.model.topology import Topology
 
-from synth import F, HOST, POD_A, POD_B, snapshot
+from synth import HOST, POD_A, POD_B, F, snapshot
 
 SL = layout.sig_layout()
 PID = {v: k for k, v in SL.probes.items()}

@@ -24,9 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ipvtrace.output import recording
-
 from ipvtrace import replay
+from ipvtrace.output import recording
 
 FIX = Path(__file__).parent / "fixtures"
 EXAMPLES = int(os.environ.get("IPVTRACE_FUZZ_EXAMPLES", "150"))

@@ -5,7 +5,6 @@ import io
 from rich.console import Console
 
 from ipvtrace import live, replay
-
 from ipvtrace.capture import snapshot
 from ipvtrace.model.layout import current
 from ipvtrace.output.render import LineSink

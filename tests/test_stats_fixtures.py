@@ -7,12 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ipvtrace.model import classify, counting, layout
-
-from ipvtrace.output import recording
-
 from ipvtrace import replay
+from ipvtrace.model import classify, counting, layout
 from ipvtrace.model.topology import Topology
+from ipvtrace.output import recording
 
 FIX = Path(__file__).parent / "fixtures"
 KERNELS = ["6.1", "6.12"]

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import sys
 
-from ipvtrace.model import filterexpr
-
 from ipvtrace.capture import loader, probes
+from ipvtrace.model import filterexpr
 
 
 def main() -> int:

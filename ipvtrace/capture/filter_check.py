@@ -13,9 +13,8 @@ import ctypes
 import struct
 import sys
 
-from ipvtrace.model import filterexpr, layout, packet
-
 from ipvtrace.capture import loader
+from ipvtrace.model import filterexpr, layout, packet
 
 # the expressions: every primitive, with directions, negation, combinations
 EXPRESSIONS = (

@@ -8,10 +8,9 @@ import socket
 import struct
 import sys
 
-from ipvtrace.model import layout
-
 from ipvtrace.capture import loader
 from ipvtrace.capture.ringbuf import MappedRing
+from ipvtrace.model import layout
 
 PACKETS = 5000
 

@@ -3,11 +3,14 @@
 Events carry (netns inode, ifindex); this snapshot turns them into names a
 person knows (``eth0@pod-a``) and tells the classifier each port's mode and
 flags (merged and looked up by topology.Topology). The mode is read from
-netlink, not from struct offsets, which move between kernels. Taken at the start and again at the end of a recording, so
-devices created while tracing are known too.
+netlink, not from struct offsets, which move between kernels. Taken at the
+start and again at the end of a recording, so devices created while tracing
+are known too.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import socket
 import threading
@@ -94,6 +97,12 @@ CLONE_NEWNET = 0x40000000
 NETLINK_ROUTE = 0
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """libc for setns(2) (os.setns arrives in Python 3.12), loaded once."""
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _netns_socket(path: str) -> socket.socket:
     """An rtnetlink socket that lives in the namespace at *path*.
 
@@ -103,16 +112,13 @@ def _netns_socket(path: str) -> socket.socket:
     setns(CLONE_NEWNET) moves only the calling thread: a short-lived thread
     enters the namespace, makes the socket and ends, so no thread of ours is
     ever left in a namespace it did not start in."""
-    import ctypes
-
     out: dict = {}
 
     def enter_and_open() -> None:
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
+                if _libc().setns(fd, CLONE_NEWNET) != 0:
                     err = ctypes.get_errno()
                     raise OSError(err, f"setns({path}): {os.strerror(err)}")
             finally:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from ipvtrace import doctor
-
 from ipvtrace.capture import probes
+
 from guest_helpers import two_pods, wait_ready
 
 OUT = Path(os.environ.get("IPVTRACE_OUT", "build/guest")).resolve()
