@@ -45,7 +45,11 @@ struct bpf_rb_node { __u64 __opaque[4]; } __attribute__((aligned(8)));
 #endif
 /* in a `workers` value: an event of this worker run was not reserved */
 #define IPVT_WORKER_LOSSY (1ULL << 63)
-/* A context older than this is left over from a missed return probe. */
+/* Per CPU, a context older than this is left over from a missed return
+ * probe. Not per task (PREEMPT_RT): a task preempted inside ipvlan can wait
+ * longer than any bound (seen: a route-fail TX whose context was dropped as
+ * stale, in both tracers, with no probe missed); there the stack pointer
+ * tells, see ctx_push. */
 #define IPVT_STALE_NS 200000000ULL
 
 /* clang drops a mask it can prove redundant; the verifier still needs it. */
@@ -63,6 +67,9 @@ struct ipvt_stack {
 	__u16 kind[IPVT_STACK_MAX];
 	__u8 filtered[IPVT_STACK_MAX];
 	__u8 lossy[IPVT_STACK_MAX];   /* an event of this context was not reserved */
+#ifdef IPVT_STACK_PER_TASK
+	__u64 sp[IPVT_STACK_MAX];     /* the task's stack pointer at the entry probe */
+#endif
 #ifdef IPVT_COUNT_ONLY
 	__u64 skb[IPVT_STACK_MAX];
 	__u64 enq_skb[IPVT_STACK_MAX];
@@ -330,14 +337,36 @@ static __always_inline int emit_dev_skb(__u16 probe, __u64 id, __u8 depth, __u8 
 	return 0;
 }
 
+/* Is this context (stack entry i) left over from a missed return probe? */
+static __always_inline int ctx_stale(struct ipvt_stack *st, __u32 i)
+{
+#ifdef IPVT_STACK_PER_TASK
+	return 0;   /* by time, never: see IPVT_STALE_NS; ctx_push drops them */
+#else
+	return bpf_ktime_get_ns() - st->ts[i] > IPVT_STALE_NS;
+#endif
+}
+
 /* Open a context; returns its id. IPVT_STACK_MAX is a power of two: indexes
- * are masked so the verifier sees them bounded. */
-static __always_inline __u64 ctx_push(__u16 kind, __u8 *depth_out)
+ * are masked so the verifier sees them bounded. *sp*: the stack pointer at
+ * the entry probe. Per task, all of a task's contexts live on its own kernel
+ * stack (PREEMPT_RT runs softirqs in task context, never on the IRQ stack):
+ * an open context whose entry was at or below this entry's stack pointer has
+ * returned, its return probe missed, and is dropped here. */
+static __always_inline __u64 ctx_push(__u16 kind, __u8 *depth_out, __u64 sp)
 {
 	struct ipvt_stack *st = stack_get(1);
 	if (!st)
 		return 0;
 	__u32 d = st->depth;
+#ifdef IPVT_STACK_PER_TASK
+	/* one per push: a deeper leftover is dropped when it is on top again */
+	if (d > 0 && d <= IPVT_STACK_MAX && st->sp[stack_idx(d - 1)] <= sp) {
+		stat_inc(IPVT_S_STACK_STALE);
+		d--;
+	}
+	st->sp[stack_idx(d)] = sp;
+#endif
 	if (d >= IPVT_STACK_MAX) {
 		stat_inc(IPVT_S_STACK_OVERFLOW);
 		d = 0;
@@ -397,7 +426,7 @@ static __always_inline __u64 ctx_current(__u8 *depth_out, __u8 *flags)
 		__u32 d = st->depth;
 		if (d > 0 && d <= IPVT_STACK_MAX) {
 			__u32 i = stack_idx(d - 1);
-			if (bpf_ktime_get_ns() - st->ts[i] > IPVT_STALE_NS) {
+			if (ctx_stale(st, i)) {
 				stat_inc(IPVT_S_STACK_STALE);
 				st->depth = 0;
 			} else if (st->filtered[i]) {
@@ -475,12 +504,13 @@ static __always_inline void sig_frame(struct ipvt_sig *s, struct sk_buff *skb)
 		s->l4 = h[20];
 }
 
-static __always_inline int count_entry(__u16 probe, struct sk_buff *skb, struct net_device *dev)
+static __always_inline int count_entry(__u16 probe, struct sk_buff *skb, struct net_device *dev,
+				       __u64 sp)
 {
 	__u8 depth = 0;
 	if (!is_armed())
 		return 0;
-	ctx_push(probe, &depth);
+	ctx_push(probe, &depth, sp);
 	struct ipvt_stack *st = stack_get(0);
 	if (!st || depth == 0)
 		return 0;
@@ -530,7 +560,7 @@ static __always_inline struct ipvt_sig *sig_current(struct ipvt_stack **stp, __u
 	if (d == 0 || d > IPVT_STACK_MAX)
 		return 0;
 	__u32 i = stack_idx(d - 1);
-	if (bpf_ktime_get_ns() - st->ts[i] > IPVT_STALE_NS) {
+	if (ctx_stale(st, i)) {
 		stat_inc(IPVT_S_STACK_STALE);
 		st->depth = 0;
 		return 0;
@@ -694,15 +724,16 @@ static __always_inline int head_filtered(__u64 head)
 }
 
 /* Open a context for an entry probe and report the frame as ipvlan got it. */
-static __always_inline int entry(__u16 probe, struct sk_buff *skb, struct net_device *dev)
+static __always_inline int entry(__u16 probe, struct sk_buff *skb, struct net_device *dev,
+				 __u64 sp)
 {
 #ifdef IPVT_COUNT_ONLY
-	return count_entry(probe, skb, dev);
+	return count_entry(probe, skb, dev, sp);
 #endif
 	__u8 depth = 0;
 	if (!is_armed())
 		return 0;
-	__u64 id = ctx_push(probe, &depth);
+	__u64 id = ctx_push(probe, &depth, sp);
 	struct ipvt_event *e = ev_init(probe, id, depth);
 	if (!e)
 		return 0;
@@ -752,7 +783,7 @@ static __always_inline int entry_ret(struct pt_regs *ctx, __u16 probe, __u16 ret
 int on_xmit(struct pt_regs *ctx)
 {
 	return entry(IPVT_P_XMIT, (struct sk_buff *)PT_REGS_PARM1(ctx),
-		     (struct net_device *)PT_REGS_PARM2(ctx));
+		     (struct net_device *)PT_REGS_PARM2(ctx), PT_REGS_SP(ctx));
 }
 
 int on_xmit_ret(struct pt_regs *ctx)
@@ -769,7 +800,7 @@ int on_rx(struct pt_regs *ctx)
 	bpf_probe_read_kernel(&skb, sizeof(skb), pskb);
 	if (skb)
 		bpf_probe_read_kernel(&dev, sizeof(dev), &skb->dev);
-	return entry(IPVT_P_RX, skb, dev);
+	return entry(IPVT_P_RX, skb, dev, PT_REGS_SP(ctx));
 }
 
 int on_rx_ret(struct pt_regs *ctx)
