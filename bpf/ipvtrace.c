@@ -20,24 +20,18 @@
  *                               probed function and another task then runs on
  *                               that CPU, so contexts are kept per task (and
  *                               CPU) instead of per CPU
+ *   IPVT_OFF_*                  struct offsets from the kernel's BTF
+ *                               (ipvtrace/capture/btf.py); without them the
+ *                               kernel headers give them (bpf/ipvtrace_kernel.h)
+ *   IPVT_CHECK_OFFSETS          compile against the headers too, and fail
+ *                               unless every IPVT_OFF_* equals their offsetof
  *   IPVT_COUNT_ONLY             `ipvtrace stats`: no events at all; each
  *                               context's evidence is gathered in its stack
  *                               entry (struct ipvt_sig) and counted in `counts`
  *                               when it closes
  */
 
-/* bcc 0.26's compat uapi bpf.h predates these, and 6.4+ kernel headers use
- * them from include/linux/bpf.h: declare them as the kernel's uapi does. */
-struct bpf_wq { __u64 __opaque[2]; } __attribute__((aligned(8)));
-struct bpf_refcount { __u32 __opaque[1]; } __attribute__((aligned(4)));
-struct bpf_rb_root { __u64 __opaque[2]; } __attribute__((aligned(8)));
-struct bpf_rb_node { __u64 __opaque[4]; } __attribute__((aligned(8)));
-
-#include <linux/skbuff.h>
-#include <linux/netdevice.h>
-#include <net/net_namespace.h>
-#include <net/dst.h>
-
+#include "ipvtrace_kernel.h"
 #include "ipvtrace.h"
 
 #ifndef IPVT_RINGBUF_PAGES
@@ -214,11 +208,12 @@ static __always_inline void ev_dev(struct ipvt_event *e, struct net_device *dev)
 	if (!dev)
 		return;
 	struct net *net = 0;
-	bpf_probe_read_kernel(&e->ifindex, sizeof(e->ifindex), &dev->ifindex);
-	bpf_probe_read_kernel_str(e->ifname, sizeof(e->ifname), dev->name);
-	bpf_probe_read_kernel(&net, sizeof(net), &dev->nd_net.net);
+	KREAD(e->ifindex, dev, IPVT_OFF_DEV_IFINDEX);
+	bpf_probe_read_kernel_str(e->ifname, sizeof(e->ifname),
+				  (const char *)dev + IPVT_OFF_DEV_NAME);
+	KREAD(net, dev, IPVT_OFF_DEV_NET);
 	if (net)
-		bpf_probe_read_kernel(&e->netns, sizeof(e->netns), &net->ns.inum);
+		KREAD(e->netns, net, IPVT_OFF_NET_INUM);
 	e->flags |= IPVT_F_HAS_DEV;
 }
 
@@ -226,7 +221,7 @@ static __always_inline __u64 skb_head(struct sk_buff *skb)
 {
 	unsigned char *head = 0;
 	if (skb)
-		bpf_probe_read_kernel(&head, sizeof(head), &skb->head);
+		KREAD(head, skb, IPVT_OFF_SKB_HEAD);
 	return (__u64)head;
 }
 
@@ -254,11 +249,11 @@ static __always_inline void ev_skb(struct ipvt_event *e, struct sk_buff *skb, in
 	e->skb = (__u64)skb;
 	if (!skb)
 		return;
-	bpf_probe_read_kernel(&head, sizeof(head), &skb->head);
-	bpf_probe_read_kernel(&data, sizeof(data), &skb->data);
-	bpf_probe_read_kernel(&mac, sizeof(mac), &skb->mac_header);
-	bpf_probe_read_kernel(&len, sizeof(len), &skb->len);
-	bpf_probe_read_kernel(&data_len, sizeof(data_len), &skb->data_len);
+	KREAD(head, skb, IPVT_OFF_SKB_HEAD);
+	KREAD(data, skb, IPVT_OFF_SKB_DATA);
+	KREAD(mac, skb, IPVT_OFF_SKB_MAC_HEADER);
+	KREAD(len, skb, IPVT_OFF_SKB_LEN);
+	KREAD(data_len, skb, IPVT_OFF_SKB_DATA_LEN);
 	e->head = (__u64)head;
 	e->len = len;
 	if (!with_hdr)
@@ -456,10 +451,10 @@ static __always_inline void dev_ids(struct net_device *dev, __u32 *netns, __s32 
 	struct net *net = 0;
 	if (!dev)
 		return;
-	bpf_probe_read_kernel(ifindex, sizeof(*ifindex), &dev->ifindex);
-	bpf_probe_read_kernel(&net, sizeof(net), &dev->nd_net.net);
+	KREAD(*ifindex, dev, IPVT_OFF_DEV_IFINDEX);
+	KREAD(net, dev, IPVT_OFF_DEV_NET);
 	if (net)
-		bpf_probe_read_kernel(netns, sizeof(*netns), &net->ns.inum);
+		KREAD(*netns, net, IPVT_OFF_NET_INUM);
 }
 
 static __always_inline void count_sig(struct ipvt_sig *s)
@@ -482,10 +477,10 @@ static __always_inline void sig_frame(struct ipvt_sig *s, struct sk_buff *skb)
 	unsigned int len = 0;
 	__u8 h[24] = {};
 
-	bpf_probe_read_kernel(&head, sizeof(head), &skb->head);
-	bpf_probe_read_kernel(&data, sizeof(data), &skb->data);
-	bpf_probe_read_kernel(&mac, sizeof(mac), &skb->mac_header);
-	bpf_probe_read_kernel(&len, sizeof(len), &skb->len);
+	KREAD(head, skb, IPVT_OFF_SKB_HEAD);
+	KREAD(data, skb, IPVT_OFF_SKB_DATA);
+	KREAD(mac, skb, IPVT_OFF_SKB_MAC_HEADER);
+	KREAD(len, skb, IPVT_OFF_SKB_LEN);
 	if (mac == 0xffff || head + mac > data) {
 		s->hflags |= IPVT_H_NO_MAC;
 		return;
@@ -799,7 +794,7 @@ int on_rx(struct pt_regs *ctx)
 	struct net_device *dev = 0;
 	bpf_probe_read_kernel(&skb, sizeof(skb), pskb);
 	if (skb)
-		bpf_probe_read_kernel(&dev, sizeof(dev), &skb->dev);
+		KREAD(dev, skb, IPVT_OFF_SKB_DEV);
 	return entry(IPVT_P_RX, skb, dev, PT_REGS_SP(ctx));
 }
 
@@ -962,13 +957,13 @@ static __always_inline int report_skb_dev(struct pt_regs *ctx, __u16 probe,
 	struct net_device *dev = 0;
 	if (use_dst) {
 		unsigned long refdst = 0;
-		bpf_probe_read_kernel(&refdst, sizeof(refdst), &skb->_skb_refdst);
+		KREAD(refdst, skb, IPVT_OFF_SKB_REFDST);
 		struct dst_entry *dst = (struct dst_entry *)(refdst & ~1UL);
 		if (dst)
-			bpf_probe_read_kernel(&dev, sizeof(dev), &dst->dev);
+			KREAD(dev, dst, IPVT_OFF_DST_DEV);
 	}
 	if (!dev)
-		bpf_probe_read_kernel(&dev, sizeof(dev), &skb->dev);
+		KREAD(dev, skb, IPVT_OFF_SKB_DEV);
 #ifdef IPVT_COUNT_ONLY
 	return count_helper(probe, skb, dev);
 #else
@@ -1021,7 +1016,7 @@ int on_mc_enqueue(struct pt_regs *ctx)
 		return 0;
 	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM2(ctx);
 	struct net_device *dev = 0;
-	bpf_probe_read_kernel(&dev, sizeof(dev), &skb->dev);
+	KREAD(dev, skb, IPVT_OFF_SKB_DEV);
 	if (PT_REGS_PARM3(ctx) & 0xff)
 		flags |= IPVT_F_LOCAL;   /* tx_pkt */
 	return emit_dev_skb(IPVT_P_MC_ENQUEUE, id, depth, flags, dev, skb);
@@ -1104,7 +1099,7 @@ int on_nf_input(struct pt_regs *ctx)
 	__u64 nval = id | L3S_PHASE_NF;
 	l3s_skbs.update(&key, &nval);
 	struct net_device *dev = 0;
-	bpf_probe_read_kernel(&dev, sizeof(dev), &skb->dev);
+	KREAD(dev, skb, IPVT_OFF_SKB_DEV);
 	return emit_dev_skb(IPVT_P_NF_INPUT, id, 0, 0, dev, skb);
 }
 

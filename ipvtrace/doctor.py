@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ipvtrace.capture import probes
+from ipvtrace.capture import btf, probes
 from ipvtrace.model import catalogue
 
 
@@ -65,9 +65,18 @@ def run_checks() -> tuple[list[Check], probes.ProbePlan | None]:
     out.append(Check("BPF ring buffer", ringbuf, "bpf_ringbuf_output present" if ringbuf
                      else "no BPF ring buffer (kernel older than 5.8?)",
                      "ipvtrace needs Linux 5.8 or newer"))
-    btf = Path("/sys/kernel/btf/ipvlan").exists()
-    out.append(Check("ipvlan BTF", btf, "/sys/kernel/btf/ipvlan" if btf else "absent (not needed: "
-                     "ipvtrace reads modes from netlink)", required=False))
+    try:
+        offs = btf.read_offsets()
+        out.append(Check("kernel BTF", True, f"{len(offs)} struct offsets from "
+                         f"{btf.VMLINUX_BTF}: the BPF program compiles without parsing "
+                         "struct sk_buff's headers"))
+    except btf.BTFError as exc:
+        out.append(Check("kernel BTF", False, str(exc), "none needed: the offsets come from the "
+                         "kernel headers, and the compile at start takes ~4x longer",
+                         required=False))
+    mod_btf = Path("/sys/kernel/btf/ipvlan").exists()
+    out.append(Check("ipvlan BTF", mod_btf, "/sys/kernel/btf/ipvlan" if mod_btf else "absent (not "
+                     "needed: ipvtrace reads modes from netlink)", required=False))
     if tracefs is not None and kprobes:
         left = probes.leftover_probe_events(tracefs)
         out.append(Check("leftover probes", not left,

@@ -1,16 +1,74 @@
-"""Compile bpf/ipvtrace.c (events, filtered, stats) and load every program through the verifier, no attach.
+"""Compile bpf/ipvtrace.c (events, filtered, stats, per task) and load every
+program through the verifier, no attach.
 
-Run by scripts/compile-check against each installed kernel's headers.
+Run by scripts/compile-check against each installed kernel's headers, with
+`--vmlinuz /boot/vmlinuz-RELEASE`: the struct offsets read from that image's
+BTF (as `ipvtrace` reads them from /sys/kernel/btf/vmlinux when it runs) are
+compiled once against the headers with static asserts (IPVT_CHECK_OFFSETS:
+the build fails unless every offset equals the headers' offsetof), then
+every variant is built the way it runs: from the offsets, without the
+headers that define the structs. The header-only build (a kernel without
+BTF) is compiled too.
 """
 from __future__ import annotations
 
+import argparse
+import shutil
+import struct
+import subprocess
 import sys
+import time
+from pathlib import Path
 
-from ipvtrace.capture import loader, probes
+from ipvtrace.capture import btf, loader, probes
 from ipvtrace.model import filterexpr
 
+# compression magics a bzImage payload starts with, and the tool that reads it
+_PAYLOADS = ((b"\xfd7zXZ\x00", ["xz", "-dc", "--single-stream"]),
+             (b"\x28\xb5\x2f\xfd", ["zstd", "-dcq"]),
+             (b"\x1f\x8b\x08", ["gzip", "-dc"]))
 
-def main() -> int:
+
+def elf_section(elf: bytes, name: str) -> bytes:
+    """The bytes of section NAME of a little-endian ELF64 image."""
+    if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
+        raise btf.BTFError("not a little-endian ELF64 vmlinux")
+    shoff, = struct.unpack_from("<Q", elf, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", elf, 0x3A)
+
+    def sh(i: int) -> tuple[int, int, int]:
+        base = shoff + i * shentsize
+        name_off, = struct.unpack_from("<I", elf, base)
+        off, size = struct.unpack_from("<QQ", elf, base + 0x18)
+        return name_off, off, size
+
+    _, stroff, _ = sh(shstrndx)
+    for i in range(shnum):
+        name_off, off, size = sh(i)
+        end = elf.find(b"\0", stroff + name_off)
+        if elf[stroff + name_off:end] == name.encode():
+            return elf[off:off + size]
+    raise btf.BTFError(f"no {name} section")
+
+
+def vmlinuz_btf(path: Path) -> bytes:
+    """The BTF of a compressed kernel image (a bzImage): its payload is
+    decompressed with the system's xz/zstd/gzip and .BTF read from the ELF."""
+    img = path.read_bytes()
+    for magic, cmd in _PAYLOADS:
+        at = img.find(magic)
+        if at < 0 or not shutil.which(cmd[0]):
+            continue
+        r = subprocess.run(cmd, input=img[at:], capture_output=True)
+        if r.stdout[:4] == b"\x7fELF":   # (trailing data after the stream: a warning)
+            return elf_section(r.stdout, ".BTF")
+    raise btf.BTFError(f"{path}: no xz, zstd or gzip payload holding an ELF vmlinux")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ipvtrace.capture.compile_check")
+    ap.add_argument("--vmlinuz", type=Path, help="the kernel image whose BTF gives the offsets")
+    a = ap.parse_args(argv)
     bcc = loader.import_bcc()
     plan = probes.ProbePlan(kernel="compile-check", tracefs="")
     for sys_, ev in probes.TRACEPOINTS:
@@ -20,18 +78,46 @@ def main() -> int:
             plan.cflags.append("-DIPVT_HAVE_CONSUME_LOCATION")
         if ev == "kfree_skb" and " reason;" in text:
             plan.cflags.append("-DIPVT_HAVE_DROP_REASON")
+    src = str(loader.layout.BPF_DIR / "ipvtrace.c").encode()
+
+    def build(extra: list[str], load: bool = True) -> float:
+        t0 = time.process_time()   # CPU time: the machine may be busy with guests
+        b = bcc.BPF(src_file=src, cflags=loader.cflags(plan, 64) + extra)
+        dt = time.process_time() - t0
+        if load:
+            for spec in probes.SPECS:
+                b.load_func(spec.fn.encode(), bcc.BPF.KPROBE)
+        b.cleanup()
+        return dt
+
+    offs: list[str] = []
+    if a.vmlinuz:
+        offs = btf.cflags(btf.offsets(vmlinuz_btf(a.vmlinuz)))
+        build(offs + ["-DIPVT_CHECK_OFFSETS"], load=False)
+        # ... and the check can fail: one offset 8 bytes off is refused
+        wrong = [f"-DIPVT_OFF_SKB_LEN={int(o.split('=')[1]) + 8}" if o.startswith(
+            "-DIPVT_OFF_SKB_LEN=") else o for o in offs]
+        try:
+            build(wrong + ["-DIPVT_CHECK_OFFSETS"], load=False)
+        except Exception:
+            pass
+        else:
+            raise SystemExit("compile_check: IPVT_CHECK_OFFSETS took a wrong offset")
+        print("compile_check: an offset 8 bytes off is refused (the static assert above)")
+        print(f"compile_check: {len(offs)} offsets from {a.vmlinuz.name}'s BTF equal the headers'")
     # once as shipped, once with a filter that uses every field it can test
     expr = filterexpr.parse("(icmp and host 10.0.0.1) or (udp and dst port 53) or "
                             "src host fd00::1 or not arp")
     # ... and as `ipvtrace stats` builds it
     # ... and with contexts per task, as on a PREEMPT_RT kernel
+    times = []
     for extra in ([], [f"-DIPVT_FILTER_EXPR={expr.c()}"], ["-DIPVT_COUNT_ONLY"],
                   ["-DIPVT_STACK_PER_TASK"], ["-DIPVT_STACK_PER_TASK", "-DIPVT_COUNT_ONLY"]):
-        b = bcc.BPF(src_file=str(loader.layout.BPF_DIR / "ipvtrace.c").encode(),
-                    cflags=loader.cflags(plan, 64) + extra)
-        for spec in probes.SPECS:
-            b.load_func(spec.fn.encode(), bcc.BPF.KPROBE)
-        b.cleanup()
+        times.append(build(offs + extra))
+    # a kernel without BTF: the offsets from the headers
+    headers = build([]) if offs else times[0]
+    print(f"compile_check: compile {min(times):.2f} CPU s"
+          f"{' with offsets from BTF' if offs else ''}, {headers:.2f} s from the headers")
     return 0
 
 

@@ -14,6 +14,8 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ipvtrace.capture import btf
+
 TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 
 
@@ -143,6 +145,12 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
                 "skb it was handed is the packet's and its slave is the one "
                 "ipvlan_addr_lookup found (otherwise the packet is incomplete)"
             )
+    try:
+        # the few struct offsets bpf/ipvtrace.c reads: with them, bcc parses
+        # no kernel header that defines struct sk_buff (a 4x faster compile)
+        plan.cflags += btf.cflags(btf.read_offsets())
+    except btf.BTFError as exc:
+        plan.notes.append(f"struct offsets come from the kernel headers ({exc}): a slower start")
     if preempt_rt():
         # softirqs run in threads and a task can be preempted inside a probed
         # function: another task's contexts must not land on its stack

@@ -1,0 +1,202 @@
+"""The few struct offsets the BPF program reads, from the kernel's own BTF.
+
+Why: with them as -D flags, bpf/ipvtrace.c includes no kernel header that
+defines struct sk_buff or struct net_device, and bcc's compile (nearly all of
+it spent parsing those headers: 3.1 of 3.9 s for <linux/skbuff.h> alone)
+shrinks to what bcc's own prelude costs. A kernel without BTF
+(/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF) keeps the header path.
+
+The reader follows Documentation/bpf/btf.rst: one pass over the type section
+records where each type starts; members are then looked up by name, through
+anonymous structs and unions (sk_buff keeps most fields in them). The file
+is the kernel's, but it is still checked: a size or offset out of bounds, a
+missing member or a member of an unexpected size is a BTFError, never a
+guess.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
+BTF_MAGIC = 0xEB9F
+MAX_BTF = 256 << 20   # vmlinux BTF is ~5 MiB; anything this big is not one
+
+# kinds (include/uapi/linux/btf.h)
+INT, PTR, ARRAY, STRUCT, UNION, ENUM, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT = range(1, 12)
+FUNC, FUNC_PROTO, VAR, DATASEC, FLOAT, DECL_TAG, TYPE_TAG, ENUM64 = range(12, 20)
+# bytes after the 12-byte btf_type: fixed part, and per vlen entry
+_EXTRA = {INT: (4, 0), PTR: (0, 0), ARRAY: (12, 0), STRUCT: (0, 12), UNION: (0, 12),
+          ENUM: (0, 8), FWD: (0, 0), TYPEDEF: (0, 0), VOLATILE: (0, 0), CONST: (0, 0),
+          RESTRICT: (0, 0), FUNC: (0, 0), FUNC_PROTO: (0, 8), VAR: (4, 0),
+          DATASEC: (0, 12), FLOAT: (0, 0), DECL_TAG: (4, 0), TYPE_TAG: (0, 0),
+          ENUM64: (0, 12)}
+_FOLLOW = (TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG)
+
+# what bpf/ipvtrace.c reads: -D name -> (struct, member path, size in bytes)
+FIELDS: dict[str, tuple[str, str, int]] = {
+    "IPVT_OFF_SKB_HEAD": ("sk_buff", "head", 8),
+    "IPVT_OFF_SKB_DATA": ("sk_buff", "data", 8),
+    "IPVT_OFF_SKB_MAC_HEADER": ("sk_buff", "mac_header", 2),
+    "IPVT_OFF_SKB_LEN": ("sk_buff", "len", 4),
+    "IPVT_OFF_SKB_DATA_LEN": ("sk_buff", "data_len", 4),
+    "IPVT_OFF_SKB_DEV": ("sk_buff", "dev", 8),
+    "IPVT_OFF_SKB_REFDST": ("sk_buff", "_skb_refdst", 8),
+    "IPVT_OFF_DEV_IFINDEX": ("net_device", "ifindex", 4),
+    "IPVT_OFF_DEV_NAME": ("net_device", "name", 16),
+    "IPVT_OFF_DEV_NET": ("net_device", "nd_net.net", 8),
+    "IPVT_OFF_NET_INUM": ("net", "ns.inum", 4),
+    "IPVT_OFF_DST_DEV": ("dst_entry", "dev", 8),
+}
+
+
+class BTFError(ValueError):
+    """The BTF could not give an offset; the message says which and why."""
+
+
+class BTF:
+    """Types of one BTF blob (vmlinux's), indexed by id, read on demand."""
+
+    def __init__(self, data: bytes) -> None:
+        if len(data) < 24 or len(data) > MAX_BTF:
+            raise BTFError(f"not a BTF blob ({len(data)} bytes)")
+        magic, _ver, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
+        if magic != BTF_MAGIC:
+            raise BTFError(f"bad BTF magic {magic:#x} (big-endian BTF is not read)")
+        type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", data, 8)
+        t0, s0 = hdr_len + type_off, hdr_len + str_off
+        if hdr_len < 24 or t0 + type_len > len(data) or s0 + str_len > len(data):
+            raise BTFError("BTF header sections run past the end of the data")
+        self._data = data
+        self._strs = data[s0:s0 + str_len]
+        self._starts = self._index(memoryview(data)[t0:t0 + type_len], t0)
+
+    @staticmethod
+    def _index(types: memoryview, base: int) -> list[int]:
+        """Where each type id starts (id 0 is void: no entry)."""
+        starts = [0]
+        off, end = 0, len(types)
+        unpack = struct.Struct("<I").unpack_from
+        extra = _EXTRA
+        while off + 12 <= end:
+            info = unpack(types, off + 4)[0]
+            kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
+            fixed, per = extra.get(kind, (-1, 0))
+            if fixed < 0:
+                raise BTFError(f"unknown BTF kind {kind} at type {len(starts)}")
+            starts.append(base + off)
+            off += 12 + fixed + per * vlen
+        if off != end:
+            raise BTFError("the BTF type section ends inside a type")
+        return starts
+
+    def name(self, off: int) -> str:
+        if off >= len(self._strs):
+            raise BTFError(f"string offset {off} out of range")
+        end = self._strs.find(b"\0", off)
+        return self._strs[off:end if end >= 0 else len(self._strs)].decode("ascii", "replace")
+
+    def _type(self, tid: int) -> tuple[int, int, int, int, int]:
+        """(name_off, kind, vlen, kind_flag, size_or_type) of type *tid*."""
+        if not 0 < tid < len(self._starts):
+            raise BTFError(f"type id {tid} out of range")
+        name_off, info, st = struct.unpack_from("<III", self._data, self._starts[tid])
+        return name_off, (info >> 24) & 0x1F, info & 0xFFFF, info >> 31, st
+
+    def struct_id(self, name: str) -> int:
+        """The id of `struct NAME` (a definition, not a forward declaration)."""
+        want = self._strs.find(b"\0" + name.encode() + b"\0")
+        offs = set()
+        while want >= 0:   # the same string may be stored once only, but be sure
+            offs.add(want + 1)
+            want = self._strs.find(b"\0" + name.encode() + b"\0", want + 1)
+        for tid in range(1, len(self._starts)):
+            name_off = struct.unpack_from("<I", self._data, self._starts[tid])[0]
+            if name_off in offs:
+                _, kind, vlen, _, _ = self._type(tid)
+                if kind == STRUCT and vlen:
+                    return tid
+        raise BTFError(f"struct {name} is not in this kernel's BTF")
+
+    def size(self, tid: int, depth: int = 0) -> int:
+        if depth > 32:
+            raise BTFError("type chain too long")
+        _, kind, _, _, st = self._type(tid)
+        if kind in (INT, STRUCT, UNION, ENUM, ENUM64, FLOAT):
+            return st
+        if kind == PTR:
+            return 8
+        if kind in _FOLLOW:
+            return self.size(st, depth + 1)
+        if kind == ARRAY:
+            elem, _index, nelems = struct.unpack_from("<III", self._data, self._starts[tid] + 12)
+            return nelems * self.size(elem, depth + 1)
+        raise BTFError(f"type {tid} (kind {kind}) has no size")
+
+    def _resolve(self, tid: int, depth: int = 0) -> int:
+        _, kind, _, _, st = self._type(tid)
+        if kind in _FOLLOW and depth < 32:
+            return self._resolve(st, depth + 1)
+        return tid
+
+    def member(self, tid: int, name: str, depth: int = 0) -> tuple[int, int] | None:
+        """(byte offset, type id) of member *name* of struct/union *tid*,
+        looking through anonymous members; None if it has none."""
+        if depth > 8:
+            return None
+        _, kind, vlen, kflag, _ = self._type(self._resolve(tid))
+        tid = self._resolve(tid)
+        if kind not in (STRUCT, UNION):
+            return None
+        base = self._starts[tid] + 12
+        for i in range(vlen):
+            name_off, mtype, moff = struct.unpack_from("<III", self._data, base + 12 * i)
+            bits = moff & 0xFFFFFF if kflag else moff
+            if kflag and moff >> 24:
+                continue   # a bitfield: never one of ours
+            if name_off == 0:
+                inner = self.member(mtype, name, depth + 1)
+                if inner is not None:
+                    return bits // 8 + inner[0], inner[1]
+            elif self.name(name_off) == name:
+                if bits % 8:
+                    raise BTFError(f"member {name} is not byte-aligned")
+                return bits // 8, mtype
+        return None
+
+    def offset(self, struct_name: str, path: str, size: int) -> int:
+        """Byte offset of `struct STRUCT_NAME`'s member PATH (a.b.c), checked to be SIZE bytes."""
+        tid, off = self.struct_id(struct_name), 0
+        for part in path.split("."):
+            m = self.member(tid, part)
+            if m is None:
+                raise BTFError(f"struct {struct_name} has no member {path} in this kernel's BTF")
+            off, tid = off + m[0], m[1]
+        got = self.size(tid)
+        if got != size:
+            raise BTFError(f"{struct_name}.{path} is {got} bytes here, ipvtrace reads {size}")
+        return off
+
+
+def offsets(data: bytes) -> dict[str, int]:
+    """FIELDS' offsets from a BTF blob, as -D name -> value."""
+    btf = BTF(data)
+    return {k: btf.offset(*v) for k, v in FIELDS.items()}
+
+
+def read_offsets(path: Path = VMLINUX_BTF) -> dict[str, int]:
+    """FIELDS' offsets from this kernel's BTF; BTFError when it has none."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size   # sysfs gives the blob's size
+            if not 0 < size <= MAX_BTF:
+                raise BTFError(f"{path}: {size} bytes is not a vmlinux BTF")
+            data = f.read(size + 1)   # (asking for far more costs a large buffer)
+    except OSError as exc:
+        raise BTFError(f"{path}: {exc.strerror} (a kernel without CONFIG_DEBUG_INFO_BTF)") from exc
+    return offsets(data)
+
+
+def cflags(offs: dict[str, int]) -> list[str]:
+    return [f"-D{k}={v}" for k, v in sorted(offs.items())]
