@@ -68,14 +68,38 @@ def wait_file(path: Path, proc: subprocess.Popen, timeout: float = 900) -> float
     return time.monotonic() - t0
 
 
+def prog_costs(pid: int) -> list[dict]:
+    """What each BPF program of process *pid* cost during the flood: hits and
+    ns per hit, from the kernel's own accounting (kernel.bpf_stats_enabled,
+    read with bpftool), most expensive first."""
+    r = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
+    if r.returncode != 0:
+        return []
+    progs = json.loads(r.stdout)
+    mine = [p for p in progs if any(x.get("pid") == pid for x in p.get("pids", []))]
+    if not any(p.get("pids") for p in progs):   # a bpftool without pid iterators
+        mine = [p for p in progs if str(p.get("name", "")).startswith(("on_", "tracepoint__"))]
+    out = []
+    for p in mine:
+        cnt, ns = p.get("run_cnt", 0), p.get("run_time_ns", 0)
+        out.append({"prog": p.get("name"), "type": p.get("type"), "hits": cnt,
+                    "ns_per_hit": round(ns / cnt) if cnt else None, "total_ms": round(ns / 1e6, 1)})
+    return sorted(out, key=lambda x: -x["total_ms"])
+
+
 def traced(lab: Lab, cmd: list[str], ready: Path, out_path: Path | None = None,
-           env: dict | None = None, path=IPVLAN) -> dict:
+           env: dict | None = None, path=IPVLAN, costs: bool = False) -> dict:
     ready.unlink(missing_ok=True)
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, **(env or {})))
     startup = wait_file(ready, proc)
+    if costs:   # (the accounting itself costs two clock reads per program run)
+        Path("/proc/sys/kernel/bpf_stats_enabled").write_text("1")
     res = udp_rate(lab, path=path)
+    if costs:
+        res["prog_costs"] = prog_costs(proc.pid)
+        Path("/proc/sys/kernel/bpf_stats_enabled").write_text("0")
     res["rss_kib"] = rss_kib(proc.pid)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=900)
@@ -186,6 +210,9 @@ def main() -> int:
         results["bpftrace_ref"] = bpftrace_ref(lab, out_dir)
         results["soak_live_json"] = soak(lab, py + ["live", "--json", "--ready-file", str(ready)],
                                          ready)
+        # what each probe costs per hit (a run of its own: the accounting costs too)
+        results["stats_costs"] = traced(lab, py + ["stats", "--json", "--interval", "2",
+                                                   "--ready-file", str(ready)], ready, costs=True)
         results["untraced_again"] = udp_rate(lab)
         # traffic that never touches ipvlan, untraced and under stats / record
         results["veth_untraced"] = udp_rate(lab, path=VETH)

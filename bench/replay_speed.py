@@ -1,6 +1,8 @@
 """Benchmark, part 3 and 4 (any machine): replay speed on a recording of at
 least a million events, peak memory, against merely reading the file's
-bytes; recording size per event and per packet. Prints one JSON object."""
+bytes; recording size per event and per packet; and replay speed on the
+benchmark's own recording from the real kernel (`--own FILE`: what `record`
+kept under the flood). Prints one JSON object."""
 from __future__ import annotations
 
 import json
@@ -14,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import synth  # noqa: E402
 from ipvtrace.model import layout
-from ipvtrace import recording  # noqa: E402
+from ipvtrace.output import recording  # noqa: E402
 
 
 def make(path: Path, packets: int) -> int:
@@ -53,13 +55,25 @@ _WRAP = ("import sys\nfrom ipvtrace import cli\nrc = cli.main(sys.argv[1:])\n"
          "print('peak_kib', hwm.split()[1], file=sys.stderr)\nsys.exit(rc)\n")
 
 
-def timed(args: list[str]) -> tuple[float, int]:
+def timed(args: list[str]) -> tuple[float, int, int]:
+    """Seconds, peak RSS (KiB) and lines written (with --json: rows, i.e. packets)."""
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", _WRAP, *args], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     dt = time.perf_counter() - t0
     peak = int([l for l in r.stderr.splitlines() if l.startswith("peak_kib")][-1].split()[1])
-    return dt, peak
+    return dt, peak, r.stdout.count("\n")
+
+
+def own(path: Path) -> dict:
+    """Replay speed on a recording the benchmark made on the real kernel."""
+    rows_s, _, rows = timed(["replay", str(path), "--json"])
+    stats_s, _, _ = timed(["replay", str(path), "--stats"])
+    rec = recording.read(path)
+    events = rec.trailer.get("events", 0)
+    return {"file": path.name, "bytes": path.stat().st_size, "events": events, "packets": rows,
+            "bytes_per_packet": path.stat().st_size / max(1, rows),
+            "replay_json_packets_per_s": rows / rows_s, "replay_stats_packets_per_s": rows / stats_s}
 
 
 def main() -> int:
@@ -73,9 +87,11 @@ def main() -> int:
     path.read_bytes()
     read_s = time.perf_counter() - t0
     py = ["replay", str(path)]
-    json_s, json_rss = timed(py + ["--json"])
-    stats_s, stats_rss = timed(py + ["--stats"])
+    json_s, json_rss, _ = timed(py + ["--json"])
+    stats_s, stats_rss, _ = timed(py + ["--stats"])
+    mine = Path(sys.argv[sys.argv.index("--own") + 1]) if "--own" in sys.argv else None
     print(json.dumps({
+        "own": own(mine) if mine is not None and mine.exists() else None,
         "events": events, "packets": packets, "bytes": size,
         "bytes_per_event": size / events, "bytes_per_packet": size / packets,
         "read_bytes_s": read_s,

@@ -46,6 +46,15 @@ def main() -> int:
     for key in [k for k in ("record", "record_bcc_callback", "filter_nothing") if k in dp]:
         lines.append(f"  {key}: {dp[key].get('events', 0):,} events, "
                      f"{dp[key].get('lost_events', 0):,} lost")
+    if dp.get("stats_costs", {}).get("prog_costs"):
+        sc_ = dp["stats_costs"]
+        total = sum(c["total_ms"] for c in sc_["prog_costs"]) or 1
+        lines.append(f"what each probe costs (stats build, kernel.bpf_stats_enabled, "
+                     f"{sc_['pps']:,.0f} packets/s in that run):")
+        for c in sc_["prog_costs"]:
+            per = dp["seconds"] * sc_["pps"] or 1
+            lines.append(f"  {c['prog']:<16} {c['hits']:>10,} hits ({c['hits'] / per:.1f}/packet) "
+                         f"{c['ns_per_hit'] or 0:>6} ns/hit  {100 * c['total_ms'] / total:4.1f}%")
     if "veth_untraced" in dp:
         vb = (dp["veth_untraced"]["pps"] + dp["veth_untraced_again"]["pps"]) / 2
         lines.append(f"traffic that never touches ipvlan (veth pair): untraced {vb:,.0f} packets/s; "
@@ -67,6 +76,12 @@ def main() -> int:
                  f"--stats {rp['replay_stats_events_per_s']:,.0f} events/s; "
                  f"reading the bytes alone {rp['read_bytes_s']:.2f} s vs {rp['replay_json_s']:.1f} s; "
                  f"peak RSS {rp['replay_json_peak_rss_kib'] / 1024:.0f} MiB")
+    if rp.get("own"):
+        o = rp["own"]
+        lines.append(f"replay of this run's own recording ({o['packets']:,} packets, "
+                     f"{o['events']:,} events, {o['bytes_per_packet']:.0f} bytes/packet): "
+                     f"--json {o['replay_json_packets_per_s']:,.0f} packets/s, "
+                     f"--stats {o['replay_stats_packets_per_s']:,.0f} packets/s")
     lines.append(f"recording size: {rp['bytes_per_event']:.0f} bytes/event, "
                  f"{rp['bytes_per_packet']:.0f} bytes/packet (synthetic pod-to-pod); real record "
                  f"run: {dp['record'].get('bytes', 0) / max(1, dp['record'].get('events', 1)):.0f} bytes/event")
