@@ -17,6 +17,7 @@ EXAMPLES = {
   sudo ipvtrace live --duration 10   # stop after 10 seconds
   sudo ipvtrace live 'icmp and host 192.168.100.101'   # filter in the kernel
   sudo ipvtrace live --netns pod-a --branch '*drop*'   # filter on the result
+  sudo ipvtrace live --pod 'default/web-*'           # a Kubernetes pod's packets
 """,
     "record": """examples:
   sudo ipvtrace record -o pods.ipvt                  # until Ctrl-C
@@ -31,6 +32,7 @@ EXAMPLES = {
   ipvtrace replay pods.ipvt --why         # with the evidence for each branch
   ipvtrace replay pods.ipvt --json | jq 'select(.branch=="tx.l2.to_parent")'
   ipvtrace replay pods.ipvt --branch 'tx.l3.*' --netns pod-a
+  ipvtrace replay pods.ipvt --container web   # podman/docker container named web
   ipvtrace replay pods.ipvt --stats           # packets per branch, drops, lost events
   ipvtrace replay pods.ipvt --pcapng pods.pcapng && tshark -r pods.pcapng -T fields -e frame.comment
 """,

@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+from ipvtrace.capture import containers
 from ipvtrace.model.topology import Topology, resolve_links
 
 NETNS_RUN = Path("/run/netns")
@@ -78,19 +79,41 @@ def list_namespaces() -> list[dict]:
             seen.add(ino)
             out.append({"inum": ino, "name": p.name, "path": str(p), "root": False})
     # anonymous namespaces (containers, pods without `ip netns` names): named
-    # after the first process that holds one, e.g. "pid:4242(pause)"
+    # by what runs there when a runtime's records say (containers.py: the
+    # pod, or runtime:container), else after the first process that holds
+    # one, e.g. "pid:4242(pause)"
+    names = containers.Names()
+    unnamed: dict[int, dict] = {}   # anonymous namespaces no process has named yet
     for proc in sorted(Path("/proc").glob("[0-9]*"), key=lambda p: int(p.name)):
         try:
             ino = netns_inode(proc / "ns" / "net")
-            if ino in seen:
-                continue
+        except OSError:
+            continue
+        if ino in seen and ino not in unnamed:
+            continue
+        who = containers.identify(proc.name, names)
+        if ino in unnamed:
+            if who is not None:
+                _name_by(unnamed.pop(ino), who)
+            continue
+        try:
             comm = (proc / "comm").read_text().strip()
         except OSError:
             continue
         seen.add(ino)
-        out.append({"inum": ino, "name": f"pid:{proc.name}({comm})",
-                    "path": str(proc / "ns" / "net"), "root": False, "anonymous": True})
+        ns = {"inum": ino, "name": f"pid:{proc.name}({comm})",
+              "path": str(proc / "ns" / "net"), "root": False, "anonymous": True}
+        out.append(ns)
+        if who is not None:
+            _name_by(ns, who)
+        else:
+            unnamed[ino] = ns
     return out
+
+
+def _name_by(ns: dict, who: containers.Who) -> None:
+    ns["name"] = who.name
+    ns["who"] = who.to_json()
 
 
 CLONE_NEWNET = 0x40000000

@@ -34,8 +34,7 @@ class Context:
         if not ifindex:
             return None
         dev = self.topo.device(netns, ifindex)
-        return {"dev": dev.get("name", "") if dev else f"if{ifindex}",
-                "netns": self.topo.ns_name(netns), "ifindex": ifindex}
+        return self.topo.dev_ref(netns, ifindex, dev.get("name", "") if dev else f"if{ifindex}")
 
 
 @dataclass
@@ -87,7 +86,7 @@ def dev_ref(ev: Event | None, ctx: Context) -> dict | None:
     """The device an event names, as the kernel named it at that moment."""
     if ev is None or not ev.has(ctx.flag("has_dev")):
         return None
-    return {"dev": ev.ifname, "netns": ctx.topo.ns_name(ev.netns), "ifindex": ev.ifindex}
+    return ctx.topo.dev_ref(ev.netns, ev.ifindex, ev.ifname)
 
 
 def dev_str(ref: dict | None) -> str:

@@ -43,6 +43,8 @@ class Topology:
     dict access: nothing scans all devices per packet."""
 
     ns_names: dict[int, str] = field(default_factory=dict)
+    # netns -> {"pod": ..., "container": ...}: what runs there (capture/containers.py)
+    ns_labels: dict[int, dict] = field(default_factory=dict)
     devices: dict[tuple[int, int], dict] = field(default_factory=dict)
     # (parent netns, parent ifindex) -> the port's ipvlan {mode, flags}, from its slaves
     ports: dict[tuple[int, int], dict] = field(default_factory=dict)
@@ -61,6 +63,11 @@ class Topology:
         tied again once the devices they point at are known."""
         for ns in snap.get("namespaces", []):
             self.ns_names[ns["inum"]] = ns["name"] or ("root" if ns.get("root") else f"netns:{ns['inum']}")
+            who = ns.get("who")
+            if isinstance(who, dict):
+                labels = {k: who[k] for k in ("pod", "container") if isinstance(who.get(k), str)}
+                if labels:
+                    self.ns_labels[ns["inum"]] = labels
         new = snap.get("devices", [])
         for d in new:
             self.devices[(d["netns"], d["ifindex"])] = dict(d)
@@ -78,6 +85,15 @@ class Topology:
 
     def ns_name(self, inum: int) -> str:
         return self.ns_names.get(inum, f"netns:{inum}" if inum else "?")
+
+    def dev_ref(self, netns: int, ifindex: int, name: str) -> dict:
+        """A device as rows show it: its name, its namespace's name, and the
+        pod and container running there when a runtime's records say so."""
+        ref = {"dev": name, "netns": self.ns_name(netns), "ifindex": ifindex}
+        labels = self.ns_labels.get(netns)
+        if labels:
+            ref.update(labels)
+        return ref
 
     def device(self, netns: int, ifindex: int) -> dict | None:
         return self.devices.get((netns, ifindex))

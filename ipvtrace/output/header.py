@@ -98,6 +98,10 @@ def snapshot(d: Any, what: str = "snapshot") -> dict:
         ns = _dict(ns, f"{what}.namespaces[]")
         _int(ns.get("inum"), f"{what}.namespaces[].inum", 0)
         _str(ns.get("name"), f"{what}.namespaces[].name", optional=True)
+        if ns.get("who") is not None:
+            who = _dict(ns["who"], f"{what}.namespaces[].who")
+            for k in ("runtime", "container_id", "container", "pod", "pod_id"):
+                _str(who.get(k), f"{what}.namespaces[].who.{k}", optional=True)
     for dev in _list(d.get("devices", []), f"{what}.devices"):
         dev = _dict(dev, f"{what}.devices[]")
         _int(dev.get("netns"), f"{what}.devices[].netns", 0)
@@ -134,7 +138,7 @@ def header(h: Any) -> dict:
     rf = h.get("row_filters")
     if rf is not None:
         rf = _dict(rf, "row_filters")
-        for k in ("netns", "dev", "branch", "mode"):
+        for k in ("netns", "dev", "branch", "mode", "pod", "container"):
             for v in _list(rf.get(k, []), f"row_filters.{k}"):
                 _str(v, f"row_filters.{k}[]")
     for line in _list(h.get("cannot_show", []), "cannot_show"):
