@@ -89,7 +89,12 @@ BPF_PERCPU_ARRAY(s2a_ctx, __u64, 1);          /* ctx of the running skb_to_addr 
 BPF_ARRAY(armed, __u32, 1);
 BPF_PERCPU_ARRAY(seq, __u64, 1);
 BPF_PERCPU_ARRAY(scratch, struct ipvt_event, 1);
-BPF_PERCPU_ARRAY(stats, __u64, IPVT_S_MAX);
+/* Counters user space reads through mapped pages, never with a syscall: a
+ * map syscall holds this CPU's bpf_prog_active while it copies, and every
+ * kprobe and tracepoint program that fires on that CPU meanwhile (a softirq
+ * on its way out of an interrupt; on PREEMPT_RT, any task that preempts the
+ * reader) is skipped by the kernel without a trace: evidence lost unseen. */
+BPF_F_TABLE("array", int, __u64, stats, IPVT_S_MAX, BPF_F_MMAPABLE);
 BPF_HASH(workers, __u32, __u64, 1024);      /* tid -> worker context id */
 BPF_HASH(fwd_ctx, __u64, __u64, 1024);      /* tid<<32|cpu -> fwd ctx, for its return */
 /* L3S: a frame the l3mdev hook saw, until LOCAL_IN; LRU so frames that never
@@ -172,7 +177,7 @@ static __always_inline void stat_inc(int idx)
 {
 	__u64 *v = stats.lookup(&idx);
 	if (v)
-		(*v)++;
+		__sync_fetch_and_add(v, 1);
 }
 
 static __always_inline __u64 new_ctx_id(void)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import struct
 from pathlib import Path
 from typing import Callable
 
@@ -56,6 +57,8 @@ class Tracer:
         self._cb: Callable | None = None
         self._ring = None            # ringbuf.MappedRing, when this CPU allows it
         self._handle: Callable[[bytes], None] | None = None
+        self._stats_map: mmap.mmap | None = None   # the `stats` counters, mapped
+        self._stats_n = 0
         self.removed_leftovers: list[str] = []
 
     def __enter__(self) -> "Tracer":
@@ -142,11 +145,8 @@ class Tracer:
         repairs, and kprobe misses (`kprobe_missed.<probe>`; pass *misses* when
         they were just read)."""
         lay = layout.current()
-        table = self.bpf["stats"]
         out: dict[str, int] = {}
-        for idx, values in table.items():
-            total = int(sum(values))
-            i = idx.value
+        for i, total in enumerate(self._stats_values()):
             if total == 0:
                 continue
             if i in (lay.stats or {}):
@@ -157,6 +157,17 @@ class Tracer:
             if hm["misses"]:
                 out[f"kprobe_missed.{name}"] = hm["misses"]
         return out
+
+    def _stats_values(self) -> tuple[int, ...]:
+        """The kernel's counters, read from the map's mapped pages: a map
+        syscall would blind every probe on this CPU while it copies (the
+        kernel skips BPF programs while bpf_prog_active is held)."""
+        if self._stats_map is None:
+            table = self.bpf["stats"]
+            self._stats_n = len(table)
+            self._stats_map = mmap.mmap(table.map_fd, max(mmap.PAGESIZE, 8 * self._stats_n),
+                                        mmap.MAP_SHARED, mmap.PROT_READ)
+        return struct.unpack_from(f"<{self._stats_n}Q", self._stats_map, 0)
 
     def counts(self) -> dict[bytes, int]:
         """Stats mode: the kernel's counter per signature (raw key bytes), summed over CPUs."""
@@ -193,6 +204,9 @@ class Tracer:
         return out
 
     def close(self) -> None:
+        if self._stats_map is not None:
+            self._stats_map.close()
+            self._stats_map = None
         if self._ring is not None:
             self._ring.close()
             self._ring = None
