@@ -257,3 +257,32 @@ def test_loss_is_exact_per_context():
         c.feed(e)
     c.flush()
     assert [classify.classify(from_packet(p, CTX)).complete for p in out] == [False]
+
+
+def test_an_skb_pointer_reused_inside_a_worker_run_keeps_each_frame_its_events():
+    """Seen on 6.12 (the stats == record comparison): the worker frees one
+    queued skb and its next clone, of another queued frame, gets the same
+    address. The free belongs to the first frame (its head, from its
+    enqueue), the delivery to the second (its own head): a pointer means
+    what it meant at that moment, not what it meant last."""
+    W = F["worker"]
+    H1, H2, S, C = 0x0800, 0x2840, 0xEF400, 0xEFF00
+    bc = ipv4_icmp("10.0.0.9", "10.0.0.255", dmac=BCAST)
+    events = [
+        ev("rx", 100, 6, skb=0xEF000, head=H1, hdr=bc, **parent()),
+        ev("mc_enqueue", 101, 6, skb=S, head=H1, **parent()),          # frame 1 queued as S
+        ev("rx_ret", 102, 6, ret=3),
+        ev("rx", 103, 7, skb=0xEF000, head=H2, hdr=bc, **parent()),
+        ev("mc_enqueue", 104, 7, skb=C, head=H2, **parent()),          # frame 2 queued as C
+        ev("rx_ret", 105, 7, ret=3),
+        ev("mc_work", 110, 8, flags=W, depth=0),
+        ev("kfree", 111, 8, skb=S, flags=W, depth=0),                  # frame 1 freed
+        ev("netif_rx", 112, 8, skb=S, head=H2, flags=W, depth=0, **pod_b()),   # S reused: frame 2's clone
+        ev("consume", 113, 8, skb=C, flags=W, depth=0),
+        ev("mc_work_ret", 114, 8, flags=W, depth=0),
+    ]
+    got = {p.entry.ctx: p for p in correlate(events, 10_000)}
+    assert got[6].worker_done and [e.probe for e in got[6].worker] == ["kfree"]
+    assert got[7].worker_done and [e.probe for e in got[7].worker] == ["netif_rx", "consume"]
+    v = classify.classify(from_packet(got[7], CTX))
+    assert v.complete and [(m["branch"], m["to"]["netns"]) for m in v.mcast] == [("mcast.deliver", "pod-b")]

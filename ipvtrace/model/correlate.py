@@ -262,21 +262,31 @@ class Correlator:
         """Split one worker run by enqueued skb (head) and hand each share back."""
         by_head: dict[int, list[Event]] = {}
         # the enqueued skb itself may show up only in kfree/consume (no head):
-        # its head is known from the enqueue event of the waiting packet
-        skb_head: dict[int, int] = {
-            e.skb: e.head for ps in self.await_mc.values() for p in ps
-            for e in p.helpers("mc_enqueue")}
-        for ev in w.events:
-            if ev.head:
-                skb_head[ev.skb] = ev.head
+        # its head is known from the enqueue event of the waiting packet. An
+        # skb pointer is reused at once (seen on 6.12: the worker freed a
+        # queued skb and its very next clone, of another frame, got the same
+        # address), so what a pointer means is followed in time order: the
+        # latest enqueue before the event, then the run's own events so far
+        enqs = sorted((e for ps in self.await_mc.values() for p in ps
+                       for e in p.helpers("mc_enqueue")), key=lambda e: e.ts)
+        skb_head: dict[int, int] = {}
+        i = 0
         last = 0
         for ev in w.events:
+            while i < len(enqs) and enqs[i].ts <= ev.ts:
+                skb_head[enqs[i].skb] = enqs[i].head
+                i += 1
+            if ev.head:
+                skb_head[ev.skb] = ev.head
             # fwd_ret carries no skb: it belongs with the dev_forward_skb before it
             head = ev.head or skb_head.get(ev.skb, 0) or (last if ev.probe == "fwd_ret" else 0)
             last = head
             by_head.setdefault(head, []).append(ev)
         for head, evs in by_head.items():
-            pkt = self._queued_before(head, w.start) if head else None
+            # queued before this run first touched it: the worker takes its
+            # backlog a moment after its entry probe fires, so a frame queued
+            # in between is this run's too
+            pkt = self._queued_before(head, evs[0].ts) if head else None
             if pkt is None:
                 self.unattributed += len(evs)
                 continue
@@ -288,7 +298,9 @@ class Correlator:
 
     def _queued_before(self, head: int, start: int) -> Packet | None:
         """The packet this worker run handled for *head*: the oldest queued
-        before the run began (one queued during the run waits for the next)."""
+        before the run's first event for that head (a clone queued later,
+        such as a frame a slave reflects while the run delivers its
+        original, shares the head and waits for the next run)."""
         for p in self.await_mc.get(head, ()):
             enq = p.helpers("mc_enqueue")
             if enq and enq[-1].ts <= start:
