@@ -121,8 +121,25 @@ BPF_TABLE("lru_hash", __u64, __u8, echo_skbs, 4096);
  * head); anything else its task does (a softirq it runs, a slave's reply) is
  * not a delivery. One run handles a queued frame: a head claimed by an older
  * run was freed and reused, and is not counted (as the correlator, which
- * matches a head only while its packet waits for the worker). */
+ * matches a head only while its packet waits for the worker). A head queued
+ * again while claimed (its memory reused, or a frame the parent's peer
+ * reflected while the claiming run still sends it: the reflection shares the
+ * data) is marked MC_PENDING: the next run to touch it takes it over. */
+#define MC_PENDING (1ULL << 63)
 BPF_TABLE("lru_hash", __u64, __u64, mc_heads, 4096);
+
+/* May this worker run count (and claim) the queued frame behind *claim? */
+static __always_inline int mc_claim(__u64 *claim, __u64 run_id)
+{
+	__u64 owner = *claim & ~MC_PENDING;
+	if (owner == run_id)
+		return 1;
+	if (owner == 0 || (*claim & MC_PENDING)) {
+		*claim = run_id;
+		return 1;
+	}
+	return 0;   /* queued for an earlier run: this head was reused */
+}
 #endif
 
 static __always_inline __u64 task_cpu_key(void)
@@ -584,8 +601,13 @@ static __always_inline int count_helper(__u16 probe, struct sk_buff *skb, struct
 		if (probe == IPVT_P_MC_ENQUEUE) {
 			st->enq_skb[i] = (__u64)skb;
 			__u64 head = skb_head(skb);
-			__u64 unclaimed = 0;
-			mc_heads.update(&head, &unclaimed);
+			__u64 *held = mc_heads.lookup(&head);
+			if (held && (*held & ~MC_PENDING)) {
+				*held |= MC_PENDING;   /* for the next run, not the claiming one */
+			} else {
+				__u64 unclaimed = 0;
+				mc_heads.update(&head, &unclaimed);
+			}
 		}
 		if (probe == IPVT_P_QXMIT && own)
 			s->hflags |= IPVT_H_OWN_QX;
@@ -611,11 +633,8 @@ static __always_inline int count_helper(__u16 probe, struct sk_buff *skb, struct
 	__u64 *claim = mc_heads.lookup(&head);
 	if (!claim)
 		return 0;
-	__u64 run_id = *run & ~IPVT_WORKER_LOSSY;
-	if (*claim == 0)
-		*claim = run_id;
-	else if (*claim != run_id)
-		return 0;   /* queued for an earlier run: this head was reused */
+	if (!mc_claim(claim, *run & ~IPVT_WORKER_LOSSY))
+		return 0;
 	struct ipvt_sig w = {};
 	w.kind = IPVT_P_MC_WORK;
 	w.seen = 1U << probe;
@@ -683,8 +702,8 @@ static __always_inline int count_free(__u16 probe, void *skbaddr, __u32 reason)
 		if (run) {
 			__u64 head = skb_head((struct sk_buff *)skbaddr);
 			__u64 *claim = mc_heads.lookup(&head);
-			if (claim && *claim == 0)
-				*claim = *run & ~IPVT_WORKER_LOSSY;
+			if (claim)
+				mc_claim(claim, *run & ~IPVT_WORKER_LOSSY);
 		}
 		return 0;
 	}
