@@ -30,6 +30,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,10 @@ _PODMAN_CTR = re.compile(rf"libpod-({_HEX64})(?:\.scope)?(?:/|$)")
 _PODMAN_POD = re.compile(rf"(?:machine-libpod_pod_|/libpod_parent/)({_HEX64})(?:\.slice)?/")
 _DOCKER_CTR = re.compile(rf"(?:/docker/|docker-)({_HEX64})(?:\.scope)?(?:/|$)")
 MAX_RECORD = 16 << 20   # a runtime's record file larger than this is not read
+# `podman pod ps` costs a second or more on a busy node: a pod appearing while
+# tracing refreshes its namespace alone, and reuses a list this recent
+PODS_FOR_S = 10.0
+_pods_read: tuple[float, dict[str, str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -129,8 +134,13 @@ class Names:
         return self._podman.get(cid)
 
     def podman_pod(self, pod_id: str) -> str | None:
+        global _pods_read
+        if self._podman_pods is None and _pods_read is not None \
+                and time.monotonic() - _pods_read[0] < PODS_FOR_S:
+            self._podman_pods = _pods_read[1]   # read moments ago (a new pod's refresh)
         if self._podman_pods is None:
             self._podman_pods = {}
+            _pods_read = (time.monotonic(), self._podman_pods)
             if self.use_cli and shutil.which("podman"):
                 try:
                     r = subprocess.run(["podman", "pod", "ps", "--no-trunc", "--format", "json"],
