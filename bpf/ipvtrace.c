@@ -27,7 +27,7 @@
  *                               unless every IPVT_OFF_* equals their offsetof
  *   IPVT_COUNT_ONLY             `ipvtrace stats`: no events at all; each
  *                               context's evidence is gathered in its stack
- *                               entry (struct ipvt_sig) and counted in `counts`
+ *                               entry (struct ipvt_sig) and counted in `slots`
  *                               when it closes
  */
 
@@ -104,7 +104,27 @@ BPF_TABLE("lru_hash", __u64, __u64, l3s_skbs, 4096);
  * L3S events are not reported either */
 BPF_TABLE("lru_hash", __u64, __u8, filtered_heads, 4096);
 #ifdef IPVT_COUNT_ONLY
-BPF_PERCPU_HASH(counts, struct ipvt_sig, __u64, 8192);
+/* Counted signatures, read by user space through mapped pages (never with a
+ * map syscall: see `stats`). Each CPU fills its own range of `slots`
+ * (IPVT_SLOTS_PER_CPU from cpu * IPVT_SLOTS_PER_CPU) and publishes how many
+ * it used in `slot_next[cpu]` after writing the signature; `slot_of` is
+ * where this CPU counts a signature (slot + 1, 0: none yet). Only its own
+ * CPU writes a range, but on PREEMPT_RT two tasks' programs can interleave on
+ * one CPU: a slot is taken and counted with atomic adds, and a signature two
+ * tasks both found new gets two slots, which user space sums with the rest
+ * of that signature's slots over the CPUs. */
+#ifndef IPVT_NR_CPUS
+#define IPVT_NR_CPUS 64
+#endif
+#define IPVT_SLOTS_PER_CPU 512
+struct ipvt_slot {
+	struct ipvt_sig sig;
+	__u64 count;
+};
+BPF_F_TABLE("array", int, struct ipvt_slot, slots, IPVT_NR_CPUS * IPVT_SLOTS_PER_CPU,
+	    BPF_F_MMAPABLE);
+BPF_F_TABLE("array", int, __u64, slot_next, IPVT_NR_CPUS, BPF_F_MMAPABLE);
+BPF_PERCPU_HASH(slot_of, struct ipvt_sig, __u32, 8192);
 /* L3S frames between ipvlan_l3_rcv and LOCAL_IN: the parent, then the owner */
 struct ipvt_l3s {
 	__u32 netns;
@@ -481,14 +501,36 @@ static __always_inline void dev_ids(struct net_device *dev, __u32 *netns, __s32 
 
 static __always_inline void count_sig(struct ipvt_sig *s)
 {
-	__u64 *c = counts.lookup(s);
-	if (c) {
-		(*c)++;
-		return;
+	int cpu = bpf_get_smp_processor_id();
+	int slot;
+	__u32 *have = slot_of.lookup(s);
+	if (have && *have) {
+		slot = *have - 1;
+	} else {
+		__u64 *next = slot_next.lookup(&cpu);
+		if (!next)
+			return;
+		/* taken for this signature alone; user space reads a slot once its
+		 * count is non-zero, and the count is written after the signature */
+		__u64 idx = __sync_fetch_and_add(next, 1);
+		if (idx >= IPVT_SLOTS_PER_CPU) {
+			stat_inc(IPVT_S_COUNTS_FULL);
+			return;
+		}
+		slot = cpu * IPVT_SLOTS_PER_CPU + (int)idx;
+		struct ipvt_slot *fresh = slots.lookup(&slot);
+		if (!fresh)
+			return;
+		__builtin_memcpy(&fresh->sig, s, sizeof(*s));
+		__u32 v = slot + 1;
+		if (have)
+			*have = v;
+		else if (slot_of.update(s, &v) != 0)
+			stat_inc(IPVT_S_COUNTS_FULL);   /* the hash is full: the next hit takes another slot */
 	}
-	__u64 one = 1;
-	if (counts.update(s, &one) != 0)
-		stat_inc(IPVT_S_COUNTS_FULL);
+	struct ipvt_slot *sl = slots.lookup(&slot);
+	if (sl)
+		__sync_fetch_and_add(&sl->count, 1);
 }
 
 /* What the classifier reads from the frame: multicast dst, EtherType, L4. */

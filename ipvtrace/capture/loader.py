@@ -19,6 +19,10 @@ KRETPROBE_MAXACTIVE = 64
 DEFAULT_RINGBUF_PAGES = 1024  # 4 MiB
 
 
+def _pages(n: int) -> int:
+    return max(mmap.PAGESIZE, -(-n // mmap.PAGESIZE) * mmap.PAGESIZE)
+
+
 class LoadError(RuntimeError):
     """Tracing could not start; the message says what to do."""
 
@@ -40,8 +44,21 @@ def require_root() -> None:
         raise LoadError("tracing needs root (CAP_BPF and CAP_PERFMON): run it with sudo")
 
 
+SLOTS_PER_CPU = 512   # IPVT_SLOTS_PER_CPU in bpf/ipvtrace.c
+
+
+def possible_cpus() -> int:
+    """How many CPU ids the kernel may hand a BPF program (0..N-1)."""
+    try:
+        text = open("/sys/devices/system/cpu/possible").read().strip()
+        return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
+    except (OSError, ValueError):
+        return os.cpu_count() or 1
+
+
 def cflags(plan: ProbePlan, ringbuf_pages: int) -> list[str]:
-    return ["-w", f"-I{layout.BPF_DIR}", f"-DIPVT_RINGBUF_PAGES={ringbuf_pages}", *plan.cflags]
+    return ["-w", f"-I{layout.BPF_DIR}", f"-DIPVT_RINGBUF_PAGES={ringbuf_pages}",
+            f"-DIPVT_NR_CPUS={possible_cpus()}", *plan.cflags]
 
 
 class Tracer:
@@ -58,6 +75,10 @@ class Tracer:
         self._ring = None            # ringbuf.MappedRing, when this CPU allows it
         self._handle: Callable[[bytes], None] | None = None
         self._stats_map: mmap.mmap | None = None   # the `stats` counters, mapped
+        self._slots: mmap.mmap | None = None       # stats mode: counted signatures, mapped
+        self._next: mmap.mmap | None = None
+        self._slot_size = 0
+        self._ncpu = 0
         self._stats_n = 0
         self.removed_leftovers: list[str] = []
 
@@ -170,10 +191,27 @@ class Tracer:
         return struct.unpack_from(f"<{self._stats_n}Q", self._stats_map, 0)
 
     def counts(self) -> dict[bytes, int]:
-        """Stats mode: the kernel's counter per signature (raw key bytes), summed over CPUs."""
+        """Stats mode: the kernel's counter per signature (raw bytes), summed
+        over CPUs; read from the mapped `slots` and `slot_next`, no syscall."""
+        if self._slots is None:
+            slots, nxt = self.bpf["slots"], self.bpf["slot_next"]
+            self._slot_size = ctypes.sizeof(slots.Leaf)
+            self._ncpu = len(nxt)
+            self._slots = mmap.mmap(slots.map_fd, _pages(self._slot_size * len(slots)),
+                                    mmap.MAP_SHARED, mmap.PROT_READ)
+            self._next = mmap.mmap(nxt.map_fd, _pages(8 * self._ncpu),
+                                   mmap.MAP_SHARED, mmap.PROT_READ)
+        sig = self._slot_size - 8
         out: dict[bytes, int] = {}
-        for key, values in self.bpf["counts"].items():
-            out[bytes(key)] = int(sum(values))
+        used = struct.unpack_from(f"<{self._ncpu}Q", self._next, 0)
+        for cpu, n in enumerate(used):
+            base = cpu * SLOTS_PER_CPU
+            for i in range(base, base + min(n, SLOTS_PER_CPU)):
+                off = i * self._slot_size
+                key = self._slots[off:off + sig]
+                count = struct.unpack_from("<Q", self._slots, off + sig)[0]
+                if count:
+                    out[key] = out.get(key, 0) + count
         return out
 
     def kprobe_misses(self) -> dict[str, dict[str, int]]:
@@ -204,9 +242,10 @@ class Tracer:
         return out
 
     def close(self) -> None:
-        if self._stats_map is not None:
-            self._stats_map.close()
-            self._stats_map = None
+        for m in (self._stats_map, self._slots, self._next):
+            if m is not None:
+                m.close()
+        self._stats_map = self._slots = self._next = None
         if self._ring is not None:
             self._ring.close()
             self._ring = None
