@@ -35,6 +35,21 @@ EXAMPLES = {
   ipvtrace replay pods.ipvt --container web   # podman/docker container named web
   ipvtrace replay pods.ipvt --stats           # packets per branch, drops, lost events
   ipvtrace replay pods.ipvt --pcapng pods.pcapng && tshark -r pods.pcapng -T fields -e frame.comment
+  ipvtrace replay both.ipvt                   # a merged file (ipvtrace merge): hop by hop
+""",
+    "merge": """examples:
+  ipvtrace merge node-a.ipvt node-b.ipvt -o both.ipvt     # names from the recordings
+  ipvtrace merge a.ipvt b.ipvt --name node-a --name node-b -o both.ipvt
+  ipvtrace replay both.ipvt                 # each packet hop by hop, with its node
+  ipvtrace replay both.ipvt --json | jq 'select(.crossing.arrived==false)'   # lost between
+
+Record on each node at the same time (sudo ipvtrace record -o NODE.ipvt), then
+merge anywhere. A packet that left one node by its ipvlan parent
+({leaves}) is joined with its arrival
+at another node by the bytes of its headers that no hop rewrites (addresses,
+IP id, ports, TCP sequence, ICMP id and sequence), never by time alone; the
+nodes' clocks are aligned from the packets seen both ways. A packet to an
+address of another recorded node that never arrived there is shown as lost.
 """,
     "stats": """examples:
   sudo ipvtrace stats                       # packets per branch, counted in the kernel
@@ -168,6 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="write the packets (headers as captured) to OUT, branch as comment")
     filters.add_arguments(rep)
 
+    mg = sub.add_parser("merge", help="join recordings of several nodes: one packet across them",
+                        epilog=EXAMPLES["merge"].format(leaves=", ".join(
+                            b.id for b in catalogue.load().branches.values() if b.leaves_node)),
+                        formatter_class=fmt)
+    mg.add_argument("files", type=Path, nargs="+", metavar="FILE", help="a recording per node")
+    mg.add_argument("-o", "--output", type=Path, metavar="FILE", required=True)
+    mg.add_argument("--name", action="append", metavar="NODE",
+                    help="the node of each FILE, in order (default: the recording's host name, "
+                         "else the file name)")
+
     st = sub.add_parser("stats", help="packets per branch, counted in the kernel: cheap enough to leave on (root)",
                         epilog=EXAMPLES["stats"], formatter_class=fmt)
     st.add_argument("--interval", type=_positive_float, default=1.0, metavar="S",
@@ -216,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_branches(args)
         if args.cmd == "replay":
             return cmd_replay(args)
+        if args.cmd == "merge":
+            return cmd_merge(args)
         if args.cmd == "lab":
             return cmd_lab(args)
         if args.cmd == "stats":
@@ -243,9 +270,59 @@ def _sink(args):
     return JsonSink(flush=args.cmd != "replay") if args.json else LineSink(why=args.why)
 
 
+def cmd_merge(args) -> int:
+    import json
+
+    from ipvtrace.merge import run_merge
+    from ipvtrace.output.recording import RecordingError
+
+    if not args.output.absolute().parent.is_dir():
+        return _fail(f"cannot write {args.output}: {args.output.absolute().parent} is not a directory")
+    try:
+        s = run_merge(args.files, args.output, args.name,
+                      on_warning=lambda w: print(f"ipvtrace: warning: {w}", file=sys.stderr))
+    except RecordingError as exc:
+        return _fail(str(exc), 2)
+    except ValueError as exc:
+        return _fail(str(exc), 2)
+    except OSError as exc:
+        return _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+    print(json.dumps(s, indent=2))
+    print(f"ipvtrace: wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _replay_merged(args, row_filter) -> int:
+    import json
+
+    from ipvtrace.merge import replay_merged
+    from ipvtrace.output.recording import RecordingError
+
+    if args.pcapng is not None:
+        return _fail("--pcapng takes one node's recording, not a merged file", 2)
+    sink = None if args.stats else _sink(args)
+    try:
+        s = replay_merged(args.file, sink, row_filter=row_filter,
+                          on_warning=lambda w: print(f"ipvtrace: warning: {w}", file=sys.stderr))
+    except RecordingError as exc:
+        return _fail(str(exc), 2)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        return _fail(f"{exc.strerror}: {exc.filename}")
+    if args.stats:
+        print(json.dumps(s, indent=2 if not args.json else None))
+    lost = s["trailer"]["lost_events"]
+    if lost:
+        print(f"ipvtrace: {lost} events were lost while recording: packets around them are "
+              "marked incomplete", file=sys.stderr)
+    return 0
+
+
 def cmd_replay(args) -> int:
     from rich.console import Console
 
+    from ipvtrace.output import merged
     from ipvtrace.output.recording import RecordingError
     from ipvtrace.output.render import print_stats
     from ipvtrace.replay import run_replay
@@ -253,6 +330,8 @@ def cmd_replay(args) -> int:
     rf = filters.RowFilter.from_args(args)
     expr = _filter(args)
     row_filter = _both(rf.matches if rf else None, expr.match if expr else None)
+    if merged.is_merged(args.file):
+        return _replay_merged(args, row_filter)
     quiet = args.stats or args.pcapng is not None
     sink = None if quiet else _sink(args)
     writer = out = None

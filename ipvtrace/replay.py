@@ -21,10 +21,22 @@ def run_replay(path: Path, sink: Callable[[Row], None] | None,
     the row filters `record` kept in it apply together with *row_filter*. A
     file cut short (its recorder died) is replayed up to its last whole
     frame; *on_warning* gets one line saying where it was cut."""
+    rec = recording.read(path)   # header, trailer and layout checked (ipvtrace/output/header.py)
+    return replay_recording(rec, path, sink, row_filter=row_filter, packet_sink=packet_sink,
+                            on_header=on_header, on_warning=on_warning)
+
+
+def replay_recording(rec: recording.Recording, path: Path | str,
+                     sink: Callable[[Row], None] | None,
+                     row_filter: Callable[[Row], bool] | None = None,
+                     packet_sink: Callable | None = None,
+                     on_header: Callable[[dict], None] | None = None,
+                     on_warning: Callable[[str], None] | None = None) -> dict:
+    """As run_replay, for a recording already opened and checked (a file, or
+    one node's part of a merged file); *path* names it in errors."""
     from ipvtrace.model.decode import DecodeError
     from ipvtrace.model.filters import RowFilter
 
-    rec = recording.read(path)   # header, trailer and layout checked (ipvtrace/output/header.py)
     h = rec.header
     lay = layout.Layout.from_json(h["layout"])
     version = max(int(h.get("format_version", 0)), lay.format_version)

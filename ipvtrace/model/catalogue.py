@@ -18,6 +18,7 @@ class Branch:
     evidence: str
     classified: bool
     not_observed: str = ""   # why no real-kernel test shows it (empty: shown on 6.1 and 6.12)
+    leaves_node: bool = False  # the frame leaves the node by the parent (ipvtrace merge)
 
 
 @dataclass(frozen=True)

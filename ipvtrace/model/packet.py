@@ -65,21 +65,28 @@ class PacketInfo:
         return " ".join(parts)
 
 
+def l3_of(hdr: bytes, has_mac: bool = True) -> tuple[int | None, int] | None:
+    """(EtherType, offset of the L3 header) of a captured frame; None when
+    its Ethernet header was not captured whole. Without a MAC header the
+    EtherType is guessed from the IP version."""
+    if not has_mac:
+        return ({4: ETH_P_IP, 6: ETH_P_IPV6}.get(hdr[0] >> 4) if hdr else None), 0
+    if len(hdr) < 14:
+        return None
+    etype = struct.unpack_from("!H", hdr, 12)[0]
+    if etype == ETH_P_8021Q and len(hdr) >= 18:
+        return struct.unpack_from("!H", hdr, 16)[0], 18
+    return etype, 14
+
+
 def parse(hdr: bytes, has_mac: bool = True) -> PacketInfo:
     p = PacketInfo()
-    off = 0
-    etype: int | None = None
+    where = l3_of(hdr, has_mac)
+    if where is None:
+        return p
     if has_mac:
-        if len(hdr) < 14:
-            return p
         p.eth_dst, p.eth_src = mac_str(hdr[0:6]), mac_str(hdr[6:12])
-        etype = struct.unpack_from("!H", hdr, 12)[0]
-        off = 14
-        if etype == ETH_P_8021Q and len(hdr) >= 18:
-            etype = struct.unpack_from("!H", hdr, 16)[0]
-            off = 18
-    elif hdr:
-        etype = {4: ETH_P_IP, 6: ETH_P_IPV6}.get(hdr[0] >> 4)
+    etype, off = where
     p.ethertype = etype
     l3 = hdr[off:]
     if etype == ETH_P_ARP:

@@ -169,7 +169,7 @@ class Recording:
             if ftype == F_SNAPSHOT:
                 yield ftype, _json(data[off:off + n], schema.snapshot, f"snapshot at byte {off}")
             else:
-                yield ftype, data[off:off + n]
+                yield ftype, bytes(data[off:off + n])
             off += n
 
     def snapshots(self) -> list[dict]:
@@ -190,7 +190,7 @@ class Recording:
 
 def _json(raw: bytes, check, what: str):
     try:
-        obj = json.loads(raw)
+        obj = json.loads(bytes(raw))
     except (ValueError, RecursionError):
         raise RecordingError(f"corrupted {what} (not JSON)") from None
     try:
@@ -213,13 +213,19 @@ def read(path: Path) -> Recording:
         raise RecordingError(f"{path}: permission denied") from None
     except OSError as exc:
         raise RecordingError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return parse(data, path)
+
+
+def parse(data: bytes | mmap.mmap | memoryview, path: Path | str) -> Recording:
+    """Check a recording held in *data* (a mapped file, or one node's part
+    of a merged file); *path* names it in errors."""
     if not data:
         raise RecordingError(f"{path}: empty file, not a recording")
     if len(data) < len(MAGIC) + 2:
         if MAGIC.startswith(bytes(data[:len(MAGIC)])):
             raise RecordingError(f"{path}: truncated inside the file header")
         raise RecordingError(f"{path}: not an ipvtrace recording (bad magic)")
-    if data[:len(MAGIC)] != MAGIC:
+    if bytes(data[:len(MAGIC)]) != MAGIC:
         raise RecordingError(f"{path}: not an ipvtrace recording (bad magic)")
     (version,) = struct.unpack_from("<H", data, len(MAGIC))
     if version != CONTAINER_VERSION:
@@ -228,7 +234,7 @@ def read(path: Path) -> Recording:
         )
     off = len(MAGIC) + 2
     header, off = _json_frame(data, off, F_HEADER, path, "header", schema.header)
-    if len(data) >= off + END.size and data[-8:] == END_MAGIC:
+    if len(data) >= off + END.size and bytes(data[-8:]) == END_MAGIC:
         tlen, _ = END.unpack_from(data, len(data) - END.size)
         tstart = len(data) - END.size - tlen
         if tstart < off:

@@ -27,6 +27,18 @@ def _cell(s: str, width: int) -> str:
     return s if len(s) <= width else s[: width - 1] + "…"
 
 
+NODE_WIDTH = 12
+
+
+def _crossing(cx: dict) -> str:
+    """A packet between two nodes, as its row on either side says it."""
+    if cx["at"] == "arrived":
+        return f"  <- hop from {cx['from']} ({cx['wire_s'] * 1e3:.3f} ms later)"
+    if cx["arrived"]:
+        return f"  -> {cx['to']}"
+    return f"  -> never reached {cx['to']}"
+
+
 class LineSink:
     """One line per packet (plus one per multicast delivery), header first."""
 
@@ -35,18 +47,23 @@ class LineSink:
         self.why = why
         self._header = False
 
-    def header(self) -> None:
+    def header(self, node: bool = False) -> None:
         t = Text()
+        if node:
+            t.append(f"{'NODE':<{NODE_WIDTH}} ", style="bold")
         for name, width in COLUMNS:
             t.append(f"{name:<{width}} ", style="bold")
         self.console.print(t)
         self._header = True
 
     def __call__(self, row: dict) -> None:
+        node = row.get("node")
         if not self._header:
-            self.header()
+            self.header(node is not None)
         branch = row["branch"]
         t = Text()
+        if node is not None:   # a merged file (ipvtrace merge): which node saw it
+            t.append(f"{_cell(node, NODE_WIDTH):<{NODE_WIDTH}} ", style="bold")
         time_s = f"{row['time']:.6f}" if row.get("time") is not None else "?"
         cells = (time_s, _dev(row.get("from")), _dev(row.get("to")), row.get("summary") or "?")
         for (name, width), val in zip(COLUMNS, cells):
@@ -60,16 +77,20 @@ class LineSink:
             t.append(" (incomplete)", style="yellow")
         if row.get("reason"):
             t.append(f" reason={row['reason']}", style="red")
+        cx = row.get("crossing")
+        if cx:
+            t.append(_crossing(cx), style="bold" if cx["arrived"] else "bold red")
         self.console.print(t)
         for m in row.get("mcast", []):
-            sub = Text(" " * (COLUMNS[0][1] + 1))
+            sub = Text(" " * (COLUMNS[0][1] + 1 + (NODE_WIDTH + 1 if node is not None else 0)))
             sub.append(f"{'':<{COLUMNS[1][1]}} {_cell(_dev(m.get('to')), COLUMNS[2][1]):<{COLUMNS[2][1]}} ")
             sub.append(f"{'  └ by ' + m.get('by', ''):<{COLUMNS[3][1]}} ")
             sub.append(f"{m['branch']:<20} ", style=BRANCH_STYLE["mcast"])
             sub.append(m.get("delivery") or "-")
             self.console.print(sub)
         if self.why and row.get("why"):
-            self.console.print(Text(f"{'':<{COLUMNS[0][1]}} why: {row['why']}", style="dim"))
+            pad = COLUMNS[0][1] + (NODE_WIDTH + 1 if node is not None else 0)
+            self.console.print(Text(f"{'':<{pad}} why: {row['why']}", style="dim"))
 
 
 class JsonSink:

@@ -103,11 +103,13 @@ def run(
     accel: str | None = None,
     cache_dir: Path | None = None,
     keep: Path | None = None,
+    extra_args: list[str] | None = None,
 ) -> VMResult:
     """Boot *kernel*, run *script* (sh) with cwd *work_dir*, return its rc and log.
 
     *keep* (default: this repository) stays visible in the guest even when it
     lives under a directory the guest mounts a tmpfs on (/tmp, /root, ...).
+    *extra_args* go to QEMU as they are (a NIC: two guests joined by a wire).
     """
     kver = resolve_kernel(kernel)
     work_dir = work_dir.resolve()
@@ -137,6 +139,8 @@ def run(
         "-device", "virtio-9p-pci,fsdev=root,mount_tag=hostroot",
         "-fsdev", f"local,id=out,path={work_dir},security_model=none",
         "-device", "virtio-9p-pci,fsdev=out,mount_tag=ipvtout",
+        # no NIC unless asked for: QEMU's default one would reach outside by NAT
+        "-nic", "none", *(extra_args or []),
     ]
     start = time.monotonic()
     try:

@@ -1,0 +1,75 @@
+"""What a user checks in a merged replay of the two-node test: each packet a
+pod of node-a sent to a pod of node-b left a's ipvlan port by the mode's
+branch and is followed by its arrival at b (rx.local, delivered to the pod),
+every answer the other way too, and the flow the wire dropped left a and
+never reached b. Shared by the guest run (tests/test_two_nodes.py) and the
+replay of the kept recordings (tests/test_merge.py)."""
+from __future__ import annotations
+
+LEAVES = {"l2": "tx.l2.out_parent", "l3": "tx.l3.routed"}
+REPLY = {"icmp": "echo-reply", "icmp6": "echo-reply"}
+
+
+def _is(row: dict, node: str, direction: str, src: str, dst: str, proto: str) -> bool:
+    return (row.get("node") == node and row["direction"] == direction and row["src"] == src
+            and row["dst"] == dst and row["proto"] == proto)
+
+
+def _port(row: dict, flow: dict, reply: bool) -> bool:
+    if "dport" not in flow:
+        return True
+    return (row["sport"] if reply else row["dport"]) == flow["dport"]
+
+
+def check_flow(rows: list[dict], flow: dict, a: str = "node-a", b: str = "node-b") -> None:
+    mode, proto = flow["mode"], flow["proto"]
+    sent = [i for i, r in enumerate(rows)
+            if _is(r, a, "tx", flow["src"], flow["dst"], proto) and _port(r, flow, False)
+            and (proto not in REPLY or r["kind"] == "echo-request")]
+    what = f"{mode} {proto} {flow['src']} -> {flow['dst']}"
+    if "count" in flow:
+        assert len(sent) == flow["count"], f"{what}: {len(sent)} rows on {a}, sent {flow['count']}"
+    else:
+        assert len(sent) >= 3, f"{what}: {len(sent)} rows on {a} (a TCP exchange has more)"
+    for i in sent:
+        r = rows[i]
+        assert r["branch"] == LEAVES[mode] and r["complete"], (what, r["branch"], r["why"])
+        cx = r.get("crossing")
+        assert cx and cx["from"] == a and cx["to"] == b and cx["at"] == "left", (what, cx)
+        if flow["expect"] == "lost":
+            assert cx["arrived"] is False, (what, cx)
+            continue
+        assert cx["arrived"] is True, (what, r["time"], "never reached", b)
+        nxt = rows[i + 1]
+        assert nxt["node"] == b and nxt["crossing"]["id"] == cx["id"], (what, nxt)
+        assert nxt["crossing"]["at"] == "arrived" and nxt["crossing"]["wire_s"] >= 0, nxt["crossing"]
+        assert (nxt["branch"], nxt["delivery"]) == ("rx.local", "delivered"), (what, nxt["branch"])
+        assert nxt["to"]["netns"] == "ipvt-pod1", (what, nxt["to"])
+        assert (nxt["src"], nxt["dst"], nxt["proto"]) == (r["src"], r["dst"], r["proto"])
+    if flow["expect"] == "lost":
+        seen_at_b = [r for r in rows if r.get("node") == b and r["dst"] == flow["dst"]
+                     and r["proto"] == proto and _port(r, flow, False)]
+        assert not seen_at_b, f"{what}: dropped on the wire, yet {b} saw {len(seen_at_b)}"
+        return
+    assert flow["answered"], f"{what}: the pod got no answer while tracing"
+    back = [i for i, r in enumerate(rows)
+            if _is(r, b, "tx", flow["dst"], flow["src"], proto) and _port(r, flow, True)
+            and (proto not in REPLY or r["kind"] == REPLY[proto])]
+    assert len(back) >= flow.get("count", 1), f"{what}: {len(back)} answers on {b}"
+    for i in back:
+        r, nxt = rows[i], rows[i + 1]
+        assert r["branch"] == LEAVES[mode] and r["crossing"]["arrived"] is True, (what, r["crossing"])
+        assert nxt["node"] == a and (nxt["branch"], nxt["delivery"]) == ("rx.local", "delivered")
+
+
+def check_merged(rows: list[dict], flows: list[dict], mode: str, clock: dict) -> None:
+    ours = [f for f in flows if f["mode"] == mode]
+    assert ours, f"no {mode} flows"
+    for f in ours:
+        check_flow(rows, f)
+    # the clocks were aligned from packets both ways, not from the wall clocks
+    assert "both ways" in clock["node-b"]["from"], clock
+    # every row is named by the catalogue; none from partial evidence
+    for r in rows:
+        if r["complete"]:
+            assert r["branch"] != "unknown", r
