@@ -158,3 +158,56 @@ def test_a_huge_size_in_the_header_allocates_nothing(tmp_path, hdr_max):
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and "MemoryError" not in r.stderr
     assert r.stderr.startswith("ipvtrace: error: ") and "layout" in r.stderr, r.stderr
+
+
+# -- merged files (ipvtrace merge): the same promise ------------------------
+
+def _merged_base() -> bytes:
+    import tempfile
+
+    from ipvtrace.merge import run_merge
+
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "m.ipvt"
+        run_merge([FIX / "two-nodes-l3-a.ipvt", FIX / "two-nodes-l3-b.ipvt"], out, ["a", "b"])
+        return out.read_bytes()
+
+
+MERGED = _merged_base()
+
+
+def survives_merged(tmp_path: Path, data: bytes) -> None:
+    from ipvtrace.merge import replay_merged
+
+    p = tmp_path / "fuzz.ipvt"
+    p.write_bytes(data)
+    try:
+        replay_merged(p, sink=lambda row: None)
+    except recording.RecordingError as exc:
+        assert "\n" not in str(exc)
+
+
+@SETTINGS
+@given(edits=st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), min_size=1, max_size=8),
+       cut=st.none() | st.integers(min_value=0))
+def test_merged_file_bytes_flipped_and_cut(tmp_path_factory, edits, cut):
+    data = bytearray(MERGED)
+    for pos, val in edits:
+        data[pos % len(data)] = val
+    if cut is not None:
+        data = data[: cut % (len(data) + 1)]
+    survives_merged(tmp_path_factory.mktemp("m"), bytes(data))
+
+
+@SETTINGS
+@given(pick=st.integers(min_value=0), value=json_values)
+def test_merged_header_of_any_shape(tmp_path_factory, pick, value):
+    from ipvtrace.output import merged
+
+    fixed = len(merged.MAGIC) + 2 + merged.HEAD.size
+    (n,) = merged.HEAD.unpack_from(MERGED, len(merged.MAGIC) + 2)
+    header = json.loads(MERGED[fixed:fixed + n])
+    ps = list(paths(header))
+    raw = json.dumps(replace_at(header, ps[pick % len(ps)], value), allow_nan=True).encode()
+    data = MERGED[:len(merged.MAGIC) + 2] + merged.HEAD.pack(len(raw)) + raw + MERGED[fixed + n:]
+    survives_merged(tmp_path_factory.mktemp("h"), data)
