@@ -181,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="packets per branch, drops by reason, lost events (no rows)")
     rep.add_argument("--pcapng", type=Path, metavar="OUT",
                      help="write the packets (headers as captured) to OUT, branch as comment")
+    rep.add_argument("--node", action="append", metavar="NAME",
+                     help="a merged file (ipvtrace merge): only rows of this node")
     filters.add_arguments(rep)
 
     mg = sub.add_parser("merge", help="join recordings of several nodes: one packet across them",
@@ -331,7 +333,10 @@ def cmd_replay(args) -> int:
     expr = _filter(args)
     row_filter = _both(rf.matches if rf else None, expr.match if expr else None)
     if merged.is_merged(args.file):
-        return _replay_merged(args, row_filter)
+        nodes = set(args.node or ())
+        return _replay_merged(args, _both(row_filter, (lambda r: r["node"] in nodes) if nodes else None))
+    if args.node:
+        return _fail("--node takes a merged file (ipvtrace merge); this is one node's recording", 2)
     quiet = args.stats or args.pcapng is not None
     sink = None if quiet else _sink(args)
     writer = out = None

@@ -194,3 +194,14 @@ def test_real_two_node_recordings_merge_into_each_packets_path(mode, tmp_path):
     replay_merged(out, rows.append)
     flows = json.loads((FIX / "two-nodes-flows.json").read_text())
     check_merged(rows, flows, mode, summary["clock"])
+
+
+def test_replay_of_a_merged_file_selects_a_node(tmp_path):
+    out = tmp_path / "both.ipvt"
+    run_merge(list(TWO["l2"]), out, ["node-a", "node-b"])
+    r = run_cli("replay", out, "--json", "--node", "node-b", "icmp")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert rows and {x["node"] for x in rows} == {"node-b"} and {x["proto"] for x in rows} == {"icmp"}
+    r = run_cli("replay", ARTICLE, "--node", "node-b")
+    assert r.returncode == 2 and "takes a merged file" in r.stderr

@@ -22,6 +22,7 @@ def main() -> int:
     p.add_argument("--work", type=Path, default=Path("build/vm"), help="per-kernel work dirs here")
     p.add_argument("--cpus", type=int, default=0, help="vCPUs per guest (default: 2, 1 when parallel)")
     p.add_argument("--timeout", type=float, default=2400)
+    p.add_argument("--memory", type=int, default=2048, help="MiB per guest (default 2048)")
     p.add_argument("command", nargs=argparse.REMAINDER)
     a = p.parse_args()
     cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
@@ -33,7 +34,8 @@ def main() -> int:
     def one(k: str):
         work = (a.work / k).resolve()
         try:
-            r = qemu.run(k, guest_script(shlex.join(cmd)), work, cpus=cpus, timeout=a.timeout)
+            r = qemu.run(k, guest_script(shlex.join(cmd)), work, cpus=cpus, timeout=a.timeout,
+                         memory_mb=a.memory)
             return k, r.rc, r.log, f"{r.kernel} ({r.accel}, {r.seconds:.0f} s)"
         except qemu.VMError as exc:
             return k, 1, str(exc), k
