@@ -43,7 +43,7 @@ def node_rows(index: int, name: str, rec: recording.Recording, label: str,
         seen.append(crossnode.Seen(
             node=index, index=len(rows), ts=row["ts"] or 0, ident=ident,
             leaves=crossnode.leaves(row), arrives=crossnode.arrives(row),
-            src=row.get("src"), dst=row.get("dst")))
+            dst=row.get("dst")))
         rows.append(row)
 
     summary = replay_recording(rec, label, None, packet_sink=keep, on_warning=on_warning)

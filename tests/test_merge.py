@@ -50,9 +50,9 @@ def test_identity_ignores_what_a_hop_rewrites():
     assert identity.of_frame(b"") is None
 
 
-def seen(node, index, ts, ident, leaves=False, arrives=False, src="10.1.1.11", dst="10.1.2.21"):
+def seen(node, index, ts, ident, leaves=False, arrives=False, dst="10.1.2.21"):
     return crossnode.Seen(node=node, index=index, ts=ts, ident=ident, leaves=leaves,
-                          arrives=arrives, src=src, dst=dst)
+                          arrives=arrives, dst=dst)
 
 
 def test_join_aligns_clocks_from_both_ways_and_pairs_by_identity():
@@ -66,8 +66,8 @@ def test_join_aligns_clocks_from_both_ways_and_pairs_by_identity():
         a.append(seen(0, len(a), t, req, leaves=True))
         b.append(seen(1, len(b), t + wire + skew, req, arrives=True))
         b.append(seen(1, len(b), t + 2 * wire + skew, rep, leaves=True,
-                      src="10.1.2.21", dst="10.1.1.11"))
-        a.append(seen(0, len(a), t + 3 * wire, rep, arrives=True, src="10.1.2.21", dst="10.1.1.11"))
+                      dst="10.1.1.11"))
+        a.append(seen(0, len(a), t + 3 * wire, rep, arrives=True, dst="10.1.1.11"))
     # a packet to b's pod that never arrived, and one to nobody recorded
     a.append(seen(0, len(a), 2_000_000_000, b"lost", leaves=True))
     a.append(seen(0, len(a), 2_000_000_000, b"away", leaves=True, dst="192.0.2.1"))

@@ -42,8 +42,7 @@ class Seen:
     ident: bytes | None
     leaves: bool         # left the node by its ipvlan port's parent
     arrives: bool        # came in on a parent's ipvlan rx_handler
-    src: str | None
-    dst: str | None
+    dst: str | None      # where it was sent: a lost packet is one for a recorded node
 
 
 @dataclass
