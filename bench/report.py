@@ -70,21 +70,20 @@ def main() -> int:
                  f"stats {dp['stats']['startup_s']:.1f} s, "
                  f"minimal bcc program {dp['minimal_bcc_startup_s']:.1f} s, "
                  f"bpftrace {dp['bpftrace_ref']['startup_s']:.1f} s")
-    lines.append(f"replay ({rp['events']:,} events, {rp['packets']:,} packets, here): "
-                 f"--json {rp['replay_json_events_per_s']:,.0f} events/s "
-                 f"({rp['replay_json_packets_per_s']:,.0f} packets/s), "
-                 f"--stats {rp['replay_stats_events_per_s']:,.0f} events/s; "
+    lines.append(f"replay ({rp['records']:,} records, {rp['packets']:,} packets, here): "
+                 f"--json {rp['replay_json_packets_per_s']:,.0f} packets/s, "
+                 f"--stats {rp['replay_stats_packets_per_s']:,.0f} packets/s; "
                  f"reading the bytes alone {rp['read_bytes_s']:.2f} s vs {rp['replay_json_s']:.1f} s; "
                  f"peak RSS {rp['replay_json_peak_rss_kib'] / 1024:.0f} MiB")
     if rp.get("own"):
         o = rp["own"]
         lines.append(f"replay of this run's own recording ({o['packets']:,} packets, "
-                     f"{o['events']:,} events, {o['bytes_per_packet']:.0f} bytes/packet): "
+                     f"{o['records']:,} records, {o['bytes_per_packet']:.0f} bytes/packet): "
                      f"--json {o['replay_json_packets_per_s']:,.0f} packets/s, "
                      f"--stats {o['replay_stats_packets_per_s']:,.0f} packets/s")
-    lines.append(f"recording size: {rp['bytes_per_event']:.0f} bytes/event, "
-                 f"{rp['bytes_per_packet']:.0f} bytes/packet (synthetic pod-to-pod); real record "
-                 f"run: {dp['record'].get('bytes', 0) / max(1, dp['record'].get('events', 1)):.0f} bytes/event")
+    lines.append(f"recording size: {rp['bytes_per_packet']:.0f} bytes/packet (synthetic "
+                 f"pod-to-pod); real record run: "
+                 f"{dp['record'].get('bytes', 0) / max(1, dp['record'].get('events', 1)):.0f} bytes/record")
     sc = json.loads(Path(sys.argv[3]).read_text() or "{}") if len(sys.argv) > 3 else {}
     if sc:
         lines.append(f"node scale ({sc['pods']} pods: a namespace and an ipvlan slave each, "

@@ -4,10 +4,15 @@
  *
  * Entry probes (ipvlan_queue_xmit, ipvlan_handle_frame) open a *context* on a
  * per-CPU stack; helper probes (dev_forward_skb, __dev_queue_xmit, ...) are
- * only reported while a context is open and carry its id, so user space can
- * group them even when a softirq runs another packet inside a TX on the same
- * CPU. The multicast worker is a kworker that may sleep and migrate: its
- * context is keyed by task, not by CPU.
+ * only reported while a context is open, as *hits* kept in that context's
+ * record in its stack entry (the innermost context: a softirq running
+ * another packet's RX inside a TX on the same CPU never mixes the two). The
+ * record (struct ipvt_rec: the entry, its frame, its hits, its return) goes
+ * to the ring buffer once, when the context closes. The multicast worker is
+ * a kworker that may sleep and migrate: its context is keyed by task, not by
+ * CPU, and it reports events (struct ipvt_event) as they happen, as do the
+ * L3S hooks; they carry the join keys (skb, skb->head) that tie them to the
+ * records.
  *
  * Options come as -D cflags from ipvtrace/capture/probes.py (the probe plan):
  *   IPVT_HAVE_CONSUME_LOCATION  skb:consume_skb has a location field (6.3+)
@@ -64,7 +69,10 @@ struct ipvt_stack {
 #ifdef IPVT_STACK_PER_TASK
 	__u64 sp[IPVT_STACK_MAX];     /* the task's stack pointer at the entry probe */
 #endif
-#ifdef IPVT_COUNT_ONLY
+#ifndef IPVT_COUNT_ONLY
+	/* each open context's record: struct ipvt_rec, frame, hits (rec_open) */
+	__u8 rec[IPVT_STACK_MAX][IPVT_REC_MAX];
+#else
 	__u64 skb[IPVT_STACK_MAX];
 	__u64 enq_skb[IPVT_STACK_MAX];
 	__u64 master[IPVT_STACK_MAX];   /* the ipvl_dev ipvlan_addr_lookup found */
@@ -76,7 +84,7 @@ BPF_RINGBUF_OUTPUT(events, IPVT_RINGBUF_PAGES);
 #ifdef IPVT_STACK_PER_TASK
 /* tid << 32 | cpu: on PREEMPT_RT softirqs run in threads and a task can be
  * preempted (not migrated) inside ipvlan, so nesting is per task */
-BPF_TABLE("lru_hash", __u64, struct ipvt_stack, stacks, 4096);
+BPF_TABLE("lru_hash", __u64, struct ipvt_stack, stacks, 2048);
 BPF_PERCPU_ARRAY(stack_zero, struct ipvt_stack, 1);  /* never written: an empty stack */
 BPF_TABLE("lru_hash", __u64, __u64, s2a_ctx, 4096);   /* ctx of the running skb_to_addr */
 #else
@@ -344,8 +352,114 @@ static __always_inline void note_loss(struct ipvt_event *e)
 			st->lossy[n] = 1;
 }
 
+#ifndef IPVT_COUNT_ONLY
+static __always_inline __u32 rec_size(struct ipvt_rec *r)
+{
+	__u32 size = sizeof(struct ipvt_rec) + ((r->hdr_len + 7) & ~7) +
+		     r->nhits * sizeof(struct ipvt_hit);
+	asm volatile("" : "+r"(size));
+	return size;
+}
+
+/* Keep a helper's event as a hit in the record of the open context it
+ * belongs to (found by id among the open ones). 0: no such context here
+ * (the worker's, an L3S path): the caller sends it as an event. */
+static __always_inline int rec_hit(struct ipvt_event *e)
+{
+	struct ipvt_stack *st = stack_get(0);
+	if (!st)
+		return 0;
+	__u32 idx = IPVT_STACK_MAX;
+#pragma unroll
+	for (int n = 0; n < IPVT_STACK_MAX; n++)
+		if (n < st->depth && st->id[n] == e->ctx)
+			idx = n;
+	if (idx >= IPVT_STACK_MAX)
+		return 0;
+	idx = stack_idx(idx);
+	__u8 *buf = st->rec[idx];
+	struct ipvt_rec *r = (struct ipvt_rec *)buf;
+	__u32 nh = r->nhits;
+	__u32 off = rec_size(r);
+	asm volatile("%[off] &= 1023" : [off] "+r"(off));
+	if (nh >= IPVT_HITS_MAX || off > IPVT_REC_MAX - sizeof(struct ipvt_hit)) {
+		st->lossy[idx] = 1;   /* the packet is incomplete, and says so */
+		stat_inc(IPVT_S_HITS_FULL);
+		return 1;
+	}
+	struct ipvt_hit *h = (struct ipvt_hit *)(buf + off);
+	__u64 dt = e->ts - r->ts;
+	h->skb = e->skb;
+	h->head = e->head;
+	h->aux = e->aux;
+	h->aux2 = e->aux2;
+	h->ret = e->ret;
+	h->dt = dt > 0xffffffffULL ? 0xffffffff : (__u32)dt;
+	h->netns = e->netns;
+	h->ifindex = e->ifindex;
+	h->reason = e->reason;
+	h->len = e->len;
+	h->probe = e->probe;
+	h->flags = e->flags;
+	h->pad = 0;
+	__builtin_memcpy(h->ifname, e->ifname, sizeof(h->ifname));
+	r->nhits = nh + 1;
+	return 1;
+}
+
+/* Start the record of the context in stack entry idx from its entry event:
+ * the event's fixed part and the frame's captured bytes, and not one more
+ * (the padding after them is zeroed: no scratch of an earlier frame). */
+static __always_inline void rec_open(struct ipvt_stack *st, __u32 idx, struct ipvt_event *e)
+{
+	__u8 *buf = st->rec[stack_idx(idx)];
+	struct ipvt_rec *r = (struct ipvt_rec *)buf;
+	__builtin_memcpy(buf, e, sizeof(struct ipvt_rec));
+	r->kind = e->probe;
+	r->probe = IPVT_P_CONTEXT;
+	r->nhits = 0;
+	r->ret_dt = 0;
+	r->pad0 = 0;
+	r->pad1 = 0;
+	r->ret = 0;
+	__builtin_memset(buf + sizeof(struct ipvt_rec), 0, IPVT_HDR_MAX);
+	__u32 n = e->hdr_len;
+	asm volatile("%[n] &= 0xff" : [n] "+r"(n));
+	if (!(e->flags & IPVT_F_HAS_HDR) || n == 0 || n > IPVT_HDR_MAX) {
+		r->hdr_len = 0;
+		return;
+	}
+	if (bpf_probe_read_kernel(buf + sizeof(struct ipvt_rec), n, e->hdr) != 0)
+		r->hdr_len = 0;
+}
+
+/* The context in stack entry idx returned: send its record, once. A record
+ * the ring has no room for is counted per entry probe (the packet is lost
+ * whole: never a row from part of it). */
+static __always_inline void rec_close(struct ipvt_stack *st, __u32 idx, __s64 ret, __u8 lossy)
+{
+	__u8 *buf = st->rec[stack_idx(idx)];
+	struct ipvt_rec *r = (struct ipvt_rec *)buf;
+	__u64 dt = bpf_ktime_get_ns() - r->ts;
+	r->ret = ret;
+	r->ret_dt = dt > 0xffffffffULL ? 0xffffffff : (__u32)dt;
+	if (lossy)
+		r->flags |= IPVT_F_LOST;
+	__u64 size = rec_size(r);
+	asm volatile("" : "+r"(size));
+	if (size > IPVT_REC_MAX)
+		size = IPVT_REC_MAX;
+	if (events.ringbuf_output(buf, size, 0) != 0)
+		stat_inc(IPVT_S_LOST_BASE + r->kind);
+}
+#endif
+
 static __always_inline void ev_submit(struct ipvt_event *e)
 {
+#ifndef IPVT_COUNT_ONLY
+	if (e->ctx && !(e->flags & IPVT_F_WORKER) && rec_hit(e))
+		return;
+#endif
 	__u64 size = sizeof(*e) - IPVT_HDR_MAX;
 	if (e->flags & IPVT_F_HAS_HDR)
 		size += e->hdr_len;   /* the captured bytes and not one more */
@@ -447,12 +561,6 @@ static __always_inline __u64 ctx_pop_at(__u16 kind, __u8 *depth_out, __u8 *filte
 		stat_inc(IPVT_S_STACK_MISMATCH);
 	}
 	return id;
-}
-
-static __always_inline __u64 ctx_pop(__u16 kind, __u8 *depth_out, __u8 *filtered, __u8 *lossy)
-{
-	__u32 idx = 0;
-	return ctx_pop_at(kind, depth_out, filtered, &idx, lossy);
 }
 
 /* The innermost open context on this CPU, or the worker's, or 0. */
@@ -816,27 +924,26 @@ static __always_inline int entry(__u16 probe, struct sk_buff *skb, struct net_de
 		return 0;
 	}
 #endif
-	ev_submit(e);
+	struct ipvt_stack *st = stack_get(0);
+	if (st && depth > 0)
+		rec_open(st, depth - 1, e);
 	return 0;
 }
 
-/* Close the entry's context and report its return value. */
-static __always_inline int entry_ret(struct pt_regs *ctx, __u16 probe, __u16 ret_probe)
+/* Close the entry's context: its record goes out with its return value. */
+static __always_inline int entry_ret(struct pt_regs *ctx, __u16 probe)
 {
 #ifdef IPVT_COUNT_ONLY
 	return count_entry_ret(ctx, probe);
 #endif
 	__u8 depth = 0, filtered = 0, lossy = 0;
-	__u64 id = ctx_pop(probe, &depth, &filtered, &lossy);
+	__u32 idx = 0;
+	__u64 id = ctx_pop_at(probe, &depth, &filtered, &idx, &lossy);
 	if (filtered || !id)
 		return 0;
-	struct ipvt_event *e = ev_init(ret_probe, id, depth);
-	if (!e)
-		return 0;
-	e->ret = (int)PT_REGS_RC(ctx);
-	if (lossy)
-		e->flags |= IPVT_F_LOST;
-	ev_submit(e);
+	struct ipvt_stack *st = stack_get(0);
+	if (st)
+		rec_close(st, idx, (int)PT_REGS_RC(ctx), lossy);
 	return 0;
 }
 
@@ -849,7 +956,7 @@ int on_xmit(struct pt_regs *ctx)
 
 int on_xmit_ret(struct pt_regs *ctx)
 {
-	return entry_ret(ctx, IPVT_P_XMIT, IPVT_P_XMIT_RET);
+	return entry_ret(ctx, IPVT_P_XMIT);
 }
 
 /* ipvlan_handle_frame(pskb): the rx_handler of the parent (skb->dev) */
@@ -866,7 +973,7 @@ int on_rx(struct pt_regs *ctx)
 
 int on_rx_ret(struct pt_regs *ctx)
 {
-	return entry_ret(ctx, IPVT_P_RX, IPVT_P_RX_RET);
+	return entry_ret(ctx, IPVT_P_RX);
 }
 
 int on_mc_work(struct pt_regs *ctx)

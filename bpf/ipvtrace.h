@@ -8,9 +8,13 @@
 #define IPVTRACE_H
 
 /* 2: an event carries only the captured bytes of its frame (hdr_len), and
- * loss is flagged on the context it hit (IPVT_F_LOST); version-1 files read */
-#define IPVT_FORMAT_VERSION 2  /* new probe ids are additive: old files still read */
+ * loss is flagged on the context it hit (IPVT_F_LOST); version-1 files read.
+ * 3: an entry's context (ipvlan_queue_xmit, ipvlan_handle_frame) reaches user
+ * space as one record (struct ipvt_rec) when it closes; version-2 files read */
+#define IPVT_FORMAT_VERSION 3  /* new probe ids are additive: old files still read */
 #define IPVT_HDR_MAX 128
+#define IPVT_HITS_MAX 8          /* helper hits one context record holds */
+#define IPVT_REC_MAX 1024        /* a record's room: ipvt_rec, frame, hits */
 #define IPVT_IFNAMSIZ 16
 #define IPVT_STACK_MAX 4
 
@@ -35,7 +39,8 @@ enum ipvt_probe {
 	IPVT_P_L3_RCV = 18,      /* ipvlan_l3_rcv (L3S, l3mdev hook after the rx_handler) */
 	IPVT_P_NF_INPUT = 19,    /* ipvlan_nf_input (L3S, LOCAL_IN) for a frame l3_rcv saw */
 	IPVT_P_S2A_RET = 20,     /* ipvlan_skb_to_addr return: the L3S owner or none */
-	IPVT_P_MAX = 21,
+	IPVT_P_CONTEXT = 21,     /* not a probe: a closed context's record (struct ipvt_rec) */
+	IPVT_P_MAX = 22,
 };
 
 /* Counters kept in the kernel (stats map index). */
@@ -45,7 +50,8 @@ enum ipvt_stat {
 	IPVT_S_STACK_MISMATCH = 25,
 	IPVT_S_STACK_STALE = 26,
 	IPVT_S_COUNTS_FULL = 27, /* stats mode: the counter map had no room */
-	IPVT_S_MAX = 28,
+	IPVT_S_HITS_FULL = 28,   /* a context saw more helper hits than its record holds */
+	IPVT_S_MAX = 29,
 };
 
 /* flags */
@@ -113,6 +119,56 @@ struct ipvt_event {
 	__u16 pad;
 	char ifname[16];
 	__u8 hdr[128];
+};
+
+/*
+ * One closed context (ipvlan_queue_xmit or ipvlan_handle_frame): its entry as
+ * an ipvt_event would report it (same offsets; `probe` is IPVT_P_CONTEXT and
+ * `kind` the entry's probe), its return, then hdr_len frame bytes zero-padded
+ * to 8, then nhits struct ipvt_hit: what the helpers saw while it was the
+ * innermost context. IPVT_F_LOST in flags: it could not keep all of them.
+ */
+struct ipvt_rec {
+	__u64 ts;
+	__u64 skb;
+	__u64 head;
+	__u64 ctx;
+	__u32 nhits;
+	__u32 kind;
+	__u32 ret_dt;
+	__u32 pad0;
+	__s64 ret;
+	__u32 cpu;
+	__u32 pid;
+	__u32 netns;
+	__s32 ifindex;
+	__u32 pad1;
+	__u32 len;
+	__u16 probe;
+	__u8 depth;
+	__u8 flags;
+	__u16 hdr_len;
+	__u16 pad;
+	char ifname[16];
+};
+
+/* A helper probe's hit inside a context: an ipvt_event without its frame,
+ * its time as an offset from the context's entry. */
+struct ipvt_hit {
+	__u64 skb;
+	__u64 head;
+	__u64 aux;
+	__u64 aux2;
+	__s64 ret;
+	__u32 dt;
+	__u32 netns;
+	__s32 ifindex;
+	__u32 reason;
+	__u32 len;
+	__u16 probe;
+	__u8 flags;
+	__u8 pad;
+	char ifname[16];
 };
 
 #endif

@@ -18,6 +18,7 @@ from ipvtrace.capture import probes, snapshot
 from ipvtrace.capture.symbols import Kallsyms, drop_reasons
 from ipvtrace.lifecycle import StopFlag, announce, ktime_ns
 from ipvtrace.model import layout
+from ipvtrace.model.decode import field_offsets
 from ipvtrace.model.pipeline import Pipeline, Row
 from ipvtrace.output import recording
 
@@ -138,17 +139,26 @@ class _LiveStream:
             sink=sink, resolver=self._resolve, row_filter=row_filter,
         )
         self.classify = sink is not None
-        # fixed offsets into struct ipvt_event, for the record-only fast path
-        offs, pos = {}, 0
-        for name, code in zip(lay.fields, _codes(lay.fmt)):
-            offs[name] = pos
-            pos += struct.calcsize("<" + code)
+        # fixed offsets into struct ipvt_event / ipvt_rec / ipvt_hit, for the
+        # record-only fast path
+        offs = field_offsets(lay.fields, lay.fmt)
+        roffs = field_offsets(lay.rec.fields, lay.rec.fmt)
+        hoffs = field_offsets(lay.hit.fields, lay.hit.fmt)
         self._off_probe, self._off_netns, self._off_aux = offs["probe"], offs["netns"], offs["aux"]
         assert offs["ifindex"] == offs["netns"] + 4
+        assert (roffs["probe"], roffs["netns"], roffs["ifindex"]) == (
+            offs["probe"], offs["netns"], offs["ifindex"])
+        self._off_kind, self._off_nhits, self._off_hdr_len = (
+            roffs["kind"], roffs["nhits"], roffs["hdr_len"])
+        self._rec_size = struct.calcsize(lay.rec.fmt)
+        self._hit_size = struct.calcsize(lay.hit.fmt)
+        self._hit_probe, self._hit_aux = hoffs["probe"], hoffs["aux"]
         self._peek_probe = struct.Struct("<H").unpack_from
+        self._peek_u32 = struct.Struct("<I").unpack_from
         self._peek_dev = struct.Struct("<Ii").unpack_from
         self._peek_aux = struct.Struct("<Q").unpack_from
         ids = {v: k for k, v in lay.probes.items()}
+        self._context_id = ids["context"]
         self._entry_ids = {ids[p] for p in ENTRY_PROBES}
         self._rx_id = ids["rx"]
         self._free_ids = {ids["kfree"], ids["consume"]}
@@ -170,14 +180,16 @@ class _LiveStream:
             if not self.classify:
                 self._record_only(data)
                 return
-            ev = self.pipe.decode(data)
-            if ev.probe in ENTRY_PROBES:
-                self._check_device(ev.probe == "rx", ev.netns, ev.ifindex)
-            if ev.probe in ("kfree", "consume") and ev.aux:
-                self._resolve(ev.aux)
+            evs = self.pipe.decode(data)
+            for ev in evs:
+                if ev.probe in ENTRY_PROBES:
+                    self._check_device(ev.probe == "rx", ev.netns, ev.ifindex)
+                if ev.probe in ("kfree", "consume") and ev.aux:
+                    self._resolve(ev.aux)
             if self.writer is not None:
                 self.writer.event(data)
-            self.pipe.event(ev)
+            for ev in evs:
+                self.pipe.event(ev)
         except BaseException as exc:  # never let an exception vanish in a C callback
             self.error = self.error or exc
 
@@ -185,6 +197,15 @@ class _LiveStream:
         """`record`: no classification, so read only the three fields that
         matter here instead of decoding the whole event (per-event cost)."""
         probe = self._peek_probe(data, self._off_probe)[0]
+        if probe == self._context_id:
+            probe = self._peek_u32(data, self._off_kind)[0]
+            nhits = self._peek_u32(data, self._off_nhits)[0]
+            at = self._rec_size + ((self._peek_probe(data, self._off_hdr_len)[0] + 7) & ~7)
+            for hit in range(at, at + nhits * self._hit_size, self._hit_size):
+                if self._peek_probe(data, hit + self._hit_probe)[0] in self._free_ids:
+                    aux = self._peek_aux(data, hit + self._hit_aux)[0]
+                    if aux:
+                        self._pending_symbols.add(aux)
         if probe in self._entry_ids:
             netns, ifindex = self._peek_dev(data, self._off_netns)
             if (netns, ifindex) not in self._known:
@@ -275,10 +296,3 @@ class _LiveStream:
             summary["output"] = str(self.writer.path)
             summary["events"] = self.writer.events
         return summary
-
-
-def _codes(fmt: str) -> list[str]:
-    """'<QQ16s' -> ['Q', 'Q', '16s']: one struct code per field."""
-    import re
-
-    return re.findall(r"\d*[a-zA-Z]", fmt.lstrip("<>=!@"))

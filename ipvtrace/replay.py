@@ -62,7 +62,8 @@ def replay_recording(rec: recording.Recording, path: Path | str,
     try:
         for ftype, payload in rec.frames():
             if ftype == recording.F_EVENT:
-                pipe.event(pipe.decode(payload))
+                for ev in pipe.decode(payload):
+                    pipe.event(ev)
             elif ftype == recording.F_TICK:
                 pipe.tick(recording.TICK.unpack(payload)[0])
             elif ftype == recording.F_LOST:

@@ -75,3 +75,28 @@ def pod_b(**kw):
 
 def parent(**kw):
     return dict(netns=HOST, ifindex=2, ifname="ens10", **kw)
+
+
+REC = struct.Struct(LAY.rec.fmt)
+HIT = struct.Struct(LAY.hit.fmt)
+
+
+def context(entry: bytes, hits: list[bytes], ret: bytes) -> bytes:
+    """The format-3 record the kernel sends for a context whose events, as
+    format 2 sent them one by one, are *entry*, *hits* and *ret*: what
+    rec_open, rec_hit and rec_close in bpf/ipvtrace.c assemble."""
+    e, r = DEC.decode(entry), DEC.decode(ret)
+    lost = F["lost"] if r.flags & F["lost"] else 0
+    vals = dict(ts=e.ts, skb=e.skb, head=e.head, ctx=e.ctx, nhits=len(hits),
+                kind=PROBE_ID[e.probe], ret_dt=r.ts - e.ts, pad0=0, ret=r.ret, cpu=e.cpu,
+                pid=e.pid, netns=e.netns, ifindex=e.ifindex, pad1=0, len=e.len,
+                probe=PROBE_ID["context"], depth=e.depth, flags=e.flags | lost,
+                hdr_len=len(e.hdr), pad=0, ifname=e.ifname.encode())
+    out = REC.pack(*(vals[f] for f in LAY.rec.fields)) + e.hdr + b"\0" * (-len(e.hdr) % 8)
+    for raw_hit in hits:
+        h = DEC.decode(raw_hit)
+        hv = dict(skb=h.skb, head=h.head, aux=h.aux, aux2=h.aux2, ret=h.ret, dt=h.ts - e.ts,
+                  netns=h.netns, ifindex=h.ifindex, reason=h.reason, len=h.len,
+                  probe=PROBE_ID[h.probe], flags=h.flags, pad=0, ifname=h.ifname.encode())
+        out += HIT.pack(*(hv[f] for f in LAY.hit.fields))
+    return out

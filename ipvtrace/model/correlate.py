@@ -27,6 +27,14 @@ closing event: a lost-events mark makes the packets still waiting for one
 incomplete. Version-1 recordings have no such flag: a mark there makes every
 open packet incomplete.
 
+From format 3 an entry's context arrives as one record when it closes, so a
+multicast worker run on another CPU can end before the record of the context
+that queued its frame arrives (the run starts as soon as the frame is queued;
+the queuing context returns a moment later). A worker run's share that no
+waiting packet claims is parked for WAIT_NS and handed to the packet whose
+enqueue of that frame (same skb->head, or the same skb for a free that names
+only the pointer) came before it, when that packet's record arrives.
+
 Memory stays bounded however long it runs: a context whose return never
 comes (a missed kretprobe, lost events), a worker run that never ends, or a
 packet whose RX echo never returns is evicted after a few WAIT_NS, finished
@@ -87,6 +95,14 @@ class Packet:
 
 
 @dataclass
+class _Parked:
+    """A worker run's events for one frame no packet was waiting for (yet)."""
+    events: list[Event]
+    lossy: bool
+    deadline: int
+
+
+@dataclass
 class _Worker:
     events: list[Event] = field(default_factory=list)
     start: int = 0                                         # mc_work's timestamp
@@ -116,6 +132,8 @@ class Correlator:
         self.evicted = 0
         self._next_sweep = 0
         self._worker_seen: dict[int, int] = {}   # worker ctx id -> its first timestamp
+        # ("head", skb->head) or ("skb", pointer) -> parked worker shares
+        self.parked: dict[tuple[str, int], list[_Parked]] = {}
 
     # -- input ----------------------------------------------------------
     def feed(self, ev: Event) -> None:
@@ -169,6 +187,8 @@ class Correlator:
         for pkt in sorted(self.pending, key=lambda p: p.first_ts):
             self._finish(pkt)
         self.pending.clear()
+        self.unattributed += sum(len(p.events) for ps in self.parked.values() for p in ps)
+        self.parked.clear()
         self.await_rx.clear()
         self.await_mc.clear()
         self.await_l3s.clear()
@@ -251,6 +271,31 @@ class Correlator:
             return
         pkt.deadline = self.now + self.wait_ns
         self.pending.append(pkt)
+        if pkt.waiting_for == "worker" and self.parked:
+            self._unpark(pkt, enq[-1])
+
+    def _unpark(self, pkt: Packet, enq: Event) -> None:
+        """The worker already handled this packet's frame: its parked share."""
+        take = []
+        for key in (("head", enq.head), ("skb", enq.skb)):
+            shares = self.parked.get(key)
+            if not shares:
+                continue
+            mine = [p for p in shares if p.events[0].ts >= enq.ts]
+            take += mine
+            rest = [p for p in shares if p.events[0].ts < enq.ts]
+            if rest:
+                self.parked[key] = rest
+            else:
+                del self.parked[key]
+        if not take:
+            return
+        for p in take:
+            pkt.worker.extend(p.events)
+            pkt.lost_overlap = pkt.lost_overlap or p.lossy
+        pkt.worker.sort(key=lambda e: e.ts)
+        pkt.worker_done = True
+        self._release(pkt)
 
     def _is_fwd_target(self, pkt: Packet, rx: Event) -> bool:
         for f in pkt.helpers("fwd"):
@@ -288,13 +333,27 @@ class Correlator:
             # in between is this run's too
             pkt = self._queued_before(head, evs[0].ts) if head else None
             if pkt is None:
-                self.unattributed += len(evs)
+                self._park(head, evs, w.lossy)
                 continue
             pkt.worker.extend(evs)
             pkt.worker_done = True
             if w.lossy:
                 pkt.lost_overlap = True
             self._release(pkt)
+
+    def _park(self, head: int, evs: list[Event], lossy: bool) -> None:
+        """Keep a share until the record of the context that queued it comes
+        (or WAIT_NS passes: then it is unattributed). Events that name only
+        an skb pointer are parked per pointer."""
+        deadline = self.now + self.wait_ns
+        if head:
+            self.parked.setdefault(("head", head), []).append(_Parked(evs, lossy, deadline))
+            return
+        by_skb: dict[int, list[Event]] = {}
+        for ev in evs:
+            by_skb.setdefault(ev.skb, []).append(ev)
+        for skb, group in by_skb.items():
+            self.parked.setdefault(("skb", skb), []).append(_Parked(group, lossy, deadline))
 
     def _queued_before(self, head: int, start: int) -> Packet | None:
         """The packet this worker run handled for *head*: the oldest queued
@@ -350,6 +409,13 @@ class Correlator:
         """Evict what can no longer finish: open contexts and worker runs far
         older than any packet takes (their return probe was missed or lost)."""
         self._next_sweep = self.now + self.wait_ns // 2
+        for key, shares in list(self.parked.items()):
+            keep = [p for p in shares if p.deadline > self.now]
+            self.unattributed += sum(len(p.events) for p in shares if p.deadline <= self.now)
+            if keep:
+                self.parked[key] = keep
+            else:
+                del self.parked[key]
         limit = self.now - 3 * self.wait_ns
         for ctx, pkt in list(self.open.items()):
             if pkt.first_ts < limit:

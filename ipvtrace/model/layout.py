@@ -25,8 +25,25 @@ _CTYPES = {
 
 
 @dataclass(frozen=True)
+class Struct:
+    """Field names and a little-endian struct format of one C struct."""
+
+    fields: tuple[str, ...]
+    fmt: str
+
+    def to_json(self) -> dict:
+        return {"fields": list(self.fields), "fmt": self.fmt}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Struct":
+        return cls(tuple(d["fields"]), d["fmt"])
+
+
+@dataclass(frozen=True)
 class Layout:
-    """Field names and a struct format for `struct ipvt_event`."""
+    """Field names and a struct format for `struct ipvt_event`, and (format
+    3 on) for a closed context's record and its hits (`struct ipvt_rec`,
+    `struct ipvt_hit`)."""
 
     fields: tuple[str, ...]
     fmt: str
@@ -35,6 +52,8 @@ class Layout:
     hdr_max: int
     format_version: int
     stats: dict[int, str] | None = None   # enum ipvt_stat: index -> name
+    rec: Struct | None = None              # None: a recording of format 1 or 2
+    hit: Struct | None = None
 
     @property
     def size(self) -> int:
@@ -46,12 +65,16 @@ class Layout:
         return self.size - self.hdr_max
 
     def to_json(self) -> dict:
-        return {
+        d = {
             "fields": list(self.fields), "fmt": self.fmt,
             "probes": {str(k): v for k, v in self.probes.items()},
             "flags": self.flags, "hdr_max": self.hdr_max,
             "format_version": self.format_version,
         }
+        if self.rec is not None and self.hit is not None:
+            d["rec"] = self.rec.to_json()
+            d["hit"] = self.hit.to_json()
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> "Layout":
@@ -60,6 +83,8 @@ class Layout:
             probes={int(k): v for k, v in d["probes"].items()},
             flags={k: int(v) for k, v in d["flags"].items()},
             hdr_max=int(d["hdr_max"]), format_version=int(d["format_version"]),
+            rec=Struct.from_json(d["rec"]) if "rec" in d else None,
+            hit=Struct.from_json(d["hit"]) if "hit" in d else None,
         )
 
 
@@ -86,10 +111,13 @@ def parse_header(text: str) -> Layout:
         for name, v in re.findall(r"(IPVT_S_\w+)\s*=\s*(\d+)", stat_enum.group(1) if stat_enum else "")
         if name not in ("IPVT_S_MAX", "IPVT_S_LOST_BASE")
     }
+    rec_fields, rec_fmt = _struct(text, "ipvt_rec")
+    hit_fields, hit_fmt = _struct(text, "ipvt_hit")
     return Layout(
         fields=tuple(fields), fmt=fmt, probes=probes, flags=flags,
         hdr_max=defines["IPVT_HDR_MAX"], format_version=defines["IPVT_FORMAT_VERSION"],
-        stats=stats,
+        stats=stats, rec=Struct(tuple(rec_fields), rec_fmt),
+        hit=Struct(tuple(hit_fields), hit_fmt),
     )
 
 

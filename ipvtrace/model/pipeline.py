@@ -54,8 +54,9 @@ class Pipeline:
         self.packets = 0
 
     # -- source side -------------------------------------------------------
-    def decode(self, raw: bytes) -> Event:
-        return self.decoder.decode(raw)
+    def decode(self, raw: bytes) -> list[Event]:
+        """A ring record's events: a closed context's, or one."""
+        return self.decoder.events(raw)
 
     def knows_device(self, ev: Event) -> bool:
         return self.ctx.topo.device(ev.netns, ev.ifindex) is not None

@@ -17,6 +17,11 @@ EVENT_SIZE_CAP = 64 << 10   # one event's fixed part
 # the fields the decoder and the classifier read from every event
 EVENT_FIELDS = ("ts", "skb", "head", "ctx", "aux", "aux2", "ret", "cpu", "pid", "netns",
                 "ifindex", "reason", "len", "probe", "depth", "flags", "hdr_len", "ifname", "hdr")
+# the fields the decoder reads from a closed context's record and its hits (format 3)
+REC_FIELDS = ("ts", "skb", "head", "ctx", "nhits", "kind", "ret_dt", "ret", "cpu", "pid",
+              "netns", "ifindex", "len", "probe", "depth", "flags", "hdr_len", "ifname")
+HIT_FIELDS = ("skb", "head", "aux", "aux2", "ret", "dt", "netns", "ifindex", "reason", "len",
+              "probe", "flags", "ifname")
 _FMT = re.compile(r"<(\d{0,4}[QqIiHhBbs])+")
 _CODE = re.compile(r"(\d*)([QqIiHhBbs])")
 
@@ -88,7 +93,46 @@ def layout(d: Any) -> dict:
     for k, v in flags.items():
         _int(v, f"layout.flags.{k}", 0, 0xFF)
     _int(d.get("format_version"), "layout.format_version", 0)
+    if "rec" in d or "hit" in d:
+        rec = _struct(d.get("rec"), "layout.rec", REC_FIELDS)
+        _struct(d.get("hit"), "layout.hit", HIT_FIELDS)
+        _need(rec["probe"] == _offset(fields, fmt, "probe"),
+              "layout.rec.probe is not where an event's probe is")
     return d
+
+
+def _offset(fields: list, fmt: str, name: str) -> int:
+    codes = _CODE.findall(fmt[1:])
+    i = fields.index(name)
+    return struct.calcsize("<" + "".join(n + c for n, c in codes[:i]))
+
+
+def _struct(d: Any, what: str, needed: tuple[str, ...]) -> dict[str, int]:
+    """A record or hit layout: numbers where numbers are read, `ifname` a
+    byte string, a size within the cap. Returns each needed field's offset."""
+    d = _dict(d, what)
+    fields = _list(d.get("fields"), f"{what}.fields")
+    for f in fields:
+        _str(f, f"{what}.fields[]")
+    fmt = _str(d.get("fmt"), f"{what}.fmt")
+    _need(len(fmt) < 512 and _FMT.fullmatch(fmt) is not None, f"{what}.fmt is not a struct format")
+    codes = _CODE.findall(fmt[1:])
+    _need(len(codes) == len(fields), f"{what}.fmt and {what}.fields disagree")
+    _need(len(set(fields)) == len(fields), f"{what}.fields repeats a name")
+    missing = [f for f in needed if f not in fields]
+    _need(not missing, f"{what}.fields lacks {', '.join(missing)}")
+    try:
+        size = struct.calcsize(fmt)
+    except struct.error:
+        raise BadFrame(f"{what}.fmt is not a struct format") from None
+    _need(0 < size <= EVENT_SIZE_CAP, f"{what}.fmt describes {size}-byte records")
+    by_name = dict(zip(fields, codes))
+    for f in needed:
+        if f == "ifname":
+            _need(by_name[f][1] == "s", f"{what}.ifname is not a byte string")
+        else:
+            _need(by_name[f][0] == "" and by_name[f][1] != "s", f"{what}.{f} is not a number")
+    return {f: _offset(fields, fmt, f) for f in needed}
 
 
 def snapshot(d: Any, what: str = "snapshot") -> dict:
