@@ -6,7 +6,8 @@ Layout (little endian)::
     frames: u8 type, u32 length, payload
         1 HEADER   JSON: format version, ipvtrace version, kernel, probe plan,
                    event layout, snapshot of devices/namespaces/ipvlan modes
-        2 EVENT    one raw event exactly as the BPF program submitted it
+        2 EVENT    one ring record exactly as the BPF program submitted it: a
+                   closed context (format 3: struct ipvt_rec) or an event
         3 TICK     u64 ktime: the live clock, so replay finalises packets
                    at the same points live did (same output)
         4 SNAPSHOT JSON: devices and namespaces again (taken at the end)
