@@ -442,11 +442,15 @@ def cmd_trace(args) -> int:
     if summary is None:
         return code
     lost = summary.get("lost_events", 0)
-    missed = sum(v for k, v in summary.get("kernel_stats", {}).items()
-                 if k.startswith("kprobe_missed."))
+    ks = summary.get("kernel_stats", {})
+    missed = sum(v for k, v in ks.items() if k.startswith("kprobe_missed."))
+    skipped = sum(v for k, v in ks.items() if k.startswith("skipped."))
     tail = f", {lost} events LOST" if lost else ", no events lost"
-    if missed:
-        tail += f" ({missed} of them kprobe misses)"
+    if missed or skipped:
+        parts = [f"{missed} kprobe misses"] * bool(missed) + [
+            f"{skipped} probe hits the kernel skipped (another BPF program or a map "
+            "syscall held the CPU)"] * bool(skipped)
+        tail += f" ({' and '.join(parts)} among them)"
     if args.cmd == "record":
         print(f"ipvtrace: wrote {summary.get('events', 0)} events to {summary.get('output')}{tail}",
               file=sys.stderr)

@@ -256,8 +256,10 @@ class _LiveStream:
             raise self.error
 
     def tick(self, now: int, kstats: dict[str, int]) -> None:
-        # a kprobe miss is evidence that never existed: same effect as a lost event
-        lost = sum(v for k, v in kstats.items() if k.startswith(("lost.", "kprobe_missed.")))
+        # a kprobe miss, or a hit the kernel skipped (bpf_prog_active held), is
+        # evidence that never existed: the same effect as a lost event
+        lost = sum(v for k, v in kstats.items()
+                   if k.startswith(("lost.", "kprobe_missed.", "skipped.")))
         if lost > self.lost_seen:
             delta = lost - self.lost_seen
             self.lost_seen = lost

@@ -113,3 +113,29 @@ def test_leftover_probes_of_dead_tracers_are_found(tmp_path):
     left = probes.leftover_probe_events(tmp_path)
     assert left == [(f"kprobes/r_ipvlan_queue_xmit_bcc_{dead}", dead),
                     (f"kprobes/r_ipvlan_rcv_frame_isra_0_bcc_{dead}", dead)]
+
+
+def test_hits_the_kernel_skipped_are_read_per_probe(monkeypatch):
+    """From 6.7 the kernel counts, per program, the hits it did not run it
+    for (bpf_prog_active held): ipvtrace names them by probe, kprobes and
+    tracepoints alike; before 6.7 it reads nothing (the plan says why)."""
+    from types import SimpleNamespace
+
+    from ipvtrace.capture import loader, probes
+
+    plan = probes.ProbePlan(kernel="6.12.117+deb12-amd64", tracefs="/nonexistent",
+                            attach=[{"name": "xmit", "fn": "on_xmit", "kind": "kprobe"},
+                                    {"name": "rx_ret", "fn": "on_rx_ret", "kind": "kretprobe"}],
+                            tracepoints=["skb:kfree_skb"], counts_skipped=True)
+    t = loader.Tracer(plan)
+    t.bpf = SimpleNamespace(funcs={b"on_xmit": SimpleNamespace(fd=3),
+                                   b"on_rx_ret": SimpleNamespace(fd=4),
+                                   b"tracepoint__skb__kfree_skb": SimpleNamespace(fd=5),
+                                   b"unrelated": SimpleNamespace(fd=6)})
+    monkeypatch.setattr(loader, "fdinfo_misses", lambda fd: fd * 10)
+    assert t.skipped() == {"xmit": 30, "rx_ret": 40, "kfree_skb": 50}
+    plan.counts_skipped = False
+    assert t.skipped() == {}
+    assert probes.kernel_version("6.1.0-57-rt-amd64") < probes.COUNTS_SKIPPED_SINCE
+    assert probes.kernel_version("6.12.117+deb12-amd64") >= probes.COUNTS_SKIPPED_SINCE
+

@@ -23,6 +23,19 @@ def _pages(n: int) -> int:
     return max(mmap.PAGESIZE, -(-n // mmap.PAGESIZE) * mmap.PAGESIZE)
 
 
+def fdinfo_misses(fd: int) -> int:
+    """A BPF program's recursion_misses from /proc/self/fdinfo/FD (0 when
+    the kernel does not say)."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            for line in f:
+                if line.startswith("recursion_misses:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 class LoadError(RuntimeError):
     """Tracing could not start; the message says what to do."""
 
@@ -177,6 +190,27 @@ class Tracer:
         for name, hm in (self.kprobe_misses() if misses is None else misses).items():
             if hm["misses"]:
                 out[f"kprobe_missed.{name}"] = hm["misses"]
+        for name, n in self.skipped().items():
+            if n:
+                out[f"skipped.{name}"] = n
+        return out
+
+    def skipped(self) -> dict[str, int]:
+        """Hits the kernel did not run each program for, because a BPF
+        program or a map syscall held that CPU's bpf_prog_active (another
+        tool's, or a softirq that came while one of ours ran): the program's
+        recursion_misses, read from /proc/self/fdinfo (no bpf syscall).
+        Counted by kernels from 6.7 (plan.counts_skipped); 0 before."""
+        if self.bpf is None or not self.plan.counts_skipped:
+            return {}
+        names = {p["fn"]: p["name"] for p in self.plan.attach}
+        names.update({"tracepoint__" + tp.replace(":", "__"): tp.split(":")[1]
+                      for tp in self.plan.tracepoints})
+        out: dict[str, int] = {}
+        for fn, f in list(self.bpf.funcs.items()):
+            fn = fn.decode() if isinstance(fn, bytes) else fn
+            if fn in names:
+                out[names[fn]] = out.get(names[fn], 0) + fdinfo_misses(f.fd)
         return out
 
     def _stats_values(self) -> tuple[int, ...]:

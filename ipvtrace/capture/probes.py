@@ -69,6 +69,10 @@ SPECS: tuple[ProbeSpec, ...] = (
 )
 
 TRACEPOINTS = (("skb", "kfree_skb"), ("skb", "consume_skb"))
+# From 6.7 a kprobe or tracepoint program the kernel skips (another BPF
+# program, or a map syscall, holds the CPU's bpf_prog_active) is counted in
+# its recursion_misses; before, nothing counts it.
+COUNTS_SKIPPED_SINCE = (6, 7)
 
 
 class PlanError(RuntimeError):
@@ -84,6 +88,7 @@ class ProbePlan:
     tracepoints: list[str] = field(default_factory=list)
     cflags: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    counts_skipped: bool = False   # the kernel counts programs it skipped (6.7+)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -156,6 +161,11 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
         # function: another task's contexts must not land on its stack
         plan.cflags.append("-DIPVT_STACK_PER_TASK")
         plan.notes.append("PREEMPT_RT kernel: contexts are kept per task, not per CPU")
+    plan.counts_skipped = kernel_version(kernel) >= COUNTS_SKIPPED_SINCE
+    if not plan.counts_skipped:
+        plan.notes.append(
+            "this kernel does not count the probe hits it skips while another BPF program "
+            "or a map syscall holds the CPU (6.7+ does): such holes are not reported")
     for sys_, ev in TRACEPOINTS:
         fmt = tracefs / "events" / sys_ / ev / "format"
         if not fmt.exists():
@@ -238,6 +248,12 @@ def check_kernel(tracefs: Path, kernel: str) -> None:
                         "(creating an ipvlan device loads it too)")
     raise PlanError(f"this kernel ({kernel}) has no ipvlan driver: run ipvtrace where ipvlan "
                     "is used, or try it in a VM with scripts/demo")
+
+
+def kernel_version(release: str) -> tuple[int, int]:
+    """(major, minor) of a release string such as 6.12.117+deb12-amd64."""
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
 def what_this_kernel_shows(plan: ProbePlan) -> list[str]:

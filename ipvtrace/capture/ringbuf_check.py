@@ -41,6 +41,14 @@ def main() -> int:
         print(f"ringbuf-check: {len(seqs)} records of {sent} sent, in order, intact "
               f"({sum(r[3] + 8 for r in recs) // (4 * 4096)} wraps of the ring)")
         ring.close()
+        # the kernel's count of hits it skipped this program for: where the
+        # tracer reads it (loader.fdinfo_misses), without a bpf syscall
+        with open(f"/proc/self/fdinfo/{fn.fd}") as f:
+            named = "recursion_misses:" in f.read()
+        if not named or loader.fdinfo_misses(fn.fd) != 0:
+            print("ringbuf-check: FAILED: fdinfo names no recursion_misses of 0")
+            return 1
+        print("ringbuf-check: fdinfo recursion_misses read (0)")
         return 0
     finally:
         b.cleanup()

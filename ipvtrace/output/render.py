@@ -141,6 +141,11 @@ def print_stats(summary: dict, console: Console, as_json: bool = False) -> None:
     if missed:
         console.print(Text("kprobe misses (counted as lost): "
                            + ", ".join(f"{k} {v}" for k, v in sorted(missed.items())), style="red"))
+    skipped = {k.split(".", 1)[1]: v for k, v in kstats.items() if k.startswith("skipped.")}
+    if skipped:
+        console.print(Text("probe hits the kernel skipped, a BPF program or map syscall holding "
+                           "the CPU (counted as lost): "
+                           + ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())), style="red"))
     if summary.get("evicted"):
         console.print(f"evicted unfinished (a return probe missed or lost): {summary['evicted']}")
     if summary.get("unattributed_events"):
@@ -251,10 +256,13 @@ def stats_table(report: dict | None):
         return Text("ipvtrace: compiling and attaching probes (counting mode)...")
     misses = report.get("kprobe_misses_total", 0)
     repairs = {k: v for k, v in report.get("kernel_stats", {}).items()
-               if not k.startswith(("lost.", "kprobe_missed."))}
+               if not k.startswith(("lost.", "kprobe_missed.", "skipped."))}
+    skipped = sum(v for k, v in report.get("kernel_stats", {}).items() if k.startswith("skipped."))
     head = Text(f"ipvtrace stats on {report['kernel']}: {report['probes']} probes, counting in "
                 f"the kernel   {report['elapsed_s']:.0f} s   packets {report['packets']}   ")
     head.append(f"kprobe misses {misses}", style="bold red" if misses else "green")
+    if skipped:
+        head.append(f"   skipped by the kernel {skipped}", style="bold red")
     if repairs:
         head.append("   " + " ".join(f"{k} {v}" for k, v in sorted(repairs.items())),
                     style="yellow")

@@ -61,7 +61,10 @@ def test_stats_counts_what_record_saw(both):
     readings, replayed, _ = both
     final = readings[-1]
     assert final.get("ended_by") == "SIGINT"
-    assert replayed["lost_events"] == 0, "record lost events: the comparison would be void"
+    rks = replayed["trailer"]["kernel_stats"]
+    # a full ring buffer would void the comparison; hits the kernel missed or
+    # skipped are allowed below, as many as it reported
+    assert not any(k.startswith("lost.") for k in rks), ("record lost events", rks)
     # at least the branches these topologies are built to produce
     for b in ("tx.l2.private_drop", "tx.l2.out_parent", "tx.l3.local", "rx.l3s.local",
               "tx.l3.non_ip_drop", "tx.l2.multicast", "mcast.deliver", "tx.l2.local",
@@ -71,7 +74,11 @@ def test_stats_counts_what_record_saw(both):
     # interrupt's softirq) drops one packet's evidence in each tool: the only
     # difference allowed, and only as many as the kernel reported
     missed = final["kprobe_misses_total"] + sum(
-        v for k, v in replayed["trailer"]["kernel_stats"].items() if k.startswith("kprobe_missed."))
+        v for k, v in rks.items() if k.startswith("kprobe_missed."))
+    # ... and hits the kernel skipped because a BPF program or a map syscall
+    # held the CPU (counted from 6.7 on)
+    missed += sum(v for ks in (final["kernel_stats"], rks) for k, v in ks.items()
+                  if k.startswith("skipped."))
     # ... and a context the kernel found left open (stack_stale: its return
     # never ran a program; seen on 6.1-rt with both tools at once, the
     # packet's helpers and return all skipped; most likely while `stats`
