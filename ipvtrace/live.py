@@ -92,6 +92,8 @@ def run_live(opts: LiveOptions) -> dict:
                 if opts.ready_file is not None:
                     opts.ready_file.write_text(f"{os.getpid()}\n")
                 deadline = time.monotonic() + opts.duration if opts.duration else None
+                kstats: dict[str, int] = {}
+                next_stats = 0.0
                 while stop.why is None:
                     if deadline is not None and time.monotonic() >= deadline:
                         stop.why = "duration"
@@ -102,7 +104,14 @@ def run_live(opts: LiveOptions) -> dict:
                     now = ktime_ns()
                     tracer.poll(TICK_MS)
                     src.check()
-                    src.tick(now, tracer.kernel_stats())
+                    # the counters (tracefs kprobe_profile, each program's
+                    # fdinfo) once a tick, not after every batch: under a
+                    # flood a poll returns per batch, and reading them each
+                    # time slowed the consumer until the ring overflowed
+                    if time.monotonic() >= next_stats:
+                        kstats = tracer.kernel_stats()
+                        next_stats = time.monotonic() + TICK_MS / 1000
+                    src.tick(now, kstats)
                 now = ktime_ns()
                 tracer.drain()
                 src.check()
