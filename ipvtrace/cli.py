@@ -445,14 +445,14 @@ def cmd_trace(args) -> int:
     ks = summary.get("kernel_stats", {})
     missed = sum(v for k, v in ks.items() if k.startswith("kprobe_missed."))
     skipped = sum(v for k, v in ks.items() if k.startswith("skipped."))
-    tail = f", {lost} events LOST" if lost else ", no events lost"
+    tail = f", {lost} records LOST" if lost else ", nothing lost"
     if missed or skipped:
         parts = [f"{missed} kprobe misses"] * bool(missed) + [
             f"{skipped} probe hits the kernel skipped (another BPF program or a map "
             "syscall held the CPU)"] * bool(skipped)
         tail += f" ({' and '.join(parts)} among them)"
     if args.cmd == "record":
-        print(f"ipvtrace: wrote {summary.get('events', 0)} events to {summary.get('output')}{tail}",
+        print(f"ipvtrace: wrote {summary.get('events', 0)} records to {summary.get('output')}{tail}",
               file=sys.stderr)
     else:
         from rich.console import Console
