@@ -49,7 +49,10 @@ merge anywhere. A packet that left one node by its ipvlan parent
 at another node by the bytes of its headers that no hop rewrites (addresses,
 IP id, ports, TCP sequence, ICMP id and sequence), never by time alone; the
 nodes' clocks are aligned from the packets seen both ways. A packet to an
-address of another recorded node that never arrived there is shown as lost.
+address of another recorded node that never arrived there is shown as lost,
+unless that node's recording lost evidence then (its ring was full or its
+kernel skipped probe hits): such a packet is shown as not known (`-> B?`,
+`"arrived": null`), never blamed on the wire.
 """,
     "stats": """examples:
   sudo ipvtrace stats                       # packets per branch, counted in the kernel

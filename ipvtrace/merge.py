@@ -28,6 +28,7 @@ class NodeRows:
     addresses: set[str]
     summary: dict
     span: tuple[int, int]   # when this node recorded, on its kernel clock
+    loss_marks: list[int]   # when its recorder noted lost evidence (kernel clock)
 
 
 def node_rows(index: int, name: str, rec: recording.Recording, label: str,
@@ -50,14 +51,19 @@ def node_rows(index: int, name: str, rec: recording.Recording, label: str,
     h = rec.header
     wall = int(float(h.get("start_wall", 0)) * 1e9) - int(h.get("start_ktime", 0))
     snaps, last = [h.get("snapshot", {})], int(h.get("start_ktime", 0))
+    marks: list[int] = []
     for ftype, payload in rec.frames():
         if ftype == recording.F_SNAPSHOT:
             snaps.append(payload)
         elif ftype == recording.F_TICK:
             last = max(last, recording.TICK.unpack(payload)[0])
+        elif ftype == recording.F_LOST:
+            ktime, count = recording.LOST.unpack(payload)
+            if count:
+                marks.append(ktime)
     last = max([last] + [s.ts for s in seen])
     return NodeRows(name, rows, seen, wall, crossnode.node_addresses(snaps), summary,
-                    (int(h.get("start_ktime", 0)), last))
+                    (int(h.get("start_ktime", 0)), last), marks)
 
 
 def default_names(paths: list[Path], recs: list[recording.Recording]) -> list[str]:
@@ -76,7 +82,8 @@ def default_names(paths: list[Path], recs: list[recording.Recording]) -> list[st
 
 def join_nodes(nodes: list[NodeRows]) -> crossnode.Join:
     return crossnode.join([n.seen for n in nodes], [n.wall_ns for n in nodes],
-                          [n.addresses for n in nodes], [n.span for n in nodes])
+                          [n.addresses for n in nodes], [n.span for n in nodes],
+                          [n.loss_marks for n in nodes])
 
 
 def clock_json(nodes: list[NodeRows], j: crossnode.Join) -> dict:
@@ -115,8 +122,11 @@ def _annotate(nodes: list[NodeRows], j: crossnode.Join, n_i: int, idx: int, t0: 
     cx = j.by_row.get((n_i, idx))
     if cx is not None:
         c, at = cx
+        # arrived: true, false (lost between the nodes) or null (not seen,
+        # but the destination's recording lost evidence then: not known)
         info = {"id": c.id, "at": at, "from": nodes[c.left.node].name,
-                "to": nodes[c.to_node].name, "arrived": c.arrived is not None}
+                "to": nodes[c.to_node].name,
+                "arrived": None if c.unseen else c.arrived is not None}
         if c.arrived is not None:
             info["wire_s"] = round((c.arrived.ts + j.offsets_ns[c.arrived.node]
                                     - c.left.ts - j.offsets_ns[c.left.node]) / 1e9, 6)
@@ -153,10 +163,10 @@ def summary(nodes: list[NodeRows], j: crossnode.Join, clock: dict) -> dict:
     ways: dict[str, dict] = {}
     for c in j.crossings:
         key = f"{nodes[c.left.node].name} -> {nodes[c.to_node].name}"
-        w = ways.setdefault(key, {"arrived": 0, "lost": 0})
-        w["arrived" if c.arrived is not None else "lost"] += 1
+        w = ways.setdefault(key, {"arrived": 0, "lost": 0, "unknown": 0})
+        w["arrived" if c.arrived is not None else "unknown" if c.unseen else "lost"] += 1
     return {"nodes": {n.name: n.summary["packets"] for n in nodes}, "crossings": ways,
-            "clock": clock}
+            "lost_events": {n.name: n.summary["lost_events"] for n in nodes}, "clock": clock}
 
 
 def replay_merged(path: Path, sink: Callable[[Row], None] | None,

@@ -79,7 +79,24 @@ def test_join_aligns_clocks_from_both_ways_and_pairs_by_identity():
         assert c.left.ident == c.arrived.ident and c.left.node != c.arrived.node
         assert c.arrived.ts + j.offsets_ns[c.arrived.node] - c.left.ts - j.offsets_ns[c.left.node] == wire
     lost = [c for c in j.crossings if c.arrived is None]
-    assert [(c.left.ident, c.to_node) for c in lost] == [(b"lost", 1)]
+    assert [(c.left.ident, c.to_node, c.unseen) for c in lost] == [(b"lost", 1, False)]
+
+
+def test_a_packet_the_destination_may_have_missed_is_not_known_not_lost():
+    """Node b's recorder noted lost evidence (a loss mark, on its clock) in
+    the seconds after a packet to it left: that packet is not known, not
+    lost. A mark from before the packet left, or long after, changes nothing."""
+    s = 1_000_000_000
+    a = [seen(0, 0, 1 * s, b"soon", leaves=True), seen(0, 1, 5 * s, b"before", leaves=True),
+         seen(0, 2, 10 * s, b"clean", leaves=True)]
+    b = [seen(1, 0, 30 * s, b"late", arrives=True)]
+    spans = [(0, 40 * s), (0, 40 * s)]
+    marks = [[], [int(1.4 * s), int(4.9 * s)]]
+    j = crossnode.join([a, b], [0, 0], [{"10.1.1.11"}, {"10.1.2.21"}], spans, marks)
+    assert {c.left.ident: c.unseen for c in j.crossings} == {
+        b"soon": True, b"before": False, b"clean": False}
+    j = crossnode.join([a, b], [0, 0], [{"10.1.1.11"}, {"10.1.2.21"}], spans, [[], []])
+    assert not any(c.unseen for c in j.crossings)
 
 
 def test_join_under_jitter_never_puts_an_arrival_before_its_departure():
@@ -215,7 +232,7 @@ def test_real_two_node_recordings_merge_into_each_packets_path(mode, tmp_path):
     rows: list = []
     replay_merged(out, rows.append)
     flows = json.loads((FIX / "two-nodes-flows.json").read_text())
-    check_merged(rows, flows, mode, summary["clock"])
+    check_merged(rows, flows, mode, summary)
 
 
 def test_replay_of_a_merged_file_selects_a_node(tmp_path):

@@ -82,7 +82,7 @@ def test_merged_replay_tells_each_packets_path(nodes, mode, tmp_path):
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     flows = json.loads((WORK / "a" / "rec" / "flows.json").read_text())
-    check_merged(rows, flows, mode, summary["clock"])
+    check_merged(rows, flows, mode, summary)
     text = subprocess.run([*cli, "replay", str(both)], capture_output=True, text=True).stdout
     assert "never reached node-b" in text and "hop from node-a" in text
     # keep what the kernels did: the fast tier replays it anywhere (test_merge.py)

@@ -21,7 +21,12 @@ clock; its header ties them to a wall clock that may be off by seconds), so:
    identity at another node within a window on the aligned clock.
 A leaving row left unpaired whose destination is an address of another
 recorded node, sent while that node was recording (and at least a window
-before it stopped), is a packet lost between the nodes.
+before it stopped), is a packet lost between the nodes, unless that node's
+recording says it lost evidence while the packet could have been arriving
+(a loss mark: its ring buffer was full, or its kernel skipped probe hits,
+which happens when a softirq runs inside another probe's program): then
+whether it arrived is not known, and the join says so instead of blaming
+the wire.
 """
 from __future__ import annotations
 
@@ -31,6 +36,10 @@ from dataclasses import dataclass, field
 from ipvtrace.model.catalogue import load as catalogue
 
 WINDOW_NS = 1_000_000_000   # after alignment, a hop takes less than this
+# a recorder writes its loss mark at its next clock tick (every 200 ms, a
+# little later when its consumer is busy): a mark this long after a packet
+# could have arrived may be for that packet
+MARK_LAG_NS = 2_000_000_000
 
 
 @dataclass
@@ -51,6 +60,7 @@ class Crossing:
     left: Seen
     arrived: Seen | None
     to_node: int
+    unseen: bool = False   # not arrived, but the destination lost evidence then
 
 
 @dataclass
@@ -86,10 +96,12 @@ def node_addresses(snapshots: list[dict]) -> set[str]:
 
 
 def join(nodes: list[list[Seen]], wall_ns: list[int], addresses: list[set[str]],
-         spans: list[tuple[int, int]] | None = None) -> Join:
+         spans: list[tuple[int, int]] | None = None,
+         loss_marks: list[list[int]] | None = None) -> Join:
     """Pair leaving rows with arrivals; *wall_ns[i]* turns node i's kernel
     clock into its wall clock (the recording header's start times);
-    *spans[i]*: when node i recorded, on its kernel clock (None: always)."""
+    *spans[i]*: when node i recorded, on its kernel clock (None: always);
+    *loss_marks[i]*: when node i's recorder noted lost evidence (its clock)."""
     n = len(nodes)
     offsets = list(wall_ns)
     method = ["reference"] + ["wall clock (no packet seen on both)"] * (n - 1)
@@ -151,12 +163,15 @@ def join(nodes: list[list[Seen]], wall_ns: list[int], addresses: list[set[str]],
                 to = next((i for i in range(n) if i != s.node and s.dst in owner[i]), None)
                 if to is None or s.dst in owner[s.node]:
                     continue   # for somewhere no recording covers, or this node itself
+                there = t - offsets[to]   # the moment it left, on that node's clock
                 if spans is not None:
                     lo, hi = spans[to]
-                    there = t - offsets[to]   # the moment it left, on that node's clock
                     if there < lo or there > hi - WINDOW_NS:
                         continue   # that node was not recording (or stopped before it could arrive)
-                cx = Crossing(id=len(result.crossings) + 1, left=s, arrived=None, to_node=to)
+                unseen = loss_marks is not None and any(
+                    there <= m <= there + WINDOW_NS + MARK_LAG_NS for m in loss_marks[to])
+                cx = Crossing(id=len(result.crossings) + 1, left=s, arrived=None, to_node=to,
+                              unseen=unseen)
             result.crossings.append(cx)
             result.by_row[(s.node, s.index)] = (cx, "left")
             if cx.arrived is not None:

@@ -36,6 +36,8 @@ def _crossing(cx: dict) -> str:
         return f"  <- hop from {cx['from']} ({cx['wire_s'] * 1e3:.3f} ms later)"
     if cx["arrived"]:
         return f"  -> {cx['to']}"
+    if cx["arrived"] is None:
+        return f"  -> {cx['to']}? (not seen there; its recording lost evidence then)"
     return f"  -> never reached {cx['to']}"
 
 
@@ -79,7 +81,8 @@ class LineSink:
             t.append(f" reason={row['reason']}", style="red")
         cx = row.get("crossing")
         if cx:
-            t.append(_crossing(cx), style="bold" if cx["arrived"] else "bold red")
+            t.append(_crossing(cx), style="bold" if cx["arrived"] else
+                     "yellow" if cx["arrived"] is None else "bold red")
         self.console.print(t)
         for m in row.get("mcast", []):
             sub = Text(" " * (COLUMNS[0][1] + 1 + (NODE_WIDTH + 1 if node is not None else 0)))
