@@ -225,6 +225,15 @@ static __always_inline void stat_inc(int idx)
 		__sync_fetch_and_add(v, 1);
 }
 
+/* Every kprobe program counts its runs first thing: the kernel skips a
+ * program while another holds this CPU's bpf_prog_active (a softirq that
+ * came in while a program ran, on its way out of an interrupt), and only the
+ * kprobe's hit count (tracefs kprobe_profile) sees those hits. */
+static __always_inline void ran(int probe)
+{
+	stat_inc(IPVT_S_RUNS_BASE + probe);
+}
+
 static __always_inline __u64 new_ctx_id(void)
 {
 	int zero = 0;
@@ -950,18 +959,21 @@ static __always_inline int entry_ret(struct pt_regs *ctx, __u16 probe)
 /* ipvlan_queue_xmit(skb, dev): dev is the slave */
 int on_xmit(struct pt_regs *ctx)
 {
+	ran(IPVT_P_XMIT);
 	return entry(IPVT_P_XMIT, (struct sk_buff *)PT_REGS_PARM1(ctx),
 		     (struct net_device *)PT_REGS_PARM2(ctx), PT_REGS_SP(ctx));
 }
 
 int on_xmit_ret(struct pt_regs *ctx)
 {
+	ran(IPVT_P_XMIT_RET);
 	return entry_ret(ctx, IPVT_P_XMIT);
 }
 
 /* ipvlan_handle_frame(pskb): the rx_handler of the parent (skb->dev) */
 int on_rx(struct pt_regs *ctx)
 {
+	ran(IPVT_P_RX);
 	struct sk_buff **pskb = (struct sk_buff **)PT_REGS_PARM1(ctx);
 	struct sk_buff *skb = 0;
 	struct net_device *dev = 0;
@@ -973,11 +985,13 @@ int on_rx(struct pt_regs *ctx)
 
 int on_rx_ret(struct pt_regs *ctx)
 {
+	ran(IPVT_P_RX_RET);
 	return entry_ret(ctx, IPVT_P_RX);
 }
 
 int on_mc_work(struct pt_regs *ctx)
 {
+	ran(IPVT_P_MC_WORK);
 	if (!is_armed())
 		return 0;
 	__u32 tid = bpf_get_current_pid_tgid();
@@ -996,6 +1010,7 @@ int on_mc_work(struct pt_regs *ctx)
 
 int on_mc_work_ret(struct pt_regs *ctx)
 {
+	ran(IPVT_P_MC_WORK_RET);
 	__u32 tid = bpf_get_current_pid_tgid();
 	__u64 *w = workers.lookup(&tid);
 	if (!w)
@@ -1027,6 +1042,7 @@ int on_mc_work_ret(struct pt_regs *ctx)
  */
 int on_rcv_frame(struct pt_regs *ctx)
 {
+	ran(IPVT_P_RCV_FRAME);
 #ifdef IPVT_COUNT_ONLY
 	struct sk_buff *cskb = 0;
 	bpf_probe_read_kernel(&cskb, sizeof(cskb), (void *)PT_REGS_PARM2(ctx));
@@ -1061,6 +1077,7 @@ static __always_inline void ev_owner(struct ipvt_event *e, void *addr)
 
 int on_lookup_ret(struct pt_regs *ctx)
 {
+	ran(IPVT_P_LOOKUP_RET);
 #ifdef IPVT_COUNT_ONLY
 	return count_lookup(IPVT_P_LOOKUP_RET, (void *)PT_REGS_RC(ctx));
 #endif
@@ -1080,6 +1097,7 @@ int on_lookup_ret(struct pt_regs *ctx)
 
 int on_fwd(struct pt_regs *ctx)
 {
+	ran(IPVT_P_FWD);
 #ifdef IPVT_COUNT_ONLY
 	return count_helper(IPVT_P_FWD, (struct sk_buff *)PT_REGS_PARM2(ctx),
 			    (struct net_device *)PT_REGS_PARM1(ctx));
@@ -1099,6 +1117,7 @@ int on_fwd(struct pt_regs *ctx)
 
 int on_fwd_ret(struct pt_regs *ctx)
 {
+	ran(IPVT_P_FWD_RET);
 #ifdef IPVT_COUNT_ONLY
 	return count_fwd_ret((int)PT_REGS_RC(ctx));
 #endif
@@ -1146,23 +1165,27 @@ static __always_inline int report_skb_dev(struct pt_regs *ctx, __u16 probe,
 
 int on_qxmit(struct pt_regs *ctx)
 {
+	ran(IPVT_P_QXMIT);
 	return report_skb_dev(ctx, IPVT_P_QXMIT, (struct sk_buff *)PT_REGS_PARM1(ctx), 0);
 }
 
 /* ip_local_out(net, sk, skb): the dst was set by ipvlan's route lookup. */
 int on_local_out(struct pt_regs *ctx)
 {
+	ran(IPVT_P_LOCAL_OUT);
 	return report_skb_dev(ctx, IPVT_P_LOCAL_OUT, (struct sk_buff *)PT_REGS_PARM3(ctx), 1);
 }
 
 int on_local_out6(struct pt_regs *ctx)
 {
+	ran(IPVT_P_LOCAL_OUT6);
 	return report_skb_dev(ctx, IPVT_P_LOCAL_OUT6, (struct sk_buff *)PT_REGS_PARM3(ctx), 1);
 }
 
 /* netif_rx: a delivery only from the multicast worker, outside any context */
 int on_netif_rx(struct pt_regs *ctx)
 {
+	ran(IPVT_P_NETIF_RX);
 #ifdef IPVT_COUNT_ONLY
 	struct ipvt_stack *st = 0;
 	__u32 i = 0;
@@ -1180,6 +1203,7 @@ int on_netif_rx(struct pt_regs *ctx)
 /* ipvlan_multicast_enqueue(port, skb, tx_pkt) */
 int on_mc_enqueue(struct pt_regs *ctx)
 {
+	ran(IPVT_P_MC_ENQUEUE);
 #ifdef IPVT_COUNT_ONLY
 	return count_helper(IPVT_P_MC_ENQUEUE, (struct sk_buff *)PT_REGS_PARM2(ctx), 0);
 #endif
@@ -1224,6 +1248,7 @@ static __always_inline int report_free(__u16 probe, void *skbaddr, void *locatio
 /* ipvlan_l3_rcv(dev, skb, proto): dev is the L3S parent */
 int on_l3_rcv(struct pt_regs *ctx)
 {
+	ran(IPVT_P_L3_RCV);
 	struct net_device *dev = (struct net_device *)PT_REGS_PARM1(ctx);
 	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM2(ctx);
 	if (!is_armed() || head_filtered(skb_head(skb)))
@@ -1245,6 +1270,7 @@ int on_l3_rcv(struct pt_regs *ctx)
  * whole netns; only frames l3_rcv saw are reported. */
 int on_nf_input(struct pt_regs *ctx)
 {
+	ran(IPVT_P_NF_INPUT);
 	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM2(ctx);
 	__u64 key = (__u64)skb;
 #ifdef IPVT_COUNT_ONLY
@@ -1279,6 +1305,7 @@ int on_nf_input(struct pt_regs *ctx)
 /* ipvlan_skb_to_addr(skb, dev), called by both hooks above */
 int on_s2a(struct pt_regs *ctx)
 {
+	ran(IPVT_P_S2A);
 	__u64 key = PT_REGS_PARM1(ctx);
 #ifdef IPVT_COUNT_ONLY
 	__u64 *slot0 = s2a_slot(1);
@@ -1301,6 +1328,7 @@ int on_s2a(struct pt_regs *ctx)
 
 int on_s2a_ret(struct pt_regs *ctx)
 {
+	ran(IPVT_P_S2A_RET);
 	__u64 *slot = s2a_slot(0);
 	if (!slot || !*slot)
 		return 0;

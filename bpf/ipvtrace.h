@@ -40,7 +40,8 @@ enum ipvt_probe {
 	IPVT_P_NF_INPUT = 19,    /* ipvlan_nf_input (L3S, LOCAL_IN) for a frame l3_rcv saw */
 	IPVT_P_S2A_RET = 20,     /* ipvlan_skb_to_addr return: the L3S owner or none */
 	IPVT_P_CONTEXT = 21,     /* not a probe: a closed context's record (struct ipvt_rec) */
-	IPVT_P_MAX = 22,
+	IPVT_P_S2A = 22,         /* ipvlan_skb_to_addr entry (runs counted, no event) */
+	IPVT_P_MAX = 23,
 };
 
 /* Counters kept in the kernel (stats map index). */
@@ -51,7 +52,10 @@ enum ipvt_stat {
 	IPVT_S_STACK_STALE = 26,
 	IPVT_S_COUNTS_FULL = 27, /* stats mode: the counter map had no room */
 	IPVT_S_HITS_FULL = 28,   /* a context saw more helper hits than its record holds */
-	IPVT_S_MAX = 29,
+	IPVT_S_RUNS_BASE = 32,   /* + probe id: runs of that probe's program; the
+				    kprobe's hits (tracefs kprobe_profile) minus
+				    these are hits the kernel skipped the program for */
+	IPVT_S_MAX = 56,
 };
 
 /* flags */

@@ -88,6 +88,7 @@ class Tracer:
         self._ring = None            # ringbuf.MappedRing, when this CPU allows it
         self._handle: Callable[[bytes], None] | None = None
         self._stats_map: mmap.mmap | None = None   # the `stats` counters, mapped
+        self._skipped: dict[str, int] = {}         # the most skipped hits seen, per kprobe
         self._slots: mmap.mmap | None = None       # stats mode: counted signatures, mapped
         self._next: mmap.mmap | None = None
         self._slot_size = 0
@@ -175,38 +176,55 @@ class Tracer:
             self.bpf.ring_buffer_consume()
 
     def kernel_stats(self, misses: dict[str, dict[str, int]] | None = None) -> dict[str, int]:
-        """Counters kept in the kernel: events lost per probe, context-stack
-        repairs, and kprobe misses (`kprobe_missed.<probe>`; pass *misses* when
-        they were just read)."""
+        """Counters kept in the kernel: records lost per probe, context-stack
+        repairs, kprobe misses (`kprobe_missed.<probe>`) and hits the kernel
+        skipped a program for (`skipped.<probe>`). Pass *misses* when they
+        were just read: the hits in them must be read before the runs."""
         lay = layout.current()
+        misses = self.kprobe_misses() if misses is None else misses
+        values = self._stats_values()   # after the hits: see skipped()
+        runs_base = lay.runs_base if lay.runs_base is not None else len(values)
         out: dict[str, int] = {}
-        for i, total in enumerate(self._stats_values()):
+        for i, total in enumerate(values[:runs_base]):
             if total == 0:
                 continue
             if i in (lay.stats or {}):
                 out[lay.stats[i]] = total
             else:   # IPVT_S_LOST_BASE + probe id
                 out[f"lost.{lay.probes.get(i, i)}"] = total
-        for name, hm in (self.kprobe_misses() if misses is None else misses).items():
+        for name, hm in misses.items():
             if hm["misses"]:
                 out[f"kprobe_missed.{name}"] = hm["misses"]
-        for name, n in self.skipped().items():
+        ids = {v: k for k, v in lay.probes.items()}
+        runs = {name: values[runs_base + ids[name]] for name in misses
+                if name in ids and runs_base + ids[name] < len(values)}
+        for name, n in self.skipped(misses, runs).items():
             if n:
                 out[f"skipped.{name}"] = n
         return out
 
-    def skipped(self) -> dict[str, int]:
-        """Hits the kernel did not run each program for, because a BPF
-        program or a map syscall held that CPU's bpf_prog_active (another
-        tool's, or a softirq that came while one of ours ran): the program's
-        recursion_misses, read from /proc/self/fdinfo (no bpf syscall).
-        Counted by kernels from 6.7 (plan.counts_skipped); 0 before."""
+    def skipped(self, misses: dict[str, dict[str, int]], runs: dict[str, int]) -> dict[str, int]:
+        """Hits the kernel did not run a program for, because a BPF program
+        or a map syscall held that CPU's bpf_prog_active (a softirq that came
+        while one of ours ran; another tool's program): evidence lost unseen.
+
+        Kprobes, on every kernel: the kprobe's hits (tracefs kprobe_profile,
+        in *misses*) minus the runs the program counted (*runs*, read after
+        the hits). A hit between the two readings may have run already, so
+        one reading can only undercount; the most seen so far is reported,
+        exact whenever no packet passed between the two reads.
+        Tracepoints, from 6.7 (plan.counts_skipped): each program's
+        recursion_misses, from /proc/self/fdinfo (no bpf syscall)."""
+        for name, hm in misses.items():
+            if name in runs:
+                est = hm["hits"] - runs[name]
+                if est > self._skipped.get(name, 0):
+                    self._skipped[name] = est
+        out = dict(self._skipped)
         if self.bpf is None or not self.plan.counts_skipped:
-            return {}
-        names = {p["fn"]: p["name"] for p in self.plan.attach}
-        names.update({"tracepoint__" + tp.replace(":", "__"): tp.split(":")[1]
-                      for tp in self.plan.tracepoints})
-        out: dict[str, int] = {}
+            return out
+        names = {"tracepoint__" + tp.replace(":", "__"): tp.split(":")[1]
+                 for tp in self.plan.tracepoints}
         for fn, f in list(self.bpf.funcs.items()):
             fn = fn.decode() if isinstance(fn, bytes) else fn
             if fn in names:

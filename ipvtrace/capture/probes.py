@@ -69,9 +69,10 @@ SPECS: tuple[ProbeSpec, ...] = (
 )
 
 TRACEPOINTS = (("skb", "kfree_skb"), ("skb", "consume_skb"))
-# From 6.7 a kprobe or tracepoint program the kernel skips (another BPF
-# program, or a map syscall, holds the CPU's bpf_prog_active) is counted in
-# its recursion_misses; before, nothing counts it.
+# A program the kernel skips (another BPF program, or a map syscall, holds
+# the CPU's bpf_prog_active): for kprobes the tracer counts those on every
+# kernel (the kprobe's hits minus the program's runs); for the tracepoints
+# only 6.7+ counts them (each program's recursion_misses).
 COUNTS_SKIPPED_SINCE = (6, 7)
 
 
@@ -88,7 +89,7 @@ class ProbePlan:
     tracepoints: list[str] = field(default_factory=list)
     cflags: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    counts_skipped: bool = False   # the kernel counts programs it skipped (6.7+)
+    counts_skipped: bool = False   # the kernel counts tracepoint programs it skipped (6.7+)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -164,8 +165,9 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
     plan.counts_skipped = kernel_version(kernel) >= COUNTS_SKIPPED_SINCE
     if not plan.counts_skipped:
         plan.notes.append(
-            "this kernel does not count the probe hits it skips while another BPF program "
-            "or a map syscall holds the CPU (6.7+ does): such holes are not reported")
+            "this kernel does not count the skb free tracepoint hits it skips while another "
+            "BPF program or a map syscall holds the CPU (6.7+ does): a drop seen only there "
+            "may be missing unreported (skipped kprobe hits are counted)")
     for sys_, ev in TRACEPOINTS:
         fmt = tracefs / "events" / sys_ / ev / "format"
         if not fmt.exists():

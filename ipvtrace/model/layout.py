@@ -54,6 +54,7 @@ class Layout:
     stats: dict[int, str] | None = None   # enum ipvt_stat: index -> name
     rec: Struct | None = None              # None: a recording of format 1 or 2
     hit: Struct | None = None
+    runs_base: int | None = None           # IPVT_S_RUNS_BASE (the live tracer's only)
 
     @property
     def size(self) -> int:
@@ -106,10 +107,11 @@ def parse_header(text: str) -> Layout:
         k.removeprefix("IPVT_F_").lower(): v for k, v in defines.items() if k.startswith("IPVT_F_")
     }
     stat_enum = re.search(r"enum ipvt_stat\s*\{(.*?)\};", text, re.S)
+    stat_ids = {name: int(v) for name, v in re.findall(
+        r"(IPVT_S_\w+)\s*=\s*(\d+)", stat_enum.group(1) if stat_enum else "")}
     stats = {
-        int(v): name.removeprefix("IPVT_S_").lower()
-        for name, v in re.findall(r"(IPVT_S_\w+)\s*=\s*(\d+)", stat_enum.group(1) if stat_enum else "")
-        if name not in ("IPVT_S_MAX", "IPVT_S_LOST_BASE")
+        v: name.removeprefix("IPVT_S_").lower() for name, v in stat_ids.items()
+        if name not in ("IPVT_S_MAX", "IPVT_S_LOST_BASE", "IPVT_S_RUNS_BASE")
     }
     rec_fields, rec_fmt = _struct(text, "ipvt_rec")
     hit_fields, hit_fmt = _struct(text, "ipvt_hit")
@@ -117,7 +119,7 @@ def parse_header(text: str) -> Layout:
         fields=tuple(fields), fmt=fmt, probes=probes, flags=flags,
         hdr_max=defines["IPVT_HDR_MAX"], format_version=defines["IPVT_FORMAT_VERSION"],
         stats=stats, rec=Struct(tuple(rec_fields), rec_fmt),
-        hit=Struct(tuple(hit_fields), hit_fmt),
+        hit=Struct(tuple(hit_fields), hit_fmt), runs_base=stat_ids.get("IPVT_S_RUNS_BASE"),
     )
 
 
