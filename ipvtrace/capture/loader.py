@@ -89,6 +89,8 @@ class Tracer:
         self._handle: Callable[[bytes], None] | None = None
         self._stats_map: mmap.mmap | None = None   # the `stats` counters, mapped
         self._skipped: dict[str, int] = {}         # the most skipped hits seen, per kprobe
+        self._base_runs: dict[str, int] = {}       # runs and kprobe hits when armed
+        self._base_hits: dict[str, int] = {}
         self._slots: mmap.mmap | None = None       # stats mode: counted signatures, mapped
         self._next: mmap.mmap | None = None
         self._slot_size = 0
@@ -140,6 +142,12 @@ class Tracer:
         import ctypes as ct
 
         self.bpf["armed"][ct.c_int(0)] = ct.c_uint32(1)
+        # skipped hits count from here: a kprobe hit while bcc attached the
+        # programs one by one (and while the syscall above held this CPU) ran
+        # no program and is no evidence lost. Runs first, then hits: the
+        # baseline, like every reading, may undercount, never overcount.
+        self._base_runs = self._runs(self._stats_values())
+        self._base_hits = {k: v["hits"] for k, v in self.kprobe_misses().items()}
 
     def __exit__(self, *exc_info) -> None:
         self.close()
@@ -195,13 +203,20 @@ class Tracer:
         for name, hm in misses.items():
             if hm["misses"]:
                 out[f"kprobe_missed.{name}"] = hm["misses"]
-        ids = {v: k for k, v in lay.probes.items()}
-        runs = {name: values[runs_base + ids[name]] for name in misses
-                if name in ids and runs_base + ids[name] < len(values)}
-        for name, n in self.skipped(misses, runs).items():
+        runs = {k: v - self._base_runs.get(k, 0) for k, v in self._runs(values).items()}
+        since = {k: dict(v, hits=v["hits"] - self._base_hits.get(k, 0)) for k, v in misses.items()}
+        for name, n in self.skipped(since, runs).items():
             if n:
                 out[f"skipped.{name}"] = n
         return out
+
+    def _runs(self, values: tuple[int, ...]) -> dict[str, int]:
+        """Each probe's program runs, from the mapped stats counters."""
+        lay = layout.current()
+        if lay.runs_base is None:
+            return {}
+        return {name: values[lay.runs_base + i] for i, name in lay.probes.items()
+                if lay.runs_base + i < len(values)}
 
     def skipped(self, misses: dict[str, dict[str, int]], runs: dict[str, int]) -> dict[str, int]:
         """Hits the kernel did not run a program for, because a BPF program
