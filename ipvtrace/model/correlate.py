@@ -106,7 +106,7 @@ class _Parked:
 class _Worker:
     events: list[Event] = field(default_factory=list)
     start: int = 0                                         # mc_work's timestamp
-    lossy: bool = False                                    # mc_work_ret said: events lost
+    lossy: bool = False                                    # events lost, or the run never returned
 
 
 class Correlator:
@@ -181,6 +181,7 @@ class Correlator:
         for ctx in list(self.open):
             self._finish(self.open.pop(ctx))
         for w in list(self.workers.values()):
+            w.lossy = True   # the run never returned: what it delivered after is unknown
             self._worker_done(w)
         self.workers.clear()
         self._worker_seen.clear()
@@ -429,6 +430,7 @@ class Correlator:
                 w = self.workers.pop(ctx, None)
                 self.evicted += 1
                 if w is not None:
+                    w.lossy = True   # its return never came: its deliveries may be missing
                     self._worker_done(w)
 
     def _cont_open(self, pkt: Packet) -> bool:
