@@ -76,7 +76,7 @@ def test_stats_counts_what_record_saw(both):
     missed = final["kprobe_misses_total"] + sum(
         v for k, v in rks.items() if k.startswith("kprobe_missed."))
     # ... and hits the kernel skipped because a BPF program or a map syscall
-    # held the CPU (counted from 6.7 on)
+    # held the CPU (counted per kprobe on every kernel, tracepoints from 6.7)
     missed += sum(v for ks in (final["kernel_stats"], rks) for k, v in ks.items()
                   if k.startswith("skipped."))
     # ... and a context the kernel found left open (stack_stale: its return
