@@ -448,7 +448,7 @@ def cmd_trace(args) -> int:
     ks = summary.get("kernel_stats", {})
     missed = sum(v for k, v in ks.items() if k.startswith("kprobe_missed."))
     skipped = sum(v for k, v in ks.items() if k.startswith("skipped."))
-    tail = f", {lost} records LOST" if lost else ", nothing lost"
+    tail = f", {lost} records or probe hits LOST" if lost else ", nothing lost"
     if missed or skipped:
         parts = [f"{missed} kprobe misses"] * bool(missed) + [
             f"{skipped} probe hits the kernel skipped (another BPF program or a map "

@@ -104,10 +104,10 @@ def run_live(opts: LiveOptions) -> dict:
                     now = ktime_ns()
                     tracer.poll(TICK_MS)
                     src.check()
-                    # the counters (tracefs kprobe_profile, each program's
+                    # the counters (tracefs kprobe_profile, the mapped stats,
                     # fdinfo) once a tick, not after every batch: under a
-                    # flood a poll returns per batch, and reading them each
-                    # time slowed the consumer until the ring overflowed
+                    # flood a poll returns per batch, and a loss mark per
+                    # tick is all the file needs
                     if time.monotonic() >= next_stats:
                         kstats = tracer.kernel_stats()
                         next_stats = time.monotonic() + TICK_MS / 1000
