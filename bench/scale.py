@@ -34,7 +34,7 @@ def main() -> None:
         lab.pods(HOST, "ens10", ["ipvt-sc-new"], "l2")
         inum = snapshot.netns_inode("/run/netns/ipvt-sc-new")
         t = time.monotonic()
-        one = snapshot.take_netns(inum, topo)
+        one = snapshot.take_netns(inum, topo.devices)
         refresh_s = time.monotonic() - t
         topo.add(one)
         # the per-packet lookups the classifier makes (device, port of a slave

@@ -9,12 +9,13 @@ import socket
 import struct
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from ipvtrace import __version__
-from ipvtrace.capture import probes, snapshot
+from ipvtrace.capture import probes, refresher, snapshot
 from ipvtrace.capture.symbols import Kallsyms, drop_reasons
 from ipvtrace.lifecycle import StopFlag, announce, ktime_ns
 from ipvtrace.model import layout
@@ -23,6 +24,7 @@ from ipvtrace.model.pipeline import Pipeline, Row
 from ipvtrace.output import recording
 
 TICK_MS = 200
+HOLD_MAX_BYTES = 64 << 20   # records held while a new device's namespace is read
 ENTRY_PROBES = ("xmit", "rx")
 
 
@@ -115,6 +117,7 @@ def run_live(opts: LiveOptions) -> dict:
                 now = ktime_ns()
                 tracer.drain()
                 src.check()
+                src.settle()
                 kstats = tracer.kernel_stats()
                 src.tick(now, kstats)
             summary = src.close(ended_by=stop.why or "duration", kstats=kstats)
@@ -142,7 +145,6 @@ class _LiveStream:
         self.symbols: dict[int, str] = {}
         self.error: BaseException | None = None
         self.lost_seen = 0
-        self.tried: set[tuple[bool, tuple[int, int]]] = set()
         self.pipe = Pipeline(
             lay, snapshots=[snap0], drop_reasons=reasons, symbols={}, t0=t0,
             sink=sink, resolver=self._resolve, row_filter=row_filter,
@@ -171,7 +173,16 @@ class _LiveStream:
         self._entry_ids = {ids[p] for p in ENTRY_PROBES}
         self._rx_id = ids["rx"]
         self._free_ids = {ids["kfree"], ids["consume"]}
-        self._known: set[tuple[int, int]] = set()
+        # devices that appeared while tracing: read by another thread while
+        # the records that name them wait here, in order (refresher.py)
+        self.refresher = refresher.Refresher()
+        self._asked: set[refresher.Tag] = set()
+        self._reading: set[refresher.Tag] = set()
+        self._settled: set[tuple[bool, tuple[int, int]]] = set()
+        self._held: deque[tuple] = deque()
+        self._held_bytes = 0
+        self.held_max = 0      # the most items that waited at once
+        self.hold_waits = 0    # times the consumer waited for a read (hold full)
         self.refreshes = 0
         self.refresh_s = 0.0
         self._pending_symbols: set[int] = set()   # record: drop locations, named at close
@@ -186,28 +197,36 @@ class _LiveStream:
 
     def raw(self, data: bytes) -> None:
         try:
-            if not self.classify:
-                self._record_only(data)
-                return
-            evs = self.pipe.decode(data)
-            for ev in evs:
-                if ev.probe in ENTRY_PROBES:
-                    self._check_device(ev.probe == "rx", ev.netns, ev.ifindex)
-                if ev.probe in ("kfree", "consume") and ev.aux:
-                    self._resolve(ev.aux)
-            if self.writer is not None:
-                self.writer.event(data)
-            for ev in evs:
-                self.pipe.event(ev)
+            self._collect(block=False)
+            evs = self.pipe.decode(data) if self.classify else None
+            if self._held:
+                self._hold(("data", data, evs))
+                self._prefetch(data, evs)
+            elif self._waits(data, evs):
+                self._hold(("data", data, evs))
+            else:
+                self._emit(data, evs)
         except BaseException as exc:  # never let an exception vanish in a C callback
             self.error = self.error or exc
 
+    def _emit(self, data: bytes, evs: list | None) -> None:
+        """Write and classify one ring record whose devices are known."""
+        if evs is None:
+            self._record_only(data)
+            return
+        for ev in evs:
+            if ev.probe in ("kfree", "consume") and ev.aux:
+                self._resolve(ev.aux)
+        if self.writer is not None:
+            self.writer.event(data)
+        for ev in evs:
+            self.pipe.event(ev)
+
     def _record_only(self, data: bytes) -> None:
-        """`record`: no classification, so read only the three fields that
-        matter here instead of decoding the whole event (per-event cost)."""
+        """`record`: no classification, so read only the fields that matter
+        here instead of decoding the whole event (per-event cost)."""
         probe = self._peek_probe(data, self._off_probe)[0]
         if probe == self._context_id:
-            probe = self._peek_u32(data, self._off_kind)[0]
             nhits = self._peek_u32(data, self._off_nhits)[0]
             at = self._rec_size + ((self._peek_probe(data, self._off_hdr_len)[0] + 7) & ~7)
             for hit in range(at, at + nhits * self._hit_size, self._hit_size):
@@ -215,11 +234,6 @@ class _LiveStream:
                     aux = self._peek_aux(data, hit + self._hit_aux)[0]
                     if aux:
                         self._pending_symbols.add(aux)
-        if probe in self._entry_ids:
-            netns, ifindex = self._peek_dev(data, self._off_netns)
-            if (netns, ifindex) not in self._known:
-                self._check_device(probe == self._rx_id, netns, ifindex)
-                self._known.add((netns, ifindex))
         elif probe in self._free_ids:
             aux = self._peek_aux(data, self._off_aux)[0]
             if aux:   # named at the end: loading kallsyms here stalled the
@@ -228,37 +242,102 @@ class _LiveStream:
             self.writer.event(data)
         self.pipe.events += 1
 
-    def _check_device(self, rx: bool, netns: int, ifindex: int) -> None:
-        """Before an entry event is written or classified: its device must be
-        known, and a parent whose rx_handler ran must be known as a port (its
-        mode decides the RX branch). A parent read before its first slave
-        existed, or while that slave moved to its pod's namespace, has no
-        port yet. Its slaves can be in any namespace, even one read before
-        they moved in (a CNI makes the namespace first): the whole node is
-        read, once per parent. (Without this, such a parent's first frames
-        were named by a port of unknown mode: rx.to_host for an L3S port.)"""
-        topo = self.pipe.ctx.topo
-        if topo.device(netns, ifindex) is None:
-            self._refresh((netns, ifindex))
-        if rx and topo.port_of(netns, ifindex) is None:
-            self._refresh((netns, ifindex), whole_node=True)
+    def _entries(self, data: bytes, evs: list | None) -> list[tuple[bool, tuple[int, int]]]:
+        """The entry devices one ring record names: (an RX entry?, device)."""
+        if evs is not None:
+            return [(ev.probe == "rx", (ev.netns, ev.ifindex))
+                    for ev in evs if ev.probe in ENTRY_PROBES]
+        probe = self._peek_probe(data, self._off_probe)[0]
+        if probe == self._context_id:
+            probe = self._peek_u32(data, self._off_kind)[0]
+        if probe not in self._entry_ids:
+            return []
+        return [(probe == self._rx_id, self._peek_dev(data, self._off_netns))]
 
-    def _refresh(self, key: tuple[int, int], whole_node: bool = False) -> None:
-        """A device appeared after the start: read its namespace (one netlink
-        dump, not the node's), once per device. Timed: `refresh_s` in the
-        summary and the trailer says what pod churn cost the consumer."""
-        tag = (whole_node, key)
-        if tag in self.tried:
-            return
-        self.tried.add(tag)
-        t = time.monotonic()
+    def _waits(self, data: bytes, evs: list | None) -> bool:
+        """Must this record wait for a netlink read? Its entry device must be
+        known before it is written or classified, and a parent whose
+        rx_handler ran must be known as a port (its mode decides the RX
+        branch). A parent read before its first slave existed, or while that
+        slave moved to its pod's namespace, has no port yet; its slaves can
+        be in any namespace, even one read before they moved in (a CNI makes
+        the namespace first): the whole node is read, once per parent.
+        (Without this, such a parent's first frames were named by a port of
+        unknown mode: rx.to_host for an L3S port.) Asks for the read if
+        nobody has yet; a device still unknown after its read is let go."""
         topo = self.pipe.ctx.topo
-        snap = snapshot.take() if whole_node else snapshot.take_netns(key[0], topo)
-        if self.writer is not None:
-            self.writer.snapshot(snap)
-        self.pipe.snapshot(snap)
-        self.refreshes += 1
-        self.refresh_s += time.monotonic() - t
+        for rx, key in self._entries(data, evs):
+            if (rx, key) in self._settled:
+                continue
+            if topo.device(*key) is None and self._ask((False, key)):
+                return True
+            if rx and topo.port_of(*key) is None and self._ask((True, key)):
+                return True
+            self._settled.add((rx, key))
+        return False
+
+    def _prefetch(self, data: bytes, evs: list | None) -> None:
+        """A record that arrives behind held ones waits its turn, but the read
+        of its unknown namespace can start now."""
+        topo = self.pipe.ctx.topo
+        for _, key in self._entries(data, evs):
+            if topo.device(*key) is None:
+                self._ask((False, key))
+
+    def _ask(self, tag: refresher.Tag) -> bool:
+        """True while the read *tag* names is under way (asked now or before)."""
+        if tag in self._asked:
+            return tag in self._reading
+        self._asked.add(tag)
+        self._reading.add(tag)
+        self.refresher.request(tag, list(self.pipe.ctx.topo.devices.values()))
+        return True
+
+    def _hold(self, item: tuple) -> None:
+        """Keep *item* (a record, a loss mark, a tick) in stream order until
+        the reads before it are in. Bounded: past HOLD_MAX_BYTES the consumer
+        waits for the reader, as it did when reads ran inline."""
+        self._held.append(item)
+        if item[0] == "data":
+            self._held_bytes += len(item[1])
+        self.held_max = max(self.held_max, len(self._held))
+        while self._held_bytes > HOLD_MAX_BYTES and self._reading:
+            self.hold_waits += 1
+            self._collect(block=True)
+
+    def _collect(self, block: bool) -> None:
+        """Apply the reads that finished (snapshot frame, then the model) and
+        release what waited for them, in order. Also called from the main
+        loop, so a read that ends while the ring is quiet is not kept."""
+        if not self._reading and not self._held:
+            return
+        for done in self.refresher.done(block=block):
+            self._reading.discard(done.tag)
+            self.refresh_s += done.seconds
+            if done.error is not None:
+                raise done.error
+            if self.writer is not None:
+                self.writer.snapshot(done.snap)
+            self.pipe.snapshot(done.snap)
+            self.refreshes += 1
+        while self._held:
+            item = self._held[0]
+            if item[0] == "data":
+                if self._waits(item[1], item[2]):
+                    return
+                self._held_bytes -= len(item[1])
+                self._emit(item[1], item[2])
+            elif item[0] == "lost":
+                self._lost(item[1], item[2])
+            else:
+                self._tick(item[1])
+            self._held.popleft()
+
+    def settle(self) -> None:
+        """At the end: every read done, every held record out."""
+        while self._held or self._reading:
+            self._collect(block=True)
+        self.refresher.close()
 
     def check(self) -> None:
         if self.error is not None:
@@ -267,20 +346,34 @@ class _LiveStream:
     def tick(self, now: int, kstats: dict[str, int]) -> None:
         # a kprobe miss, or a hit the kernel skipped (bpf_prog_active held), is
         # evidence that never existed: the same effect as a lost event
+        self._collect(block=False)
         lost = sum(v for k, v in kstats.items()
                    if k.startswith(("lost.", "kprobe_missed.", "skipped.")))
-        if lost > self.lost_seen:
-            delta = lost - self.lost_seen
+        delta = lost - self.lost_seen
+        if delta > 0:
             self.lost_seen = lost
-            if self.writer is not None:
-                self.writer.lost(now, delta)
-            self.pipe.lost(delta)
+        if self._held:   # behind records that wait for a read: in order
+            if delta > 0:
+                self._hold(("lost", now, delta))
+            self._hold(("tick", now))
+            return
+        if delta > 0:
+            self._lost(now, delta)
+        self._tick(now)
+
+    def _lost(self, now: int, delta: int) -> None:
+        if self.writer is not None:
+            self.writer.lost(now, delta)
+        self.pipe.lost(delta)
+
+    def _tick(self, now: int) -> None:
         if self.writer is not None:
             self.writer.tick(now)
         if self.classify:
             self.pipe.tick(now)
 
     def close(self, ended_by: str, kstats: dict[str, int]) -> dict:
+        self.settle()
         snap = snapshot.take()
         if self.writer is not None:
             self.writer.snapshot(snap)
@@ -292,6 +385,8 @@ class _LiveStream:
         summary["kernel_stats"] = kstats
         summary["refreshes"] = self.refreshes
         summary["refresh_s"] = round(self.refresh_s, 3)
+        summary["refresh_held_max"] = self.held_max
+        summary["refresh_hold_waits"] = self.hold_waits
         for addr in self._pending_symbols:
             self._resolve(addr)
         if self.writer is not None:
@@ -302,6 +397,8 @@ class _LiveStream:
                 "kernel_stats": kstats,
                 "refreshes": self.refreshes,
                 "refresh_s": round(self.refresh_s, 3),
+                "refresh_held_max": self.held_max,
+                "refresh_hold_waits": self.hold_waits,
                 "symbols": {f"{a:#x}": n for a, n in self.symbols.items()},
             })
             summary["output"] = str(self.writer.path)

@@ -101,7 +101,7 @@ def run_stats(opts: StatsOptions) -> Report:
             if new:   # a device appeared: read netlink again (once per device)
                 tried.update(new)
                 for netns in {ns for ns, _ in new}:
-                    ctx.topo.add(snapshot.take_netns(netns, ctx.topo))
+                    ctx.topo.add(snapshot.take_netns(netns, ctx.topo.devices))
                 tally.forget_names()
             portless = {("port", k) for k in tally.portless_parents(sigs)} - tried
             if portless:   # its slaves may be in any namespace: the node again

@@ -116,11 +116,12 @@ def test_leftover_probes_of_dead_tracers_are_found(tmp_path):
 
 
 def test_hits_the_kernel_skipped_are_counted_per_probe(monkeypatch):
-    """A kprobe's hits (kprobe_profile) minus its program's runs are hits the
-    kernel skipped the program for (bpf_prog_active held), on every kernel.
-    A hit between the two readings may already have run: a reading only
-    undercounts, and the most seen is kept (never a count that goes down).
-    The skb free tracepoints' skips come from fdinfo, on 6.7+ only."""
+    """Hits the kernel skipped a program for (bpf_prog_active held). From 6.7
+    the kernel counts them per program (fdinfo recursion_misses), kprobes
+    and tracepoints alike, counted from arm(). Before 6.7, for kprobes only:
+    the kprobe's hits (kprobe_profile) minus its program's runs; a hit
+    between the two readings may already have run, so a reading only
+    undercounts, and the most seen is kept (never a count that goes down)."""
     from types import SimpleNamespace
 
     from ipvtrace.capture import loader, probes
@@ -131,17 +132,23 @@ def test_hits_the_kernel_skipped_are_counted_per_probe(monkeypatch):
                             tracepoints=["skb:kfree_skb"], counts_skipped=True)
     t = loader.Tracer(plan)
     t.bpf = SimpleNamespace(funcs={b"on_xmit": SimpleNamespace(fd=3),
+                                   b"on_rx_ret": SimpleNamespace(fd=4),
                                    b"tracepoint__skb__kfree_skb": SimpleNamespace(fd=5),
                                    b"unrelated": SimpleNamespace(fd=6)})
-    monkeypatch.setattr(loader, "fdinfo_misses", lambda fd: fd * 10)
+    misses = {3: 1, 4: 0, 5: 7, 6: 100}
+    monkeypatch.setattr(loader, "fdinfo_misses", lambda fd: misses[fd])
+    t._base_prog_misses = t._prog_misses()   # what arm() does
+    misses.update({3: 4, 5: 57, 6: 200})
     hits = {"xmit": {"hits": 100, "misses": 0}, "rx_ret": {"hits": 40, "misses": 1}}
-    assert t.skipped(hits, {"xmit": 97, "rx_ret": 40}) == {"xmit": 3, "kfree_skb": 50}
+    # 6.7+: the kernel's own counts since arm(), whatever the hits and runs say
+    assert t.skipped(hits, {"xmit": 90, "rx_ret": 40}) == {"xmit": 3, "rx_ret": 0, "kfree_skb": 50}
+
+    plan.counts_skipped = False   # before 6.7: estimated for kprobes, tracepoints unknown
+    assert t.skipped(hits, {"xmit": 97, "rx_ret": 40}) == {"xmit": 3}
     # packets passed between the two reads: runs ahead of the hits read first
     hits = {"xmit": {"hits": 150, "misses": 0}, "rx_ret": {"hits": 60, "misses": 1}}
     assert t.skipped(hits, {"xmit": 149, "rx_ret": 61})["xmit"] == 3
     hits["xmit"]["hits"] = 200
-    assert t.skipped(hits, {"xmit": 195, "rx_ret": 61})["xmit"] == 5
-    plan.counts_skipped = False   # before 6.7: the tracepoints' are not known
     assert t.skipped(hits, {"xmit": 195, "rx_ret": 61}) == {"xmit": 5}
     assert probes.kernel_version("6.1.0-57-rt-amd64") < probes.COUNTS_SKIPPED_SINCE
     assert probes.kernel_version("6.12.117+deb12-amd64") >= probes.COUNTS_SKIPPED_SINCE

@@ -91,6 +91,7 @@ class Tracer:
         self._skipped: dict[str, int] = {}         # the most skipped hits seen, per kprobe
         self._base_runs: dict[str, int] = {}       # runs and kprobe hits when armed
         self._base_hits: dict[str, int] = {}
+        self._base_prog_misses: dict[str, int] = {}   # 6.7+: recursion_misses when armed
         self._slots: mmap.mmap | None = None       # stats mode: counted signatures, mapped
         self._next: mmap.mmap | None = None
         self._slot_size = 0
@@ -145,9 +146,11 @@ class Tracer:
         # skipped hits count from here: a kprobe hit while bcc attached the
         # programs one by one (and while the syscall above held this CPU) ran
         # no program and is no evidence lost. Runs first, then hits: the
-        # baseline, like every reading, may undercount, never overcount.
+        # estimate's baseline (before 6.7), like every reading, may
+        # undercount, never overcount; from 6.7 each program's own count.
         self._base_runs = self._runs(self._stats_values())
         self._base_hits = {k: v["hits"] for k, v in self.kprobe_misses().items()}
+        self._base_prog_misses = self._prog_misses()
 
     def __exit__(self, *exc_info) -> None:
         self.close()
@@ -223,23 +226,32 @@ class Tracer:
         or a map syscall held that CPU's bpf_prog_active (a softirq that came
         while one of ours ran; another tool's program): evidence lost unseen.
 
-        Kprobes, on every kernel: the kprobe's hits (tracefs kprobe_profile,
-        in *misses*) minus the runs the program counted (*runs*, read after
-        the hits). A hit between the two readings may have run already, so
-        one reading can only undercount; the most seen so far is reported,
-        exact whenever no packet passed between the two reads.
-        Tracepoints, from 6.7 (plan.counts_skipped): each program's
-        recursion_misses, from /proc/self/fdinfo (no bpf syscall)."""
+        From 6.7 (plan.counts_skipped) the kernel counts them per program
+        (recursion_misses, read from /proc/self/fdinfo: no bpf syscall), for
+        the kprobes and the tracepoints alike: exact, since arm().
+        Before 6.7, kprobes only, estimated: the kprobe's hits (tracefs
+        kprobe_profile, in *misses*) minus the runs the program counted
+        (*runs*, read after the hits). A hit between the two readings may
+        have run already, so a reading undercounts while packets pass; the
+        most seen so far is reported. Tracepoints' skips are not known there."""
+        if self.plan.counts_skipped:
+            now = self._prog_misses()
+            return {k: v - self._base_prog_misses.get(k, 0) for k, v in now.items()}
         for name, hm in misses.items():
             if name in runs:
                 est = hm["hits"] - runs[name]
                 if est > self._skipped.get(name, 0):
                     self._skipped[name] = est
-        out = dict(self._skipped)
-        if self.bpf is None or not self.plan.counts_skipped:
-            return out
+        return dict(self._skipped)
+
+    def _prog_misses(self) -> dict[str, int]:
+        """recursion_misses per probe name, from each program's fdinfo."""
+        if self.bpf is None:
+            return {}
         names = {"tracepoint__" + tp.replace(":", "__"): tp.split(":")[1]
                  for tp in self.plan.tracepoints}
+        names.update({p["fn"]: p["name"] for p in self.plan.attach})
+        out: dict[str, int] = {}
         for fn, f in list(self.bpf.funcs.items()):
             fn = fn.decode() if isinstance(fn, bytes) else fn
             if fn in names:

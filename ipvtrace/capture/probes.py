@@ -70,9 +70,9 @@ SPECS: tuple[ProbeSpec, ...] = (
 
 TRACEPOINTS = (("skb", "kfree_skb"), ("skb", "consume_skb"))
 # A program the kernel skips (another BPF program, or a map syscall, holds
-# the CPU's bpf_prog_active): for kprobes the tracer counts those on every
-# kernel (the kprobe's hits minus the program's runs); for the tracepoints
-# only 6.7+ counts them (each program's recursion_misses).
+# the CPU's bpf_prog_active): 6.7+ counts those per program (its
+# recursion_misses, kprobes and tracepoints alike); before, the tracer
+# estimates them for kprobes only (the kprobe's hits minus the program's runs).
 COUNTS_SKIPPED_SINCE = (6, 7)
 
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from ipvtrace.capture import containers
-from ipvtrace.model.topology import Topology, resolve_links
+from ipvtrace.model.topology import resolve_links
 
 NETNS_RUN = Path("/run/netns")
 IPVLAN_MODES = {0: "l2", 1: "l3", 2: "l3s"}
@@ -225,11 +225,11 @@ def take() -> dict:
     return _snap(namespaces, devices, errors)
 
 
-def take_netns(inum: int, known: Topology) -> dict:
+def take_netns(inum: int, known: list[dict] | dict) -> dict:
     """A snapshot of one namespace (a pod that appeared while tracing): found
     by its inode among `ip netns` names, then processes; its links resolved
-    against what *known* has. Costs one namespace's netlink dump, not a
-    node's."""
+    against the *known* devices (a Topology's `devices`). Costs one
+    namespace's netlink dump, not a node's."""
     _register_ipvlan_kind()
     ns = _find_namespace(inum)
     if ns is None:
@@ -238,7 +238,7 @@ def take_netns(inum: int, known: Topology) -> dict:
         devices = _dump_ns(ns)
     except Exception as exc:
         return _snap([ns], [], [f"{ns['name'] or ns['path']}: {exc}"])
-    resolve_links(devices, known.devices)
+    resolve_links(devices, known)
     return _snap([ns], devices, [])
 
 

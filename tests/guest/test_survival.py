@@ -136,16 +136,20 @@ def test_pod_churn_under_record_loses_nothing(pods, tmp_path):
     from ipvtrace.output import recording
     rec = recording.read(out)
     ks = rec.trailer["kernel_stats"]
-    # what the refresh could cost: records the ring had no room for. Hits the
-    # kernel skipped a program for (bpf_prog_active held) are another matter,
-    # counted as skipped.* and marked incomplete: 3 were seen here once on
-    # 6.1 (xmit_ret, lookup_ret, fwd_ret), cause not yet determined
+    # what the refresh could cost: records the ring had no room for (the
+    # consumer stalled while it read netlink; now another thread reads).
+    # Hits the kernel skipped a program for (bpf_prog_active held) are
+    # another matter, counted as skipped.* and marked incomplete: 3 were
+    # seen here once on 6.1 (xmit_ret, lookup_ret, fwd_ret), cause not
+    # determined
     assert not any(k.startswith("lost.") for k in ks), ks
     snaps = rec.snapshots()
     names = {d["name"] for s in snaps for d in s.get("devices", []) if d.get("kind") == "ipvlan"}
     assert "eth0" in names
     print(f"churn: 100 pods in {churn_s:.1f} s, {rec.trailer['events']} events, "
-          f"{len(snaps)} snapshots, refresh {rec.trailer.get('refresh_s')}")
+          f"{len(snaps)} snapshots, refresh {rec.trailer.get('refresh_s')} s, at most "
+          f"{rec.trailer.get('refresh_held_max')} records held, "
+          f"{rec.trailer.get('refresh_hold_waits')} waits")
 
 
 def test_a_tiny_ring_under_a_flood_never_gives_a_complete_row_on_partial_evidence(pods, tmp_path):
