@@ -41,9 +41,25 @@ def packet(ts: int, ctx: int, src: dict, dst: dict, a: str, b: str, skb: int) ->
     return [synth.context(entry, hits, raw("xmit_ret", ts + 5, ctx, ret=0))]
 
 
-def test_a_new_pods_read_does_not_stall_the_consumer(tmp_path, monkeypatch):
+POD_C_DEV = dict(netns=POD_C, ifindex=3, ifname="eth0")
+
+
+def live_stream(out, monkeypatch, take_netns, sink) -> tuple[recording.Writer, live._LiveStream]:
+    """A live stream writing *out*, started on a node without pod-c, whose
+    netlink reads of a new namespace are *take_netns*."""
     snap0 = start_snapshot()
     monkeypatch.setattr(snapshot, "take", lambda: snap0)
+    monkeypatch.setattr(snapshot, "take_netns", take_netns)
+    lay = current()
+    w = recording.Writer(out, {"format": "ipvtrace-recording", "format_version": 1,
+                               "start_ktime": 0, "layout": lay.to_json(),
+                               "drop_reasons": {}, "snapshot": snap0})
+    src = live._LiveStream(lay, w, snap0, {}, 0, sink)
+    src.kallsyms.resolve = lambda addr: None
+    return w, src
+
+
+def test_a_new_pods_read_does_not_stall_the_consumer(tmp_path, monkeypatch):
     asked: list[int] = []
     release, reading = threading.Event(), threading.Event()
 
@@ -53,16 +69,10 @@ def test_a_new_pods_read_does_not_stall_the_consumer(tmp_path, monkeypatch):
         assert release.wait(10), "the test never released the read"
         return pod_c_snapshot()
 
-    monkeypatch.setattr(snapshot, "take_netns", take_netns)
-    lay = current()
     out = tmp_path / "churn.ipvt"
-    w = recording.Writer(out, {"format": "ipvtrace-recording", "format_version": 1,
-                               "start_ktime": 0, "layout": lay.to_json(),
-                               "drop_reasons": {}, "snapshot": snap0})
     rows: list[dict] = []
-    src = live._LiveStream(lay, w, snap0, {}, 0, rows.append)
-    src.kallsyms.resolve = lambda addr: None
-    pod_c = dict(netns=POD_C, ifindex=3, ifname="eth0")
+    w, src = live_stream(out, monkeypatch, take_netns, rows.append)
+    lay = current()
 
     # a known pod's packet goes straight through
     for r in packet(1_000, 1, pod_a(), pod_b(), "10.0.0.1", "10.0.0.2", 0x10):
@@ -71,7 +81,7 @@ def test_a_new_pods_read_does_not_stall_the_consumer(tmp_path, monkeypatch):
     assert w.events == 1
     # pod-c's first packet: its namespace is asked for, the consumer goes on
     t = time.monotonic()
-    for r in packet(20_000, 2, pod_c, pod_b(), "10.0.0.3", "10.0.0.2", 0x20):
+    for r in packet(20_000, 2, POD_C_DEV, pod_b(), "10.0.0.3", "10.0.0.2", 0x20):
         src.raw(r)
     # what follows it, even of known devices, waits behind it, in order
     for r in packet(30_000, 3, pod_a(), pod_b(), "10.0.0.1", "10.0.0.2", 0x30):
@@ -113,24 +123,16 @@ def test_a_new_pods_read_does_not_stall_the_consumer(tmp_path, monkeypatch):
 def test_a_full_hold_makes_the_consumer_wait_for_the_read(tmp_path, monkeypatch):
     """Memory stays bounded: past the hold's size the consumer waits for the
     read (as it did when reads ran inline), and nothing is reordered."""
-    snap0 = start_snapshot()
-    monkeypatch.setattr(snapshot, "take", lambda: snap0)
     monkeypatch.setattr(live, "HOLD_MAX_BYTES", 1)
 
     def take_netns(inum, known):
         time.sleep(0.3)
         return pod_c_snapshot()
 
-    monkeypatch.setattr(snapshot, "take_netns", take_netns)
-    lay = current()
     out = tmp_path / "full.ipvt"
-    w = recording.Writer(out, {"format": "ipvtrace-recording", "format_version": 1,
-                               "start_ktime": 0, "layout": lay.to_json(),
-                               "drop_reasons": {}, "snapshot": snap0})
-    src = live._LiveStream(lay, w, snap0, {}, 0, None)
-    pod_c = dict(netns=POD_C, ifindex=3, ifname="eth0")
+    w, src = live_stream(out, monkeypatch, take_netns, None)
     t = time.monotonic()
-    for r in packet(20_000, 2, pod_c, pod_b(), "10.0.0.3", "10.0.0.2", 0x20):
+    for r in packet(20_000, 2, POD_C_DEV, pod_b(), "10.0.0.3", "10.0.0.2", 0x20):
         src.raw(r)
     assert time.monotonic() - t >= 0.25 and w.events == 1
     assert src.hold_waits == 1
