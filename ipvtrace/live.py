@@ -198,22 +198,22 @@ class _LiveStream:
     def raw(self, data: bytes) -> None:
         try:
             self._collect(block=False)
-            evs = self.pipe.decode(data) if self.classify else None
             if self._held:
-                self._hold(("data", data, evs))
-                self._prefetch(data, evs)
-            elif self._waits(data, evs):
-                self._hold(("data", data, evs))
+                self._hold(("data", data))
+                self._prefetch(data)
+            elif self._waits(data):
+                self._hold(("data", data))
             else:
-                self._emit(data, evs)
+                self._emit(data)
         except BaseException as exc:  # never let an exception vanish in a C callback
             self.error = self.error or exc
 
-    def _emit(self, data: bytes, evs: list | None) -> None:
+    def _emit(self, data: bytes) -> None:
         """Write and classify one ring record whose devices are known."""
-        if evs is None:
+        if not self.classify:
             self._record_only(data)
             return
+        evs = self.pipe.decode(data)
         for ev in evs:
             if ev.probe in ("kfree", "consume") and ev.aux:
                 self._resolve(ev.aux)
@@ -242,11 +242,11 @@ class _LiveStream:
             self.writer.event(data)
         self.pipe.events += 1
 
-    def _entries(self, data: bytes, evs: list | None) -> list[tuple[bool, tuple[int, int]]]:
-        """The entry devices one ring record names: (an RX entry?, device)."""
-        if evs is not None:
-            return [(ev.probe == "rx", (ev.netns, ev.ifindex))
-                    for ev in evs if ev.probe in ENTRY_PROBES]
+    def _entries(self, data: bytes) -> list[tuple[bool, tuple[int, int]]]:
+        """The entry device one ring record names, as (an RX entry?, device):
+        read from the bytes, so that a held record is only bytes (decoded,
+        a record takes ten times the memory). A context record's hits are
+        helpers: a nested entry sends its own record."""
         probe = self._peek_probe(data, self._off_probe)[0]
         if probe == self._context_id:
             probe = self._peek_u32(data, self._off_kind)[0]
@@ -254,7 +254,7 @@ class _LiveStream:
             return []
         return [(probe == self._rx_id, self._peek_dev(data, self._off_netns))]
 
-    def _waits(self, data: bytes, evs: list | None) -> bool:
+    def _waits(self, data: bytes) -> bool:
         """Must this record wait for a netlink read? Its entry device must be
         known before it is written or classified, and a parent whose
         rx_handler ran must be known as a port (its mode decides the RX
@@ -266,7 +266,7 @@ class _LiveStream:
         unknown mode: rx.to_host for an L3S port.) Asks for the read if
         nobody has yet; a device still unknown after its read is let go."""
         topo = self.pipe.ctx.topo
-        for rx, key in self._entries(data, evs):
+        for rx, key in self._entries(data):
             if (rx, key) in self._settled:
                 continue
             if topo.device(*key) is None and self._ask((False, key)):
@@ -276,11 +276,11 @@ class _LiveStream:
             self._settled.add((rx, key))
         return False
 
-    def _prefetch(self, data: bytes, evs: list | None) -> None:
+    def _prefetch(self, data: bytes) -> None:
         """A record that arrives behind held ones waits its turn, but the read
         of its unknown namespace can start now."""
         topo = self.pipe.ctx.topo
-        for _, key in self._entries(data, evs):
+        for _, key in self._entries(data):
             if topo.device(*key) is None:
                 self._ask((False, key))
 
@@ -323,10 +323,10 @@ class _LiveStream:
         while self._held:
             item = self._held[0]
             if item[0] == "data":
-                if self._waits(item[1], item[2]):
+                if self._waits(item[1]):
                     return
                 self._held_bytes -= len(item[1])
-                self._emit(item[1], item[2])
+                self._emit(item[1])
             elif item[0] == "lost":
                 self._lost(item[1], item[2])
             else:
