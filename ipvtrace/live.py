@@ -242,17 +242,17 @@ class _LiveStream:
             self.writer.event(data)
         self.pipe.events += 1
 
-    def _entries(self, data: bytes) -> list[tuple[bool, tuple[int, int]]]:
-        """The entry device one ring record names, as (an RX entry?, device):
-        read from the bytes, so that a held record is only bytes (decoded,
-        a record takes ten times the memory). A context record's hits are
-        helpers: a nested entry sends its own record."""
+    def _entry(self, data: bytes) -> tuple[bool, tuple[int, int]] | None:
+        """The entry device a ring record names, as (an RX entry?, device),
+        or None: read from the bytes, so that a held record is only bytes
+        (decoded, a record takes ten times the memory). A context record's
+        hits are helpers: a nested entry sends its own record."""
         probe = self._peek_probe(data, self._off_probe)[0]
         if probe == self._context_id:
             probe = self._peek_u32(data, self._off_kind)[0]
         if probe not in self._entry_ids:
-            return []
-        return [(probe == self._rx_id, self._peek_dev(data, self._off_netns))]
+            return None
+        return probe == self._rx_id, self._peek_dev(data, self._off_netns)
 
     def _waits(self, data: bytes) -> bool:
         """Must this record wait for a netlink read? Its entry device must be
@@ -265,24 +265,24 @@ class _LiveStream:
         (Without this, such a parent's first frames were named by a port of
         unknown mode: rx.to_host for an L3S port.) Asks for the read if
         nobody has yet; a device still unknown after its read is let go."""
+        entry = self._entry(data)
+        if entry is None or entry in self._settled:
+            return False
+        rx, key = entry
         topo = self.pipe.ctx.topo
-        for rx, key in self._entries(data):
-            if (rx, key) in self._settled:
-                continue
-            if topo.device(*key) is None and self._ask((False, key)):
-                return True
-            if rx and topo.port_of(*key) is None and self._ask((True, key)):
-                return True
-            self._settled.add((rx, key))
+        if topo.device(*key) is None and self._ask((False, key)):
+            return True
+        if rx and topo.port_of(*key) is None and self._ask((True, key)):
+            return True
+        self._settled.add(entry)
         return False
 
     def _prefetch(self, data: bytes) -> None:
         """A record that arrives behind held ones waits its turn, but the read
         of its unknown namespace can start now."""
-        topo = self.pipe.ctx.topo
-        for _, key in self._entries(data):
-            if topo.device(*key) is None:
-                self._ask((False, key))
+        entry = self._entry(data)
+        if entry is not None and self.pipe.ctx.topo.device(*entry[1]) is None:
+            self._ask((False, entry[1]))
 
     def _ask(self, tag: refresher.Tag) -> bool:
         """True while the read *tag* names is under way (asked now or before)."""
