@@ -47,6 +47,7 @@ from typing import Callable, Iterable, Iterator
 
 from ipvtrace.model.decode import Event
 
+_NONE: list = []         # helpers() of a probe the packet never saw (shared: never modified)
 WAIT_NS = 2_000_000_000  # how long a packet waits for its RX echo / worker
 RX_HANDLER_PASS = 3
 
@@ -67,6 +68,8 @@ class Packet:
     lost_overlap: bool = False                             # events were lost while it was open
     evicted: bool = False                                  # its return never came: evicted
     waits: list = field(default_factory=list)              # (table, key) it is registered under
+    _by_probe: dict | None = field(default=None, repr=False)   # helpers(): events by probe
+    _grouped: int = field(default=0, repr=False)               # ... of this many events
 
     @property
     def direction(self) -> str:
@@ -81,7 +84,16 @@ class Packet:
         return self.events[0].ts if self.events else 0
 
     def helpers(self, probe: str) -> list[Event]:
-        return [e for e in self.events if e.probe == probe]
+        """This packet's events of one probe, in order (do not modify the list).
+        Grouped once and kept while no event is added: the classifier asks
+        for a dozen probes of every packet."""
+        by = self._by_probe
+        if by is None or self._grouped != len(self.events):
+            by = {}
+            for e in self.events:
+                by.setdefault(e.probe, []).append(e)
+            self._by_probe, self._grouped = by, len(self.events)
+        return by.get(probe, _NONE)
 
     def all_events(self) -> list[Event]:
         out = list(self.events)
