@@ -309,14 +309,14 @@ static __always_inline void ev_skb(struct ipvt_event *e, struct sk_buff *skb, in
 	if (!skb)
 		return;
 	KREAD(head, skb, IPVT_OFF_SKB_HEAD);
-	KREAD(data, skb, IPVT_OFF_SKB_DATA);
-	KREAD(mac, skb, IPVT_OFF_SKB_MAC_HEADER);
 	KREAD(len, skb, IPVT_OFF_SKB_LEN);
-	KREAD(data_len, skb, IPVT_OFF_SKB_DATA_LEN);
 	e->head = (__u64)head;
 	e->len = len;
 	if (!with_hdr)
-		return;
+		return;   /* a helper's hit: three kernel reads fewer per hit */
+	KREAD(data, skb, IPVT_OFF_SKB_DATA);
+	KREAD(mac, skb, IPVT_OFF_SKB_MAC_HEADER);
+	KREAD(data_len, skb, IPVT_OFF_SKB_DATA_LEN);
 	unsigned char *start = data;
 	long linear = (long)len - (long)data_len;
 	if (mac != 0xffff && head + mac <= data) {
