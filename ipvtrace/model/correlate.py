@@ -47,7 +47,7 @@ from typing import Callable, Iterable, Iterator
 
 from ipvtrace.model.decode import Event
 
-_NONE: list = []         # helpers() of a probe the packet never saw (shared: never modified)
+_NONE: tuple = ()        # helpers() of a probe the packet never saw
 WAIT_NS = 2_000_000_000  # how long a packet waits for its RX echo / worker
 RX_HANDLER_PASS = 3
 
@@ -83,15 +83,17 @@ class Packet:
             return self.entry.ts
         return self.events[0].ts if self.events else 0
 
-    def helpers(self, probe: str) -> list[Event]:
-        """This packet's events of one probe, in order (do not modify the list).
-        Grouped once and kept while no event is added: the classifier asks
-        for a dozen probes of every packet."""
+    def helpers(self, probe: str) -> tuple[Event, ...]:
+        """This packet's events of one probe, in order. Grouped once and
+        kept while no event is added (the classifier asks for a dozen probes
+        of every packet); tuples, so no caller can change what the next one
+        reads."""
         by = self._by_probe
         if by is None or self._grouped != len(self.events):
-            by = {}
+            groups: dict[str, list[Event]] = {}
             for e in self.events:
-                by.setdefault(e.probe, []).append(e)
+                groups.setdefault(e.probe, []).append(e)
+            by = {k: tuple(v) for k, v in groups.items()}
             self._by_probe, self._grouped = by, len(self.events)
         return by.get(probe, _NONE)
 

@@ -9,6 +9,7 @@ returned), already named: the rules never look at events or devices again.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ipvtrace.model.correlate import Packet
@@ -133,7 +134,7 @@ def _base_complete(pkt: Packet) -> bool:
     return True
 
 
-def rcv_frame_mismatch(entry: Event, rcv: list[Event], found: list[Event]) -> str | None:
+def rcv_frame_mismatch(entry: Event, rcv: Sequence[Event], found: Sequence[Event]) -> str | None:
     """ipvlan_rcv_frame is a GCC clone (.isra.N) on Debian's kernels, with an
     argument list the source does not show: (struct ipvl_dev *, struct sk_buff
     **pskb, bool local) on 6.1 and 6.12. Its hit is trusted only when the skb
