@@ -104,7 +104,7 @@ BPF_PERCPU_ARRAY(scratch, struct ipvt_event, 1);
  * reader) is skipped by the kernel without a trace: evidence lost unseen. */
 BPF_F_TABLE("array", int, __u64, stats, IPVT_S_MAX, BPF_F_MMAPABLE);
 BPF_HASH(workers, __u32, __u64, 1024);      /* tid -> worker context id */
-BPF_HASH(fwd_ctx, __u64, __u64, 1024);      /* tid<<32|cpu -> fwd ctx, for its return */
+BPF_HASH(fwd_ctx, __u64, __u64, 1024);      /* tid<<32|cpu -> worker run, for its fwd return */
 /* L3S: a frame the l3mdev hook saw, until LOCAL_IN; LRU so frames that never
  * reach LOCAL_IN (forwarded, dropped) age out. value: ctx id | phase << 62 */
 BPF_TABLE("lru_hash", __u64, __u64, l3s_skbs, 4096);
@@ -246,12 +246,9 @@ static __always_inline __u64 new_ctx_id(void)
 	return ((__u64)bpf_get_smp_processor_id() << 48) | (n & 0xffffffffffffULL);
 }
 
-static __always_inline struct ipvt_event *ev_init(__u16 probe, __u64 ctx_id, __u8 depth)
+/* An event's fixed part, zeroed and stamped (its frame bytes untouched). */
+static __always_inline void ev_fill(struct ipvt_event *e, __u16 probe, __u64 ctx_id, __u8 depth)
 {
-	int zero = 0;
-	struct ipvt_event *e = scratch.lookup(&zero);
-	if (!e)
-		return 0;
 	__builtin_memset(e, 0, sizeof(*e) - IPVT_HDR_MAX);
 	e->ts = bpf_ktime_get_ns();
 	e->cpu = bpf_get_smp_processor_id();
@@ -259,21 +256,54 @@ static __always_inline struct ipvt_event *ev_init(__u16 probe, __u64 ctx_id, __u
 	e->probe = probe;
 	e->ctx = ctx_id;
 	e->depth = depth;
+}
+
+/* An event outside any record (the worker's, the L3S path's), in scratch. */
+static __always_inline struct ipvt_event *ev_init(__u16 probe, __u64 ctx_id, __u8 depth)
+{
+	int zero = 0;
+	struct ipvt_event *e = scratch.lookup(&zero);
+	if (!e)
+		return 0;
+	ev_fill(e, probe, ctx_id, depth);
 	return e;
 }
 
+/* A device's fields, into an event or a hit (struct ipvt_event and struct
+ * ipvt_hit name them alike): the one copy of this code for both. */
+#define FILL_DEV(x, dev)							\
+	do {									\
+		struct net_device *dev_ = (dev);				\
+		struct net *net_ = 0;						\
+		if (!dev_)							\
+			break;							\
+		KREAD((x)->ifindex, dev_, IPVT_OFF_DEV_IFINDEX);		\
+		bpf_probe_read_kernel_str((x)->ifname, sizeof((x)->ifname),	\
+					  (const char *)dev_ + IPVT_OFF_DEV_NAME); \
+		KREAD(net_, dev_, IPVT_OFF_DEV_NET);				\
+		if (net_)							\
+			KREAD((x)->netns, net_, IPVT_OFF_NET_INUM);		\
+		(x)->flags |= IPVT_F_HAS_DEV;					\
+	} while (0)
+
+/* The skb a helper saw: its address, head and length (no bytes). */
+#define FILL_SKB(x, skb)							\
+	do {									\
+		struct sk_buff *skb_ = (skb);					\
+		(x)->skb = (__u64)skb_;						\
+		if (!skb_)							\
+			break;							\
+		unsigned char *head_ = 0;					\
+		unsigned int len_ = 0;						\
+		KREAD(head_, skb_, IPVT_OFF_SKB_HEAD);				\
+		KREAD(len_, skb_, IPVT_OFF_SKB_LEN);				\
+		(x)->head = (__u64)head_;					\
+		(x)->len = len_;						\
+	} while (0)
+
 static __always_inline void ev_dev(struct ipvt_event *e, struct net_device *dev)
 {
-	if (!dev)
-		return;
-	struct net *net = 0;
-	KREAD(e->ifindex, dev, IPVT_OFF_DEV_IFINDEX);
-	bpf_probe_read_kernel_str(e->ifname, sizeof(e->ifname),
-				  (const char *)dev + IPVT_OFF_DEV_NAME);
-	KREAD(net, dev, IPVT_OFF_DEV_NET);
-	if (net)
-		KREAD(e->netns, net, IPVT_OFF_NET_INUM);
-	e->flags |= IPVT_F_HAS_DEV;
+	FILL_DEV(e, dev);
 }
 
 static __always_inline __u64 skb_head(struct sk_buff *skb)
@@ -301,19 +331,15 @@ static __always_inline struct net_device *owner_dev(void *addr, __u64 *master_ou
 
 static __always_inline void ev_skb(struct ipvt_event *e, struct sk_buff *skb, int with_hdr)
 {
-	unsigned char *head = 0, *data = 0;
+	unsigned char *data = 0;
 	__u16 mac = 0xffff;
-	unsigned int len = 0, data_len = 0;
+	unsigned int data_len = 0;
 
-	e->skb = (__u64)skb;
-	if (!skb)
-		return;
-	KREAD(head, skb, IPVT_OFF_SKB_HEAD);
-	KREAD(len, skb, IPVT_OFF_SKB_LEN);
-	e->head = (__u64)head;
-	e->len = len;
-	if (!with_hdr)
-		return;   /* a helper's hit: three kernel reads fewer per hit */
+	FILL_SKB(e, skb);
+	if (!skb || !with_hdr)
+		return;   /* a helper's: three kernel reads fewer */
+	unsigned char *head = (unsigned char *)e->head;
+	unsigned int len = e->len;
 	KREAD(data, skb, IPVT_OFF_SKB_DATA);
 	KREAD(mac, skb, IPVT_OFF_SKB_MAC_HEADER);
 	KREAD(data_len, skb, IPVT_OFF_SKB_DATA_LEN);
@@ -330,11 +356,16 @@ static __always_inline void ev_skb(struct ipvt_event *e, struct sk_buff *skb, in
 	if (linear > IPVT_HDR_MAX)
 		linear = IPVT_HDR_MAX;
 	/* only the frame's own bytes: never the tailroom after it (stale data
-	 * of other traffic) nor, below, the scratch left by an earlier event */
+	 * of other traffic) nor, below, what an earlier frame left in this
+	 * memory (a record slot is reused) */
 	__u32 n = linear;
 	asm volatile("%[n] &= 0xff" : [n] "+r"(n));
 	if (n == 0 || n > IPVT_HDR_MAX)
 		return;
+	/* a record pads the frame to 8 bytes: the word the frame ends in is
+	 * zeroed first, so the padding never holds an earlier frame's bytes */
+	__u32 last = (n - 1) & 0x78;
+	*(__u64 *)(e->hdr + last) = 0;
 	if (bpf_probe_read_kernel(e->hdr, n, start) != 0)
 		return;
 	e->hdr_len = n;
@@ -370,60 +401,14 @@ static __always_inline __u32 rec_size(struct ipvt_rec *r)
 	return size;
 }
 
-/* Keep a helper's event as a hit in the record of the open context it
- * belongs to (found by id among the open ones). 0: no such context here
- * (the worker's, an L3S path): the caller sends it as an event. */
-static __always_inline int rec_hit(struct ipvt_event *e)
+/* Turn the entry's event, written in place in its stack entry's record
+ * (struct ipvt_rec has the event's offsets, the frame right after it), into
+ * the head of the context's record: no copy of the event or its frame. */
+static __always_inline void rec_open(struct ipvt_event *e)
 {
-	struct ipvt_stack *st = stack_get(0);
-	if (!st)
-		return 0;
-	__u32 idx = IPVT_STACK_MAX;
-#pragma unroll
-	for (int n = 0; n < IPVT_STACK_MAX; n++)
-		if (n < st->depth && st->id[n] == e->ctx)
-			idx = n;
-	if (idx >= IPVT_STACK_MAX)
-		return 0;
-	idx = stack_idx(idx);
-	__u8 *buf = st->rec[idx];
-	struct ipvt_rec *r = (struct ipvt_rec *)buf;
-	__u32 nh = r->nhits;
-	__u32 off = rec_size(r);
-	asm volatile("%[off] &= 1023" : [off] "+r"(off));
-	if (nh >= IPVT_HITS_MAX || off > IPVT_REC_MAX - sizeof(struct ipvt_hit)) {
-		st->lossy[idx] = 1;   /* the packet is incomplete, and says so */
-		stat_inc(IPVT_S_HITS_FULL);
-		return 1;
-	}
-	struct ipvt_hit *h = (struct ipvt_hit *)(buf + off);
-	__u64 dt = e->ts - r->ts;
-	h->skb = e->skb;
-	h->head = e->head;
-	h->aux = e->aux;
-	h->aux2 = e->aux2;
-	h->ret = e->ret;
-	h->dt = dt > 0xffffffffULL ? 0xffffffff : (__u32)dt;
-	h->netns = e->netns;
-	h->ifindex = e->ifindex;
-	h->reason = e->reason;
-	h->len = e->len;
-	h->probe = e->probe;
-	h->flags = e->flags;
-	h->pad = 0;
-	__builtin_memcpy(h->ifname, e->ifname, sizeof(h->ifname));
-	r->nhits = nh + 1;
-	return 1;
-}
-
-/* Start the record of the context in stack entry idx from its entry event:
- * the event's fixed part and the frame's captured bytes, and not one more
- * (the padding after them is zeroed: no scratch of an earlier frame). */
-static __always_inline void rec_open(struct ipvt_stack *st, __u32 idx, struct ipvt_event *e)
-{
-	__u8 *buf = st->rec[stack_idx(idx)];
-	struct ipvt_rec *r = (struct ipvt_rec *)buf;
-	__builtin_memcpy(buf, e, sizeof(struct ipvt_rec));
+	struct ipvt_rec *r = (struct ipvt_rec *)e;
+	if (!(e->flags & IPVT_F_HAS_HDR))
+		r->hdr_len = 0;
 	r->kind = e->probe;
 	r->probe = IPVT_P_CONTEXT;
 	r->nhits = 0;
@@ -431,15 +416,6 @@ static __always_inline void rec_open(struct ipvt_stack *st, __u32 idx, struct ip
 	r->pad0 = 0;
 	r->pad1 = 0;
 	r->ret = 0;
-	__builtin_memset(buf + sizeof(struct ipvt_rec), 0, IPVT_HDR_MAX);
-	__u32 n = e->hdr_len;
-	asm volatile("%[n] &= 0xff" : [n] "+r"(n));
-	if (!(e->flags & IPVT_F_HAS_HDR) || n == 0 || n > IPVT_HDR_MAX) {
-		r->hdr_len = 0;
-		return;
-	}
-	if (bpf_probe_read_kernel(buf + sizeof(struct ipvt_rec), n, e->hdr) != 0)
-		r->hdr_len = 0;
 }
 
 /* The context in stack entry idx returned: send its record, once. A record
@@ -465,10 +441,6 @@ static __always_inline void rec_close(struct ipvt_stack *st, __u32 idx, __s64 re
 
 static __always_inline void ev_submit(struct ipvt_event *e)
 {
-#ifndef IPVT_COUNT_ONLY
-	if (e->ctx && !(e->flags & IPVT_F_WORKER) && rec_hit(e))
-		return;
-#endif
 	__u64 size = sizeof(*e) - IPVT_HDR_MAX;
 	if (e->flags & IPVT_F_HAS_HDR)
 		size += e->hdr_len;   /* the captured bytes and not one more */
@@ -572,10 +544,13 @@ static __always_inline __u64 ctx_pop_at(__u16 kind, __u8 *depth_out, __u8 *filte
 	return id;
 }
 
-/* The innermost open context on this CPU, or the worker's, or 0. */
-static __always_inline __u64 ctx_current(__u8 *depth_out, __u8 *flags)
+/* The innermost open context on this CPU (its stack and entry in *st_out,
+ * *idx_out), or the worker's (IPVT_F_WORKER in *flags, *st_out 0), or 0. */
+static __always_inline __u64 ctx_current(__u8 *depth_out, __u8 *flags,
+					    struct ipvt_stack **st_out, __u32 *idx_out)
 {
 	struct ipvt_stack *st = stack_get(0);
+	*st_out = 0;
 	if (st) {
 		__u32 d = st->depth;
 		if (d > 0 && d <= IPVT_STACK_MAX) {
@@ -587,6 +562,8 @@ static __always_inline __u64 ctx_current(__u8 *depth_out, __u8 *flags)
 				return 0;   /* inside a packet the filter rejected */
 			} else {
 				*depth_out = d;
+				*st_out = st;
+				*idx_out = i;
 				return st->id[i];
 			}
 		}
@@ -600,6 +577,84 @@ static __always_inline __u64 ctx_current(__u8 *depth_out, __u8 *flags)
 	}
 	return 0;
 }
+
+#ifndef IPVT_COUNT_ONLY
+/* A helper's hit, written where it is kept: in place, as the next hit of
+ * the innermost open context's record (no scratch event to clear, fill and
+ * copy, no search of the stack for its context); in the multicast worker,
+ * which has no record, in a scratch hit that hit_end sends as an event.
+ * The hit comes zeroed, with its probe, time and flags (IPVT_F_WORKER);
+ * 0: outside any context, in a packet the filter rejected, or the record is
+ * full (then the context is marked lossy: its packet will be incomplete).
+ * Only hit_end keeps it: a handler that returns before leaves no trace. */
+BPF_PERCPU_ARRAY(scratch_hit, struct ipvt_hit, 1);
+
+static __always_inline struct ipvt_hit *hit_begin(__u16 probe, struct ipvt_rec **rec_out,
+						  __u64 *worker_out)
+{
+	__u8 depth = 0, flags = 0;
+	struct ipvt_stack *st = 0;
+	__u32 i = 0;
+	__u64 id = ctx_current(&depth, &flags, &st, &i);
+	struct ipvt_hit *h = 0;
+	*rec_out = 0;
+	*worker_out = 0;
+	if (!id)
+		return 0;
+	if (st) {
+		i = stack_idx(i);
+		__u8 *buf = st->rec[i];
+		struct ipvt_rec *r = (struct ipvt_rec *)buf;
+		__u32 off = rec_size(r);
+		asm volatile("%[off] &= 1023" : [off] "+r"(off));
+		if (r->nhits >= IPVT_HITS_MAX || off > IPVT_REC_MAX - sizeof(struct ipvt_hit)) {
+			st->lossy[i] = 1;   /* the packet is incomplete, and says so */
+			stat_inc(IPVT_S_HITS_FULL);
+			return 0;
+		}
+		h = (struct ipvt_hit *)(buf + off);
+		__builtin_memset(h, 0, sizeof(*h));
+		__u64 dt = bpf_ktime_get_ns() - r->ts;
+		h->dt = dt > 0xffffffffULL ? 0xffffffff : (__u32)dt;
+		*rec_out = r;
+	} else {
+		int zero = 0;
+		h = scratch_hit.lookup(&zero);
+		if (!h)
+			return 0;
+		__builtin_memset(h, 0, sizeof(*h));
+		*worker_out = id;
+	}
+	h->probe = probe;
+	h->flags = flags;
+	return h;
+}
+
+/* Keep the hit hit_begin gave: one more in its record, or the worker's
+ * event. */
+static __always_inline void hit_end(struct ipvt_hit *h, struct ipvt_rec *r, __u64 worker)
+{
+	if (r) {
+		r->nhits++;
+		return;
+	}
+	struct ipvt_event *e = ev_init(h->probe, worker, 0);
+	if (!e)
+		return;
+	e->skb = h->skb;
+	e->head = h->head;
+	e->aux = h->aux;
+	e->aux2 = h->aux2;
+	e->ret = h->ret;
+	e->netns = h->netns;
+	e->ifindex = h->ifindex;
+	e->reason = h->reason;
+	e->len = h->len;
+	e->flags = h->flags;
+	__builtin_memcpy(e->ifname, h->ifname, sizeof(e->ifname));
+	ev_submit(e);
+}
+#endif
 
 
 #ifdef IPVT_COUNT_ONLY
@@ -907,14 +962,17 @@ static __always_inline int entry(__u16 probe, struct sk_buff *skb, struct net_de
 {
 #ifdef IPVT_COUNT_ONLY
 	return count_entry(probe, skb, dev, sp);
-#endif
+#else
 	__u8 depth = 0;
 	if (!is_armed())
 		return 0;
 	__u64 id = ctx_push(probe, &depth, sp);
-	struct ipvt_event *e = ev_init(probe, id, depth);
-	if (!e)
+	struct ipvt_stack *st = stack_get(0);
+	if (!st || depth == 0)
 		return 0;
+	/* the entry is written where its record lives (rec_open) */
+	struct ipvt_event *e = (struct ipvt_event *)st->rec[stack_idx(depth - 1)];
+	ev_fill(e, probe, id, depth);
 	ev_dev(e, dev);
 	ev_skb(e, skb, 1);
 #ifdef IPVT_FILTER_EXPR
@@ -924,19 +982,16 @@ static __always_inline int entry(__u16 probe, struct sk_buff *skb, struct net_de
 		__u64 head = e->head;
 		filtered_heads.delete(&head);
 	} else {
-		struct ipvt_stack *st = stack_get(0);
-		if (st && depth > 0)
-			st->filtered[stack_idx(depth - 1)] = 1;
+		st->filtered[stack_idx(depth - 1)] = 1;
 		__u64 head = e->head;
 		__u8 one = 1;
 		filtered_heads.update(&head, &one);
 		return 0;
 	}
 #endif
-	struct ipvt_stack *st = stack_get(0);
-	if (st && depth > 0)
-		rec_open(st, depth - 1, e);
+	rec_open(e);
 	return 0;
+#endif
 }
 
 /* Close the entry's context: its record goes out with its return value. */
@@ -944,7 +999,7 @@ static __always_inline int entry_ret(struct pt_regs *ctx, __u16 probe)
 {
 #ifdef IPVT_COUNT_ONLY
 	return count_entry_ret(ctx, probe);
-#endif
+#else
 	__u8 depth = 0, filtered = 0, lossy = 0;
 	__u32 idx = 0;
 	__u64 id = ctx_pop_at(probe, &depth, &filtered, &idx, &lossy);
@@ -954,6 +1009,7 @@ static __always_inline int entry_ret(struct pt_regs *ctx, __u16 probe)
 	if (st)
 		rec_close(st, idx, (int)PT_REGS_RC(ctx), lossy);
 	return 0;
+#endif
 }
 
 /* ipvlan_queue_xmit(skb, dev): dev is the slave */
@@ -1047,52 +1103,53 @@ int on_rcv_frame(struct pt_regs *ctx)
 	struct sk_buff *cskb = 0;
 	bpf_probe_read_kernel(&cskb, sizeof(cskb), (void *)PT_REGS_PARM2(ctx));
 	return count_rcv_frame(cskb, PT_REGS_PARM1(ctx));
-#endif
-	__u8 depth = 0, flags = 0;
-	__u64 id = ctx_current(&depth, &flags);
-	if (!id)
+#else
+	struct ipvt_rec *r = 0;
+	__u64 w = 0;
+	struct ipvt_hit *h = hit_begin(IPVT_P_RCV_FRAME, &r, &w);
+	if (!h)
 		return 0;
 	struct sk_buff **pskb = (struct sk_buff **)PT_REGS_PARM2(ctx);
 	struct sk_buff *skb = 0;
 	bpf_probe_read_kernel(&skb, sizeof(skb), pskb);
-	struct ipvt_event *e = ev_init(IPVT_P_RCV_FRAME, id, depth);
-	if (!e)
-		return 0;
-	e->flags |= flags;
 	if (PT_REGS_PARM3(ctx) & 0xff)
-		e->flags |= IPVT_F_LOCAL;
-	e->aux2 = PT_REGS_PARM1(ctx);
-	ev_skb(e, skb, 0);
-	ev_submit(e);
+		h->flags |= IPVT_F_LOCAL;
+	h->aux2 = PT_REGS_PARM1(ctx);
+	FILL_SKB(h, skb);
+	hit_end(h, r, w);
 	return 0;
+#endif
 }
 
-/* aux = the ipvl_addr (0: no slave), aux2 = its ipvl_dev, dev = the slave. */
-static __always_inline void ev_owner(struct ipvt_event *e, void *addr)
-{
-	e->aux = (__u64)addr;
-	if (addr)
-		ev_dev(e, owner_dev(addr, &e->aux2));
-}
+/* aux = the ipvl_addr (0: no slave), aux2 = its ipvl_dev, dev = the slave;
+ * into an event or a hit. */
+#define FILL_OWNER(x, addr)							\
+	do {									\
+		void *addr_ = (addr);						\
+		__u64 master_ = 0;						\
+		(x)->aux = (__u64)addr_;					\
+		if (!addr_)							\
+			break;							\
+		struct net_device *owner_ = owner_dev(addr_, &master_);		\
+		(x)->aux2 = master_;						\
+		FILL_DEV(x, owner_);						\
+	} while (0)
 
 int on_lookup_ret(struct pt_regs *ctx)
 {
 	ran(IPVT_P_LOOKUP_RET);
 #ifdef IPVT_COUNT_ONLY
 	return count_lookup(IPVT_P_LOOKUP_RET, (void *)PT_REGS_RC(ctx));
-#endif
-	__u8 depth = 0, flags = 0;
-	__u64 id = ctx_current(&depth, &flags);
-	if (!id)
+#else
+	struct ipvt_rec *r = 0;
+	__u64 w = 0;
+	struct ipvt_hit *h = hit_begin(IPVT_P_LOOKUP_RET, &r, &w);
+	if (!h)
 		return 0;
-	void *addr = (void *)PT_REGS_RC(ctx);
-	struct ipvt_event *e = ev_init(IPVT_P_LOOKUP_RET, id, depth);
-	if (!e)
-		return 0;
-	e->flags |= flags;
-	ev_owner(e, addr);
-	ev_submit(e);
+	FILL_OWNER(h, (void *)PT_REGS_RC(ctx));
+	hit_end(h, r, w);
 	return 0;
+#endif
 }
 
 int on_fwd(struct pt_regs *ctx)
@@ -1101,18 +1158,26 @@ int on_fwd(struct pt_regs *ctx)
 #ifdef IPVT_COUNT_ONLY
 	return count_helper(IPVT_P_FWD, (struct sk_buff *)PT_REGS_PARM2(ctx),
 			    (struct net_device *)PT_REGS_PARM1(ctx));
-#endif
-	__u8 depth = 0, flags = 0;
-	__u64 id = ctx_current(&depth, &flags);
-	if (!id)
+#else
+	struct ipvt_rec *r = 0;
+	__u64 w = 0;
+	struct ipvt_hit *h = hit_begin(IPVT_P_FWD, &r, &w);
+	if (!h)
 		return 0;
 	struct net_device *dev = (struct net_device *)PT_REGS_PARM1(ctx);
 	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM2(ctx);
-	if ((flags & IPVT_F_WORKER) && head_filtered(skb_head(skb)))
-		return 0;
-	__u64 key = (bpf_get_current_pid_tgid() << 32) | bpf_get_smp_processor_id();
-	fwd_ctx.update(&key, &id);
-	return emit_dev_skb(IPVT_P_FWD, id, depth, flags, dev, skb);
+	if (w) {
+		if (head_filtered(skb_head(skb)))
+			return 0;
+		/* reported: its return will be too (see on_fwd_ret) */
+		__u64 key = task_cpu_key();
+		fwd_ctx.update(&key, &w);
+	}
+	FILL_DEV(h, dev);
+	FILL_SKB(h, skb);
+	hit_end(h, r, w);
+	return 0;
+#endif
 }
 
 int on_fwd_ret(struct pt_regs *ctx)
@@ -1120,30 +1185,44 @@ int on_fwd_ret(struct pt_regs *ctx)
 	ran(IPVT_P_FWD_RET);
 #ifdef IPVT_COUNT_ONLY
 	return count_fwd_ret((int)PT_REGS_RC(ctx));
-#endif
-	__u64 key = (bpf_get_current_pid_tgid() << 32) | bpf_get_smp_processor_id();
-	__u64 *idp = fwd_ctx.lookup(&key);
-	if (!idp)
+#else
+	/* Inside a context, dev_forward_skb returns in the context it was
+	 * called from, and nothing opens one inside it: both callers hold BH
+	 * off (a softirq cannot nest; a hard interrupt does not enter ipvlan),
+	 * and on PREEMPT_RT a preempting task has its own stack. So the
+	 * innermost open context is the call's, as the count build has always
+	 * taken it, without a hash update, lookup and delete per delivery. In
+	 * the multicast worker a delivery the filter rejected was not reported,
+	 * and neither is its return: only a reported one left its key. */
+	struct ipvt_rec *r = 0;
+	__u64 w = 0;
+	struct ipvt_hit *h = hit_begin(IPVT_P_FWD_RET, &r, &w);
+	if (!h)
 		return 0;
-	__u64 id = *idp;
-	fwd_ctx.delete(&key);
-	struct ipvt_event *e = ev_init(IPVT_P_FWD_RET, id, 0);
-	if (!e)
-		return 0;
-	e->ret = (int)PT_REGS_RC(ctx);
-	ev_submit(e);
+	if (w) {
+		__u64 key = task_cpu_key();
+		if (!fwd_ctx.lookup(&key))
+			return 0;
+		fwd_ctx.delete(&key);
+	}
+	h->ret = (int)PT_REGS_RC(ctx);
+	hit_end(h, r, w);
 	return 0;
+#endif
 }
 
+/* A helper that names an skb and the device it goes to. worker_only: a
+ * hit outside the multicast worker is not this probe's (netif_rx). */
 static __always_inline int report_skb_dev(struct pt_regs *ctx, __u16 probe,
-					  struct sk_buff *skb, int use_dst)
+					  struct sk_buff *skb, int use_dst, int worker_only)
 {
-	__u8 depth = 0, flags = 0;
 #ifndef IPVT_COUNT_ONLY
-	__u64 id = ctx_current(&depth, &flags);
-	if (!id)
+	struct ipvt_rec *r = 0;
+	__u64 w = 0;
+	struct ipvt_hit *h = hit_begin(probe, &r, &w);
+	if (!h || (worker_only && !w))
 		return 0;
-	if ((flags & IPVT_F_WORKER) && head_filtered(skb_head(skb)))
+	if (w && head_filtered(skb_head(skb)))
 		return 0;
 #endif
 	struct net_device *dev = 0;
@@ -1159,27 +1238,30 @@ static __always_inline int report_skb_dev(struct pt_regs *ctx, __u16 probe,
 #ifdef IPVT_COUNT_ONLY
 	return count_helper(probe, skb, dev);
 #else
-	return emit_dev_skb(probe, id, depth, flags, dev, skb);
+	FILL_DEV(h, dev);
+	FILL_SKB(h, skb);
+	hit_end(h, r, w);
+	return 0;
 #endif
 }
 
 int on_qxmit(struct pt_regs *ctx)
 {
 	ran(IPVT_P_QXMIT);
-	return report_skb_dev(ctx, IPVT_P_QXMIT, (struct sk_buff *)PT_REGS_PARM1(ctx), 0);
+	return report_skb_dev(ctx, IPVT_P_QXMIT, (struct sk_buff *)PT_REGS_PARM1(ctx), 0, 0);
 }
 
 /* ip_local_out(net, sk, skb): the dst was set by ipvlan's route lookup. */
 int on_local_out(struct pt_regs *ctx)
 {
 	ran(IPVT_P_LOCAL_OUT);
-	return report_skb_dev(ctx, IPVT_P_LOCAL_OUT, (struct sk_buff *)PT_REGS_PARM3(ctx), 1);
+	return report_skb_dev(ctx, IPVT_P_LOCAL_OUT, (struct sk_buff *)PT_REGS_PARM3(ctx), 1, 0);
 }
 
 int on_local_out6(struct pt_regs *ctx)
 {
 	ran(IPVT_P_LOCAL_OUT6);
-	return report_skb_dev(ctx, IPVT_P_LOCAL_OUT6, (struct sk_buff *)PT_REGS_PARM3(ctx), 1);
+	return report_skb_dev(ctx, IPVT_P_LOCAL_OUT6, (struct sk_buff *)PT_REGS_PARM3(ctx), 1, 0);
 }
 
 /* netif_rx: a delivery only from the multicast worker, outside any context */
@@ -1191,13 +1273,8 @@ int on_netif_rx(struct pt_regs *ctx)
 	__u32 i = 0;
 	if (sig_current(&st, &i))
 		return 0;   /* count_helper's worker path checks the task */
-#else
-	__u8 depth = 0, flags = 0;
-	ctx_current(&depth, &flags);
-	if (!(flags & IPVT_F_WORKER))
-		return 0;
 #endif
-	return report_skb_dev(ctx, IPVT_P_NETIF_RX, (struct sk_buff *)PT_REGS_PARM1(ctx), 0);
+	return report_skb_dev(ctx, IPVT_P_NETIF_RX, (struct sk_buff *)PT_REGS_PARM1(ctx), 0, 1);
 }
 
 /* ipvlan_multicast_enqueue(port, skb, tx_pkt) */
@@ -1206,17 +1283,22 @@ int on_mc_enqueue(struct pt_regs *ctx)
 	ran(IPVT_P_MC_ENQUEUE);
 #ifdef IPVT_COUNT_ONLY
 	return count_helper(IPVT_P_MC_ENQUEUE, (struct sk_buff *)PT_REGS_PARM2(ctx), 0);
-#endif
-	__u8 depth = 0, flags = 0;
-	__u64 id = ctx_current(&depth, &flags);
-	if (!id)
+#else
+	struct ipvt_rec *r = 0;
+	__u64 w = 0;
+	struct ipvt_hit *h = hit_begin(IPVT_P_MC_ENQUEUE, &r, &w);
+	if (!h)
 		return 0;
 	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM2(ctx);
 	struct net_device *dev = 0;
 	KREAD(dev, skb, IPVT_OFF_SKB_DEV);
 	if (PT_REGS_PARM3(ctx) & 0xff)
-		flags |= IPVT_F_LOCAL;   /* tx_pkt */
-	return emit_dev_skb(IPVT_P_MC_ENQUEUE, id, depth, flags, dev, skb);
+		h->flags |= IPVT_F_LOCAL;   /* tx_pkt */
+	FILL_DEV(h, dev);
+	FILL_SKB(h, skb);
+	hit_end(h, r, w);
+	return 0;
+#endif
 }
 
 static __always_inline int report_free(__u16 probe, void *skbaddr, void *location,
@@ -1224,20 +1306,18 @@ static __always_inline int report_free(__u16 probe, void *skbaddr, void *locatio
 {
 #ifdef IPVT_COUNT_ONLY
 	return count_free(probe, skbaddr, reason);
-#endif
-	__u8 depth = 0, flags = 0;
-	__u64 id = ctx_current(&depth, &flags);
-	if (!id)
+#else
+	struct ipvt_rec *r = 0;
+	__u64 w = 0;
+	struct ipvt_hit *h = hit_begin(probe, &r, &w);
+	if (!h)
 		return 0;
-	struct ipvt_event *e = ev_init(probe, id, depth);
-	if (!e)
-		return 0;
-	e->flags |= flags;
-	e->skb = (__u64)skbaddr;
-	e->aux = (__u64)location;
-	e->reason = reason;
-	ev_submit(e);
+	h->skb = (__u64)skbaddr;
+	h->aux = (__u64)location;
+	h->reason = reason;
+	hit_end(h, r, w);
 	return 0;
+#endif
 }
 
 /* ---- L3S: after the rx_handler passed the frame ------------------- */
@@ -1349,7 +1429,7 @@ int on_s2a_ret(struct pt_regs *ctx)
 	struct ipvt_event *e = ev_init(IPVT_P_S2A_RET, id, 0);
 	if (!e)
 		return 0;
-	ev_owner(e, addr);
+	FILL_OWNER(e, addr);
 	ev_submit(e);
 	return 0;
 }

@@ -84,7 +84,7 @@ HIT = struct.Struct(LAY.hit.fmt)
 def context(entry: bytes, hits: list[bytes], ret: bytes) -> bytes:
     """The format-3 record the kernel sends for a context whose events, as
     format 2 sent them one by one, are *entry*, *hits* and *ret*: what
-    rec_open, rec_hit and rec_close in bpf/ipvtrace.c assemble."""
+    rec_open, hit_begin/hit_end and rec_close in bpf/ipvtrace.c assemble."""
     e, r = DEC.decode(entry), DEC.decode(ret)
     lost = F["lost"] if r.flags & F["lost"] else 0
     vals = dict(ts=e.ts, skb=e.skb, head=e.head, ctx=e.ctx, nhits=len(hits),

@@ -8,6 +8,7 @@ Nothing is skipped here: a guest that cannot boot, a probe that cannot attach
 or an in-guest test that is skipped is a failure of this tier.
 """
 import shutil
+from pathlib import Path
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 
@@ -61,6 +62,23 @@ def guests():
     return out
 
 
+def failures(junit: Path, cap: int = 4000) -> str:
+    """What each failed in-guest test said (its assertion and the end of its
+    traceback), from the guest's junit.xml: the tail of the guest's log holds
+    only the durations table, and CI keeps nothing else of the run."""
+    try:
+        root = ET.parse(junit).getroot()
+    except (OSError, ET.ParseError):
+        return ""
+    out = []
+    for case in root.iter("testcase"):
+        for bad in (*case.findall("failure"), *case.findall("error")):
+            text = (bad.text or "").strip()
+            out.append(f"{case.get('classname')}::{case.get('name')}: {bad.get('message', '')}\n"
+                       f"{text[-cap:]}")
+    return "\n\n".join(out)
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_in_guest_suite(guests, kernel):
     r = guests[kernel]
@@ -68,7 +86,7 @@ def test_in_guest_suite(guests, kernel):
     tail = "\n".join(r.log.splitlines()[-40:])
     assert r.kernel == qemu.resolve_kernel(kernel), r.kernel
     assert ("-rt-" in r.kernel) == kernel.endswith("-rt"), r.kernel
-    assert r.rc == 0, f"{r.kernel}: in-guest suite failed:\n{tail}"
+    assert r.rc == 0, f"{r.kernel}: in-guest suite failed:\n{failures(WORK / kernel / 'junit.xml') or tail}"
     suite = ET.parse(WORK / kernel / "junit.xml").getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
     counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
