@@ -301,11 +301,6 @@ static __always_inline struct ipvt_event *ev_init(__u16 probe, __u64 ctx_id, __u
 		(x)->len = len_;						\
 	} while (0)
 
-static __always_inline void ev_dev(struct ipvt_event *e, struct net_device *dev)
-{
-	FILL_DEV(e, dev);
-}
-
 static __always_inline __u64 skb_head(struct sk_buff *skb)
 {
 	unsigned char *head = 0;
@@ -401,6 +396,30 @@ static __always_inline __u32 rec_size(struct ipvt_rec *r)
 	return size;
 }
 
+/* rec_open turns an event written in place into a record's head: the two
+ * structs must share every offset up to the frame, which follows both. */
+#define IPVT_REC_LIKE_EVENT(f)							\
+	_Static_assert(__builtin_offsetof(struct ipvt_rec, f) ==		\
+		       __builtin_offsetof(struct ipvt_event, f),		\
+		       "struct ipvt_rec." #f " is not where struct ipvt_event has it")
+IPVT_REC_LIKE_EVENT(ts);
+IPVT_REC_LIKE_EVENT(skb);
+IPVT_REC_LIKE_EVENT(head);
+IPVT_REC_LIKE_EVENT(ctx);
+IPVT_REC_LIKE_EVENT(ret);
+IPVT_REC_LIKE_EVENT(cpu);
+IPVT_REC_LIKE_EVENT(pid);
+IPVT_REC_LIKE_EVENT(netns);
+IPVT_REC_LIKE_EVENT(ifindex);
+IPVT_REC_LIKE_EVENT(len);
+IPVT_REC_LIKE_EVENT(probe);
+IPVT_REC_LIKE_EVENT(depth);
+IPVT_REC_LIKE_EVENT(flags);
+IPVT_REC_LIKE_EVENT(hdr_len);
+IPVT_REC_LIKE_EVENT(ifname);
+_Static_assert(sizeof(struct ipvt_rec) == __builtin_offsetof(struct ipvt_event, hdr),
+	       "a record's frame must start where an event's hdr does");
+
 /* Turn the entry's event, written in place in its stack entry's record
  * (struct ipvt_rec has the event's offsets, the frame right after it), into
  * the head of the context's record: no copy of the event or its frame. */
@@ -463,7 +482,7 @@ static __always_inline int emit_dev_skb(__u16 probe, __u64 id, __u8 depth, __u8 
 	if (!e)
 		return 0;
 	e->flags |= flags;
-	ev_dev(e, dev);
+	FILL_DEV(e, dev);
 	ev_skb(e, skb, 0);
 	ev_submit(e);
 	return 0;
@@ -973,7 +992,7 @@ static __always_inline int entry(__u16 probe, struct sk_buff *skb, struct net_de
 	/* the entry is written where its record lives (rec_open) */
 	struct ipvt_event *e = (struct ipvt_event *)st->rec[stack_idx(depth - 1)];
 	ev_fill(e, probe, id, depth);
-	ev_dev(e, dev);
+	FILL_DEV(e, dev);
 	ev_skb(e, skb, 1);
 #ifdef IPVT_FILTER_EXPR
 	if (pkt_match(e)) {
