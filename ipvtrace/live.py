@@ -20,6 +20,7 @@ from ipvtrace.capture.symbols import Kallsyms, drop_reasons
 from ipvtrace.lifecycle import StopFlag, announce, ktime_ns
 from ipvtrace.model import layout
 from ipvtrace.model.decode import field_offsets
+from ipvtrace.model.evidence import KernelFacts
 from ipvtrace.model.pipeline import Pipeline, Row
 from ipvtrace.output import recording
 
@@ -81,7 +82,8 @@ def run_live(opts: LiveOptions) -> dict:
                 }
                 if opts.output is not None:
                     writer = recording.Writer(opts.output, header)
-                src = _LiveStream(lay, writer, snap0, reasons, t0, opts.sink, opts.row_filter)
+                src = _LiveStream(lay, writer, snap0, reasons, t0, opts.sink, opts.row_filter,
+                                  kernel=KernelFacts.from_plan(header["plan"]))
                 if opts.sink is not None:   # rows name drop locations as they go:
                     src.kallsyms.resolve(0)   # read kallsyms now, not under the first drop
                 tracer.on_event(src.raw)
@@ -139,7 +141,8 @@ def run_live(opts: LiveOptions) -> dict:
 class _LiveStream:
     """Turns polled raw events into pipeline calls and recording frames."""
 
-    def __init__(self, lay, writer, snap0, reasons, t0, sink, row_filter=None) -> None:
+    def __init__(self, lay, writer, snap0, reasons, t0, sink, row_filter=None,
+                 kernel: KernelFacts | None = None) -> None:
         self.writer: recording.Writer | None = writer
         self.kallsyms = Kallsyms()
         self.symbols: dict[int, str] = {}
@@ -148,6 +151,7 @@ class _LiveStream:
         self.pipe = Pipeline(
             lay, snapshots=[snap0], drop_reasons=reasons, symbols={}, t0=t0,
             sink=sink, resolver=self._resolve, row_filter=row_filter,
+            kernel=kernel,
         )
         self.classify = sink is not None
         # fixed offsets into struct ipvt_event / ipvt_rec / ipvt_hit, for the

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 from ipvtrace.model import layout
+from ipvtrace.model.evidence import KernelFacts
 from ipvtrace.model.pipeline import Pipeline, Row
 from ipvtrace.output import recording
 
@@ -58,7 +59,7 @@ def replay_recording(rec: recording.Recording, path: Path | str,
     symbols = {int(k, 16): v for k, v in rec.trailer.get("symbols", {}).items()}
     pipe = Pipeline(lay, snapshots=[h.get("snapshot", {})], drop_reasons=reasons,
                     symbols=symbols, t0=int(h["start_ktime"]), sink=sink, row_filter=row_filter,
-                    packet_sink=packet_sink)
+                    packet_sink=packet_sink, kernel=KernelFacts.from_plan(h.get("plan")))
     try:
         for ftype, payload in rec.frames():
             if ftype == recording.F_EVENT:

@@ -20,6 +20,7 @@ from ipvtrace.model import counting, layout
 from ipvtrace.capture import probes, snapshot
 from ipvtrace.lifecycle import StopFlag, announce
 from ipvtrace.capture.symbols import drop_reasons
+from ipvtrace.model.evidence import KernelFacts
 from ipvtrace.model.topology import Topology
 
 Report = dict
@@ -78,7 +79,8 @@ def run_stats(opts: StatsOptions) -> Report:
     plan = probes.build()
     ctx = cls.Context(topo=Topology.from_snapshots([snapshot.take()]),
                       drop_reasons=drop_reasons(plan.tracefs), symbols={},
-                      flags=layout.current().flags)
+                      flags=layout.current().flags,
+                      kernel=KernelFacts.from_plan(plan.to_json()))
     tally = counting.Tally(ctx)
     sl = layout.sig_layout()
     report: Report | None = None

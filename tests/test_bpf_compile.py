@@ -16,8 +16,18 @@ def test_compiles_against_debian_headers():
                        env=dict(os.environ, IPVTRACE_PYTHON=str(REPO / ".venv" / "bin" / "python")),
                        timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
-    ok = [l for l in r.stdout.splitlines() if l.endswith(" ok")]
-    assert len(ok) == len(headers), r.stdout
+    said = {l.split()[1]: l.split(" ", 2)[2] for l in r.stdout.splitlines()
+            if l.startswith("compile-check: ")}
+    assert set(said) == {h.name.removeprefix("linux-headers-") for h in headers}, r.stdout
+    # Debian 12's kernels (what scripts/setup installs): compiled from BTF and
+    # from the headers, the offsets checked equal; a newer kernel installed
+    # beside them may have headers this bcc cannot parse, then its BTF build
+    # alone is compiled and verified, and the output says so
+    for kver, verdict in said.items():
+        if kver.startswith(("6.1.", "6.12.")):
+            assert verdict == "ok", r.stdout
+        else:
+            assert verdict in ("ok", "ok from BTF only (the headers could not be parsed)"), r.stdout
     # the in-kernel filter, run on test frames by this kernel (BPF_PROG_TEST_RUN),
     # selects what the replay filter selects (IGMP, MLD behind a hop-by-hop
     # header, ARP, bare L3 frames, ...)

@@ -143,3 +143,29 @@ def test_one_fact_tells_branches_apart():
                                  ret=NET_XMIT_SUCCESS)).why
     # no return seen: pending
     assert classify(rx()).delivery == "pending"
+    # a kernel that inlines ipvlan_rcv_frame into its RX path (7.2) gives no
+    # hit for it: the slave the lookup found and RX_HANDLER_ANOTHER name
+    # rx.local there, and the row says the hit cannot exist; where the RX path
+    # calls the probed symbol (6.1, 6.12) its hit stays required
+    v = classify(rx("l3", found=True, owner=POD_B, rcv_inlined=True, ret=RX_HANDLER_ANOTHER))
+    assert (v.branch, v.delivery, v.to, v.complete) == ("rx.local", "delivered", POD_B, True)
+    assert "inlined" in v.why
+    assert classify(rx("l3", found=True, owner=POD_B, ret=RX_HANDLER_ANOTHER)).branch == "unknown"
+    assert classify(rx("l3", rcv_inlined=True, ret=RX_HANDLER_ANOTHER)).branch == "unknown"
+
+
+def test_kernel_facts_from_a_recorded_plan():
+    """A recording's header keeps the probe plan; what naming needs of it is
+    read back defensively (a file is a stranger's): the defaults are 6.1's
+    and 6.12's behaviour, which older recordings also had."""
+    from ipvtrace.model.evidence import KernelFacts
+
+    assert KernelFacts.from_plan(None) == KernelFacts() == KernelFacts.from_plan({})
+    assert KernelFacts.from_plan({"rcv_frame_rx": "inlined", "worker_rx": "netif_receive_skb"}) == \
+        KernelFacts(rcv_inlined_rx=True, worker_rx="netif_receive_skb")
+    assert KernelFacts.from_plan({"rcv_frame_rx": "unknown"}).rcv_inlined_rx
+    assert KernelFacts.from_plan({"rcv_frame_rx": ["inlined"], "worker_rx": {"x": 1}}) == KernelFacts()
+    assert KernelFacts.from_plan({"worker_rx": "system"}).worker_rx == "netif_rx"
+    # the worker's RX copy is named by the function the probe was on
+    assert worker_delivery("netif_rx", POD_B, None, False, "netif_receive_skb")["by"] == \
+        "netif_receive_skb"

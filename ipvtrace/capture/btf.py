@@ -185,6 +185,23 @@ def offsets(data: bytes) -> dict[str, int]:
     return {k: btf.offset(*v) for k, v in FIELDS.items()}
 
 
+def tracepoint_cflags(data: bytes) -> list[str]:
+    """The skb tracepoint fields a kernel has, from its BTF (the structs its
+    tracepoints record: trace_event_raw_*), as probes.py reads them from
+    tracefs on the running kernel: for a compile against another kernel."""
+    btf = BTF(data)
+    out = []
+    for struct_name, member, flag in (("trace_event_raw_kfree_skb", "reason", "IPVT_HAVE_DROP_REASON"),
+                                      ("trace_event_raw_consume_skb", "location",
+                                       "IPVT_HAVE_CONSUME_LOCATION")):
+        try:
+            if btf.member(btf.struct_id(struct_name), member) is not None:
+                out.append(f"-D{flag}")
+        except BTFError:
+            pass   # no such tracepoint struct: the field is not there either
+    return out
+
+
 def read_offsets(path: Path = VMLINUX_BTF) -> dict[str, int]:
     """FIELDS' offsets from this kernel's BTF; BTFError when it has none."""
     try:

@@ -14,7 +14,8 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ipvtrace.capture import btf
+from ipvtrace.capture import btf, kcode
+from ipvtrace.model.evidence import WORKER_RX_FNS
 
 TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 
@@ -90,6 +91,13 @@ class ProbePlan:
     cflags: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     counts_skipped: bool = False   # the kernel counts tracepoint programs it skipped (6.7+)
+    # ipvlan_rcv_frame on RX: "probed" (ipvlan's RX path calls the probed
+    # symbol), "inlined" (the compiler inlined it there: 7.2), "unknown"
+    rcv_frame_rx: str = "probed"
+    # the function ipvlan_process_multicast hands frames from outside to a
+    # slave with, where the `netif_rx` probe goes: netif_rx (6.1, 6.12) or
+    # netif_receive_skb (7.2), read from its code
+    worker_rx: str = "netif_rx"
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -134,8 +142,11 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
     check_kernel(tracefs, kernel)
     available = read_available(tracefs)
     plan = ProbePlan(kernel=kernel, tracefs=str(tracefs))
+    plan.worker_rx, why = worker_rx_fn(available)
+    if why:
+        plan.notes.append(why)
     for spec in SPECS:
-        sym = resolve_symbol(spec.symbol, available)
+        sym = resolve_symbol(plan.worker_rx if spec.name == "netif_rx" else spec.symbol, available)
         if sym is None:
             if spec.required:
                 raise PlanError(
@@ -151,6 +162,11 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
                 "skb it was handed is the packet's and its slave is the one "
                 "ipvlan_addr_lookup found (otherwise the packet is incomplete)"
             )
+    rcv = next((a["symbol"] for a in plan.attach if a["name"] == "rcv_frame"), None)
+    if rcv is not None:
+        plan.rcv_frame_rx, why = rcv_frame_on_rx(rcv)
+        if plan.rcv_frame_rx != "probed":
+            plan.notes.append(RCV_FRAME_RX_NOTE[plan.rcv_frame_rx].format(sym=rcv, why=why))
     try:
         # the few struct offsets bpf/ipvtrace.c reads: with them, bcc parses
         # no kernel header that defines struct sk_buff (a 4x faster compile)
@@ -184,6 +200,48 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
     return plan
 
 
+# RX callers of ipvlan_rcv_frame: ipvlan_handle_mode_l3 (a symbol on Debian's
+# 6.1, 6.12 and 7.2), or ipvlan_handle_frame itself where that is inlined too
+RCV_FRAME_RX_CALLERS = ["ipvlan_handle_mode_l3", "ipvlan_handle_frame"]
+RCV_FRAME_RX_NOTE = {
+    "inlined": "ipvlan_rcv_frame is inlined into ipvlan's RX path here ({sym} is called on TX "
+               "only): a frame from outside delivered to a slave (rx.local) is shown by the slave "
+               "ipvlan_addr_lookup found and RX_HANDLER_ANOTHER, without a probe hit of its own",
+    "unknown": "whether ipvlan_rcv_frame is inlined into ipvlan's RX path could not be read "
+               "({why}): rx.local is also named from the slave ipvlan_addr_lookup found and "
+               "RX_HANDLER_ANOTHER when no {sym} hit is seen",
+}
+
+
+def rcv_frame_on_rx(symbol: str) -> tuple[str, str]:
+    """("probed", "") when ipvlan's RX path calls *symbol* (the probe sees RX
+    deliveries), ("inlined", "") when it does not, ("unknown", why) when the
+    code cannot be read. Asked of the kernel's code, not of its version."""
+    try:
+        called = kcode.still_called("ipvlan", symbol, RCV_FRAME_RX_CALLERS)
+    except kcode.KcodeError as exc:
+        return "unknown", str(exc)
+    return ("inlined" if called is False else "probed"), ""
+
+
+def worker_rx_fn(available: set[str]) -> tuple[str, str]:
+    """The function ipvlan_process_multicast calls for a frame from outside
+    (WORKER_RX_FNS), and a note when it is not netif_rx or cannot be read."""
+    try:
+        for fn in WORKER_RX_FNS:
+            if fn in available and kcode.still_called("ipvlan", fn, ["ipvlan_process_multicast"]):
+                if fn == WORKER_RX_FNS[0]:
+                    return fn, ""
+                return fn, (f"ipvlan's multicast worker hands frames from outside to a slave by {fn} "
+                            f"here (not {WORKER_RX_FNS[0]}): the probe is on {fn}")
+    except kcode.KcodeError as exc:
+        return WORKER_RX_FNS[0], (f"which function ipvlan's multicast worker hands frames from outside "
+                                  f"to a slave with could not be read ({exc}): {WORKER_RX_FNS[0]} is "
+                                  "probed; if it is another, mcast.deliver of such frames is not seen")
+    return WORKER_RX_FNS[0], (f"ipvlan_process_multicast calls none of {', '.join(WORKER_RX_FNS)} "
+                              "here: mcast.deliver of frames from outside is not seen")
+
+
 _BCC_EVENT = re.compile(r"^[pr]\d*:((?:\S+/)?([pr]_(\S+)_bcc_(\d+)))\s")
 
 
@@ -193,7 +251,7 @@ def leftover_probe_events(tracefs: Path) -> list[tuple[str, int]]:
     only its own cleanup removes them: a tracer killed by SIGKILL (OOM
     killer, a node drain) leaves them behind, each still costing a kprobe
     hit. Ours are bcc's `p_/r_<symbol>_bcc_<pid>` on the symbols of SPECS."""
-    ours = tuple(sorted({sp.symbol for sp in SPECS}, key=len, reverse=True))
+    ours = tuple(sorted({sp.symbol for sp in SPECS} | set(WORKER_RX_FNS), key=len, reverse=True))
     out = []
     try:
         text = (tracefs / "kprobe_events").read_text()

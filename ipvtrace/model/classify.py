@@ -149,9 +149,11 @@ def _rx(x: Evidence) -> Verdict:
 
     if ret is None:
         return v("unknown", "pending", None, "ipvlan_handle_frame's return was not seen")
-    if x.rcv and ret == RX_HANDLER_ANOTHER:
+    if ret == RX_HANDLER_ANOTHER and (x.rcv or (x.rcv_inlined and x.found)):
+        how = "ipvlan_rcv_frame" if x.rcv else (
+            "ipvlan_rcv_frame (inlined in this kernel's RX path: no hit of its own)")
         return v("rx.local", "delivered", x.owner,
-                 f"{dev_str(x.owner)} owns {dst}: ipvlan_rcv_frame -> skb->dev = slave, RX_HANDLER_ANOTHER")
+                 f"{dev_str(x.owner)} owns {dst}: {how} -> skb->dev = slave, RX_HANDLER_ANOTHER")
     if x.enq and ret == RX_HANDLER_PASS:
         queued = "dropped" if x.mcast and x.mcast[0]["branch"] == "mcast.backlog_drop" else "queued"
         return v("rx.l2.multicast", queued, frm,

@@ -104,6 +104,7 @@ def evidence_of(sig: Signature, ctx: cls.Context) -> Evidence:
     x.found = "lookup_ret" in seen and "found" in sig.hflags
     x.owner = dev(sig.own_netns, sig.own_ifindex) if x.found else None
     x.rcv = "rcv_frame" in seen
+    x.rcv_inlined = ctx.kernel.rcv_inlined_rx
     if x.rcv and "clone_mismatch" in sig.hflags:   # checked in the kernel
         x.clone_mismatch = "ipvlan_rcv_frame's arguments were not this packet's (checked in the kernel)"
         x.complete = False
@@ -151,7 +152,7 @@ def outcomes(sig: Signature, ctx: cls.Context) -> list[Outcome]:
     if sig.kind == "mc_work":
         probe = next(iter(sig.seen), "fwd")
         m = evidence.worker_delivery(probe, ctx.device(sig.to_netns, sig.to_ifindex), None,
-                                     tx_origin=True)
+                                     tx_origin=True, rx_by=ctx.kernel.worker_rx)
         return [Outcome(m["branch"], m["delivery"], "-", _ref(m["to"]), None)] if m else []
     v = cls.classify(evidence_of(sig, ctx))
     out = [Outcome(v.branch, v.delivery, _ref(v.frm), _ref(v.to), v.reason)]

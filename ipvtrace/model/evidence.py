@@ -18,6 +18,30 @@ from ipvtrace.model.packet import PacketInfo, parse
 from ipvtrace.model.topology import Topology
 
 
+@dataclass(frozen=True)
+class KernelFacts:
+    """What the probe plan read from this kernel's code that naming needs
+    (probes.py decides them; a recording's header keeps the plan)."""
+
+    rcv_inlined_rx: bool = False   # no ipvlan_rcv_frame hit on RX (inlined, or unknown)
+    worker_rx: str = "netif_rx"    # how the multicast worker hands RX copies to a slave
+
+    @classmethod
+    def from_plan(cls, plan: object) -> "KernelFacts":
+        """From a plan as a header keeps it: any JSON value (a file is a
+        stranger's); what is not understood keeps the default."""
+        if not isinstance(plan, dict):
+            return cls()
+        worker_rx = plan.get("worker_rx")
+        return cls(rcv_inlined_rx=plan.get("rcv_frame_rx") in ("inlined", "unknown"),
+                   worker_rx=worker_rx if worker_rx in WORKER_RX_FNS else "netif_rx")
+
+
+# the functions ipvlan_process_multicast hands a frame from outside to a
+# slave with: netif_rx on 6.1 and 6.12, netif_receive_skb on 7.2
+WORKER_RX_FNS = ("netif_rx", "netif_receive_skb")
+
+
 @dataclass
 class Context:
     """What naming needs besides the events: devices, drop reasons, symbols."""
@@ -26,6 +50,7 @@ class Context:
     drop_reasons: dict[int, str] = field(default_factory=dict)
     symbols: dict[int, str] = field(default_factory=dict)
     flags: dict[str, int] = field(default_factory=dict)
+    kernel: KernelFacts = field(default_factory=KernelFacts)
 
     def flag(self, name: str) -> int:
         return self.flags.get(name, 0)
@@ -53,6 +78,7 @@ class Evidence:
     found: bool = False                   # ipvlan_addr_lookup found a slave
     owner: dict | None = None             # ... this one
     rcv: bool = False                     # ipvlan_rcv_frame ran
+    rcv_inlined: bool = False             # ... has no probe hit on this kernel's RX path
     clone_mismatch: str | None = None     # its .isra clone's arguments were not this packet's
     fwd: bool = False                     # dev_forward_skb ran
     fwd_to: dict | None = None
@@ -94,14 +120,16 @@ def dev_str(ref: dict | None) -> str:
     return f"{ref['dev']}@{ref['netns']}" if ref else "-"
 
 
-def worker_delivery(probe: str, to: dict | None, ret: int | None, tx_origin: bool) -> dict | None:
+def worker_delivery(probe: str, to: dict | None, ret: int | None, tx_origin: bool,
+                    rx_by: str = "netif_rx") -> dict | None:
     """One step of the multicast worker for a queued packet: a copy to a
-    slave (dev_forward_skb for a TX origin, netif_rx for RX), or the TX
-    original out of the parent. Shared by events and counted signatures."""
+    slave (dev_forward_skb for a TX origin; for RX *rx_by*, the function
+    the `netif_rx` probe is on: KernelFacts.worker_rx), or the TX original
+    out of the parent. Shared by events and counted signatures."""
     if probe in ("fwd", "netif_rx"):
         return {"branch": "mcast.deliver", "to": to,
                 "delivery": "delivered" if ret in (None, 0) else "forward_failed",
-                "by": "dev_forward_skb" if probe == "fwd" else "netif_rx"}
+                "by": "dev_forward_skb" if probe == "fwd" else rx_by}
     if probe == "qxmit" and tx_origin:
         return {"branch": "mcast.out_parent", "to": to, "delivery": "sent", "by": "__dev_queue_xmit"}
     return None
@@ -166,7 +194,7 @@ def mcast_share(pkt: Packet, ctx: Context, tx_origin: bool) -> tuple[list[dict],
         if e.probe == "fwd":
             nxt = next((x for x in evs[i + 1:] if x.probe == "fwd_ret" and x.ctx == e.ctx), None)
             r = nxt.ret if nxt is not None else None
-        step = worker_delivery(e.probe, dev_ref(e, ctx), r, tx_origin)
+        step = worker_delivery(e.probe, dev_ref(e, ctx), r, tx_origin, ctx.kernel.worker_rx)
         if step is not None:
             out.append(step)
     return out, worker_summary(out)
@@ -192,7 +220,7 @@ def from_packet(pkt: Packet, ctx: Context) -> Evidence:
         ret=pkt.ret.ret if pkt.ret is not None else None,
         runt=bool(len(entry.hdr) and len(entry.hdr) < 14 and entry.len < 14),
         found=bool(found), owner=dev_ref(found[-1], ctx) if found else None,
-        rcv=bool(rcv), clone_mismatch=rcv_frame_mismatch(entry, rcv, found),
+        rcv=bool(rcv), rcv_inlined=ctx.kernel.rcv_inlined_rx, clone_mismatch=rcv_frame_mismatch(entry, rcv, found),
         fwd=bool(fwds), fwd_to=dev_ref(fwds[-1], ctx) if fwds else None,
         fwd_ret=fwd_rets[-1].ret if fwd_rets else None,
         enq=bool(pkt.helpers("mc_enqueue")),

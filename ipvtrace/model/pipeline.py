@@ -13,6 +13,7 @@ from ipvtrace.model import classify as cls
 from ipvtrace.model import evidence
 from ipvtrace.model.correlate import Correlator, Packet
 from ipvtrace.model.decode import Decoder, Event
+from ipvtrace.model.evidence import KernelFacts
 from ipvtrace.model.layout import Layout
 from ipvtrace.model.topology import Topology
 
@@ -32,11 +33,13 @@ class Pipeline:
         resolver: Callable[[int], str | None] | None = None,
         row_filter: Callable[[Row], bool] | None = None,
         packet_sink: Callable[[Row, Packet], None] | None = None,
+        kernel: KernelFacts | None = None,
     ) -> None:
         self.decoder = Decoder(lay)
         self.ctx = cls.Context(
             topo=Topology.from_snapshots(snapshots), drop_reasons=drop_reasons,
             symbols=dict(symbols), flags=lay.flags,
+            kernel=kernel or KernelFacts(),
         )
         self.t0 = t0
         self.sink = sink

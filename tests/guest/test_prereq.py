@@ -35,3 +35,52 @@ def test_struct_offsets_come_from_this_kernels_btf():
     image = btf.offsets(compile_check.vmlinuz_btf(Path(f"/boot/vmlinuz-{os.uname().release}")))
     assert got == image and set(got) == set(btf.FIELDS), (got, image)
     assert not [n for n in plan.notes if "struct offsets" in n], plan.notes
+
+
+def test_call_sites_are_read_from_the_running_code():
+    """Whether ipvlan's RX path calls the probed ipvlan_rcv_frame clone, and
+    which function its multicast worker hands frames from outside with, are
+    read from the live kernel's code (/proc/kcore) at start, and agree with
+    the module file on disk, disassembled by objdump: on 6.1 and 6.12
+    ipvlan_handle_mode_l3 jumps to the clone and the worker calls netif_rx;
+    on 7.2 the clone is inlined there and the worker calls
+    netif_receive_skb, and the plan says so."""
+    import lzma
+    import os
+    import re
+    import subprocess
+
+    from ipvtrace.capture import probes
+    from ipvtrace.model.evidence import WORKER_RX_FNS
+
+    plan = probes.build()
+    rcv = next(a["symbol"] for a in plan.attach if a["name"] == "rcv_frame")
+    assert plan.rcv_frame_rx in ("probed", "inlined"), plan.notes
+    ko = Path(subprocess.run(["modinfo", "-n", "ipvlan"], capture_output=True, text=True,
+                             check=True).stdout.strip())
+    raw = ko.read_bytes()
+    elf = Path("/tmp/ipvlan-objdump.ko")
+    elf.write_bytes(lzma.decompress(raw) if ko.suffix == ".xz" else raw)
+    dis = subprocess.run(["objdump", "-dr", "--no-show-raw-insn", str(elf)], capture_output=True,
+                         text=True, check=True).stdout
+    callers, fn = set(), None
+    external: dict[str, set[str]] = {}   # function -> the vmlinux functions it calls
+    for line in dis.splitlines():
+        m = re.match(r"^[0-9a-f]+ <(\S+)>:$", line)
+        if m:
+            fn = m.group(1)
+        elif re.search(rf"\s(call|jmp)\s+[0-9a-f]+ <{re.escape(rcv)}>$", line):
+            callers.add(fn)
+        elif (m := re.search(r"R_X86_64_PLT32\s+(\w+)-0x4$", line)):
+            external.setdefault(fn, set()).add(m.group(1))
+    on_rx = bool(callers & set(probes.RCV_FRAME_RX_CALLERS))
+    assert "ipvlan_queue_xmit" in callers, callers   # TX calls it on every kernel seen
+    assert plan.rcv_frame_rx == ("probed" if on_rx else "inlined"), (callers, plan.notes)
+    inlined_note = [n for n in plan.notes if "inlined into ipvlan's RX path" in n]
+    assert bool(inlined_note) == (not on_rx), plan.notes
+    worker = external.get("ipvlan_process_multicast", set()) & set(WORKER_RX_FNS)
+    assert len(worker) == 1 and plan.worker_rx in worker, (worker, plan.worker_rx)
+    attached = {a["name"]: a["symbol"] for a in plan.attach}
+    assert attached["netif_rx"] == plan.worker_rx, attached
+    print(f"{os.uname().release}: {rcv} called from {sorted(callers)}: {plan.rcv_frame_rx} on RX; "
+          f"the worker's RX copies by {plan.worker_rx}")
