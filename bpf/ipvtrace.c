@@ -702,8 +702,16 @@ static __always_inline void count_sig(struct ipvt_sig *s)
 		if (!next)
 			return;
 		/* taken for this signature alone; user space reads a slot once its
-		 * count is non-zero, and the count is written after the signature */
+		 * count is non-zero, and the count is written after the signature.
+		 * Per CPU no other program runs in between (bpf_prog_active); per
+		 * task (PREEMPT_RT) one can, so the slot is taken by an atomic
+		 * fetch-and-add, an instruction the verifier takes from 5.12 on */
+#if defined(IPVT_STACK_PER_TASK) && defined(IPVT_HAVE_ATOMIC_FETCH)
 		__u64 idx = __sync_fetch_and_add(next, 1);
+#else
+		__u64 idx = *next;
+		*next = idx + 1;
+#endif
 		if (idx >= IPVT_SLOTS_PER_CPU) {
 			stat_inc(IPVT_S_COUNTS_FULL);
 			return;

@@ -169,3 +169,18 @@ def test_kernel_facts_from_a_recorded_plan():
     # the worker's RX copy is named by the function the probe was on
     assert worker_delivery("netif_rx", POD_B, None, False, "netif_receive_skb")["by"] == \
         "netif_receive_skb"
+
+
+def test_l3s_on_a_kernel_that_cannot_show_the_lookup():
+    """5.10 inlines ipvlan_skb_to_addr: an L3S frame's owner lookup is never
+    seen there, so a passed frame is neither rx.l3s.local nor rx.l3s.to_host
+    but an incomplete unknown that says why (where the lookup is probe-able,
+    no lookup means the parent keeps it)."""
+    from ipvtrace.model.evidence import KernelFacts
+
+    assert KernelFacts.from_plan({"missing": [{"name": "s2a"}, {"name": "s2a_ret"}]}).l3s_blind
+    assert not KernelFacts.from_plan({"missing": "s2a_ret"}).l3s_blind
+    v = classify(rx("l3s", ret=RX_HANDLER_PASS, l3s_blind=True))
+    assert (v.branch, v.complete) == ("unknown", False) and "not probe-able" in v.why
+    v = classify(rx("l3s", ret=RX_HANDLER_PASS))
+    assert (v.branch, v.complete) == ("rx.l3s.to_host", True)

@@ -52,7 +52,7 @@ def guests():
         work = WORK / kernel
         shutil.rmtree(work, ignore_errors=True)   # no recording from an earlier run
         try:
-            only = GUEST_TESTS.get(kernel)
+            only = GUEST_TESTS.get(kernel) or (GUEST_TESTS["6.1-rt"] if "-rt-" in kernel else None)
             cmd = f"IPVTRACE_GUEST_TESTS='{only}' sh tests/guest/run" if only else "sh tests/guest/run"
             return kernel, qemu.run(kernel, guest_script(cmd), work, cpus=cpus, timeout=3000)
         except qemu.VMError as exc:

@@ -13,6 +13,7 @@ BTF) is compiled too.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import struct
 import subprocess
@@ -74,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     bcc = loader.import_bcc()
     plan = probes.ProbePlan(kernel="compile-check", tracefs="")
     image_btf = vmlinuz_btf(a.vmlinuz) if a.vmlinuz else None
+    plan.cflags += probes.version_cflags(a.vmlinuz.name.removeprefix("vmlinuz-") if a.vmlinuz
+                                         else os.uname().release)
     if image_btf is not None:
         # the tracepoint fields of the kernel compiled for (5.10 has no drop
         # reason), not of this machine's

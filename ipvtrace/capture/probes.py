@@ -75,6 +75,15 @@ TRACEPOINTS = (("skb", "kfree_skb"), ("skb", "consume_skb"))
 # recursion_misses, kprobes and tracepoints alike); before, the tracer
 # estimates them for kprobes only (the kprobe's hits minus the program's runs).
 COUNTS_SKIPPED_SINCE = (6, 7)
+# BPF atomic instructions that return the old value (BPF_FETCH): the verifier
+# refuses them before 5.12 ("BPF_STX uses reserved fields", seen on 5.10)
+ATOMIC_FETCH_SINCE = (5, 12)
+
+
+def version_cflags(release: str) -> list[str]:
+    """What the BPF program may use on kernel *release* (a full release
+    string), where only the version tells: the compile check uses it too."""
+    return ["-DIPVT_HAVE_ATOMIC_FETCH"] if kernel_version(release) >= ATOMIC_FETCH_SINCE else []
 
 
 class PlanError(RuntimeError):
@@ -173,11 +182,16 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
         plan.cflags += btf.cflags(btf.read_offsets())
     except btf.BTFError as exc:
         plan.notes.append(f"struct offsets come from the kernel headers ({exc}): a slower start")
+    plan.cflags += version_cflags(kernel)
     if preempt_rt():
         # softirqs run in threads and a task can be preempted inside a probed
         # function: another task's contexts must not land on its stack
         plan.cflags.append("-DIPVT_STACK_PER_TASK")
         plan.notes.append("PREEMPT_RT kernel: contexts are kept per task, not per CPU")
+        if kernel_version(kernel) < ATOMIC_FETCH_SINCE:
+            plan.notes.append(
+                "PREEMPT_RT before 5.12 has no atomic fetch-and-add for BPF: `stats` can count "
+                "two signatures first seen at the same moment on one CPU in one slot")
     plan.counts_skipped = kernel_version(kernel) >= COUNTS_SKIPPED_SINCE
     if not plan.counts_skipped:
         plan.notes.append(

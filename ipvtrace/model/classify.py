@@ -176,6 +176,12 @@ def _rx(x: Evidence) -> Verdict:
 def _l3s(x: Evidence) -> Verdict:
     """L3S: the rx_handler passed; ipvlan's l3mdev and LOCAL_IN hooks decide."""
     owner, dst = x.l3s_owner, x.dst
+    if owner is None and x.l3s_blind:
+        # the lookup that decides is never seen here: no branch is guessed
+        x.complete = False
+        return _v(x, "unknown", None, None,
+                  f"L3S: this kernel's ipvlan_skb_to_addr is not probe-able (inlined): whether a "
+                  f"slave owns {dst} (rx.l3s.local) or the parent keeps it (rx.l3s.to_host) is not shown")
     if owner is None:
         why = (f"L3S: ipvlan_l3_rcv found no slave owning {dst}: the parent's stack keeps it"
                if x.l3s_lookup else "L3S: the rx_handler always passes; no l3mdev lookup for this frame")

@@ -92,7 +92,8 @@ def evidence_of(sig: Signature, ctx: cls.Context) -> Evidence:
     port = ctx.topo.port_of(sig.netns, sig.ifindex) or {}
     x = Evidence(direction="tx" if sig.kind == "xmit" else "rx",
                  frm=dev(sig.netns, sig.ifindex), info=frame_info(sig),
-                 mode=port.get("mode"), flags=list(port.get("flags", [])))
+                 mode=port.get("mode"), flags=list(port.get("flags", [])),
+                 l3s_blind=ctx.kernel.l3s_blind)
     if sig.kind == "l3_rcv":   # an L3S frame a slave got at LOCAL_IN
         x.ret = cls.RX_HANDLER_PASS
         x.l3s_lookup, x.l3s_owner = True, dev(sig.own_netns, sig.own_ifindex)

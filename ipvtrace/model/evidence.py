@@ -25,6 +25,8 @@ class KernelFacts:
 
     rcv_inlined_rx: bool = False   # no ipvlan_rcv_frame hit on RX (inlined, or unknown)
     worker_rx: str = "netif_rx"    # how the multicast worker hands RX copies to a slave
+    l3s_blind: bool = False        # ipvlan_skb_to_addr not probe-able (inlined on 5.10):
+                                   # an L3S port's owner lookup is never seen
 
     @classmethod
     def from_plan(cls, plan: object) -> "KernelFacts":
@@ -33,8 +35,11 @@ class KernelFacts:
         if not isinstance(plan, dict):
             return cls()
         worker_rx = plan.get("worker_rx")
+        missing = plan.get("missing")
+        missing = [m.get("name") for m in missing if isinstance(m, dict)] if isinstance(missing, list) else []
         return cls(rcv_inlined_rx=plan.get("rcv_frame_rx") in ("inlined", "unknown"),
-                   worker_rx=worker_rx if worker_rx in WORKER_RX_FNS else "netif_rx")
+                   worker_rx=worker_rx if worker_rx in WORKER_RX_FNS else "netif_rx",
+                   l3s_blind="s2a_ret" in missing)
 
 
 # the functions ipvlan_process_multicast hands a frame from outside to a
@@ -97,6 +102,7 @@ class Evidence:
     echo_ret: int | None = None           # the parent's rx_handler verdict on a to-parent frame
     l3s_lookup: bool = False              # L3S: ipvlan_skb_to_addr ran for this frame
     l3s_owner: dict | None = None         # ... and found this slave
+    l3s_blind: bool = False               # ... is never seen on this kernel (KernelFacts)
     nf_input: bool = False                # L3S: ipvlan_nf_input at LOCAL_IN
     helpers: str = "none"                 # the helper probes seen, for "no branch fits"
 
@@ -220,7 +226,7 @@ def from_packet(pkt: Packet, ctx: Context) -> Evidence:
         ret=pkt.ret.ret if pkt.ret is not None else None,
         runt=bool(len(entry.hdr) and len(entry.hdr) < 14 and entry.len < 14),
         found=bool(found), owner=dev_ref(found[-1], ctx) if found else None,
-        rcv=bool(rcv), rcv_inlined=ctx.kernel.rcv_inlined_rx, clone_mismatch=rcv_frame_mismatch(entry, rcv, found),
+        rcv=bool(rcv), rcv_inlined=ctx.kernel.rcv_inlined_rx, l3s_blind=ctx.kernel.l3s_blind, clone_mismatch=rcv_frame_mismatch(entry, rcv, found),
         fwd=bool(fwds), fwd_to=dev_ref(fwds[-1], ctx) if fwds else None,
         fwd_ret=fwd_rets[-1].ret if fwd_rets else None,
         enq=bool(pkt.helpers("mc_enqueue")),
