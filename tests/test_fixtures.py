@@ -1,4 +1,5 @@
-"""Recordings kept from Debian's 6.1 and 6.12 kernels, replayed on any machine.
+"""Recordings kept from Debian's 6.1 and 6.12 kernels (and 5.10 and 7.2 for
+the article), replayed on any machine.
 
 They were made by the in-guest suite (tests/guest/test_article.py,
 tests/guest/test_topologies.py) and copied here by scripts/refresh-fixtures;
@@ -21,7 +22,9 @@ LABS = sorted((Path(__file__).parent / "fixtures").glob("lab-*.ipvt"))
 
 
 def test_fixtures_present():
-    assert {p.stem for p in FIXTURES} == {"article-6.1", "article-6.12"}
+    # Debian 12's kernels, and the article on Debian 11's 5.10 and sid's 7.2
+    # (scripts/extra-kernel): the same checks, the same branches
+    assert {p.stem for p in FIXTURES} == {"article-6.1", "article-6.12", "article-5.10", "article-7.2"}
     assert {p.stem for p in TOPOLOGIES} == {"topologies-6.1", "topologies-6.12"}
     assert {p.stem for p in LABS} == {"lab-6.1", "lab-6.12"}
 
@@ -111,3 +114,22 @@ def test_format1_recordings_replay_as_they_did():
     rows = checks.replay_json(topo)
     for check in topology_checks.ALL_CHECKS:
         check(rows)
+
+
+def test_a_kernel_that_inlines_rcv_frame_on_rx_replays_as_it_ran():
+    """7.2 inlines ipvlan_rcv_frame into its RX path and its multicast worker
+    hands frames from outside to slaves by netif_receive_skb: the recording's
+    plan says so, and replay names those packets from it as live did
+    (rx.local with no rcv_frame hit; mcast.deliver by netif_receive_skb)."""
+    from ipvtrace.output import recording
+
+    path = Path(__file__).parent / "fixtures" / "article-7.2.ipvt"
+    plan = recording.read(path).header["plan"]
+    assert (plan["rcv_frame_rx"], plan["worker_rx"]) == ("inlined", "netif_receive_skb")
+    rows = checks.replay_json(path)
+    local = [r for r in rows if r["branch"] == "rx.local"]
+    assert local and all(r["complete"] for r in local), local
+    assert not [e for r in local for e in r["events"] if e["probe"] == "rcv_frame"], local
+    assert all("inlined" in r["why"] for r in local), local
+    by = {m["by"] for r in rows if r["branch"] == "rx.l2.multicast" for m in r.get("mcast", [])}
+    assert by == {"netif_receive_skb"}, by
