@@ -26,23 +26,35 @@ class KcodeError(OSError):
     """The code could not be read; the message says why."""
 
 
-def module_symbols(module: str, wanted: set[str],
-                   kallsyms: Path = KALLSYMS) -> tuple[dict[str, int], dict[str, int]]:
+Symbols = tuple[dict[str, int], dict[str, int]]
+
+
+def module_symbols(module: str, wanted: set[str], kallsyms: Path = KALLSYMS) -> Symbols:
     """Text symbols of *module* and their addresses (0 when hidden:
     kptr_restrict), and the addresses of the *wanted* names outside it (a
-    module's callee can be in vmlinux)."""
+    module's callee can be in vmlinux). One read of the file, searched with
+    str.find, not split line by line: /proc/kallsyms has 100k+ lines, and
+    under emulation every second of start-up counts. Read it once per start
+    and hand the result to each still_called()."""
+    try:
+        text = Path(kallsyms).read_text()
+    except OSError as exc:
+        raise KcodeError(f"cannot read {kallsyms}: {exc.strerror}") from None
     mine: dict[str, int] = {}
     other: dict[str, int] = {}
-    tag = f"[{module}]"
-    with open(kallsyms) as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) < 3 or parts[1] not in ("t", "T"):
-                continue
-            if len(parts) >= 4 and parts[3] == tag:
-                mine[parts[2]] = int(parts[0], 16)
-            elif len(parts) == 3 and parts[2] in wanted:
-                other.setdefault(parts[2], int(parts[0], 16))
+    tag = f"\t[{module}]\n"      # "ADDR t NAME\t[MODULE]"
+    at = text.find(tag)
+    while at != -1:
+        parts = text[text.rfind("\n", 0, at) + 1:at].split()
+        if len(parts) == 3 and parts[1] in ("t", "T"):
+            mine[parts[2]] = int(parts[0], 16)
+        at = text.find(tag, at + len(tag))
+    for name in wanted:              # "ADDR T NAME" (vmlinux: no module)
+        for kind in ("T", "t"):
+            at = text.find(f" {kind} {name}\n")
+            if at != -1:
+                other[name] = int(text[text.rfind("\n", 0, at) + 1:at], 16)
+                break
     return mine, other
 
 
@@ -102,15 +114,17 @@ def calls(code: bytes, start: int, target: int) -> bool:
 
 
 def still_called(module: str, callee: str, callers: list[str],
-                 kallsyms: Path = KALLSYMS, kcore: Path = KCORE) -> bool | None:
+                 kallsyms: Path = KALLSYMS, kcore: Path = KCORE,
+                 symbols: Symbols | None = None) -> bool | None:
     """True when one of *callers* (functions of *module*, those this kernel
     has) calls *callee* (of the module or of vmlinux) directly, False when
     none does (inlined into them, or another function called instead), None
     when the question does not apply (no such caller or callee here).
+    *symbols*: module_symbols() already read (else *kallsyms* is read).
     Raises KcodeError when the code cannot be read."""
     if platform.machine() != "x86_64":
         raise KcodeError(f"reading call sites is implemented for x86-64, not {platform.machine()}")
-    syms, other = module_symbols(module, {callee}, kallsyms)
+    syms, other = symbols if symbols is not None else module_symbols(module, {callee}, kallsyms)
     if not syms or not any(syms.values()):
         raise KcodeError(f"{module}'s addresses are hidden in {kallsyms} (kptr_restrict)")
     target = syms.get(callee) or other.get(callee)

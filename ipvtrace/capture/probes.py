@@ -151,7 +151,11 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
     check_kernel(tracefs, kernel)
     available = read_available(tracefs)
     plan = ProbePlan(kernel=kernel, tracefs=str(tracefs))
-    plan.worker_rx, why = worker_rx_fn(available)
+    try:   # once: /proc/kallsyms costs seconds to read under emulation
+        ksyms: kcode.Symbols | kcode.KcodeError = kcode.module_symbols("ipvlan", set(WORKER_RX_FNS))
+    except kcode.KcodeError as exc:
+        ksyms = exc
+    plan.worker_rx, why = worker_rx_fn(available, ksyms)
     if why:
         plan.notes.append(why)
     for spec in SPECS:
@@ -173,7 +177,7 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
             )
     rcv = next((a["symbol"] for a in plan.attach if a["name"] == "rcv_frame"), None)
     if rcv is not None:
-        plan.rcv_frame_rx, why = rcv_frame_on_rx(rcv)
+        plan.rcv_frame_rx, why = rcv_frame_on_rx(rcv, ksyms)
         if plan.rcv_frame_rx != "probed":
             plan.notes.append(RCV_FRAME_RX_NOTE[plan.rcv_frame_rx].format(sym=rcv, why=why))
     try:
@@ -227,23 +231,28 @@ RCV_FRAME_RX_NOTE = {
 }
 
 
-def rcv_frame_on_rx(symbol: str) -> tuple[str, str]:
+def rcv_frame_on_rx(symbol: str, ksyms: "kcode.Symbols | kcode.KcodeError") -> tuple[str, str]:
     """("probed", "") when ipvlan's RX path calls *symbol* (the probe sees RX
     deliveries), ("inlined", "") when it does not, ("unknown", why) when the
     code cannot be read. Asked of the kernel's code, not of its version."""
     try:
-        called = kcode.still_called("ipvlan", symbol, RCV_FRAME_RX_CALLERS)
+        if isinstance(ksyms, kcode.KcodeError):
+            raise ksyms
+        called = kcode.still_called("ipvlan", symbol, RCV_FRAME_RX_CALLERS, symbols=ksyms)
     except kcode.KcodeError as exc:
         return "unknown", str(exc)
     return ("inlined" if called is False else "probed"), ""
 
 
-def worker_rx_fn(available: set[str]) -> tuple[str, str]:
+def worker_rx_fn(available: set[str], ksyms: "kcode.Symbols | kcode.KcodeError") -> tuple[str, str]:
     """The function ipvlan_process_multicast calls for a frame from outside
     (WORKER_RX_FNS), and a note when it is not netif_rx or cannot be read."""
     try:
+        if isinstance(ksyms, kcode.KcodeError):
+            raise ksyms
         for fn in WORKER_RX_FNS:
-            if fn in available and kcode.still_called("ipvlan", fn, ["ipvlan_process_multicast"]):
+            if fn in available and kcode.still_called("ipvlan", fn, ["ipvlan_process_multicast"],
+                                                      symbols=ksyms):
                 if fn == WORKER_RX_FNS[0]:
                     return fn, ""
                 return fn, (f"ipvlan's multicast worker hands frames from outside to a slave by {fn} "
