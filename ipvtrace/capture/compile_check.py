@@ -24,9 +24,9 @@ from pathlib import Path
 from ipvtrace.capture import btf, loader, probes
 from ipvtrace.model import filterexpr
 
-# compression magics a bzImage payload starts with, and the tool that reads it
 BTF_ONLY = 3   # exit status: the BTF build is checked, the headers could not be
 
+# compression magics a bzImage payload starts with, and the tool that reads it
 _PAYLOADS = ((b"\xfd7zXZ\x00", ["xz", "-dc", "--single-stream"]),
              (b"\x28\xb5\x2f\xfd", ["zstd", "-dcq"]),
              (b"\x1f\x8b\x08", ["gzip", "-dc"]))
