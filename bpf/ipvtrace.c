@@ -154,12 +154,15 @@ BPF_TABLE("lru_hash", __u64, __u8, echo_skbs, 4096);
  * reflected while the claiming run still sends it: the reflection shares the
  * data) is marked MC_PENDING: the next run to touch it takes it over. */
 #define MC_PENDING (1ULL << 63)
+/* The claiming run sent the frame out of the parent (counted once: a VLAN or
+ * bond parent queues the same skb again on its lower device). */
+#define MC_SENT (1ULL << 62)
 BPF_TABLE("lru_hash", __u64, __u64, mc_heads, 4096);
 
 /* May this worker run count (and claim) the queued frame behind *claim? */
 static __always_inline int mc_claim(__u64 *claim, __u64 run_id)
 {
-	__u64 owner = *claim & ~MC_PENDING;
+	__u64 owner = *claim & ~(MC_PENDING | MC_SENT);
 	if (owner == run_id)
 		return 1;
 	if (owner == 0 || (*claim & MC_PENDING)) {
@@ -839,6 +842,9 @@ static __always_inline int count_helper(__u16 probe, struct sk_buff *skb, struct
 		i = stack_idx(i);
 		s->seen |= 1U << probe;
 		int own = (__u64)skb == st->skb[i];
+		/* the first __dev_queue_xmit of its own skb is the parent's; a
+		 * VLAN or bond parent queues it again on the device below */
+		int first_qx = probe == IPVT_P_QXMIT && own && !(s->hflags & IPVT_H_OWN_QX);
 		if (probe == IPVT_P_MC_ENQUEUE) {
 			st->enq_skb[i] = (__u64)skb;
 			__u64 head = skb_head(skb);
@@ -859,7 +865,7 @@ static __always_inline int count_helper(__u16 probe, struct sk_buff *skb, struct
 			echo_skbs.update(&key, &one);
 		}
 		if (probe == IPVT_P_FWD || probe == IPVT_P_LOCAL_OUT || probe == IPVT_P_LOCAL_OUT6 ||
-		    (probe == IPVT_P_QXMIT && own &&
+		    (first_qx &&
 		     !(s->seen & ((1U << IPVT_P_LOCAL_OUT) | (1U << IPVT_P_LOCAL_OUT6)))))
 			dev_ids(to, &s->to_netns, &s->to_ifindex);
 		return 0;
@@ -876,6 +882,11 @@ static __always_inline int count_helper(__u16 probe, struct sk_buff *skb, struct
 		return 0;
 	if (!mc_claim(claim, *run & ~IPVT_WORKER_LOSSY))
 		return 0;
+	if (probe == IPVT_P_QXMIT) {
+		if (*claim & MC_SENT)
+			return 0;   /* a VLAN or bond parent's lower device: the same send */
+		*claim |= MC_SENT;
+	}
 	struct ipvt_sig w = {};
 	w.kind = IPVT_P_MC_WORK;
 	w.seen = 1U << probe;

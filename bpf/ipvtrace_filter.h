@@ -5,7 +5,8 @@
  * frame. Shared by bpf/ipvtrace.c and bpf/filter_check.c, which runs it on
  * test frames next to the replay filter (both must select the same packets).
  * It reads what ipvtrace/model/packet.py reads: Ethernet or a bare L3 header,
- * ARP sender/target, IPv4 (options skipped for ports), IPv6 with one
+ * ARP sender/target, IPv4 (options skipped for ports, none in a fragment
+ * after the first), IPv6 with one
  * hop-by-hop header (MLD reports carry one).
  */
 #ifndef IPVTRACE_FILTER_H
@@ -40,7 +41,8 @@ static __always_inline void pkt_l3(struct ipvt_pkt *p, __u8 *h, __u32 n, const _
 		__builtin_memcpy(&p->d4, h + base + 16, 4);
 		p->has4 = 1;
 		__u32 off = base + ((h[base] & 0x0f) << 2);
-		if (off + 4 <= n) {
+		/* a fragment after the first has no L4 header: no ports (as tcpdump) */
+		if ((be16_at(h, base + 6) & 0x1fff) == 0 && off + 4 <= n) {
 			p->sport = be16_at(h, off);
 			p->dport = be16_at(h, off + 2);
 		}

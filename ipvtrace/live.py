@@ -217,14 +217,13 @@ class _LiveStream:
         if not self.classify:
             self._record_only(data)
             return
-        evs = self.pipe.decode(data)
-        for ev in evs:
-            if ev.probe in ("kfree", "consume") and ev.aux:
-                self._resolve(ev.aux)
         if self.writer is not None:
             self.writer.event(data)
-        for ev in evs:
-            self.pipe.event(ev)
+        for ev in self.pipe.record(data):
+            # named for the trailer even when no row shows the free (the
+            # rows themselves are named as their packet closes: Pipeline)
+            if ev.probe in ("kfree", "consume") and ev.aux:
+                self._resolve(ev.aux)
 
     def _record_only(self, data: bytes) -> None:
         """`record`: no classification, so read only the fields that matter

@@ -63,8 +63,7 @@ def replay_recording(rec: recording.Recording, path: Path | str,
     try:
         for ftype, payload in rec.frames():
             if ftype == recording.F_EVENT:
-                for ev in pipe.decode(payload):
-                    pipe.event(ev)
+                pipe.record(payload)
             elif ftype == recording.F_TICK:
                 pipe.tick(recording.TICK.unpack(payload)[0])
             elif ftype == recording.F_LOST:

@@ -286,3 +286,33 @@ def test_an_skb_pointer_reused_inside_a_worker_run_keeps_each_frame_its_events()
     assert got[7].worker_done and [e.probe for e in got[7].worker] == ["netif_rx", "consume"]
     v = classify.classify(from_packet(got[7], CTX))
     assert v.complete and [(m["branch"], m["to"]["netns"]) for m in v.mcast] == [("mcast.deliver", "pod-b")]
+
+
+def _rows_of(path, one_by_one: bool, monkeypatch) -> list[dict]:
+    from ipvtrace import replay
+    from ipvtrace.model.correlate import Correlator as C
+
+    if one_by_one:
+        def feed_each(self, evs):
+            for e in evs:
+                self.feed(e)
+        monkeypatch.setattr(C, "feed_context", feed_each)
+    rows: list[dict] = []
+    summary = replay.run_replay(path, rows.append)
+    monkeypatch.undo()
+    return rows + [summary]
+
+
+def test_a_context_record_fed_whole_groups_as_its_events_one_by_one(monkeypatch):
+    """Correlator.feed_context (a closed context's record in one call, its
+    usual case without registering the context as open) gives every real
+    kernel's recording the same packets, rows and counts as feeding the
+    record's events one at a time."""
+    from pathlib import Path
+
+    fixtures = sorted(Path(__file__).parent.joinpath("fixtures").glob("*.ipvt"))
+    assert len(fixtures) >= 10
+    for path in fixtures:
+        whole = _rows_of(path, False, monkeypatch)
+        each = _rows_of(path, True, monkeypatch)
+        assert len(whole) > 1 and whole == each, path.name

@@ -14,11 +14,13 @@ import pytest
 
 import article_checks as checks
 import lab_checks
+import stacked_checks
 import topology_checks
 
 FIXTURES = sorted((Path(__file__).parent / "fixtures").glob("article-*.ipvt"))
 TOPOLOGIES = sorted((Path(__file__).parent / "fixtures").glob("topologies-*.ipvt"))
 LABS = sorted((Path(__file__).parent / "fixtures").glob("lab-*.ipvt"))
+STACKED = sorted((Path(__file__).parent / "fixtures").glob("stacked-*.ipvt"))
 
 
 def test_fixtures_present():
@@ -27,6 +29,7 @@ def test_fixtures_present():
     assert {p.stem for p in FIXTURES} == {"article-6.1", "article-6.12", "article-5.10", "article-7.2"}
     assert {p.stem for p in TOPOLOGIES} == {"topologies-6.1", "topologies-6.12"}
     assert {p.stem for p in LABS} == {"lab-6.1", "lab-6.12"}
+    assert {p.stem for p in STACKED} == {"stacked-6.1", "stacked-6.12"}
 
 
 @pytest.fixture(scope="module", params=LABS, ids=lambda p: p.stem)
@@ -49,6 +52,16 @@ def test_topology_fixture(topo_rows, check):
     check(topo_rows)
 
 
+@pytest.fixture(scope="module", params=STACKED, ids=lambda p: p.stem)
+def stacked_rows(request):
+    return checks.replay_json(request.param)
+
+
+@pytest.mark.parametrize("check", stacked_checks.ALL_CHECKS, ids=lambda c: c.__name__)
+def test_stacked_fixture(stacked_rows, check):
+    check(stacked_rows)
+
+
 @pytest.fixture(scope="module", params=FIXTURES, ids=lambda p: p.stem)
 def rows(request):
     return checks.replay_json(request.param)
@@ -59,7 +72,7 @@ def test_article_fixture(rows, check):
     check(rows)
 
 
-@pytest.mark.parametrize("path", FIXTURES + TOPOLOGIES + LABS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", FIXTURES + TOPOLOGIES + LABS + STACKED, ids=lambda p: p.stem)
 def test_fixture_kernel(path):
     from ipvtrace.output import recording
 
@@ -72,7 +85,7 @@ def test_fixture_kernel(path):
     assert syms["rcv_frame"].startswith("ipvlan_rcv_frame.isra."), syms
 
 
-@pytest.mark.parametrize("path", FIXTURES + TOPOLOGIES + LABS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", FIXTURES + TOPOLOGIES + LABS + STACKED, ids=lambda p: p.stem)
 def test_table_matches_json(path):
     """The default table and --json describe the same packets, in the same order."""
     table = subprocess.run([sys.executable, "-m", "ipvtrace", "replay", str(path)],
@@ -85,7 +98,7 @@ def test_table_matches_json(path):
         assert row["branch"] in line.split(), (line, row["branch"])
 
 
-@pytest.mark.parametrize("path", FIXTURES + TOPOLOGIES + LABS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", FIXTURES + TOPOLOGIES + LABS + STACKED, ids=lambda p: p.stem)
 def test_json_fields(path):
     """Every packet carries the fields the README documents."""
     for row in checks.replay_json(path):

@@ -27,7 +27,8 @@ KERNELS = ["6.1", "6.12", "6.1-rt", *EXTRA]
 # probe and its return could be overwritten by a preempting task. The lab and
 # lifecycle modules test user space alone, the same on both 6.1 builds.
 GUEST_TESTS = {"6.1-rt": "tests/guest/test_prereq.py tests/guest/test_article.py "
-                         "tests/guest/test_topologies.py tests/guest/test_stats.py "
+                         "tests/guest/test_topologies.py tests/guest/test_stacked.py "
+                         "tests/guest/test_stats.py "
                          "tests/guest/test_survival.py"}
 WORK = REPO / "build" / "vm-test"
 

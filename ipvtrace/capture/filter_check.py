@@ -31,9 +31,10 @@ def _eth(dst: str, src: str, etype: int) -> bytes:
         + struct.pack("!H", etype)
 
 
-def _v4(proto: int, src: str, dst: str, payload: bytes, opts: bytes = b"") -> bytes:
+def _v4(proto: int, src: str, dst: str, payload: bytes, opts: bytes = b"",
+        frag: int = 0) -> bytes:
     ihl = 5 + len(opts) // 4
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, 20 + len(opts) + len(payload), 0, 0, 64,
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, 20 + len(opts) + len(payload), 0, frag, 64,
                       proto, 0, bytes(map(int, src.split("."))), bytes(map(int, dst.split("."))))
     return hdr + opts + payload
 
@@ -53,6 +54,11 @@ icmp_echo = bytes([8, 0, 0, 0, 0, 1, 0, 1]) + bytes(16)
 FRAMES = (
     ("icmp echo", _eth(MAC_B, MAC_A, 0x0800) + _v4(1, "10.0.0.1", "10.0.0.2", icmp_echo), True),
     ("udp dns", _eth(MAC_B, MAC_A, 0x0800) + _v4(17, "10.0.0.1", "10.0.0.2", udp53), True),
+    ("udp dns, first fragment", _eth(MAC_B, MAC_A, 0x0800)
+     + _v4(17, "10.0.0.1", "10.0.0.2", udp53, frag=0x2000), True),
+    # a later fragment whose first bytes read as ports 5353 > 53: it has no ports
+    ("udp, a later fragment", _eth(MAC_B, MAC_A, 0x0800)
+     + _v4(17, "10.0.0.1", "10.0.0.2", udp53, frag=185), True),
     ("tcp", _eth(MAC_B, MAC_A, 0x0800) + _v4(6, "10.0.0.2", "10.0.0.1", tcp80), True),
     ("igmp with router alert", _eth("01:00:5e:00:00:16", MAC_A, 0x0800)
      + _v4(2, "10.0.0.1", "224.0.0.22", bytes([0x22, 0, 0, 0, 0, 0, 0, 1]) + bytes(8),

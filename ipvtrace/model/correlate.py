@@ -49,6 +49,8 @@ from ipvtrace.model.decode import Event
 
 _NONE: tuple = ()        # helpers() of a probe the packet never saw
 WAIT_NS = 2_000_000_000  # how long a packet waits for its RX echo / worker
+_ENTRIES, _RETURNS = ("xmit", "rx"), ("xmit_ret", "rx_ret")
+_NOT_HELPERS = frozenset(("xmit", "rx", "xmit_ret", "rx_ret", "mc_work", "mc_work_ret", "l3_rcv"))
 RX_HANDLER_PASS = 3
 
 
@@ -83,8 +85,8 @@ class Packet:
             return self.entry.ts
         return self.events[0].ts if self.events else 0
 
-    def helpers(self, probe: str) -> tuple[Event, ...]:
-        """This packet's events of one probe, in order. Grouped once and
+    def by_probe(self) -> dict[str, tuple[Event, ...]]:
+        """This packet's events grouped by probe, in order. Grouped once and
         kept while no event is added (the classifier asks for a dozen probes
         of every packet); tuples, so no caller can change what the next one
         reads."""
@@ -95,7 +97,11 @@ class Packet:
                 groups.setdefault(e.probe, []).append(e)
             by = {k: tuple(v) for k, v in groups.items()}
             self._by_probe, self._grouped = by, len(self.events)
-        return by.get(probe, _NONE)
+        return by
+
+    def helpers(self, probe: str) -> tuple[Event, ...]:
+        """This packet's events of one probe, in order."""
+        return self.by_probe().get(probe, _NONE)
 
     def all_events(self) -> list[Event]:
         out = list(self.events)
@@ -169,6 +175,34 @@ class Correlator:
                 self._worker_done(w)
         else:
             self._helper(ev)
+        self._expire()
+
+    def feed_context(self, evs: list[Event]) -> None:
+        """A closed context's events (entry, its hits, its return: one ring
+        record), exactly as feed() would take them one by one, without
+        registering the context as open between its entry and its return.
+        The record's entry starting a packet of its own is the usual case;
+        one that continues another packet (an RX echo, hits that are
+        entries) or that the sweep would evict on the way takes feed()."""
+        entry, ret = evs[0], evs[-1]
+        if (entry.probe not in _ENTRIES or ret.probe not in _RETURNS or ret.ts < entry.ts
+                or entry.ts < max(self.now, ret.ts) - 3 * self.wait_ns or ret.ctx != entry.ctx or entry.ctx in self.open
+                or (entry.probe == "rx" and (entry.skb, entry.head) in self.await_rx)
+                or any(e.probe in _NOT_HELPERS or e.ts < entry.ts or e.ts > ret.ts
+                       for e in evs[1:-1])):
+            for ev in evs:
+                self.feed(ev)
+            return
+        for ev in evs[:-1]:
+            if ev.ts > self.now:
+                self.now = ev.ts
+            self._expire()
+        pkt = Packet(entry=entry, events=evs[:-1], ret=ret)
+        if ret.ts > self.now:
+            self.now = ret.ts
+        if ret.flags & self.lost_flag:
+            pkt.lost_overlap = True   # the kernel could not keep all of its evidence
+        self._closed(pkt)
         self._expire()
 
     def tick(self, ktime: int) -> None:

@@ -51,8 +51,16 @@ _HIT = ("skb", "head", "aux", "aux2", "ret", "dt", "netns", "ifindex", "reason",
         "flags", "ifname")
 
 
+_NAMES: dict[bytes, str] = {}   # a run names a handful of devices, each thousands of times
+
+
 def _name(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode(errors="replace")
+    name = _NAMES.get(raw)
+    if name is None:
+        if len(_NAMES) >= 4096:    # a file from a stranger may name any number
+            _NAMES.clear()
+        name = _NAMES[raw] = raw.split(b"\0", 1)[0].decode(errors="replace")
+    return name
 
 
 _HEAD = ("ts", "skb", "head", "ctx", "aux", "aux2", "ret", "cpu", "pid", "netns", "ifindex",

@@ -193,9 +193,14 @@ def mcast_share(pkt: Packet, ctx: Context, tx_origin: bool) -> tuple[list[dict],
         return [], "the multicast worker's run was not seen"
     out: list[dict] = []
     evs = pkt.worker
+    sent: set[int] = set()
     for i, e in enumerate(evs):
         if e.probe in ("fwd", "netif_rx") and e.skb in enq_skb:
             continue   # the queued skb itself, not a copy
+        if e.probe == "qxmit":
+            if e.skb in sent:
+                continue   # a VLAN or bond parent's lower device: the same send
+            sent.add(e.skb)
         r = None
         if e.probe == "fwd":
             nxt = next((x for x in evs[i + 1:] if x.probe == "fwd_ret" and x.ctx == e.ctx), None)
@@ -206,6 +211,12 @@ def mcast_share(pkt: Packet, ctx: Context, tx_origin: bool) -> tuple[list[dict],
     return out, worker_summary(out)
 
 
+def _helper_names(by: dict[str, tuple[Event, ...]], entry_probe: str) -> str:
+    """The helper probes a packet's context saw ("no branch fits" names them)."""
+    names = [p for p in by if p != entry_probe or len(by[p]) > 1]
+    return ",".join(sorted(names)) or "none"
+
+
 def from_packet(pkt: Packet, ctx: Context) -> Evidence:
     """A correlated packet's events, named once."""
     entry = pkt.entry
@@ -213,12 +224,13 @@ def from_packet(pkt: Packet, ctx: Context) -> Evidence:
         return Evidence(direction="?", frm=None, info=PacketInfo(), complete=False)
     info = parse(entry.hdr, has_mac=not entry.has(ctx.flag("no_mac")))
     port = ctx.topo.port_of(entry.netns, entry.ifindex) or {}
-    found = [e for e in pkt.helpers("lookup_ret") if e.aux]
-    rcv = pkt.helpers("rcv_frame")
-    fwds, fwd_rets = pkt.helpers("fwd"), pkt.helpers("fwd_ret")
-    louts = pkt.helpers("local_out") + pkt.helpers("local_out6")
-    own_qx = [e for e in pkt.helpers("qxmit") if e.skb == entry.skb]
-    kfree = pkt.helpers("kfree")
+    by = pkt.by_probe()
+    found = [e for e in by.get("lookup_ret", ()) if e.aux]
+    rcv = by.get("rcv_frame", ())
+    fwds, fwd_rets = by.get("fwd", ()), by.get("fwd_ret", ())
+    louts = by.get("local_out", ()) + by.get("local_out6", ())
+    own_qx = [e for e in by.get("qxmit", ()) if e.skb == entry.skb]
+    kfree = by.get("kfree", ())
     x = Evidence(
         direction=pkt.direction, frm=dev_ref(entry, ctx), info=info,
         mode=port.get("mode"), flags=list(port.get("flags", [])),
@@ -230,14 +242,15 @@ def from_packet(pkt: Packet, ctx: Context) -> Evidence:
         clone_mismatch=rcv_frame_mismatch(entry, rcv, found),
         fwd=bool(fwds), fwd_to=dev_ref(fwds[-1], ctx) if fwds else None,
         fwd_ret=fwd_rets[-1].ret if fwd_rets else None,
-        enq=bool(pkt.helpers("mc_enqueue")),
+        enq="mc_enqueue" in by,
         local_out=louts[-1].probe if louts else None,
         local_out_to=dev_ref(louts[-1], ctx) if louts else None,
-        own_qx=bool(own_qx), own_qx_to=dev_ref(own_qx[-1], ctx) if own_qx else None,
+        # the first: the parent; a VLAN or bond parent queues it again below
+        own_qx=bool(own_qx), own_qx_to=dev_ref(own_qx[0], ctx) if own_qx else None,
         kfree=bool(kfree),
-        consume_own=any(e.skb == entry.skb for e in pkt.helpers("consume")),
+        consume_own=any(e.skb == entry.skb for e in by.get("consume", ())),
         echo_ret=pkt.cont_ret.ret if pkt.cont_ret is not None else None,
-        helpers=",".join(sorted({e.probe for e in pkt.events[1:]})) or "none",
+        helpers=_helper_names(by, entry.probe),
     )
     if kfree:
         e = kfree[0]

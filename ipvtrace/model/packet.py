@@ -6,6 +6,7 @@ ports, ICMP/ARP/NDP kind. Truncated headers give what could be read.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -13,12 +14,13 @@ ETH_P_IP, ETH_P_ARP, ETH_P_IPV6, ETH_P_8021Q = 0x0800, 0x0806, 0x86DD, 0x8100
 IPPROTO = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6"}
 ICMP4 = {0: "echo-reply", 3: "unreachable", 8: "echo-request", 11: "time-exceeded"}
 ICMP6 = {1: "unreachable", 128: "echo-request", 129: "echo-reply",
+         130: "mld-query", 131: "mld-report", 132: "mld-done",
          133: "router-solicit", 134: "router-advert",
-         135: "neighbor-solicit", 136: "neighbor-advert"}
+         135: "neighbor-solicit", 136: "neighbor-advert", 143: "mldv2-report"}
 
 
 def mac_str(b: bytes) -> str:
-    return ":".join(f"{x:02x}" for x in b)
+    return b.hex(":")
 
 
 def is_multicast_mac(mac: str | None) -> bool:
@@ -40,6 +42,7 @@ class PacketInfo:
     icmp_seq: int | None = None
     nd_target: str | None = None
     arp_sha: str | None = None
+    frag_offset: int | None = None  # an IPv4 fragment after the first: no L4 header in it
 
     @property
     def dst_multicast(self) -> bool:
@@ -62,6 +65,8 @@ class PacketInfo:
             parts.append(f"seq {self.icmp_seq}")
         if self.nd_target:
             parts.append(f"target {self.nd_target}")
+        if self.frag_offset is not None:
+            parts.append(f"fragment at byte {self.frag_offset}")
         return " ".join(parts)
 
 
@@ -105,8 +110,8 @@ def _arp(p: PacketInfo, b: bytes) -> None:
     op = struct.unpack_from("!H", b, 6)[0]
     p.kind = {1: "request", 2: "reply"}.get(op, f"op{op}")
     p.arp_sha = mac_str(b[8:14])
-    p.src = str(ipaddress.IPv4Address(b[14:18]))
-    p.dst = str(ipaddress.IPv4Address(b[24:28]))
+    p.src = socket.inet_ntoa(b[14:18])
+    p.dst = socket.inet_ntoa(b[24:28])
 
 
 def _l4(p: PacketInfo, proto: int, b: bytes) -> None:
@@ -130,8 +135,13 @@ def _ipv4(p: PacketInfo, b: bytes) -> None:
     if len(b) < 20:
         return
     ihl = (b[0] & 0x0F) * 4
-    p.src = str(ipaddress.IPv4Address(b[12:16]))
-    p.dst = str(ipaddress.IPv4Address(b[16:20]))
+    p.src = socket.inet_ntoa(b[12:16])   # the dotted quad ipaddress writes, in C
+    p.dst = socket.inet_ntoa(b[16:20])
+    frag = struct.unpack_from("!H", b, 6)[0] & 0x1FFF
+    if frag:   # its first bytes are the datagram's middle: no ports, no ICMP type
+        p.proto = IPPROTO.get(b[9], f"ip-proto-{b[9]}")
+        p.frag_offset = frag * 8
+        return
     _l4(p, b[9], b[ihl:])
 
 

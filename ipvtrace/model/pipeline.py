@@ -1,6 +1,6 @@
 """decode -> correlate -> classify -> rows: the stages live and replay share.
 
-A source (the live tracer or a recording) only calls `event`, `tick`,
+A source (the live tracer or a recording) only calls `record`, `tick`,
 `lost` and `snapshot`, in stream order; everything after that is here, so a
 replay prints exactly what live printed.
 """
@@ -57,16 +57,19 @@ class Pipeline:
         self.packets = 0
 
     # -- source side -------------------------------------------------------
-    def decode(self, raw: bytes) -> list[Event]:
-        """A ring record's events: a closed context's, or one."""
-        return self.decoder.events(raw)
-
     def knows_device(self, ev: Event) -> bool:
         return self.ctx.topo.device(ev.netns, ev.ifindex) is not None
 
-    def event(self, ev: Event) -> None:
-        self.events += 1
-        self.correlator.feed(ev)
+    def record(self, raw: bytes) -> list[Event]:
+        """One ring record, decoded and fed: a closed context's events go in
+        together (Correlator.feed_context), an event alone. Returns them."""
+        evs = self.decoder.events(raw)
+        self.events += len(evs)
+        if len(evs) > 1:
+            self.correlator.feed_context(evs)
+        else:
+            self.correlator.feed(evs[0])
+        return evs
 
     def tick(self, ktime: int) -> None:
         self.correlator.tick(ktime)
