@@ -154,8 +154,12 @@ BPF_TABLE("lru_hash", __u64, __u8, echo_skbs, 4096);
  * reflected while the claiming run still sends it: the reflection shares the
  * data) is marked MC_PENDING: the next run to touch it takes it over. */
 #define MC_PENDING (1ULL << 63)
-/* The claiming run sent the frame out of the parent (counted once: a VLAN or
- * bond parent queues the same skb again on its lower device). */
+/* The claiming run sent the frame out of the parent, its last step in
+ * ipvlan_process_multicast: counted once, and nothing of this head after it
+ * in the run is a delivery (a VLAN or bond parent queues the same skb again
+ * on its lower device; the parent's peer may reflect it; the memory may be
+ * freed and reused by a reply sent and received within the send, seen on
+ * 5.10). */
 #define MC_SENT (1ULL << 62)
 BPF_TABLE("lru_hash", __u64, __u64, mc_heads, 4096);
 
@@ -882,11 +886,10 @@ static __always_inline int count_helper(__u16 probe, struct sk_buff *skb, struct
 		return 0;
 	if (!mc_claim(claim, *run & ~IPVT_WORKER_LOSSY))
 		return 0;
-	if (probe == IPVT_P_QXMIT) {
-		if (*claim & MC_SENT)
-			return 0;   /* a VLAN or bond parent's lower device: the same send */
+	if (*claim & MC_SENT)
+		return 0;   /* after the frame's last step: not one of its deliveries */
+	if (probe == IPVT_P_QXMIT)
 		*claim |= MC_SENT;
-	}
 	struct ipvt_sig w = {};
 	w.kind = IPVT_P_MC_WORK;
 	w.seen = 1U << probe;

@@ -29,6 +29,12 @@ def requires(*probe_names: str):
     return mark
 
 
+def l3s_rx(row: dict) -> bool:
+    """A row of a frame an L3S port received: named only where the kernel
+    shows ipvlan_skb_to_addr (5.10 inlines it: `unknown` there, by design)."""
+    return row["direction"] == "rx" and row["mode"] == "l3s"
+
+
 def replay_json(path: Path) -> list[dict]:
     r = subprocess.run([sys.executable, "-m", "ipvtrace", "replay", "--json", str(path)],
                        capture_output=True, text=True, timeout=120)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import subprocess
 
-from article_checks import requires
+from article_checks import l3s_rx, requires
 from ipvtrace.lab.netlab import Lab, LabError
 
 H, O = "ipvt-s-host", "ipvt-s-out"
@@ -43,6 +43,22 @@ def _ip(lab: Lab, ns: str, *args: str) -> None:
 
 def _no_dad(lab: Lab, ns: str, dev: str) -> None:
     lab.sysctl(ns, f"net.ipv6.conf.{dev}.accept_dad", "0")
+
+
+def _v6_wire(lab: Lab, dev: str, prefix: str) -> None:
+    """A veth from the host (PREFIX::1) to the outside (PREFIX::fe), no DAD wait."""
+    lab.veth(H, dev, O, dev + "p")
+    _no_dad(lab, H, dev)
+    _no_dad(lab, O, dev + "p")
+    lab.addr(H, dev, f"{prefix}::1/64")
+    lab.addr(O, dev + "p", f"{prefix}::fe/64")
+
+
+def _v6_slave(lab: Lab, parent: str, name: str, mode: str, ns: str, cidr: str) -> None:
+    lab.ipvlan(H, parent, name, mode, into=ns, rename="eth0")
+    _no_dad(lab, ns, "eth0")
+    lab.addr(ns, "eth0", cidr)
+    _ip(lab, ns, "-6", "route", "add", "default", "dev", "eth0")
 
 
 def build(lab: Lab) -> list[tuple[str, str, int, int | None]]:
@@ -72,28 +88,14 @@ def build(lab: Lab) -> list[tuple[str, str, int, int | None]]:
     lab.ipvlan(H, "bond0", "bv", "l2", into=BA, rename="eth0")
     lab.addr(BA, "eth0", "10.21.0.1/24")
     # L3 port, IPv6 only, reachable from outside through the parent's netns
-    lab.veth(H, "l6", O, "l6p")
-    _no_dad(lab, H, "l6")
-    _no_dad(lab, O, "l6p")
-    lab.addr(H, "l6", "fd00:60::1/64")
-    lab.addr(O, "l6p", "fd00:60::fe/64")
-    for ns, ip in ((L6A, "fd00:61::1/64"), (L6B, "fd00:62::1/64")):
-        lab.ipvlan(H, "l6", "l6" + ns[-1], "l3", into=ns, rename="eth0")
-        _no_dad(lab, ns, "eth0")
-        lab.addr(ns, "eth0", ip)
-        _ip(lab, ns, "-6", "route", "add", "default", "dev", "eth0")
+    _v6_wire(lab, "l6", "fd00:60")
+    _v6_slave(lab, "l6", "l6a", "l3", L6A, "fd00:61::1/64")
+    _v6_slave(lab, "l6", "l6b", "l3", L6B, "fd00:62::1/64")
     _ip(lab, O, "-6", "route", "add", "fd00:61::/64", "via", "fd00:60::1")
     lab.sysctl(H, "net.ipv6.conf.all.forwarding", "1")
     # L3S port, IPv6
-    lab.veth(H, "s6", O, "s6p")
-    _no_dad(lab, H, "s6")
-    _no_dad(lab, O, "s6p")
-    lab.addr(H, "s6", "fd00:70::1/64")
-    lab.addr(O, "s6p", "fd00:70::fe/64")
-    lab.ipvlan(H, "s6", "s6v", "l3s", into=S6, rename="eth0")
-    _no_dad(lab, S6, "eth0")
-    lab.addr(S6, "eth0", "fd00:71::1/64")
-    _ip(lab, S6, "-6", "route", "add", "default", "dev", "eth0")
+    _v6_wire(lab, "s6", "fd00:70")
+    _v6_slave(lab, "s6", "s6v", "l3s", S6, "fd00:71::1/64")
     _ip(lab, O, "-6", "route", "add", "fd00:71::/64", "via", "fd00:70::1")
     # two L2 slaves for fragmented pings
     lab.veth(H, "f0", H, "f0p")
@@ -195,13 +197,27 @@ def check_fragments(rows):
         ("tx.l2.local", "delivered", ("eth0", FB))}, pings
 
 
+def _unnamed(rows) -> list[tuple]:
+    return [(r["branch"], r["complete"], r["summary"], r["why"]) for r in rows
+            if r["branch"] == "unknown" or not r["complete"]]
+
+
 def check_nothing_unknown(rows):
-    """Every row of these topologies is complete and has a branch."""
-    bad = [(r["branch"], r["complete"], r["summary"], r["why"]) for r in rows
-           if r["branch"] == "unknown" or not r["complete"]]
+    """Every row of these topologies is complete and has a branch (but an L3S
+    port's RX rows: the next check)."""
+    bad = _unnamed(r for r in rows if not l3s_rx(r))
     assert rows and not bad, bad
+
+
+@requires("l3_rcv", "nf_input", "s2a", "s2a_ret")
+def check_l3s_rx_named(rows):
+    """An L3S port's RX rows too, where the kernel shows its lookup (5.10
+    inlines ipvlan_skb_to_addr: there they are incomplete `unknown`, by design)."""
+    got = [r for r in rows if l3s_rx(r)]
+    assert got and not _unnamed(got), _unnamed(got)
 
 
 ALL_CHECKS = [check_vlan_parent_out, check_vlan_parent_broadcast_to_sibling, check_vlan_parent_in,
               check_bond_parent_out, check_bond_parent_in, check_l3_ipv6,
-              check_l3s_ipv6_from_outside, check_fragments, check_nothing_unknown]
+              check_l3s_ipv6_from_outside, check_fragments, check_nothing_unknown,
+              check_l3s_rx_named]

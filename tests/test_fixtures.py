@@ -42,34 +42,26 @@ def test_lab_fixture(lab_run, check):
     check(*lab_run)
 
 
-@pytest.fixture(scope="module", params=TOPOLOGIES, ids=lambda p: p.stem)
-def topo_rows(request):
-    return checks.replay_json(request.param)
+_REPLAYED: dict[Path, list[dict]] = {}
 
 
-@pytest.mark.parametrize("check", topology_checks.ALL_CHECKS, ids=lambda c: c.__name__)
-def test_topology_fixture(topo_rows, check):
-    check(topo_rows)
+def replayed(path: Path) -> list[dict]:
+    """A fixture's rows as `ipvtrace replay --json` prints them (once per run)."""
+    if path not in _REPLAYED:
+        _REPLAYED[path] = checks.replay_json(path)
+    return _REPLAYED[path]
 
 
-@pytest.fixture(scope="module", params=STACKED, ids=lambda p: p.stem)
-def stacked_rows(request):
-    return checks.replay_json(request.param)
+# each recording with the checks of the topologies it was made from
+ROW_CHECKS = [pytest.param(path, check, id=f"{path.stem}-{check.__name__}")
+              for module, paths in ((checks, FIXTURES), (topology_checks, TOPOLOGIES),
+                                    (stacked_checks, STACKED))
+              for path in paths for check in module.ALL_CHECKS]
 
 
-@pytest.mark.parametrize("check", stacked_checks.ALL_CHECKS, ids=lambda c: c.__name__)
-def test_stacked_fixture(stacked_rows, check):
-    check(stacked_rows)
-
-
-@pytest.fixture(scope="module", params=FIXTURES, ids=lambda p: p.stem)
-def rows(request):
-    return checks.replay_json(request.param)
-
-
-@pytest.mark.parametrize("check", checks.ALL_CHECKS, ids=lambda c: c.__name__)
-def test_article_fixture(rows, check):
-    check(rows)
+@pytest.mark.parametrize("path, check", ROW_CHECKS)
+def test_fixture_rows(path, check):
+    check(replayed(path))
 
 
 @pytest.mark.parametrize("path", FIXTURES + TOPOLOGIES + LABS + STACKED, ids=lambda p: p.stem)

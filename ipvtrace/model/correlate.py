@@ -186,7 +186,8 @@ class Correlator:
         entries) or that the sweep would evict on the way takes feed()."""
         entry, ret = evs[0], evs[-1]
         if (entry.probe not in _ENTRIES or ret.probe not in _RETURNS or ret.ts < entry.ts
-                or entry.ts < max(self.now, ret.ts) - 3 * self.wait_ns or ret.ctx != entry.ctx or entry.ctx in self.open
+                or entry.ts < max(self.now, ret.ts) - 3 * self.wait_ns
+                or ret.ctx != entry.ctx or entry.ctx in self.open
                 or (entry.probe == "rx" and (entry.skb, entry.head) in self.await_rx)
                 or any(e.probe in _NOT_HELPERS or e.ts < entry.ts or e.ts > ret.ts
                        for e in evs[1:-1])):
