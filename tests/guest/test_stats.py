@@ -58,12 +58,14 @@ def both():
     return readings, replayed, prom
 
 
-def test_stats_counts_what_record_saw(both):
+def test_stats_counts_what_record_saw(both, plan):
     readings, replayed, _ = both
     final = readings[-1]
     assert final.get("ended_by") == "SIGINT"
-    # at least the branches these topologies are built to produce
-    for b in ("tx.l2.private_drop", "tx.l2.out_parent", "tx.l3.local", "rx.l3s.local",
+    # at least the branches these topologies are built to produce (rx.l3s.local
+    # where the kernel shows ipvlan_skb_to_addr: 5.10 inlines it)
+    l3s = [] if any(m["name"] in ("s2a", "s2a_ret") for m in plan.missing) else ["rx.l3s.local"]
+    for b in ("tx.l2.private_drop", "tx.l2.out_parent", "tx.l3.local", *l3s,
               "tx.l3.non_ip_drop", "tx.l2.multicast", "mcast.deliver", "tx.l2.local",
               "tx.l2.to_parent"):
         assert final["branches"].get(b, 0) > 0, (b, final["branches"])
