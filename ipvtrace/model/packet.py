@@ -114,8 +114,12 @@ def _arp(p: PacketInfo, b: bytes) -> None:
     p.dst = socket.inet_ntoa(b[24:28])
 
 
+def _proto_name(proto: int) -> str:
+    return IPPROTO.get(proto, f"ip-proto-{proto}")
+
+
 def _l4(p: PacketInfo, proto: int, b: bytes) -> None:
-    p.proto = IPPROTO.get(proto, f"ip-proto-{proto}")
+    p.proto = _proto_name(proto)
     if proto in (6, 17) and len(b) >= 4:
         p.sport, p.dport = struct.unpack_from("!HH", b, 0)
     elif proto == 1 and len(b) >= 8:
@@ -139,7 +143,7 @@ def _ipv4(p: PacketInfo, b: bytes) -> None:
     p.dst = socket.inet_ntoa(b[16:20])
     frag = struct.unpack_from("!H", b, 6)[0] & 0x1FFF
     if frag:   # its first bytes are the datagram's middle: no ports, no ICMP type
-        p.proto = IPPROTO.get(b[9], f"ip-proto-{b[9]}")
+        p.proto = _proto_name(b[9])
         p.frag_offset = frag * 8
         return
     _l4(p, b[9], b[ihl:])
