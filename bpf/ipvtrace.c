@@ -468,8 +468,12 @@ static __always_inline void rec_close(struct ipvt_stack *st, __u32 idx, __s64 re
 static __always_inline void ev_submit(struct ipvt_event *e)
 {
 	__u64 size = sizeof(*e) - IPVT_HDR_MAX;
+	/* the captured bytes, zero-padded to 8 (ev_skb zeroed the last word):
+	 * the ring rounds every record up to 8 and would otherwise leave what
+	 * an earlier record held in the padding, and `record` writes whole
+	 * spans of the ring to the file */
 	if (e->flags & IPVT_F_HAS_HDR)
-		size += e->hdr_len;   /* the captured bytes and not one more */
+		size += (e->hdr_len + 7) & ~7;
 	/* clang must not fold the bound below away: the verifier needs it on
 	 * the very register handed to the helper */
 	asm volatile("" : "+r"(size));
@@ -654,6 +658,20 @@ static __always_inline struct ipvt_hit *hit_begin(__u16 probe, struct ipvt_rec *
 	h->probe = probe;
 	h->flags = flags;
 	return h;
+}
+
+/* Where a kept hit's skb was freed, once per distinct address: `record`
+ * names these at its end (the trailer's symbols) without reading every
+ * record's hits in Python. Full: counted, the rest stay unnamed (hex). */
+BPF_HASH(free_sites, __u64, __u8, IPVT_FREE_SITES_MAX);
+
+static __always_inline void note_site(__u64 location)
+{
+	__u8 one = 1;
+	if (!location || free_sites.lookup(&location))
+		return;
+	if (free_sites.update(&location, &one) != 0)
+		stat_inc(IPVT_S_SITES_FULL);
 }
 
 /* Keep the hit hit_begin gave: one more in its record, or the worker's
@@ -1357,6 +1375,7 @@ static __always_inline int report_free(__u16 probe, void *skbaddr, void *locatio
 	h->aux = (__u64)location;
 	h->reason = reason;
 	hit_end(h, r, w);
+	note_site((__u64)location);
 	return 0;
 #endif
 }

@@ -17,6 +17,7 @@
 #define IPVT_REC_MAX 1024        /* a record's room: ipvt_rec, frame, hits */
 #define IPVT_IFNAMSIZ 16
 #define IPVT_STACK_MAX 4
+#define IPVT_FREE_SITES_MAX 1024 /* distinct skb free locations `record` names */
 
 enum ipvt_probe {
 	IPVT_P_XMIT = 1,         /* ipvlan_queue_xmit entry: a slave sends */
@@ -52,6 +53,7 @@ enum ipvt_stat {
 	IPVT_S_STACK_STALE = 26,
 	IPVT_S_COUNTS_FULL = 27, /* stats mode: the counter map had no room */
 	IPVT_S_HITS_FULL = 28,   /* a context saw more helper hits than its record holds */
+	IPVT_S_SITES_FULL = 29,  /* free_sites had no room: a free location stays unnamed */
 	IPVT_S_RUNS_BASE = 32,   /* + probe id: runs of that probe's program; the
 				    kprobe's hits (tracefs kprobe_profile) minus
 				    these are hits the kernel skipped the program for */

@@ -86,7 +86,10 @@ def run_live(opts: LiveOptions) -> dict:
                                   kernel=KernelFacts.from_plan(header["plan"]))
                 if opts.sink is not None:   # rows name drop locations as they go:
                     src.kallsyms.resolve(0)   # read kallsyms now, not under the first drop
-                tracer.on_event(src.raw)
+                # record, on the mapped ring: records whose devices are known
+                # go to the file in whole runs (no Python per record beyond a peek)
+                tracer.on_event(src.raw, runs=(src.plain, src.ring_run)
+                                if writer is not None and opts.sink is None else None)
                 stop.install()
                 announce(plan, f"tracing ({plan.probe_count} probes)"
                          + (f", writing {opts.output}" if opts.output else ""))
@@ -122,6 +125,7 @@ def run_live(opts: LiveOptions) -> dict:
                 src.settle()
                 kstats = tracer.kernel_stats()
                 src.tick(now, kstats)
+                src.name_free_sites(tracer.free_sites())
             summary = src.close(ended_by=stop.why or "duration", kstats=kstats)
         except recording.WriteError as exc:
             kept = writer.keep_partial() if writer is not None else None
@@ -154,29 +158,28 @@ class _LiveStream:
             kernel=kernel,
         )
         self.classify = sink is not None
-        # fixed offsets into struct ipvt_event / ipvt_rec / ipvt_hit, for the
-        # record-only fast path
+        # fixed offsets into struct ipvt_event / ipvt_rec, read without decoding
         offs = field_offsets(lay.fields, lay.fmt)
         roffs = field_offsets(lay.rec.fields, lay.rec.fmt)
-        hoffs = field_offsets(lay.hit.fields, lay.hit.fmt)
-        self._off_probe, self._off_netns, self._off_aux = offs["probe"], offs["netns"], offs["aux"]
+        self._off_probe, self._off_netns = offs["probe"], offs["netns"]
         assert offs["ifindex"] == offs["netns"] + 4
         assert (roffs["probe"], roffs["netns"], roffs["ifindex"]) == (
             offs["probe"], offs["netns"], offs["ifindex"])
-        self._off_kind, self._off_nhits, self._off_hdr_len = (
-            roffs["kind"], roffs["nhits"], roffs["hdr_len"])
-        self._rec_size = struct.calcsize(lay.rec.fmt)
-        self._hit_size = struct.calcsize(lay.hit.fmt)
-        self._hit_probe, self._hit_aux = hoffs["probe"], hoffs["aux"]
+        self._off_kind = roffs["kind"]
         self._peek_probe = struct.Struct("<H").unpack_from
         self._peek_u32 = struct.Struct("<I").unpack_from
         self._peek_dev = struct.Struct("<Ii").unpack_from
-        self._peek_aux = struct.Struct("<Q").unpack_from
+        # plain(): kind, entry device (netns, ifindex as one u64), probe
+        assert roffs["kind"] < roffs["netns"] < roffs["probe"]
+        self._win = struct.Struct(
+            f"<{roffs['kind']}xI{roffs['netns'] - roffs['kind'] - 4}xQ"
+            f"{roffs['probe'] - roffs['netns'] - 8}xH")
+        self._peek_plain = self._win.unpack_from
+        self._plain_keys: set[tuple[int, int]] = set()   # (entry probe, device u64) settled
         ids = {v: k for k, v in lay.probes.items()}
         self._context_id = ids["context"]
         self._entry_ids = {ids[p] for p in ENTRY_PROBES}
         self._rx_id = ids["rx"]
-        self._free_ids = {ids["kfree"], ids["consume"]}
         # devices that appeared while tracing: read by another thread while
         # the records that name them wait here, in order (refresher.py)
         self.refresher = refresher.Refresher()
@@ -189,7 +192,6 @@ class _LiveStream:
         self.hold_waits = 0    # times the consumer waited for a read (hold full)
         self.refreshes = 0
         self.refresh_s = 0.0
-        self._pending_symbols: set[int] = set()   # record: drop locations, named at close
 
     def _resolve(self, addr: int) -> str | None:
         name = self.symbols.get(addr)
@@ -226,24 +228,35 @@ class _LiveStream:
                 self._resolve(ev.aux)
 
     def _record_only(self, data: bytes) -> None:
-        """`record`: no classification, so read only the fields that matter
-        here instead of decoding the whole event (per-event cost)."""
-        probe = self._peek_probe(data, self._off_probe)[0]
-        if probe == self._context_id:
-            nhits = self._peek_u32(data, self._off_nhits)[0]
-            at = self._rec_size + ((self._peek_probe(data, self._off_hdr_len)[0] + 7) & ~7)
-            for hit in range(at, at + nhits * self._hit_size, self._hit_size):
-                if self._peek_probe(data, hit + self._hit_probe)[0] in self._free_ids:
-                    aux = self._peek_aux(data, hit + self._hit_aux)[0]
-                    if aux:
-                        self._pending_symbols.add(aux)
-        elif probe in self._free_ids:
-            aux = self._peek_aux(data, self._off_aux)[0]
-            if aux:   # named at the end: loading kallsyms here stalled the
-                self._pending_symbols.add(aux)   # consumer for seconds (emulated)
+        """`record`: no classification, so nothing is decoded (the free
+        locations it names at its end come from the kernel: free_sites)."""
         if self.writer is not None:
             self.writer.event(data)
         self.pipe.events += 1
+
+    def plain(self, data, off: int, length: int) -> bool:
+        """`record` on the mapped ring: may the record at data[off:] go to
+        the file in a run, untouched? Not while records wait for a netlink
+        read (stream order), nor an entry whose device is not settled
+        (_waits decides, record by record)."""
+        if self._held or length < self._win.size:
+            return False
+        kind, dev, probe = self._peek_plain(data, off)
+        if probe == self._context_id:
+            probe = kind
+        return probe not in self._entry_ids or (probe, dev) in self._plain_keys
+
+    def ring_run(self, span: bytes, records: int) -> None:
+        """Records plain() accepted, framed as the ring framed them."""
+        self.writer.ring(span, records)
+        self.pipe.events += records
+
+    def name_free_sites(self, addrs: list[int]) -> None:
+        """Where the kernel saw kept hits' skbs freed: named for the trailer
+        (loading kallsyms under the flood stalled the consumer for seconds,
+        emulated), as rows name them when they classify."""
+        for addr in addrs:
+            self._resolve(addr)
 
     def _entry(self, data: bytes) -> tuple[bool, tuple[int, int]] | None:
         """The entry device a ring record names, as (an RX entry?, device),
@@ -278,6 +291,9 @@ class _LiveStream:
         if rx and topo.port_of(*key) is None and self._ask((True, key)):
             return True
         self._settled.add(entry)
+        if len(data) >= self._win.size:
+            kind, dev, probe = self._peek_plain(data, 0)
+            self._plain_keys.add((kind if probe == self._context_id else probe, dev))
         return False
 
     def _prefetch(self, data: bytes) -> None:
@@ -390,8 +406,6 @@ class _LiveStream:
         summary["refresh_s"] = round(self.refresh_s, 3)
         summary["refresh_held_max"] = self.held_max
         summary["refresh_hold_waits"] = self.hold_waits
-        for addr in self._pending_symbols:
-            self._resolve(addr)
         if self.writer is not None:
             self.writer.close({
                 "ended_by": ended_by,

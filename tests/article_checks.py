@@ -35,6 +35,22 @@ def l3s_rx(row: dict) -> bool:
     return row["direction"] == "rx" and row["mode"] == "l3s"
 
 
+def ring_record_lengths(rec) -> list[int]:
+    """The length of every record in a recording's RING frames (the runs
+    `record` copies from the ring in one piece)."""
+    from ipvtrace.output import recording
+
+    out, off = [], rec.start
+    while off < rec.end:
+        ftype, n = recording.FRAME.unpack_from(rec.data, off)
+        at, off = off + recording.FRAME.size, off + recording.FRAME.size + n
+        while ftype == recording.F_RING and at < off:
+            length, _ = recording.RING_HDR.unpack_from(rec.data, at)
+            out.append(length)
+            at += (length + recording.RING_HDR.size + 7) & ~7
+    return out
+
+
 def replay_json(path: Path) -> list[dict]:
     r = subprocess.run([sys.executable, "-m", "ipvtrace", "replay", "--json", str(path)],
                        capture_output=True, text=True, timeout=120)

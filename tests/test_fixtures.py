@@ -6,6 +6,7 @@ tests/guest/test_topologies.py) and copied here by scripts/refresh-fixtures;
 the checks are the ones the guest runs on fresh recordings.
 """
 import json
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,8 @@ def test_fixture_kernel(path):
     # Debian builds ipvlan_rcv_frame only as a GCC clone
     syms = {p["name"]: p["symbol"] for p in rec.header["plan"]["attach"]}
     assert syms["rcv_frame"].startswith("ipvlan_rcv_frame.isra."), syms
+    # runs copied from the ring (container 2) hold no padding the ring added
+    assert all(n % 8 == 0 for n in checks.ring_record_lengths(rec))
 
 
 @pytest.mark.parametrize("path", FIXTURES + TOPOLOGIES + LABS + STACKED, ids=lambda p: p.stem)
@@ -138,3 +141,19 @@ def test_a_kernel_that_inlines_rcv_frame_on_rx_replays_as_it_ran():
     assert all("inlined" in r["why"] for r in local), local
     by = {m["by"] for r in rows if r["branch"] == "rx.l2.multicast" for m in r.get("mcast", [])}
     assert by == {"netif_receive_skb"}, by
+
+
+def test_fixtures_of_both_containers_replay():
+    """Container 2 (record copies runs of the ring: RING frames) and
+    container 1 (one EVENT frame per record) both come from real kernels
+    here, and both are read by the tests above."""
+    from ipvtrace.output import recording
+
+    by_version: dict[int, list[str]] = {}
+    for path in FIXTURES + TOPOLOGIES + LABS + STACKED:
+        rec = recording.read(path)
+        version = struct.unpack_from("<H", rec.data, len(recording.MAGIC))[0]
+        by_version.setdefault(version, []).append(path.stem)
+        if version == 2:
+            assert checks.ring_record_lengths(rec), path
+    assert {1, 2} <= by_version.keys(), by_version

@@ -218,7 +218,20 @@ def check_multicast_own(rows):
         ("rx.l2.multicast_own", "delivered")}, back
 
 
-ALL_CHECKS = [check_l3_private_drop, check_forward_failed_mtu, check_l3_route_fail_v4_broadcast,
+def check_free_locations_named(rows):
+    """Where the kernel freed a packet's skb is named as a function, never a
+    bare address: `record` names what the kernel's free_sites map saw (its
+    trailer), live names each as it goes. The L3 drops are kfree_skb'd in
+    ipvlan code on every kernel."""
+    where = [loc for r in rows for loc in
+             [r.get("location")] + [e.get("location") for e in r.get("events", [])] if loc]
+    assert any(r["branch"] == "tx.l3.mcast_drop" and r.get("location", "").startswith("ipvlan_")
+               for r in rows), "no L3 multicast drop named in ipvlan code"
+    bare = [loc for loc in where if loc.startswith("0x")]
+    assert where and not bare, bare
+
+
+ALL_CHECKS = [check_free_locations_named, check_l3_private_drop, check_forward_failed_mtu, check_l3_route_fail_v4_broadcast,
               check_l3_non_ip_drop, check_multicast_own, check_private_drop, check_vepa_out_parent, check_l3s_tx_local_and_rx_pass,
               check_ipv6_l2, check_l3_multicast_drop, check_l3_ipv6_route_fail,
               check_nothing_unknown, check_l3s_rx_named]

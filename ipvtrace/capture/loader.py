@@ -14,6 +14,7 @@ from typing import Callable
 
 from ipvtrace.model import layout
 from ipvtrace.capture.probes import ProbePlan
+from ipvtrace.capture.ringbuf import Plain, Run
 
 KRETPROBE_MAXACTIVE = 64
 DEFAULT_RINGBUF_PAGES = 1024  # 4 MiB
@@ -87,6 +88,7 @@ class Tracer:
         self._cb: Callable | None = None
         self._ring = None            # ringbuf.MappedRing, when this CPU allows it
         self._handle: Callable[[bytes], None] | None = None
+        self._runs_to: tuple[Plain, Run] | None = None   # record: whole runs of the ring
         self._stats_map: mmap.mmap | None = None   # the `stats` counters, mapped
         self._skipped: dict[str, int] = {}         # the most skipped hits seen, per kprobe
         self._base_runs: dict[str, int] = {}       # runs and kprobe hits when armed
@@ -155,16 +157,20 @@ class Tracer:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def on_event(self, callback: Callable[[bytes], None]) -> None:
+    def on_event(self, callback: Callable[[bytes], None],
+                 runs: tuple[Plain, Run] | None = None) -> None:
         """Call *callback* with each raw event (bytes) as it is polled: read
         from the mapped ring buffer pages where the CPU allows it (no ctypes
-        call per event), through bcc's callback otherwise."""
+        call per event), through bcc's callback otherwise. With *runs*
+        (plain, run) and the mapped pages, records that plain() accepts go
+        to run() in whole runs, ring headers included (ringbuf.walk)."""
         from ipvtrace.capture import ringbuf
 
         if ringbuf.usable() and os.environ.get("IPVTRACE_RINGBUF") != "bcc":
             self._ring = ringbuf.MappedRing(self.bpf["events"].map_fd,
                                             self.ringbuf_pages * mmap.PAGESIZE)
             self._handle = callback
+            self._runs_to = runs
             return
 
         def _cb(_ctx, data, size):
@@ -176,15 +182,28 @@ class Tracer:
     def poll(self, timeout_ms: int) -> None:
         if self._ring is not None:
             self._ring.wait(timeout_ms)
-            self._ring.consume(self._handle)
+            self._consume()
         else:
             self.bpf.ring_buffer_poll(timeout_ms)
 
     def drain(self) -> None:
         if self._ring is not None:
-            self._ring.consume(self._handle)
+            self._consume()
         else:
             self.bpf.ring_buffer_consume()
+
+    def _consume(self) -> None:
+        if self._runs_to is not None:
+            self._ring.consume_runs(*self._runs_to, self._handle)
+        else:
+            self._ring.consume(self._handle)
+
+    def free_sites(self) -> list[int]:
+        """Every distinct address an skb of a kept hit was freed at (the
+        trace build's free_sites): `record` names them at its end."""
+        if self.count_only:
+            return []
+        return [k.value for k in self.bpf["free_sites"].keys()]
 
     def kernel_stats(self, misses: dict[str, dict[str, int]] | None = None) -> dict[str, int]:
         """Counters kept in the kernel: records lost per probe, context-stack

@@ -14,6 +14,11 @@ Layout (little endian)::
         5 TRAILER  JSON: event count, lost events, why the recording ended
         6 LOST     u64 ktime, u64 count: events the kernel could not hand over
                    (ring buffer full) since the last such frame
+        7 RING     (container 2) consecutive EVENTs as the ring buffer framed
+                   them, copied in one piece: each u32 length, u32 (the ring's
+                   page offset, ignored), the record, zeros to 8 bytes. The
+                   BPF program submits 8-byte multiples, so the padding is
+                   never bytes the ring held before
     u32 length of the trailer frame, b"IPVTEND\\0"
 
 The file is written as NAME.partial (readable by its owner only: it holds
@@ -42,12 +47,15 @@ from ipvtrace.output.files import private_open
 
 MAGIC = b"IPVTREC\0"
 END_MAGIC = b"IPVTEND\0"
-CONTAINER_VERSION = 1
+CONTAINER_VERSION = 2
+READS_CONTAINERS = (1, 2)   # 1: no RING frames
 FRAME = struct.Struct("<BI")
 TICK = struct.Struct("<Q")
 END = struct.Struct("<I8s")
 
-F_HEADER, F_EVENT, F_TICK, F_SNAPSHOT, F_TRAILER, F_LOST = 1, 2, 3, 4, 5, 6
+F_HEADER, F_EVENT, F_TICK, F_SNAPSHOT, F_TRAILER, F_LOST, F_RING = 1, 2, 3, 4, 5, 6, 7
+RING_HDR = struct.Struct("<II")
+RING_FLAGS = (1 << 31) | (1 << 30)   # BUSY, DISCARD: never in a written record
 LOST = struct.Struct("<QQ")
 FIXED_SIZE = {F_TICK: TICK.size, F_LOST: LOST.size}
 FLUSH_EVERY_S = 1.0   # a killed recorder loses at most this much
@@ -91,6 +99,14 @@ class Writer:
         # under a flood the consumer may drain the ring for long between two
         # ticks (and slowly, on a busy CPU): look at the clock every 64 events
         if not self.events & 63 and time.monotonic() - self._flushed >= FLUSH_EVERY_S:
+            self.flush()
+
+    def ring(self, span: bytes, records: int) -> None:
+        """*records* committed ring records, framed as the ring framed them
+        (ringbuf.walk): one write for all of them."""
+        self._frame(F_RING, span)
+        self.events += records
+        if time.monotonic() - self._flushed >= FLUSH_EVERY_S:
             self.flush()
 
     def tick(self, ktime: int) -> None:
@@ -164,10 +180,12 @@ class Recording:
                 raise RecordingError(f"corrupted: frame header cut at byte {off}")
             ftype, n = unpack(data, off)
             off += FRAME.size
-            if (off + n > end or ftype not in (F_EVENT, F_TICK, F_SNAPSHOT, F_LOST)
+            if (off + n > end or ftype not in (F_EVENT, F_TICK, F_SNAPSHOT, F_LOST, F_RING)
                     or fixed.get(ftype, n) != n):
                 raise RecordingError(f"corrupted: bad frame (type {ftype}, {n} bytes) at byte {off - FRAME.size}")
-            if ftype == F_SNAPSHOT:
+            if ftype == F_RING:
+                yield from _ring_records(data, off, off + n)
+            elif ftype == F_SNAPSHOT:
                 yield ftype, _json(data[off:off + n], schema.snapshot, f"snapshot at byte {off}")
             else:
                 yield ftype, bytes(data[off:off + n])
@@ -187,6 +205,20 @@ class Recording:
         return (f"{path}: recording cut at byte {self.cut_at} of {self.size} (no end marker: the "
                 "recorder was killed or its disk filled); replaying what comes before, "
                 "unfinished packets marked incomplete")
+
+
+def _ring_records(data, off: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """The EVENTs of one RING frame (data[off:end]), each header checked."""
+    unpack = RING_HDR.unpack_from
+    while off < end:
+        if off + RING_HDR.size > end:
+            raise RecordingError(f"corrupted: ring record header cut at byte {off}")
+        length, _ = unpack(data, off)
+        step = (length + RING_HDR.size + 7) & ~7
+        if length & RING_FLAGS or off + step > end:
+            raise RecordingError(f"corrupted: bad ring record ({length:#x}) at byte {off}")
+        yield F_EVENT, bytes(data[off + RING_HDR.size:off + RING_HDR.size + length])
+        off += step
 
 
 def _json(raw: bytes, check, what: str):
@@ -229,10 +261,10 @@ def parse(data: bytes | mmap.mmap | memoryview, path: Path | str) -> Recording:
     if bytes(data[:len(MAGIC)]) != MAGIC:
         raise RecordingError(f"{path}: not an ipvtrace recording (bad magic)")
     (version,) = struct.unpack_from("<H", data, len(MAGIC))
-    if version != CONTAINER_VERSION:
+    if version not in READS_CONTAINERS:
         raise RecordingError(
-            f"{path}: recording container version {version}; this ipvtrace reads version {CONTAINER_VERSION}"
-        )
+            f"{path}: recording container version {version}; this ipvtrace reads versions "
+            + " and ".join(map(str, READS_CONTAINERS)))
     off = len(MAGIC) + 2
     header, off = _json_frame(data, off, F_HEADER, path, "header", schema.header)
     if len(data) >= off + END.size and bytes(data[-8:]) == END_MAGIC:

@@ -31,3 +31,16 @@ def rows():
 def test_topology(rows, check, plan):
     skip_unless_probed(plan, check)
     check(rows)
+
+
+def test_record_wrote_runs_of_the_ring_and_no_padding(rows):
+    """`record` copied runs of the ring to the file (RING frames): every
+    record in them is a multiple of 8 bytes, so the ring added no padding,
+    which would hold bytes of records the ring held before."""
+    from ipvtrace.output import recording
+
+    rec = recording.read(OUT / f"topologies-{os.uname().release}.ipvt")
+    lengths = article_checks.ring_record_lengths(rec)
+    assert lengths, "no RING frame: record took the per-record path"
+    assert all(n % 8 == 0 for n in lengths), sorted(set(n % 8 for n in lengths))
+

@@ -1,0 +1,197 @@
+"""`record` on the mapped ring hands whole runs of records to the file.
+
+ringbuf.walk is checked on a ring laid out as the kernel lays it out (the
+data pages twice in a row, records wrapping at the end, a BUSY record where
+a producer is still writing, DISCARD records), the RING frame it feeds is
+read back record for record, and a file of runs replays exactly like the
+file the per-record path writes from the same records, a new pod's read
+(refresher) included.
+"""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ipvtrace import live, replay
+from ipvtrace.capture import ringbuf, snapshot
+from ipvtrace.model.decode import field_offsets
+from ipvtrace.model.layout import current
+from ipvtrace.output import recording
+
+import synth
+from synth import POD_A, pod_a, pod_b
+from test_live_refresh import POD_C, POD_C_DEV, packet, pod_c_snapshot
+
+PAGE = 4096
+NETNS = field_offsets(current().rec.fields, current().rec.fmt)["netns"]
+HDR = struct.Struct("<II")
+
+
+def ring_of(records: list[tuple[bytes, int]], size: int, start: int) -> tuple[bytearray, int]:
+    """The mapped pages of a ring of *size* data bytes whose consumer is at
+    *start*, holding *records* (payload, header flags); returns the pages
+    and the producer position."""
+    data = bytearray(size)
+    pos = start
+    for payload, flags in records:
+        blob = HDR.pack(len(payload) | flags, 7) + payload
+        blob += bytes(-len(blob) % 8)
+        for i, b in enumerate(blob):
+            data[(pos + i) % size] = b
+        pos += len(blob)
+    assert pos - start <= size
+    return bytearray(PAGE) + data + data, pos   # the data pages, mapped twice
+
+
+def walk_all(mem, size, start, prod, plain):
+    got: list[tuple[str, bytes]] = []
+    gave: list[int] = []
+
+    def run(span: bytes, n: int) -> None:
+        recs = [p for _, p in recording._ring_records(span, 0, len(span))]
+        assert len(recs) == n
+        got.extend(("run", p) for p in recs)
+
+    n = ringbuf.walk(memoryview(mem), PAGE, size - 1, start, prod, plain, run,
+                     lambda p: got.append(("one", bytes(p))), gave.append)
+    return n, got, gave
+
+
+@settings(max_examples=200, deadline=None)
+@given(lens=st.lists(st.integers(1, 300), min_size=1, max_size=40),
+       plain_bits=st.integers(0, 2**40), discard_bits=st.integers(0, 2**40),
+       busy_at=st.integers(0, 45), start=st.integers(0, 4095))
+def test_walk_hands_on_every_committed_record_once_in_order(lens, plain_bits, discard_bits,
+                                                            busy_at, start):
+    size = 1 << 14
+    recs = []
+    for i, n in enumerate(lens):
+        flags = ringbuf.DISCARD if discard_bits >> i & 1 else 0
+        if i == busy_at:
+            flags = ringbuf.BUSY
+        recs.append((bytes([i]) * n, flags))
+    start = start * 8 + (size - 2048 if start & 1 else 0)   # often across the wrap
+    mem, prod = ring_of(recs, size, start)
+
+    def plain(data, off, length):
+        return bool(plain_bits >> data[off] & 1)
+
+    n, got, gave = walk_all(mem, size, start, prod, plain)
+    upto = recs[:busy_at] if busy_at < len(recs) else recs
+    want = [p for p, f in upto if not f & ringbuf.DISCARD]
+    assert [p for _, p in got] == want
+    assert n == len(want)
+    assert [how for how, _ in got] == ["run" if plain_bits >> p[0] & 1 else "one" for p in want]
+    # the space given back ends at the BUSY record (a producer still writes it)
+    stop = start + sum((len(p) + 8 + 7) & ~7 for p, _ in upto)
+    assert gave[-1] == stop and gave == sorted(gave) and all(g <= stop for g in gave)
+
+
+def test_a_run_is_handed_on_before_its_space_is_given_back():
+    """The producer may reuse given-back space at once: every record behind
+    a given-back position must already be copied out."""
+    size = 1 << 16
+    recs = [(bytes([i % 256]) * 40, 0) for i in range(ringbuf.RUN_MAX_RECORDS * 2 + 10)]
+    mem, prod = ring_of(recs, size, 0)
+    handed = 0
+    order: list[tuple[str, int]] = []
+
+    def run(span, n):
+        nonlocal handed
+        handed += len(span)
+        order.append(("run", handed))
+
+    ringbuf.walk(memoryview(mem), PAGE, size - 1, 0, prod, lambda *a: True, run,
+                 lambda p: None, lambda pos: order.append(("give", pos)))
+    for i, (what, pos) in enumerate(order):
+        if what == "give":
+            assert pos <= max([h for w, h in order[:i] if w == "run"] + [0])
+
+
+@pytest.mark.parametrize("bad, why", [
+    (HDR.pack(8 | ringbuf.BUSY, 0) + bytes(8), "bad ring record"),
+    (HDR.pack(8 | ringbuf.DISCARD, 0) + bytes(8), "bad ring record"),
+    (HDR.pack(64, 0) + bytes(8), "bad ring record"),
+    (HDR.pack(8, 0) + bytes(8) + b"\0\0\0", "header cut"),
+])
+def test_a_bad_ring_frame_is_one_error(tmp_path, bad, why):
+    path = tmp_path / "bad.ipvt"
+    w = recording.Writer(path, {"format": "ipvtrace-recording", "format_version": 3,
+                                "start_ktime": 0, "layout": current().to_json(),
+                                "drop_reasons": {}, "snapshot": synth.snapshot()})
+    w.ring(bad, 1)
+    w.close({})
+    with pytest.raises(recording.RecordingError, match=why):
+        list(recording.read(path).frames())
+
+
+def records_of_churn() -> list[bytes]:
+    """Known pods' packets, then pod-c's (its namespace read while tracing),
+    then known pods' again."""
+    out: list[bytes] = []
+    for i in range(5):
+        out += packet(1_000 + i * 100, 1 + i, pod_a(), pod_b(), "10.0.0.1", "10.0.0.2", 0x10 + i)
+    out += packet(20_000, 50, POD_C_DEV, pod_b(), "10.0.0.3", "10.0.0.2", 0x500)
+    for i in range(5):
+        out += packet(30_000 + i * 100, 60 + i, pod_a(), pod_b(), "10.0.0.1", "10.0.0.2",
+                      0x600 + i)
+    return out
+
+
+def record_file(out: Path, monkeypatch, runs: bool) -> recording.Recording:
+    snap0 = synth.snapshot("l2")
+    monkeypatch.setattr(snapshot, "take", lambda: snap0)
+    monkeypatch.setattr(snapshot, "take_netns", lambda inum, known: pod_c_snapshot())
+    lay = current()
+    w = recording.Writer(out, {"format": "ipvtrace-recording", "format_version": 3,
+                               "start_ktime": 0, "layout": lay.to_json(),
+                               "drop_reasons": {}, "snapshot": snap0})
+    src = live._LiveStream(lay, w, snap0, {}, 0, None)
+    src.kallsyms.resolve = lambda addr: None
+    recs = records_of_churn()
+    if runs:
+        size = 1 << 16
+        mem, prod = ring_of([(r, 0) for r in recs], size, 0)
+        ringbuf.walk(memoryview(mem), PAGE, size - 1, 0, prod, src.plain, src.ring_run,
+                     src.raw, lambda pos: None)
+    else:
+        for r in recs:
+            src.raw(r)
+    src.settle()
+    src.tick(90_000, {})
+    src.check()
+    src.close("SIGINT", {})
+    return recording.read(out)
+
+
+def test_record_in_runs_replays_as_record_per_event(tmp_path, monkeypatch):
+    by_run = record_file(tmp_path / "runs.ipvt", monkeypatch, runs=True)
+    by_one = record_file(tmp_path / "one.ipvt", monkeypatch, runs=False)
+    # the same records and snapshots, in the same order
+    assert [(t, p) for t, p in by_run.frames()] == [(t, p) for t, p in by_one.frames()]
+    types = [struct.unpack_from("<B", by_run.data, off)[0] for off in _frame_offsets(by_run)]
+    assert recording.F_RING in types, "no run reached the file"
+    # pod-c's record waited for the read of its namespace: after that snapshot
+    kinds = []
+    for t, p in by_run.frames():
+        if t == recording.F_EVENT:
+            kinds.append({POD_A: "a", POD_C: "c"}[struct.unpack_from("<I", p, NETNS)[0]])
+        elif t == recording.F_SNAPSHOT:
+            kinds.append("snap")
+    assert kinds.index("snap") < kinds.index("c") and kinds.count("c") == 1
+    a, b = [], []
+    replay.run_replay(tmp_path / "runs.ipvt", a.append)
+    replay.run_replay(tmp_path / "one.ipvt", b.append)
+    assert a == b and len(a) == 11 and all(r["branch"] == "tx.l2.local" for r in a), a
+
+
+def _frame_offsets(rec: recording.Recording) -> list[int]:
+    offs, off = [], rec.start
+    while off < rec.end:
+        offs.append(off)
+        off += recording.FRAME.size + recording.FRAME.unpack_from(rec.data, off)[1]
+    return offs
