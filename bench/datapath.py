@@ -39,6 +39,12 @@ VETH = ("ipvt-bench-v1", "ipvt-bench-v2", "10.98.0.2")
 IPVLAN = (NS[1], NS[2], "10.99.0.2")
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def udp_rate(lab: Lab, seconds: int = SECONDS, during=None, path=IPVLAN) -> dict:
     src, dst, dst_ip = path
     srv = subprocess.Popen(["ip", "netns", "exec", dst, "iperf3", "-s", "-1", "-J"],
@@ -96,7 +102,9 @@ def traced(lab: Lab, cmd: list[str], ready: Path, out_path: Path | None = None,
     startup = wait_file(ready, proc)
     if costs:   # (the accounting itself costs two clock reads per program run)
         Path("/proc/sys/kernel/bpf_stats_enabled").write_text("1")
+    cpu0 = cpu_s(proc.pid)
     res = udp_rate(lab, path=path)
+    res["tool_cpu_s"] = round(cpu_s(proc.pid) - cpu0, 2)   # the tool's own CPU during the flood
     if costs:
         res["prog_costs"] = prog_costs(proc.pid)
         Path("/proc/sys/kernel/bpf_stats_enabled").write_text("0")
@@ -198,6 +206,11 @@ def main() -> int:
         rec = out_dir / "bench-record.ipvt"
         results["record"] = traced(lab, py + ["record", "-o", str(rec), "--ready-file", str(ready)],
                                    ready, rec)
+        # the same, the ring waking the reader whenever it has caught up
+        rec_ad = out_dir / "bench-record-adaptive.ipvt"
+        results["record_adaptive_wakeup"] = traced(
+            lab, py + ["record", "-o", str(rec_ad), "--ready-file", str(ready)], ready, rec_ad,
+            env={"IPVTRACE_RING_WAKEUP": "adaptive"})
         # the same, reading the ring buffer through bcc's per-event callback
         rec_bcc = out_dir / "bench-record-bcc.ipvt"
         results["record_bcc_callback"] = traced(
