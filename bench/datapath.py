@@ -206,11 +206,6 @@ def main() -> int:
         rec = out_dir / "bench-record.ipvt"
         results["record"] = traced(lab, py + ["record", "-o", str(rec), "--ready-file", str(ready)],
                                    ready, rec)
-        # the same, the ring waking the reader whenever it has caught up
-        rec_ad = out_dir / "bench-record-adaptive.ipvt"
-        results["record_adaptive_wakeup"] = traced(
-            lab, py + ["record", "-o", str(rec_ad), "--ready-file", str(ready)], ready, rec_ad,
-            env={"IPVTRACE_RING_WAKEUP": "adaptive"})
         # the same, reading the ring buffer through bcc's per-event callback
         rec_bcc = out_dir / "bench-record-bcc.ipvt"
         results["record_bcc_callback"] = traced(

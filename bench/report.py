@@ -26,7 +26,6 @@ def main() -> int:
     base = (dp["untraced"]["pps"] + dp["untraced_again"]["pps"]) / 2
     rows = [(name, dp[key]["pps"]) for name, key in (  # rows an older datapath.py lacks: left out
         ("stats (counters in the kernel)", "stats"), ("record", "record"),
-        ("record, the ring's adaptive wakeup (woken whenever caught up)", "record_adaptive_wakeup"),
         ("record, bcc's per-event callback instead of the mapped ring", "record_bcc_callback"),
         ("live --json", "live_json"),
         ("record, filter matching nothing", "filter_nothing"),
@@ -44,8 +43,7 @@ def main() -> int:
     lines.append(f"  stats: {st.get('counted_packets', 0):,} packets counted in the kernel "
                  f"(iperf3 saw {st['pps'] * dp['seconds']:,.0f} arrive), "
                  f"{st.get('kprobe_misses', 0)} kprobe misses, no events")
-    for key in [k for k in ("record", "record_adaptive_wakeup", "record_bcc_callback",
-                            "filter_nothing") if k in dp]:
+    for key in [k for k in ("record", "record_bcc_callback", "filter_nothing") if k in dp]:
         cpu = dp[key].get("tool_cpu_s")
         lines.append(f"  {key}: {dp[key].get('events', 0):,} events, "
                      f"{dp[key].get('lost_events', 0):,} lost"

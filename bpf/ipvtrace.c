@@ -395,30 +395,6 @@ static __always_inline void note_loss(struct ipvt_event *e)
 }
 
 #ifndef IPVT_COUNT_ONLY
-/* Wake the reader once per IPVT_WAKE_EVERY records a CPU sends (a power of
- * two, from the ring's size: loader.py), not whenever it has caught up:
- * the ring's adaptive wakeup woke a reader that keeps up for nearly every
- * record, an irq_work on the packet's path each time. The reader also
- * reads at every tick (200 ms). 0: the adaptive wakeup. */
-#ifndef IPVT_WAKE_EVERY
-#define IPVT_WAKE_EVERY 0
-#endif
-BPF_PERCPU_ARRAY(sent, __u64, 1);
-
-static __always_inline __u64 wake_flags(void)
-{
-#if IPVT_WAKE_EVERY > 1
-	int zero = 0;
-	__u64 *n = sent.lookup(&zero);
-	if (!n)
-		return 0;
-	*n += 1;
-	return (*n & (IPVT_WAKE_EVERY - 1)) ? BPF_RB_NO_WAKEUP : BPF_RB_FORCE_WAKEUP;
-#else
-	return 0;
-#endif
-}
-
 static __always_inline __u32 rec_size(struct ipvt_rec *r)
 {
 	__u32 size = sizeof(struct ipvt_rec) + ((r->hdr_len + 7) & ~7) +
@@ -484,7 +460,7 @@ static __always_inline void rec_close(struct ipvt_stack *st, __u32 idx, __s64 re
 	asm volatile("" : "+r"(size));
 	if (size > IPVT_REC_MAX)
 		size = IPVT_REC_MAX;
-	if (events.ringbuf_output(buf, size, wake_flags()) != 0)
+	if (events.ringbuf_output(buf, size, 0) != 0)
 		stat_inc(IPVT_S_LOST_BASE + r->kind);
 }
 #endif

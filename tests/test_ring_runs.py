@@ -9,7 +9,6 @@ file the per-record path writes from the same records, a new pod's read
 """
 from __future__ import annotations
 
-import re
 import struct
 from pathlib import Path
 
@@ -196,25 +195,3 @@ def _frame_offsets(rec: recording.Recording) -> list[int]:
         offs.append(off)
         off += recording.FRAME.size + recording.FRAME.unpack_from(rec.data, off)[1]
     return offs
-
-
-@pytest.mark.parametrize("cpus", [1, 2, 8, 64, 512])
-def test_records_waiting_for_a_wakeup_fill_at_most_a_16th_of_the_ring(monkeypatch, cpus):
-    """Between two wakeups each CPU may send IPVT_WAKE_EVERY records unseen
-    (the reader also reads every tick): all CPUs' together, at the largest
-    record size, stay within a 16th of the ring; a ring too small for that
-    keeps the adaptive wakeup (0), and so does IPVTRACE_RING_WAKEUP=adaptive."""
-    from ipvtrace.capture import loader
-
-    monkeypatch.setattr(loader, "possible_cpus", lambda: cpus)
-    monkeypatch.delenv("IPVTRACE_RING_WAKEUP", raising=False)
-    from ipvtrace.model import layout
-
-    rec_max = int(re.search(r"#define IPVT_REC_MAX (\d+)", layout.HEADER.read_text()).group(1))
-    for pages in (1, 2, 8, 64, 256, 1024, 4096, 65536):
-        every = loader.wake_every(pages)
-        assert every == 0 or (every >= 2 and every & (every - 1) == 0)
-        assert every * rec_max * cpus <= pages * PAGE // 16
-    assert loader.wake_every(1024) > 0 or cpus > 128
-    monkeypatch.setenv("IPVTRACE_RING_WAKEUP", "adaptive")
-    assert loader.wake_every(65536) == 0

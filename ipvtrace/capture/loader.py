@@ -59,7 +59,6 @@ def require_root() -> None:
 
 
 SLOTS_PER_CPU = 512   # IPVT_SLOTS_PER_CPU in bpf/ipvtrace.c
-REC_MAX = 1024        # IPVT_REC_MAX in bpf/ipvtrace.h: the largest record
 
 
 def possible_cpus() -> int:
@@ -71,21 +70,8 @@ def possible_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def wake_every(ringbuf_pages: int) -> int:
-    """Records a CPU sends between two wakeups of the reader (IPVT_WAKE_EVERY):
-    a power of two, so that every CPU's unannounced records together fill at
-    most a 16th of the ring (records of at most IPVT_REC_MAX bytes); 0 (the
-    ring's adaptive wakeup) for a ring too small for that, or with
-    IPVTRACE_RING_WAKEUP=adaptive."""
-    if os.environ.get("IPVTRACE_RING_WAKEUP") == "adaptive":
-        return 0
-    per_cpu = ringbuf_pages * mmap.PAGESIZE // 16 // REC_MAX // possible_cpus()
-    return 1 << (per_cpu.bit_length() - 1) if per_cpu >= 2 else 0
-
-
 def cflags(plan: ProbePlan, ringbuf_pages: int) -> list[str]:
     return ["-w", f"-I{layout.BPF_DIR}", f"-DIPVT_RINGBUF_PAGES={ringbuf_pages}",
-            f"-DIPVT_WAKE_EVERY={wake_every(ringbuf_pages)}",
             f"-DIPVT_NR_CPUS={possible_cpus()}", *plan.cflags]
 
 
