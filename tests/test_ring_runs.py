@@ -16,15 +16,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipvtrace import live, replay
-from ipvtrace.capture import ringbuf, snapshot
+from ipvtrace import replay
+from ipvtrace.capture import ringbuf
 from ipvtrace.model.decode import field_offsets
 from ipvtrace.model.layout import current
 from ipvtrace.output import recording
 
 import synth
 from synth import POD_A, pod_a, pod_b
-from test_live_refresh import POD_C, POD_C_DEV, packet, pod_c_snapshot
+from test_live_refresh import POD_C, POD_C_DEV, live_stream, packet, pod_c_snapshot
 
 PAGE = 4096
 NETNS = field_offsets(current().rec.fields, current().rec.fmt)["netns"]
@@ -143,15 +143,7 @@ def records_of_churn() -> list[bytes]:
 
 
 def record_file(out: Path, monkeypatch, runs: bool) -> recording.Recording:
-    snap0 = synth.snapshot("l2")
-    monkeypatch.setattr(snapshot, "take", lambda: snap0)
-    monkeypatch.setattr(snapshot, "take_netns", lambda inum, known: pod_c_snapshot())
-    lay = current()
-    w = recording.Writer(out, {"format": "ipvtrace-recording", "format_version": 3,
-                               "start_ktime": 0, "layout": lay.to_json(),
-                               "drop_reasons": {}, "snapshot": snap0})
-    src = live._LiveStream(lay, w, snap0, {}, 0, None)
-    src.kallsyms.resolve = lambda addr: None
+    _, src = live_stream(out, monkeypatch, lambda inum, known: pod_c_snapshot(), None)
     recs = records_of_churn()
     if runs:
         size = 1 << 16
