@@ -158,24 +158,16 @@ class _LiveStream:
             kernel=kernel,
         )
         self.classify = sink is not None
-        # fixed offsets into struct ipvt_event / ipvt_rec, read without decoding
+        # an entry's kind, device and probe, read without decoding (struct
+        # ipvt_rec; an event has probe, netns and ifindex at the same offsets)
         offs = field_offsets(lay.fields, lay.fmt)
         roffs = field_offsets(lay.rec.fields, lay.rec.fmt)
-        self._off_probe, self._off_netns = offs["probe"], offs["netns"]
-        assert offs["ifindex"] == offs["netns"] + 4
-        assert (roffs["probe"], roffs["netns"], roffs["ifindex"]) == (
-            offs["probe"], offs["netns"], offs["ifindex"])
-        self._off_kind = roffs["kind"]
-        self._peek_probe = struct.Struct("<H").unpack_from
-        self._peek_u32 = struct.Struct("<I").unpack_from
-        self._peek_dev = struct.Struct("<Ii").unpack_from
-        # plain(): kind, entry device (netns, ifindex as one u64), probe
-        assert roffs["kind"] < roffs["netns"] < roffs["probe"]
+        assert all(roffs[f] == offs[f] for f in ("probe", "netns", "ifindex"))
+        assert roffs["kind"] < roffs["netns"] and roffs["ifindex"] == roffs["netns"] + 4 < roffs["probe"]
         self._win = struct.Struct(
-            f"<{roffs['kind']}xI{roffs['netns'] - roffs['kind'] - 4}xQ"
+            f"<{roffs['kind']}xI{roffs['netns'] - roffs['kind'] - 4}xIi"
             f"{roffs['probe'] - roffs['netns'] - 8}xH")
-        self._peek_plain = self._win.unpack_from
-        self._plain_keys: set[tuple[int, int]] = set()   # (entry probe, device u64) settled
+        self._peek = self._win.unpack_from
         ids = {v: k for k, v in lay.probes.items()}
         self._context_id = ids["context"]
         self._entry_ids = {ids[p] for p in ENTRY_PROBES}
@@ -185,7 +177,7 @@ class _LiveStream:
         self.refresher = refresher.Refresher()
         self._asked: set[refresher.Tag] = set()
         self._reading: set[refresher.Tag] = set()
-        self._settled: set[tuple[bool, tuple[int, int]]] = set()
+        self._settled: set[tuple[int, int, int]] = set()   # entry keys: see _entry
         self._held: deque[tuple] = deque()
         self._held_bytes = 0
         self.held_max = 0      # the most items that waited at once
@@ -241,10 +233,8 @@ class _LiveStream:
         (_waits decides, record by record)."""
         if self._held or length < self._win.size:
             return False
-        kind, dev, probe = self._peek_plain(data, off)
-        if probe == self._context_id:
-            probe = kind
-        return probe not in self._entry_ids or (probe, dev) in self._plain_keys
+        key = self._entry(data, off)
+        return key is None or key in self._settled
 
     def ring_run(self, span: bytes, records: int) -> None:
         """Records plain() accepted, framed as the ring framed them."""
@@ -258,17 +248,15 @@ class _LiveStream:
         for addr in addrs:
             self._resolve(addr)
 
-    def _entry(self, data: bytes) -> tuple[bool, tuple[int, int]] | None:
-        """The entry device a ring record names, as (an RX entry?, device),
+    def _entry(self, data, off: int = 0) -> tuple[int, int, int] | None:
+        """The entry a ring record names, as (entry probe, netns, ifindex),
         or None: read from the bytes, so that a held record is only bytes
         (decoded, a record takes ten times the memory). A context record's
         hits are helpers: a nested entry sends its own record."""
-        probe = self._peek_probe(data, self._off_probe)[0]
+        kind, netns, ifindex, probe = self._peek(data, off)
         if probe == self._context_id:
-            probe = self._peek_u32(data, self._off_kind)[0]
-        if probe not in self._entry_ids:
-            return None
-        return probe == self._rx_id, self._peek_dev(data, self._off_netns)
+            probe = kind
+        return (probe, netns, ifindex) if probe in self._entry_ids else None
 
     def _waits(self, data: bytes) -> bool:
         """Must this record wait for a netlink read? Its entry device must be
@@ -284,24 +272,21 @@ class _LiveStream:
         entry = self._entry(data)
         if entry is None or entry in self._settled:
             return False
-        rx, key = entry
+        key = entry[1:]
         topo = self.pipe.ctx.topo
         if topo.device(*key) is None and self._ask((False, key)):
             return True
-        if rx and topo.port_of(*key) is None and self._ask((True, key)):
+        if entry[0] == self._rx_id and topo.port_of(*key) is None and self._ask((True, key)):
             return True
         self._settled.add(entry)
-        if len(data) >= self._win.size:
-            kind, dev, probe = self._peek_plain(data, 0)
-            self._plain_keys.add((kind if probe == self._context_id else probe, dev))
         return False
 
     def _prefetch(self, data: bytes) -> None:
         """A record that arrives behind held ones waits its turn, but the read
         of its unknown namespace can start now."""
         entry = self._entry(data)
-        if entry is not None and self.pipe.ctx.topo.device(*entry[1]) is None:
-            self._ask((False, entry[1]))
+        if entry is not None and self.pipe.ctx.topo.device(*entry[1:]) is None:
+            self._ask((False, entry[1:]))
 
     def _ask(self, tag: refresher.Tag) -> bool:
         """True while the read *tag* names is under way (asked now or before)."""

@@ -35,20 +35,25 @@ def l3s_rx(row: dict) -> bool:
     return row["direction"] == "rx" and row["mode"] == "l3s"
 
 
+def raw_frames(rec):
+    """(type, offset, length) of every frame between a recording's header
+    and trailer, as the file holds them (RING frames not expanded)."""
+    from ipvtrace.output import recording
+
+    off = rec.start
+    while off < rec.end:
+        ftype, n = recording.FRAME.unpack_from(rec.data, off)
+        yield ftype, off + recording.FRAME.size, n
+        off += recording.FRAME.size + n
+
+
 def ring_record_lengths(rec) -> list[int]:
     """The length of every record in a recording's RING frames (the runs
     `record` copies from the ring in one piece)."""
     from ipvtrace.output import recording
 
-    out, off = [], rec.start
-    while off < rec.end:
-        ftype, n = recording.FRAME.unpack_from(rec.data, off)
-        at, off = off + recording.FRAME.size, off + recording.FRAME.size + n
-        while ftype == recording.F_RING and at < off:
-            length, _ = recording.RING_HDR.unpack_from(rec.data, at)
-            out.append(length)
-            at += (length + recording.RING_HDR.size + 7) & ~7
-    return out
+    return [len(payload) for ftype, off, n in raw_frames(rec) if ftype == recording.F_RING
+            for _, payload in recording._ring_records(rec.data, off, off + n)]
 
 
 def replay_json(path: Path) -> list[dict]:

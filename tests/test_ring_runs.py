@@ -22,6 +22,7 @@ from ipvtrace.model.decode import field_offsets
 from ipvtrace.model.layout import current
 from ipvtrace.output import recording
 
+import article_checks
 import synth
 from synth import POD_A, pod_a, pod_b
 from test_live_refresh import POD_C, POD_C_DEV, live_stream, packet, pod_c_snapshot
@@ -165,7 +166,7 @@ def test_record_in_runs_replays_as_record_per_event(tmp_path, monkeypatch):
     by_one = record_file(tmp_path / "one.ipvt", monkeypatch, runs=False)
     # the same records and snapshots, in the same order
     assert [(t, p) for t, p in by_run.frames()] == [(t, p) for t, p in by_one.frames()]
-    types = [struct.unpack_from("<B", by_run.data, off)[0] for off in _frame_offsets(by_run)]
+    types = [ftype for ftype, _, _ in article_checks.raw_frames(by_run)]
     assert recording.F_RING in types, "no run reached the file"
     # pod-c's record waited for the read of its namespace: after that snapshot
     kinds = []
@@ -180,10 +181,3 @@ def test_record_in_runs_replays_as_record_per_event(tmp_path, monkeypatch):
     replay.run_replay(tmp_path / "one.ipvt", b.append)
     assert a == b and len(a) == 11 and all(r["branch"] == "tx.l2.local" for r in a), a
 
-
-def _frame_offsets(rec: recording.Recording) -> list[int]:
-    offs, off = [], rec.start
-    while off < rec.end:
-        offs.append(off)
-        off += recording.FRAME.size + recording.FRAME.unpack_from(rec.data, off)[1]
-    return offs
