@@ -36,15 +36,10 @@ def l3s_rx(row: dict) -> bool:
 
 
 def raw_frames(rec):
-    """(type, offset, length) of every frame between a recording's header
-    and trailer, as the file holds them (RING frames not expanded)."""
-    from ipvtrace.output import recording
-
-    off = rec.start
-    while off < rec.end:
-        ftype, n = recording.FRAME.unpack_from(rec.data, off)
-        yield ftype, off + recording.FRAME.size, n
-        off += recording.FRAME.size + n
+    """(type, buffer, offset, length) of every frame between a recording's
+    header and trailer, ZSTD blocks opened by the reader's own code, RING
+    frames not expanded."""
+    return rec.raw_frames()
 
 
 def ring_record_lengths(rec) -> list[int]:
@@ -52,8 +47,8 @@ def ring_record_lengths(rec) -> list[int]:
     `record` copies from the ring in one piece)."""
     from ipvtrace.output import recording
 
-    return [len(payload) for ftype, off, n in raw_frames(rec) if ftype == recording.F_RING
-            for _, payload in recording._ring_records(rec.data, off, off + n)]
+    return [len(payload) for ftype, data, off, n in raw_frames(rec) if ftype == recording.F_RING
+            for _, payload in recording._ring_records(data, off, off + n)]
 
 
 def replay_json(path: Path) -> list[dict]:

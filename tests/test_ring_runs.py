@@ -166,7 +166,7 @@ def test_record_in_runs_replays_as_record_per_event(tmp_path, monkeypatch):
     by_one = record_file(tmp_path / "one.ipvt", monkeypatch, runs=False)
     # the same records and snapshots, in the same order
     assert [(t, p) for t, p in by_run.frames()] == [(t, p) for t, p in by_one.frames()]
-    types = [ftype for ftype, _, _ in article_checks.raw_frames(by_run)]
+    types = [ftype for ftype, _, _, _ in article_checks.raw_frames(by_run)]
     assert recording.F_RING in types, "no run reached the file"
     # pod-c's record waited for the read of its namespace: after that snapshot
     kinds = []

@@ -19,7 +19,17 @@ Layout (little endian)::
                    page offset, ignored), the record, zeros to 8 bytes. The
                    BPF program submits 8-byte multiples, so the padding is
                    never bytes the ring held before
+        8 ZSTD     (container 3) a block of the frames above (never HEADER,
+                   TRAILER or another ZSTD), as one zstd frame that states its
+                   decompressed size (at most BLOCK_MAX). The writer gathers
+                   frames into blocks of up to BLOCK_BYTES and seals one at
+                   every flush; a frame larger than a block goes on its own
     u32 length of the trailer frame, b"IPVTEND\\0"
+
+The header and the trailer are never compressed: a file names its kernel and
+why it ended without decompressing anything. A block is decompressed only
+after its stated size is checked against BLOCK_MAX, and must decompress to
+exactly that size and end where its frame ends.
 
 The file is written as NAME.partial (readable by its owner only: it holds
 addresses, headers and namespace names), flushed at least once a second,
@@ -47,13 +57,16 @@ from ipvtrace.output.files import private_open
 
 MAGIC = b"IPVTREC\0"
 END_MAGIC = b"IPVTEND\0"
-CONTAINER_VERSION = 2
-READS_CONTAINERS = (1, 2)   # 1: no RING frames
+CONTAINER_VERSION = 3
+READS_CONTAINERS = (1, 2, 3)   # 1: no RING frames; 2: no ZSTD blocks
 FRAME = struct.Struct("<BI")
 TICK = struct.Struct("<Q")
 END = struct.Struct("<I8s")
 
-F_HEADER, F_EVENT, F_TICK, F_SNAPSHOT, F_TRAILER, F_LOST, F_RING = 1, 2, 3, 4, 5, 6, 7
+F_HEADER, F_EVENT, F_TICK, F_SNAPSHOT, F_TRAILER, F_LOST, F_RING, F_ZSTD = 1, 2, 3, 4, 5, 6, 7, 8
+BLOCK_BYTES = 1 << 20   # the writer seals a block when its frames reach this size
+BLOCK_MAX = 4 << 20     # the reader refuses blocks that say they are larger
+ZSTD_LEVEL = 1          # records of one flood are alike: level 1 already gives ~6x
 RING_HDR = struct.Struct("<II")
 RING_FLAGS = (1 << 31) | (1 << 30)   # BUSY, DISCARD: never in a written record
 LOST = struct.Struct("<QQ")
@@ -78,8 +91,12 @@ class Writer:
         self.tmp = path.with_name(path.name + ".partial")
         self._f: BinaryIO = private_open(self.tmp, buffering=1 << 20)
         self.events = 0
+        import zstandard   # here, not at the top: a missing bcc is reported before it
+
+        self._block = bytearray()   # frames not yet sealed into a ZSTD block
+        self._zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL)   # one-shot: states the size
         self._guard(lambda: self._f.write(MAGIC + struct.pack("<H", CONTAINER_VERSION)))
-        self._frame(F_HEADER, json.dumps(header).encode())
+        self._raw_frame(F_HEADER, json.dumps(header).encode())
         self.flush()   # a recorder killed at once still leaves a readable header
         self._flushed = time.monotonic()
 
@@ -89,9 +106,28 @@ class Writer:
         except OSError as exc:
             raise WriteError(exc.errno, f"{exc.strerror} writing {self.tmp}") from exc
 
-    def _frame(self, ftype: int, payload: bytes) -> int:
+    def _raw_frame(self, ftype: int, payload: bytes) -> int:
+        """A frame written as it is, outside any block (header, trailer)."""
         self._guard(lambda: self._f.write(FRAME.pack(ftype, len(payload)) + payload))
         return FRAME.size + len(payload)
+
+    def _frame(self, ftype: int, payload: bytes) -> None:
+        if FRAME.size + len(payload) > BLOCK_BYTES:   # a huge snapshot: on its own
+            self._seal()
+            self._raw_frame(ftype, payload)
+            return
+        self._block += FRAME.pack(ftype, len(payload))
+        self._block += payload
+        if len(self._block) >= BLOCK_BYTES:
+            self._seal()
+
+    def _seal(self) -> None:
+        """Compress the gathered frames into one ZSTD block and write it."""
+        if not self._block:
+            return
+        z = self._zstd.compress(self._block)
+        self._block.clear()   # written or not (a full disk), these frames are done
+        self._raw_frame(F_ZSTD, z)
 
     def event(self, raw: bytes) -> None:
         self._frame(F_EVENT, raw)   # one buffered write per event
@@ -115,8 +151,10 @@ class Writer:
             self.flush()
 
     def flush(self) -> None:
-        """Hand the buffered frames to the kernel: a SIGKILL loses nothing
-        written before this (the page cache outlives the process)."""
+        """Seal the gathered frames and hand them to the kernel: a SIGKILL
+        loses nothing written before this (the page cache outlives the
+        process)."""
+        self._seal()
         self._guard(self._f.flush)
         self._flushed = time.monotonic()
 
@@ -128,7 +166,8 @@ class Writer:
 
     def close(self, trailer: dict) -> None:
         trailer = dict(trailer, events=self.events)
-        n = self._frame(F_TRAILER, json.dumps(trailer).encode())
+        self._seal()
+        n = self._raw_frame(F_TRAILER, json.dumps(trailer).encode())
         self._guard(lambda: self._f.write(END.pack(n, END_MAGIC)))
         self.flush()
         self._guard(lambda: os.fsync(self._f.fileno()))
@@ -139,6 +178,7 @@ class Writer:
         """Stop writing, keep what reached the file (replay reads a .partial
         up to its last whole frame); returns its path."""
         try:
+            self._seal()
             self._f.flush()
         except OSError:
             pass   # the disk is full: what the kernel has is what is kept
@@ -165,12 +205,24 @@ class Recording:
 
     def frames(self) -> Iterator[tuple[int, bytes]]:
         """(type, payload) for every frame between header and trailer, each
-        checked: type, size per type, JSON shape."""
+        checked: type, size per type, JSON shape. ZSTD blocks and RING runs
+        are opened: their frames and records come as the frames they hold."""
+        for ftype, data, off, n in self.raw_frames():
+            if ftype == F_RING:
+                yield from _ring_records(data, off, off + n)
+            elif ftype == F_SNAPSHOT:
+                yield ftype, _json(data[off:off + n], schema.snapshot, f"snapshot at byte {off}")
+            else:
+                yield ftype, bytes(data[off:off + n])
+
+    def raw_frames(self) -> Iterator[tuple[int, bytes | mmap.mmap, int, int]]:
+        """(type, buffer, offset, length) of every frame, with ZSTD blocks
+        opened (each decompressed once, into a buffer of its own) and RING
+        frames as they are; type and size per type checked."""
         data, off, end = self.data, self.start, self.end
         unpack = FRAME.unpack_from
         release = getattr(data, "madvise", None)
         released = 0
-        fixed = FIXED_SIZE
         while off < end:
             if release is not None and off - released >= RELEASE_EVERY:
                 upto = off & ~(mmap.PAGESIZE - 1)   # drop what is read from our page tables
@@ -179,17 +231,13 @@ class Recording:
             if off + FRAME.size > end:
                 raise RecordingError(f"corrupted: frame header cut at byte {off}")
             ftype, n = unpack(data, off)
-            off += FRAME.size
-            if (off + n > end or ftype not in (F_EVENT, F_TICK, F_SNAPSHOT, F_LOST, F_RING)
-                    or fixed.get(ftype, n) != n):
-                raise RecordingError(f"corrupted: bad frame (type {ftype}, {n} bytes) at byte {off - FRAME.size}")
-            if ftype == F_RING:
-                yield from _ring_records(data, off, off + n)
-            elif ftype == F_SNAPSHOT:
-                yield ftype, _json(data[off:off + n], schema.snapshot, f"snapshot at byte {off}")
-            else:
-                yield ftype, bytes(data[off:off + n])
-            off += n
+            if ftype == F_ZSTD and off + FRAME.size + n <= end:
+                block = _inflate(data[off + FRAME.size:off + FRAME.size + n], off)
+                yield from _block_frames(block, 0, len(block), f" in the block at byte {off}")
+                off += FRAME.size + n
+                continue
+            yield from _block_frames(data, off, min(end, off + FRAME.size + n), "", one=True)
+            off += FRAME.size + n
 
     def snapshots(self) -> list[dict]:
         snaps = [self.header.get("snapshot", {})]
@@ -205,6 +253,49 @@ class Recording:
         return (f"{path}: recording cut at byte {self.cut_at} of {self.size} (no end marker: the "
                 "recorder was killed or its disk filled); replaying what comes before, "
                 "unfinished packets marked incomplete")
+
+
+DATA_FRAMES = (F_EVENT, F_TICK, F_SNAPSHOT, F_LOST, F_RING)   # what may stand between header and trailer, or in a block
+
+
+def _block_frames(data, off: int, end: int, where: str, one: bool = False):
+    """(type, data, offset, length) of the frames in data[off:end] (only the
+    first when *one*), each checked: a known data frame, its size, inside."""
+    unpack = FRAME.unpack_from
+    fixed = FIXED_SIZE
+    while off < end:
+        if off + FRAME.size > end:
+            raise RecordingError(f"corrupted: frame header cut at byte {off}{where}")
+        ftype, n = unpack(data, off)
+        body = off + FRAME.size
+        if body + n > end or ftype not in DATA_FRAMES or fixed.get(ftype, n) != n:
+            raise RecordingError(f"corrupted: bad frame (type {ftype}, {n} bytes) at byte {off}{where}")
+        yield ftype, data, body, n
+        off = body + n
+        if one:
+            return
+
+
+def _inflate(z, off: int) -> bytes:
+    """The frames of one ZSTD block, its stated size checked before any
+    memory is taken for it."""
+    import zstandard
+
+    try:
+        size = zstandard.frame_content_size(z)
+    except zstandard.ZstdError:
+        size = -2
+    if not 0 < size <= BLOCK_MAX:
+        what = "no size" if size < 0 else f"{size} bytes"
+        raise RecordingError(f"corrupted: bad compressed block at byte {off} ({what}; at most {BLOCK_MAX})")
+    d = zstandard.ZstdDecompressor().decompressobj()
+    try:
+        block = d.decompress(z)
+    except zstandard.ZstdError as exc:
+        raise RecordingError(f"corrupted: compressed block at byte {off} does not decompress ({exc})") from None
+    if not d.eof or d.unused_data or len(block) != size:
+        raise RecordingError(f"corrupted: compressed block at byte {off} does not end where its frame ends")
+    return block
 
 
 def _ring_records(data, off: int, end: int) -> Iterator[tuple[int, bytes]]:

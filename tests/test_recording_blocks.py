@@ -1,0 +1,170 @@
+"""Recordings in compressed blocks (container 3): what the writer seals, when,
+and what the reader refuses before it spends memory on a block."""
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from ipvtrace import replay
+from ipvtrace.output import recording
+
+FIX = Path(__file__).parent / "fixtures"
+HEADER_FIXTURE = FIX / "article-6.12.ipvt"
+
+
+def header() -> dict:
+    return recording.read(HEADER_FIXTURE).header
+
+
+def events_of(path: Path) -> list[bytes]:
+    return [p for t, p in recording.read(path).frames() if t == recording.F_EVENT]
+
+
+def fixture_events() -> list[bytes]:
+    return events_of(HEADER_FIXTURE)
+
+
+def outer_frames(rec: recording.Recording) -> list[tuple[int, int]]:
+    """(type, length) of the frames as the file holds them, blocks unopened."""
+    out, off = [], rec.start
+    while off < rec.end:
+        t, n = recording.FRAME.unpack_from(rec.data, off)
+        out.append((t, n))
+        off += recording.FRAME.size + n
+    return out
+
+
+def test_a_recording_is_written_in_blocks_and_reads_back_the_same(tmp_path):
+    events = fixture_events()
+    w = recording.Writer(tmp_path / "r.ipvt", header())
+    for e in events:
+        w.event(e)
+    w.tick(123)
+    w.close({"stopped_by": "SIGINT"})
+    rec = recording.read(tmp_path / "r.ipvt")
+    assert [t for t, _ in outer_frames(rec)] == [recording.F_ZSTD]
+    assert [p for t, p in rec.frames() if t == recording.F_EVENT] == events
+    assert [t for t, _ in rec.frames()][-1] == recording.F_TICK
+    raw = sum(recording.FRAME.size + len(e) for e in events)
+    compressed = sum(n for _, n in outer_frames(rec))
+    assert compressed * 3 < raw, (compressed, raw)   # records of one flow are alike
+
+
+def test_blocks_are_sealed_at_their_size_and_a_huge_frame_goes_alone(tmp_path, monkeypatch):
+    monkeypatch.setattr(recording, "BLOCK_BYTES", 4096)
+    events = (fixture_events() * 3)[:120]
+    big = {"namespaces": [], "devices": [], "pad": "x" * 10_000}
+    w = recording.Writer(tmp_path / "r.ipvt", header())
+    for e in events[:60]:
+        w.event(e)
+    w.snapshot(big)
+    for e in events[60:120]:
+        w.event(e)
+    w.close({"stopped_by": "SIGINT"})
+    rec = recording.read(tmp_path / "r.ipvt")
+    frames = outer_frames(rec)
+    assert frames.count((recording.F_SNAPSHOT, len(json.dumps(big)))) == 1
+    blocks = [n for t, n in frames if t == recording.F_ZSTD]
+    assert len(blocks) >= 3 and all(t in (recording.F_ZSTD, recording.F_SNAPSHOT) for t, _ in frames)
+    got = [t for t, _ in rec.frames()]
+    assert got.index(recording.F_SNAPSHOT) == 60 and len(got) == 121
+    assert [p for t, p in rec.frames() if t == recording.F_EVENT] == events[:120]
+
+
+def test_a_killed_recorder_keeps_every_block_it_flushed(tmp_path):
+    """What flush() handed over is in the file as whole blocks: a .partial
+    file replays up to there (a SIGKILL loses at most the last second)."""
+    events = fixture_events()
+    w = recording.Writer(tmp_path / "r.ipvt", header())
+    for e in events[:50]:
+        w.event(e)
+    w.flush()
+    for e in events[50:80]:
+        w.event(e)   # gathered, not sealed: lost with the process
+    rec = recording.read(w.tmp)
+    assert rec.cut_at is not None
+    assert events_of(w.tmp) == events[:50]
+    w.keep_partial()
+    assert events_of(w.tmp) == events[:80]
+
+
+def file_with(blocks: list[bytes]) -> bytes:
+    h = json.dumps(header()).encode()
+    out = bytearray(recording.MAGIC + struct.pack("<H", recording.CONTAINER_VERSION))
+    out += recording.FRAME.pack(recording.F_HEADER, len(h)) + h
+    for b in blocks:
+        out += recording.FRAME.pack(recording.F_ZSTD, len(b)) + b
+    tr = json.dumps({"stopped_by": "SIGINT"}).encode()
+    out += recording.FRAME.pack(recording.F_TRAILER, len(tr)) + tr
+    out += recording.END.pack(recording.FRAME.size + len(tr), recording.END_MAGIC)
+    return bytes(out)
+
+
+def tick() -> bytes:
+    return recording.FRAME.pack(recording.F_TICK, 8) + recording.TICK.pack(1)
+
+
+def z(raw: bytes, **kw) -> bytes:
+    return zstandard.ZstdCompressor(**kw).compress(raw)
+
+
+def with_size(frame: bytes, size: int) -> bytes:
+    """A zstd frame whose 4-byte content size field says *size*."""
+    f = bytearray(frame)
+    assert f[4] >> 6 == 2, "expected a 4-byte content size"
+    struct.pack_into("<I", f, 5 if f[4] & 0x20 else 6, size)
+    return bytes(f)
+
+
+def refused(tmp_path: Path, data: bytes, *words: str) -> None:
+    p = tmp_path / "bad.ipvt"
+    p.write_bytes(data)
+    with pytest.raises(recording.RecordingError) as exc:
+        replay.run_replay(p, sink=lambda row: None)
+    msg = str(exc.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg, msg
+
+
+def test_blocks_a_reader_refuses(tmp_path):
+    big = tick() * 8192   # 106 KiB of frames: a 4-byte size field
+    refused(tmp_path, file_with([z(tick(), write_content_size=False)]), "no size")
+    refused(tmp_path, file_with([z(b"")]), "0 bytes")
+    refused(tmp_path, file_with([with_size(z(big), recording.BLOCK_MAX + 1)]), "at most")
+    refused(tmp_path, file_with([with_size(z(big), 70_000)]), "does not decompress")
+    refused(tmp_path, file_with([z(tick()) + b"xyz"]), "does not end")
+    refused(tmp_path, file_with([b"\x28\xb5\x2f\xfd" + b"garbage"]), "block at byte")
+    nested = recording.FRAME.pack(recording.F_ZSTD, len(z(tick()))) + z(tick())
+    refused(tmp_path, file_with([z(nested)]), "type 8", "in the block")
+    h = json.dumps(header()).encode()
+    refused(tmp_path, file_with([z(recording.FRAME.pack(recording.F_HEADER, len(h)) + h)]), "type 1")
+    refused(tmp_path, file_with([z(tick()[:-1])]), "in the block")
+
+
+def test_a_block_that_lies_about_its_size_costs_no_memory(tmp_path):
+    """A block stating 4 KiB that holds 1 GiB of zeros (32 KiB compressed)
+    is refused before the reader holds more than a few of its blocks."""
+    bomb = with_size(z(bytes(1 << 30)), 4096)
+    p = tmp_path / "bomb.ipvt"
+    p.write_bytes(file_with([bomb]))
+    probe = ("import resource, sys\n"
+             "from ipvtrace.output import recording\n"
+             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+             "try:\n"
+             "    list(recording.read(sys.argv[1]).frames())\n"
+             "except recording.RecordingError as exc:\n"
+             "    print(str(exc))\n"
+             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n")
+    r = subprocess.run([sys.executable, "-c", probe, str(p)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    msg, grew_kib = r.stdout.splitlines()
+    assert "compressed block" in msg
+    assert int(grew_kib) < 64 * 1024, f"the reader grew by {grew_kib} KiB"
