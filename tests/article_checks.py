@@ -42,6 +42,19 @@ def raw_frames(rec):
     return rec.raw_frames()
 
 
+def outer_frames(rec) -> list[tuple[int, int]]:
+    """(type, length) of a recording's frames as the file holds them, ZSTD
+    blocks unopened."""
+    from ipvtrace.output import recording
+
+    out, off = [], rec.start
+    while off < rec.end:
+        t, n = recording.FRAME.unpack_from(rec.data, off)
+        out.append((t, n))
+        off += recording.FRAME.size + n
+    return out
+
+
 def ring_record_lengths(rec) -> list[int]:
     """The length of every record in a recording's RING frames (the runs
     `record` copies from the ring in one piece)."""

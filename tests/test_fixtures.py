@@ -143,10 +143,11 @@ def test_a_kernel_that_inlines_rcv_frame_on_rx_replays_as_it_ran():
     assert by == {"netif_receive_skb"}, by
 
 
-def test_fixtures_of_both_containers_replay():
-    """Container 2 (record copies runs of the ring: RING frames) and
-    container 1 (one EVENT frame per record) both come from real kernels
-    here, and both are read by the tests above."""
+def test_fixtures_of_every_container_replay():
+    """Container 3 (frames in zstd blocks, as `record` writes now), container
+    2 (RING frames, uncompressed) and container 1 (one EVENT frame per
+    record) all come from real kernels here, and all are read by the tests
+    above."""
     from ipvtrace.output import recording
 
     by_version: dict[int, list[str]] = {}
@@ -154,6 +155,9 @@ def test_fixtures_of_both_containers_replay():
         rec = recording.read(path)
         version = struct.unpack_from("<H", rec.data, len(recording.MAGIC))[0]
         by_version.setdefault(version, []).append(path.stem)
-        if version == 2:
+        if version >= 2:
             assert checks.ring_record_lengths(rec), path
-    assert {1, 2} <= by_version.keys(), by_version
+        blocks = [t for t, _ in checks.outer_frames(rec) if t == recording.F_ZSTD]
+        assert bool(blocks) == (version == 3), (path, version)
+    assert {1, 2, 3} <= by_version.keys(), by_version
+

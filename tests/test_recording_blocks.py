@@ -13,6 +13,7 @@ import zstandard
 
 from ipvtrace import replay
 from ipvtrace.output import recording
+from article_checks import outer_frames
 
 FIX = Path(__file__).parent / "fixtures"
 HEADER_FIXTURE = FIX / "article-6.12.ipvt"
@@ -28,16 +29,6 @@ def events_of(path: Path) -> list[bytes]:
 
 def fixture_events() -> list[bytes]:
     return events_of(HEADER_FIXTURE)
-
-
-def outer_frames(rec: recording.Recording) -> list[tuple[int, int]]:
-    """(type, length) of the frames as the file holds them, blocks unopened."""
-    out, off = [], rec.start
-    while off < rec.end:
-        t, n = recording.FRAME.unpack_from(rec.data, off)
-        out.append((t, n))
-        off += recording.FRAME.size + n
-    return out
 
 
 def test_a_recording_is_written_in_blocks_and_reads_back_the_same(tmp_path):
