@@ -288,7 +288,8 @@ def _inflate(z, off: int) -> bytes:
     if not 0 < size <= BLOCK_MAX:
         what = "no size" if size < 0 else f"{size} bytes"
         raise RecordingError(f"corrupted: bad compressed block at byte {off} ({what}; at most {BLOCK_MAX})")
-    d = zstandard.ZstdDecompressor().decompressobj()
+    # a window no larger than a block: a frame cannot make the decoder reserve more
+    d = zstandard.ZstdDecompressor(max_window_size=BLOCK_MAX).decompressobj()
     try:
         block = d.decompress(z)
     except zstandard.ZstdError as exc:
