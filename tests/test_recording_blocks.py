@@ -159,3 +159,17 @@ def test_a_block_that_lies_about_its_size_costs_no_memory(tmp_path):
     msg, grew_kib = r.stdout.splitlines()
     assert "compressed block" in msg
     assert int(grew_kib) < 64 * 1024, f"the reader grew by {grew_kib} KiB"
+
+
+def test_a_newer_container_is_named_in_one_line(tmp_path):
+    """A file from a later ipvtrace: one line naming its version and the
+    versions this one reads, exit 2."""
+    data = bytearray(HEADER_FIXTURE.read_bytes())
+    newer = max(recording.READS_CONTAINERS) + 1
+    struct.pack_into("<H", data, len(recording.MAGIC), newer)
+    p = tmp_path / "newer.ipvt"
+    p.write_bytes(bytes(data))
+    r = subprocess.run([sys.executable, "-m", "ipvtrace", "replay", str(p)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert f"container version {newer}; this ipvtrace reads versions 1, 2 and 3" in r.stderr

@@ -356,7 +356,7 @@ def parse(data: bytes | mmap.mmap | memoryview, path: Path | str) -> Recording:
     if version not in READS_CONTAINERS:
         raise RecordingError(
             f"{path}: recording container version {version}; this ipvtrace reads versions "
-            + " and ".join(map(str, READS_CONTAINERS)))
+            + ", ".join(map(str, READS_CONTAINERS[:-1])) + f" and {READS_CONTAINERS[-1]}")
     off = len(MAGIC) + 2
     header, off = _json_frame(data, off, F_HEADER, path, "header", schema.header)
     if len(data) >= off + END.size and bytes(data[-8:]) == END_MAGIC:
