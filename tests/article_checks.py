@@ -11,6 +11,7 @@ of ipvtrace/model/branches.toml.
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,24 @@ def raw_frames(rec):
     header and trailer, ZSTD blocks opened by the reader's own code, RING
     frames not expanded."""
     return rec.raw_frames()
+
+
+def pack_recording(header, frames, trailer, end=True) -> bytes:
+    """A recording built by hand: header, (type, payload) frames as given
+    (a ZSTD block is one of them), trailer and end marker unless *end* is
+    false; JSON values or raw bytes."""
+    from ipvtrace.output import recording
+
+    out = bytearray(recording.MAGIC + struct.pack("<H", recording.CONTAINER_VERSION))
+    h = header if isinstance(header, bytes) else json.dumps(header).encode()
+    out += recording.FRAME.pack(recording.F_HEADER, len(h)) + h
+    for t, p in frames:
+        out += recording.FRAME.pack(t, len(p)) + p
+    if end:
+        tr = trailer if isinstance(trailer, bytes) else json.dumps(trailer).encode()
+        out += recording.FRAME.pack(recording.F_TRAILER, len(tr)) + tr
+        out += recording.END.pack(recording.FRAME.size + len(tr), recording.END_MAGIC)
+    return bytes(out)
 
 
 def outer_frames(rec) -> list[tuple[int, int]]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from hypothesis import strategies as st
 
 from ipvtrace import replay
 from ipvtrace.output import recording
+from article_checks import pack_recording as pack
 
 FIX = Path(__file__).parent / "fixtures"
 EXAMPLES = int(os.environ.get("IPVTRACE_FUZZ_EXAMPLES", "150"))
@@ -41,19 +41,6 @@ def frames_of(path: Path) -> tuple[dict, list[tuple[int, bytes]], dict]:
         if len(frames) >= 120:   # small inputs: many of them per second
             break
     return rec.header, frames, rec.trailer
-
-
-def pack(header, frames, trailer, end=True) -> bytes:
-    out = bytearray(recording.MAGIC + struct.pack("<H", recording.CONTAINER_VERSION))
-    h = header if isinstance(header, bytes) else json.dumps(header).encode()
-    out += recording.FRAME.pack(recording.F_HEADER, len(h)) + h
-    for t, p in frames:
-        out += recording.FRAME.pack(t, len(p)) + p
-    if end:
-        tr = trailer if isinstance(trailer, bytes) else json.dumps(trailer).encode()
-        out += recording.FRAME.pack(recording.F_TRAILER, len(tr)) + tr
-        out += recording.END.pack(recording.FRAME.size + len(tr), recording.END_MAGIC)
-    return bytes(out)
 
 
 def as_ring(base: tuple[dict, list[tuple[int, bytes]], dict]):

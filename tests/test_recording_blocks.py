@@ -13,7 +13,7 @@ import zstandard
 
 from ipvtrace import replay
 from ipvtrace.output import recording
-from article_checks import outer_frames
+from article_checks import outer_frames, pack_recording
 
 FIX = Path(__file__).parent / "fixtures"
 HEADER_FIXTURE = FIX / "article-6.12.ipvt"
@@ -86,15 +86,7 @@ def test_a_killed_recorder_keeps_every_block_it_flushed(tmp_path):
 
 
 def file_with(blocks: list[bytes]) -> bytes:
-    h = json.dumps(header()).encode()
-    out = bytearray(recording.MAGIC + struct.pack("<H", recording.CONTAINER_VERSION))
-    out += recording.FRAME.pack(recording.F_HEADER, len(h)) + h
-    for b in blocks:
-        out += recording.FRAME.pack(recording.F_ZSTD, len(b)) + b
-    tr = json.dumps({"stopped_by": "SIGINT"}).encode()
-    out += recording.FRAME.pack(recording.F_TRAILER, len(tr)) + tr
-    out += recording.END.pack(recording.FRAME.size + len(tr), recording.END_MAGIC)
-    return bytes(out)
+    return pack_recording(header(), [(recording.F_ZSTD, b) for b in blocks], {"stopped_by": "SIGINT"})
 
 
 def tick() -> bytes:

@@ -39,7 +39,8 @@ takes it up to its last whole frame and says where it was cut.
 
 Every frame is checked before use (sizes per type, JSON shapes in
 ipvtrace/output/header.py, each length against the file), so a malformed file is
-one RecordingError, with memory bounded by the file's size.
+one RecordingError, with memory bounded by the file's size plus one block
+(BLOCK_MAX).
 """
 from __future__ import annotations
 
@@ -130,7 +131,7 @@ class Writer:
         self._raw_frame(F_ZSTD, z)
 
     def event(self, raw: bytes) -> None:
-        self._frame(F_EVENT, raw)   # one buffered write per event
+        self._frame(F_EVENT, raw)   # appended to the open block
         self.events += 1
         # under a flood the consumer may drain the ring for long between two
         # ticks (and slowly, on a busy CPU): look at the clock every 64 events
