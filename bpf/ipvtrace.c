@@ -31,9 +31,11 @@
  *   IPVT_CHECK_OFFSETS          compile against the headers too, and fail
  *                               unless every IPVT_OFF_* equals their offsetof
  *   IPVT_COUNT_ONLY             `ipvtrace stats`: no events at all; each
- *                               context's evidence is gathered in its stack
- *                               entry (struct ipvt_sig) and counted in `slots`
- *                               when it closes
+ *                               context's record is gathered as in the trace
+ *                               build, read into a signature (struct
+ *                               ipvt_sig) when it closes and counted in
+ *                               `slots`: the builds differ only there (see
+ *                               "where the two builds differ")
  */
 
 #include "ipvtrace_kernel.h"
@@ -69,15 +71,12 @@ struct ipvt_stack {
 #ifdef IPVT_STACK_PER_TASK
 	__u64 sp[IPVT_STACK_MAX];     /* the task's stack pointer at the entry probe */
 #endif
-#ifndef IPVT_COUNT_ONLY
+	/* what `stats` joins across contexts before this one closes (hit_kept):
+	 * the probes its record kept so far, the skb it gave the multicast queue */
+	__u32 seen[IPVT_STACK_MAX];
+	__u64 enq_skb[IPVT_STACK_MAX];
 	/* each open context's record: struct ipvt_rec, frame, hits (rec_open) */
 	__u8 rec[IPVT_STACK_MAX][IPVT_REC_MAX];
-#else
-	__u64 skb[IPVT_STACK_MAX];
-	__u64 enq_skb[IPVT_STACK_MAX];
-	__u64 master[IPVT_STACK_MAX];   /* the ipvl_dev ipvlan_addr_lookup found */
-	struct ipvt_sig sig[IPVT_STACK_MAX];
-#endif
 };
 
 BPF_RINGBUF_OUTPUT(events, IPVT_RINGBUF_PAGES);
@@ -133,7 +132,8 @@ BPF_F_TABLE("array", int, struct ipvt_slot, slots, IPVT_NR_CPUS * IPVT_SLOTS_PER
 	    BPF_F_MMAPABLE);
 BPF_F_TABLE("array", int, __u64, slot_next, IPVT_NR_CPUS, BPF_F_MMAPABLE);
 BPF_PERCPU_HASH(slot_of, struct ipvt_sig, __u32, 8192);
-/* L3S frames between ipvlan_l3_rcv and LOCAL_IN: the parent, then the owner */
+/* L3S frames between ipvlan_l3_rcv and LOCAL_IN, by their L3S id (l3s_skbs):
+ * the parent, then the owner */
 struct ipvt_l3s {
 	__u32 netns;
 	__s32 ifindex;
@@ -394,7 +394,6 @@ static __always_inline void note_loss(struct ipvt_event *e)
 			st->lossy[n] = 1;
 }
 
-#ifndef IPVT_COUNT_ONLY
 static __always_inline __u32 rec_size(struct ipvt_rec *r)
 {
 	__u32 size = sizeof(struct ipvt_rec) + ((r->hdr_len + 7) & ~7) +
@@ -444,59 +443,16 @@ static __always_inline void rec_open(struct ipvt_event *e)
 	r->ret = 0;
 }
 
-/* The context in stack entry idx returned: send its record, once. A record
- * the ring has no room for is counted per entry probe (the packet is lost
- * whole: never a row from part of it). */
-static __always_inline void rec_close(struct ipvt_stack *st, __u32 idx, __s64 ret, __u8 lossy)
+/* The n-th hit of the record in buf (one of its nhits), or 0. */
+static __always_inline struct ipvt_hit *rec_hit(__u8 *buf, __u32 n)
 {
-	__u8 *buf = st->rec[stack_idx(idx)];
 	struct ipvt_rec *r = (struct ipvt_rec *)buf;
-	__u64 dt = bpf_ktime_get_ns() - r->ts;
-	r->ret = ret;
-	r->ret_dt = dt > 0xffffffffULL ? 0xffffffff : (__u32)dt;
-	if (lossy)
-		r->flags |= IPVT_F_LOST;
-	__u64 size = rec_size(r);
-	asm volatile("" : "+r"(size));
-	if (size > IPVT_REC_MAX)
-		size = IPVT_REC_MAX;
-	if (events.ringbuf_output(buf, size, 0) != 0)
-		stat_inc(IPVT_S_LOST_BASE + r->kind);
-}
-#endif
-
-static __always_inline void ev_submit(struct ipvt_event *e)
-{
-	__u64 size = sizeof(*e) - IPVT_HDR_MAX;
-	/* the captured bytes, zero-padded to 8 (ev_skb zeroed the last word):
-	 * the ring rounds every record up to 8 and would otherwise leave what
-	 * an earlier record held in the padding, and `record` writes whole
-	 * spans of the ring to the file */
-	if (e->flags & IPVT_F_HAS_HDR)
-		size += (e->hdr_len + 7) & ~7;
-	/* clang must not fold the bound below away: the verifier needs it on
-	 * the very register handed to the helper */
-	asm volatile("" : "+r"(size));
-	if (size > sizeof(*e))
-		size = sizeof(*e);
-	if (events.ringbuf_output(e, size, 0) != 0) {
-		stat_inc(IPVT_S_LOST_BASE + e->probe);
-		note_loss(e);
-	}
-}
-
-/* The common helper event: a device and an skb (without its bytes). */
-static __always_inline int emit_dev_skb(__u16 probe, __u64 id, __u8 depth, __u8 flags,
-					struct net_device *dev, struct sk_buff *skb)
-{
-	struct ipvt_event *e = ev_init(probe, id, depth);
-	if (!e)
+	__u32 off = sizeof(struct ipvt_rec) + ((r->hdr_len + 7) & ~7) +
+		    n * sizeof(struct ipvt_hit);
+	asm volatile("%[off] &= 1023" : [off] "+r"(off));
+	if (n >= r->nhits || off > IPVT_REC_MAX - sizeof(struct ipvt_hit))
 		return 0;
-	e->flags |= flags;
-	FILL_DEV(e, dev);
-	ev_skb(e, skb, 0);
-	ev_submit(e);
-	return 0;
+	return (struct ipvt_hit *)(buf + off);
 }
 
 /* Is this context (stack entry i) left over from a missed return probe? */
@@ -540,6 +496,8 @@ static __always_inline __u64 ctx_push(__u16 kind, __u8 *depth_out, __u64 sp)
 	st->kind[i] = kind;
 	st->filtered[i] = 0;
 	st->lossy[i] = 0;
+	st->seen[i] = 0;
+	st->enq_skb[i] = 0;
 	st->depth = d + 1;
 	*depth_out = d + 1;
 	return id;
@@ -608,7 +566,6 @@ static __always_inline __u64 ctx_current(__u8 *depth_out, __u8 *flags,
 	return 0;
 }
 
-#ifndef IPVT_COUNT_ONLY
 /* A helper's hit, written where it is kept: in place, as the next hit of
  * the innermost open context's record (no scratch event to clear, fill and
  * copy, no search of the stack for its context); in the multicast worker,
@@ -660,60 +617,14 @@ static __always_inline struct ipvt_hit *hit_begin(__u16 probe, struct ipvt_rec *
 	return h;
 }
 
-/* Where a kept hit's skb was freed, once per distinct address: `record`
- * names these at its end (the trailer's symbols) without reading every
- * record's hits in Python. Full: counted, the rest stay unnamed (hex). */
-BPF_HASH(free_sites, __u64, __u8, IPVT_FREE_SITES_MAX);
-
-static __always_inline void note_site(__u64 location)
-{
-	__u8 one = 1;
-	if (!location || free_sites.lookup(&location))
-		return;
-	if (free_sites.update(&location, &one) != 0)
-		stat_inc(IPVT_S_SITES_FULL);
-}
-
-/* Keep the hit hit_begin gave: one more in its record, or the worker's
- * event. */
-static __always_inline void hit_end(struct ipvt_hit *h, struct ipvt_rec *r, __u64 worker)
-{
-	if (r) {
-		r->nhits++;
-		return;
-	}
-	struct ipvt_event *e = ev_init(h->probe, worker, 0);
-	if (!e)
-		return;
-	e->skb = h->skb;
-	e->head = h->head;
-	e->aux = h->aux;
-	e->aux2 = h->aux2;
-	e->ret = h->ret;
-	e->netns = h->netns;
-	e->ifindex = h->ifindex;
-	e->reason = h->reason;
-	e->len = h->len;
-	e->flags = h->flags;
-	__builtin_memcpy(e->ifname, h->ifname, sizeof(e->ifname));
-	ev_submit(e);
-}
-#endif
-
-
+/* ---- where the two builds differ: what becomes of the evidence ------- *
+ * Everything above and below gathers the same evidence in both builds: a
+ * record per context (its entry, frame and hits) and events outside them
+ * (the multicast worker, L3S). The trace build sends them to the ring;
+ * `stats` (IPVT_COUNT_ONLY) reads each closed record into a signature and
+ * counts it, and joins what spans contexts (the to-parent echo, the worker's
+ * deliveries, L3S) in maps, as user space joins records in `live`. */
 #ifdef IPVT_COUNT_ONLY
-/* ---- stats mode: evidence gathered per context, counted at its close -- */
-
-static __always_inline void dev_ids(struct net_device *dev, __u32 *netns, __s32 *ifindex)
-{
-	struct net *net = 0;
-	if (!dev)
-		return;
-	KREAD(*ifindex, dev, IPVT_OFF_DEV_IFINDEX);
-	KREAD(net, dev, IPVT_OFF_DEV_NET);
-	if (net)
-		KREAD(*netns, net, IPVT_OFF_NET_INUM);
-}
 
 static __always_inline void count_sig(struct ipvt_sig *s)
 {
@@ -757,248 +668,341 @@ static __always_inline void count_sig(struct ipvt_sig *s)
 		__sync_fetch_and_add(&sl->count, 1);
 }
 
-/* What the classifier reads from the frame: multicast dst, EtherType, L4. */
-static __always_inline void sig_frame(struct ipvt_sig *s, struct sk_buff *skb)
+/* What the classifier reads from the frame the record kept: multicast dst,
+ * EtherType, L4 protocol. */
+static __always_inline void sig_frame(struct ipvt_sig *s, __u8 *buf)
 {
-	unsigned char *head = 0, *data = 0;
-	__u16 mac = 0xffff;
-	unsigned int len = 0;
-	__u8 h[24] = {};
-
-	KREAD(head, skb, IPVT_OFF_SKB_HEAD);
-	KREAD(data, skb, IPVT_OFF_SKB_DATA);
-	KREAD(mac, skb, IPVT_OFF_SKB_MAC_HEADER);
-	KREAD(len, skb, IPVT_OFF_SKB_LEN);
-	if (mac == 0xffff || head + mac > data) {
+	struct ipvt_rec *r = (struct ipvt_rec *)buf;
+	__u8 *h = buf + sizeof(struct ipvt_rec);
+	if (!r->skb)
+		return;
+	if (r->flags & IPVT_F_NO_MAC) {
 		s->hflags |= IPVT_H_NO_MAC;
 		return;
 	}
-	if (len + (data - (head + mac)) < 14) {
+	__u16 n = r->hdr_len;
+	if (!(r->flags & IPVT_F_HAS_HDR) || n < 14) {
 		s->hflags |= IPVT_H_RUNT;
 		return;
 	}
-	bpf_probe_read_kernel(h, sizeof(h), head + mac);
 	if (h[0] & 1)
 		s->hflags |= IPVT_H_DST_MCAST;
 	s->etype = ((__u16)h[12] << 8) | h[13];
-	if (s->etype == 0x0800)
+	if (s->etype == 0x0800 && n > 23)
 		s->l4 = h[23];
-	else if (s->etype == 0x86dd)
+	else if (s->etype == 0x86dd && n > 20)
 		s->l4 = h[20];
 }
 
-static __always_inline int count_entry(__u16 probe, struct sk_buff *skb, struct net_device *dev,
-				       __u64 sp)
+/* A hit's device, as the signature's `to` or `own` device. */
+#define SIG_DEV(s, pfx, h)							\
+	do {									\
+		if ((h)->flags & IPVT_F_HAS_DEV) {				\
+			(s)->pfx##netns = (h)->netns;				\
+			(s)->pfx##ifindex = (h)->ifindex;			\
+		}								\
+	} while (0)
+
+/* A closing context's signature, built where the verifier does not follow
+ * each value (a map, not the BPF stack): the hits' branches then join again
+ * after each hit instead of multiplying through all of them. */
+struct ipvt_sig_work {
+	struct ipvt_sig sig;
+	__u64 enq_skb;   /* the skb given to the multicast queue */
+	__u64 master;    /* the ipvl_dev ipvlan_addr_lookup found */
+};
+BPF_PERCPU_ARRAY(sig_work, struct ipvt_sig_work, 1);
+
+/* The signature of a closed context: its record's entry, frame and hits,
+ * read in the order the helpers ran. */
+static __always_inline struct ipvt_sig *sig_of_rec(__u8 *buf, __s64 ret, __u8 lossy)
 {
-	__u8 depth = 0;
-	if (!is_armed())
+	int zero = 0;
+	struct ipvt_sig_work *w = sig_work.lookup(&zero);
+	if (!w)
 		return 0;
-	ctx_push(probe, &depth, sp);
-	struct ipvt_stack *st = stack_get(0);
-	if (!st || depth == 0)
-		return 0;
-	__u32 i = stack_idx(depth - 1);
-	struct ipvt_sig *s = &st->sig[i];
-	__builtin_memset(s, 0, sizeof(*s));
-	s->kind = probe;
-	st->skb[i] = (__u64)skb;
-	st->enq_skb[i] = 0;
-	st->master[i] = 0;
-	dev_ids(dev, &s->netns, &s->ifindex);
-	if (skb)
-		sig_frame(s, skb);
-	if (probe == IPVT_P_RX) {
-		__u64 key = (__u64)skb;
+	struct ipvt_sig *s = &w->sig;
+	struct ipvt_rec *r = (struct ipvt_rec *)buf;
+	__builtin_memset(w, 0, sizeof(*w));
+	s->kind = r->kind;
+	s->netns = r->netns;
+	s->ifindex = r->ifindex;
+	s->ret = (int)ret;
+	if (lossy)
+		s->checks |= IPVT_C_LOST;
+	sig_frame(s, buf);
+	/* a loop the verifier walks (5.3+), not eight copies for clang to build */
+#pragma clang loop unroll(disable)
+	for (__u32 n = 0; n < IPVT_HITS_MAX; n++) {
+		struct ipvt_hit *h = rec_hit(buf, n);
+		if (!h)
+			break;
+		__u16 p = h->probe;
+		if (p >= 32)
+			continue;
+		if (p == IPVT_P_CONSUME) {
+			/* only the context's own skb: others are not this packet's */
+			if (h->skb == r->skb) {
+				s->seen |= 1U << p;
+				s->hflags |= IPVT_H_CONSUME_OWN;
+			}
+			continue;
+		}
+		if (p == IPVT_P_KFREE) {
+			if (!(s->seen & (1U << p)))
+				s->reason = h->reason;
+			if (w->enq_skb && h->skb == w->enq_skb)
+				s->hflags |= IPVT_H_KFREE_ENQ;   /* the backlog was full: never queued */
+		} else if (p == IPVT_P_LOOKUP_RET) {
+			if (h->aux) {
+				s->hflags |= IPVT_H_FOUND;
+				SIG_DEV(s, own_, h);
+			}
+			w->master = h->aux2;
+		} else if (p == IPVT_P_RCV_FRAME) {
+			/* the GCC clone's arguments: its skb the context's, its
+			 * slave the lookup's */
+			if (h->skb != r->skb || (w->master && h->aux2 != w->master))
+				s->checks |= IPVT_C_CLONE_ARGS;
+		} else if (p == IPVT_P_FWD_RET) {
+			s->fwd_ret = (int)h->ret;
+		} else if (p == IPVT_P_MC_ENQUEUE) {
+			w->enq_skb = h->skb;
+		} else if (p == IPVT_P_FWD || p == IPVT_P_LOCAL_OUT || p == IPVT_P_LOCAL_OUT6) {
+			SIG_DEV(s, to_, h);
+		} else if (p == IPVT_P_QXMIT && h->skb == r->skb && !(s->hflags & IPVT_H_OWN_QX)) {
+			/* the first __dev_queue_xmit of its own skb is the parent's;
+			 * a VLAN or bond parent queues it again on the device below */
+			s->hflags |= IPVT_H_OWN_QX;
+			if (!(s->seen & ((1U << IPVT_P_LOCAL_OUT) | (1U << IPVT_P_LOCAL_OUT6))))
+				SIG_DEV(s, to_, h);
+		}
+		s->seen |= 1U << p;
+	}
+	if (r->kind == IPVT_P_RX) {
+		__u64 key = r->skb;
 		if (echo_skbs.lookup(&key)) {
 			s->hflags |= IPVT_H_ECHO;
 			echo_skbs.delete(&key);
 		}
 	}
-	return 0;
+	return s;
 }
 
-static __always_inline int count_entry_ret(struct pt_regs *ctx, __u16 probe)
+/* Count the context in stack entry idx, closed with ret. */
+static __always_inline void rec_close(struct ipvt_stack *st, __u32 idx, __s64 ret, __u8 lossy)
 {
-	__u8 depth = 0, filtered = 0;
-	__u32 i = 0;
-	__u8 lossy = 0;
-	if (!ctx_pop_at(probe, &depth, &filtered, &i, &lossy))
-		return 0;
-	struct ipvt_stack *st = stack_get(0);
-	if (!st)
-		return 0;
-	struct ipvt_sig *s = &st->sig[stack_idx(i)];
-	s->ret = (int)PT_REGS_RC(ctx);
-	count_sig(s);
-	return 0;
+	struct ipvt_sig *s = sig_of_rec(st->rec[stack_idx(idx)], ret, lossy);
+	if (s)
+		count_sig(s);
 }
 
-/* The innermost open context's signature on this CPU, or 0. */
-static __always_inline struct ipvt_sig *sig_current(struct ipvt_stack **stp, __u32 *idx)
+/* A hit just kept in a record: what another context needs of it before
+ * this one closes. */
+static __always_inline void hit_kept(__u16 p, struct ipvt_hit *h, struct ipvt_rec *r)
 {
 	struct ipvt_stack *st = stack_get(0);
 	if (!st)
-		return 0;
-	__u32 d = st->depth;
-	if (d == 0 || d > IPVT_STACK_MAX)
-		return 0;
-	__u32 i = stack_idx(d - 1);
-	if (ctx_stale(st, i)) {
-		stat_inc(IPVT_S_STACK_STALE);
-		st->depth = 0;
-		return 0;
+		return;
+	__u32 i = stack_idx(r->depth - 1);   /* the record's own stack entry */
+	if (p == IPVT_P_FWD && r->kind == IPVT_P_XMIT &&
+	    !(st->seen[i] & (1U << IPVT_P_RCV_FRAME))) {
+		/* to the parent: its RX there is this packet, not another */
+		__u64 key = h->skb;
+		__u8 one = 1;
+		echo_skbs.update(&key, &one);
+	} else if (p == IPVT_P_MC_ENQUEUE) {
+		/* the worker may run on another CPU before this context closes */
+		st->enq_skb[i] = h->skb;
+		__u64 head = h->head;
+		__u64 *held = mc_heads.lookup(&head);
+		if (held && (*held & ~MC_PENDING)) {
+			*held |= MC_PENDING;   /* for the next run, not the claiming one */
+		} else {
+			__u64 unclaimed = 0;
+			mc_heads.update(&head, &unclaimed);
+		}
+	} else if (p == IPVT_P_KFREE && st->enq_skb[i] && h->skb == st->enq_skb[i]) {
+		/* the backlog was full: never queued, no worker run claims it */
+		__u64 head = skb_head((struct sk_buff *)h->skb);
+		mc_heads.delete(&head);
 	}
-	*stp = st;
-	*idx = i;
-	return &st->sig[i];
+	if (p < 32)
+		st->seen[i] |= 1U << p;
 }
 
-/* A helper probe: mark it seen in the open context; in the multicast
- * worker, count each delivery (dev_forward_skb, netif_rx) or send-out. */
-static __always_inline int count_helper(__u16 probe, struct sk_buff *skb, struct net_device *to)
+/* An event outside any record: the multicast worker's deliveries and sends
+ * are counted one by one, L3S frames once they reach LOCAL_IN for a slave.
+ * p is e's probe, a constant where each caller is inlined, so each probe's
+ * program holds only its own branch (so does hit_kept's). */
+static __always_inline void ev_submit(__u16 p, struct ipvt_event *e)
 {
-	struct ipvt_stack *st = 0;
-	__u32 i = 0;
-	struct ipvt_sig *s = sig_current(&st, &i);
-	if (s && st) {
-		i = stack_idx(i);
-		s->seen |= 1U << probe;
-		int own = (__u64)skb == st->skb[i];
-		/* the first __dev_queue_xmit of its own skb is the parent's; a
-		 * VLAN or bond parent queues it again on the device below */
-		int first_qx = probe == IPVT_P_QXMIT && own && !(s->hflags & IPVT_H_OWN_QX);
-		if (probe == IPVT_P_MC_ENQUEUE) {
-			st->enq_skb[i] = (__u64)skb;
-			__u64 head = skb_head(skb);
-			__u64 *held = mc_heads.lookup(&head);
-			if (held && (*held & ~MC_PENDING)) {
-				*held |= MC_PENDING;   /* for the next run, not the claiming one */
-			} else {
-				__u64 unclaimed = 0;
-				mc_heads.update(&head, &unclaimed);
-			}
-		}
-		if (probe == IPVT_P_QXMIT && own)
-			s->hflags |= IPVT_H_OWN_QX;
-		if (probe == IPVT_P_FWD && s->kind == IPVT_P_XMIT &&
-		    !(s->seen & (1U << IPVT_P_RCV_FRAME))) {
-			__u64 key = (__u64)skb;
-			__u8 one = 1;
-			echo_skbs.update(&key, &one);
-		}
-		if (probe == IPVT_P_FWD || probe == IPVT_P_LOCAL_OUT || probe == IPVT_P_LOCAL_OUT6 ||
-		    (first_qx &&
-		     !(s->seen & ((1U << IPVT_P_LOCAL_OUT) | (1U << IPVT_P_LOCAL_OUT6)))))
-			dev_ids(to, &s->to_netns, &s->to_ifindex);
-		return 0;
+	__u64 id = e->ctx;
+	if (p == IPVT_P_L3_RCV) {
+		struct ipvt_l3s l = {};
+		l.netns = e->netns;
+		l.ifindex = e->ifindex;
+		l3s_count.update(&id, &l);
+		return;
 	}
-	if (probe != IPVT_P_FWD && probe != IPVT_P_NETIF_RX && probe != IPVT_P_QXMIT)
-		return 0;
+	if (p == IPVT_P_S2A_RET) {
+		struct ipvt_l3s *l = l3s_count.lookup(&id);
+		if (l && e->aux && (e->flags & IPVT_F_HAS_DEV) && !l->own_ifindex) {
+			l->own_netns = e->netns;
+			l->own_ifindex = e->ifindex;
+		}
+		return;
+	}
+	if (p == IPVT_P_NF_INPUT) {
+		struct ipvt_l3s *l = l3s_count.lookup(&id);
+		if (!l)
+			return;
+		if (l->own_ifindex) {
+			struct ipvt_sig s = {};
+			s.kind = IPVT_P_L3_RCV;
+			s.seen = 1U << IPVT_P_NF_INPUT;
+			s.hflags = IPVT_H_FOUND;
+			s.netns = l->netns;
+			s.ifindex = l->ifindex;
+			s.own_netns = l->own_netns;
+			s.own_ifindex = l->own_ifindex;
+			count_sig(&s);
+		}
+		l3s_count.delete(&id);
+		return;
+	}
+	if (!(e->flags & IPVT_F_WORKER) ||
+	    (p != IPVT_P_FWD && p != IPVT_P_NETIF_RX && p != IPVT_P_QXMIT &&
+	     p != IPVT_P_KFREE && p != IPVT_P_CONSUME))
+		return;
 	__u32 tid = bpf_get_current_pid_tgid();
 	__u64 *run = workers.lookup(&tid);
 	if (!run)
-		return 0;
-	__u64 head = skb_head(skb);
+		return;
+	__u64 head = e->head ? e->head : skb_head((struct sk_buff *)e->skb);
 	__u64 *claim = mc_heads.lookup(&head);
-	if (!claim)
-		return 0;
-	if (!mc_claim(claim, *run & ~IPVT_WORKER_LOSSY))
-		return 0;
+	if (!claim || !mc_claim(claim, *run & ~IPVT_WORKER_LOSSY))
+		return;
+	/* the worker frees a queued frame it handled: claimed above for this
+	 * run, so a later reuse of that memory is not a delivery */
+	if (p == IPVT_P_KFREE || p == IPVT_P_CONSUME)
+		return;
 	if (*claim & MC_SENT)
-		return 0;   /* after the frame's last step: not one of its deliveries */
-	if (probe == IPVT_P_QXMIT)
+		return;   /* after the frame's last step: not one of its deliveries */
+	if (p == IPVT_P_QXMIT)
 		*claim |= MC_SENT;
 	struct ipvt_sig w = {};
 	w.kind = IPVT_P_MC_WORK;
-	w.seen = 1U << probe;
-	dev_ids(to, &w.to_netns, &w.to_ifindex);
+	w.seen = 1U << p;
+	if (e->flags & IPVT_F_HAS_DEV) {
+		w.to_netns = e->netns;
+		w.to_ifindex = e->ifindex;
+	}
 	count_sig(&w);
-	return 0;
 }
 
-static __always_inline int count_fwd_ret(int ret)
+static __always_inline void note_site(__u64 location) {}
+
+#else /* the trace build: records and events to the ring buffer */
+
+/* The context in stack entry idx returned: send its record, once. A record
+ * the ring has no room for is counted per entry probe (the packet is lost
+ * whole: never a row from part of it). */
+static __always_inline void rec_close(struct ipvt_stack *st, __u32 idx, __s64 ret, __u8 lossy)
 {
-	struct ipvt_stack *st = 0;
-	__u32 i = 0;
-	struct ipvt_sig *s = sig_current(&st, &i);
-	if (s) {
-		s->seen |= 1U << IPVT_P_FWD_RET;
-		s->fwd_ret = ret;
-	}
-	return 0;
+	__u8 *buf = st->rec[stack_idx(idx)];
+	struct ipvt_rec *r = (struct ipvt_rec *)buf;
+	__u64 dt = bpf_ktime_get_ns() - r->ts;
+	r->ret = ret;
+	r->ret_dt = dt > 0xffffffffULL ? 0xffffffff : (__u32)dt;
+	if (lossy)
+		r->flags |= IPVT_F_LOST;
+	__u64 size = rec_size(r);
+	asm volatile("" : "+r"(size));
+	if (size > IPVT_REC_MAX)
+		size = IPVT_REC_MAX;
+	if (events.ringbuf_output(buf, size, 0) != 0)
+		stat_inc(IPVT_S_LOST_BASE + r->kind);
 }
 
-static __always_inline int count_lookup(__u16 probe, void *addr)
+static __always_inline void hit_kept(__u16 p, struct ipvt_hit *h, struct ipvt_rec *r) {}
+
+static __always_inline void ev_submit(__u16 probe, struct ipvt_event *e)
 {
-	struct ipvt_stack *st = 0;
-	__u32 i = 0;
-	struct ipvt_sig *s = sig_current(&st, &i);
-	if (!s)
-		return 0;
-	s->seen |= 1U << probe;
-	if (addr) {
-		__u64 master = 0;
-		s->hflags |= IPVT_H_FOUND;
-		dev_ids(owner_dev(addr, &master), &s->own_netns, &s->own_ifindex);
-		if (st && probe == IPVT_P_LOOKUP_RET)
-			st->master[stack_idx(i)] = master;
+	__u64 size = sizeof(*e) - IPVT_HDR_MAX;
+	/* the captured bytes, zero-padded to 8 (ev_skb zeroed the last word):
+	 * the ring rounds every record up to 8 and would otherwise leave what
+	 * an earlier record held in the padding, and `record` writes whole
+	 * spans of the ring to the file */
+	if (e->flags & IPVT_F_HAS_HDR)
+		size += (e->hdr_len + 7) & ~7;
+	/* clang must not fold the bound below away: the verifier needs it on
+	 * the very register handed to the helper */
+	asm volatile("" : "+r"(size));
+	if (size > sizeof(*e))
+		size = sizeof(*e);
+	if (events.ringbuf_output(e, size, 0) != 0) {
+		stat_inc(IPVT_S_LOST_BASE + e->probe);
+		note_loss(e);
 	}
-	return 0;
 }
 
-/* ipvlan_rcv_frame.isra.N(struct ipvl_dev *, struct sk_buff **, bool): its
- * hit counts only when its skb is the context's and its slave the lookup's */
-static __always_inline int count_rcv_frame(struct sk_buff *skb, __u64 master)
+/* Where a kept hit's skb was freed, once per distinct address: `record`
+ * names these at its end (the trailer's symbols) without reading every
+ * record's hits in Python. Full: counted, the rest stay unnamed (hex). */
+BPF_HASH(free_sites, __u64, __u8, IPVT_FREE_SITES_MAX);
+
+static __always_inline void note_site(__u64 location)
 {
-	struct ipvt_stack *st = 0;
-	__u32 i = 0;
-	struct ipvt_sig *s = sig_current(&st, &i);
-	if (!s || !st)
-		return 0;
-	i = stack_idx(i);
-	s->seen |= 1U << IPVT_P_RCV_FRAME;
-	if ((__u64)skb != st->skb[i] || (st->master[i] && master != st->master[i]))
-		s->checks |= IPVT_C_CLONE_ARGS;
-	return 0;
+	__u8 one = 1;
+	if (!location || free_sites.lookup(&location))
+		return;
+	if (free_sites.update(&location, &one) != 0)
+		stat_inc(IPVT_S_SITES_FULL);
 }
 
-static __always_inline int count_free(__u16 probe, void *skbaddr, __u32 reason)
-{
-	struct ipvt_stack *st = 0;
-	__u32 i = 0;
-	struct ipvt_sig *s = sig_current(&st, &i);
-	if (!s || !st) {
-		/* the worker frees a queued frame it handled: claim its head for
-		 * this run, so a later reuse of that memory is not a delivery */
-		__u32 tid = bpf_get_current_pid_tgid();
-		__u64 *run = workers.lookup(&tid);
-		if (run) {
-			__u64 head = skb_head((struct sk_buff *)skbaddr);
-			__u64 *claim = mc_heads.lookup(&head);
-			if (claim)
-				mc_claim(claim, *run & ~IPVT_WORKER_LOSSY);
-		}
-		return 0;
-	}
-	i = stack_idx(i);
-	if (probe == IPVT_P_CONSUME) {
-		if ((__u64)skbaddr == st->skb[i]) {
-			s->seen |= 1U << probe;
-			s->hflags |= IPVT_H_CONSUME_OWN;
-		}
-		return 0;
-	}
-	if (!(s->seen & (1U << probe)))
-		s->reason = reason;
-	s->seen |= 1U << probe;
-	if (st->enq_skb[i] && (__u64)skbaddr == st->enq_skb[i]) {
-		s->hflags |= IPVT_H_KFREE_ENQ;   /* the backlog was full: never queued */
-		__u64 head = skb_head((struct sk_buff *)skbaddr);
-		mc_heads.delete(&head);
-	}
-	return 0;
-}
 #endif /* IPVT_COUNT_ONLY */
+
+/* Keep the hit hit_begin gave: one more in its record, or the worker's
+ * event. */
+static __always_inline void hit_end(__u16 probe, struct ipvt_hit *h, struct ipvt_rec *r,
+				    __u64 worker)
+{
+	if (r) {
+		r->nhits++;
+		hit_kept(probe, h, r);
+		return;
+	}
+	struct ipvt_event *e = ev_init(probe, worker, 0);
+	if (!e)
+		return;
+	e->skb = h->skb;
+	e->head = h->head;
+	e->aux = h->aux;
+	e->aux2 = h->aux2;
+	e->ret = h->ret;
+	e->netns = h->netns;
+	e->ifindex = h->ifindex;
+	e->reason = h->reason;
+	e->len = h->len;
+	e->flags = h->flags;
+	__builtin_memcpy(e->ifname, h->ifname, sizeof(e->ifname));
+	ev_submit(probe, e);
+}
+
+/* The common helper event: a device and an skb (without its bytes). */
+static __always_inline int emit_dev_skb(__u16 probe, __u64 id, __u8 depth, __u8 flags,
+					struct net_device *dev, struct sk_buff *skb)
+{
+	struct ipvt_event *e = ev_init(probe, id, depth);
+	if (!e)
+		return 0;
+	e->flags |= flags;
+	FILL_DEV(e, dev);
+	ev_skb(e, skb, 0);
+	ev_submit(probe, e);
+	return 0;
+}
 
 /* ---- entry points ---------------------------------------------------- */
 
@@ -1019,9 +1023,6 @@ static __always_inline int head_filtered(__u64 head)
 static __always_inline int entry(__u16 probe, struct sk_buff *skb, struct net_device *dev,
 				 __u64 sp)
 {
-#ifdef IPVT_COUNT_ONLY
-	return count_entry(probe, skb, dev, sp);
-#else
 	__u8 depth = 0;
 	if (!is_armed())
 		return 0;
@@ -1050,15 +1051,11 @@ static __always_inline int entry(__u16 probe, struct sk_buff *skb, struct net_de
 #endif
 	rec_open(e);
 	return 0;
-#endif
 }
 
 /* Close the entry's context: its record goes out with its return value. */
 static __always_inline int entry_ret(struct pt_regs *ctx, __u16 probe)
 {
-#ifdef IPVT_COUNT_ONLY
-	return count_entry_ret(ctx, probe);
-#else
 	__u8 depth = 0, filtered = 0, lossy = 0;
 	__u32 idx = 0;
 	__u64 id = ctx_pop_at(probe, &depth, &filtered, &idx, &lossy);
@@ -1068,7 +1065,6 @@ static __always_inline int entry_ret(struct pt_regs *ctx, __u16 probe)
 	if (st)
 		rec_close(st, idx, (int)PT_REGS_RC(ctx), lossy);
 	return 0;
-#endif
 }
 
 /* ipvlan_queue_xmit(skb, dev): dev is the slave */
@@ -1112,14 +1108,11 @@ int on_mc_work(struct pt_regs *ctx)
 	__u32 tid = bpf_get_current_pid_tgid();
 	__u64 id = new_ctx_id();
 	workers.update(&tid, &id);
-#ifdef IPVT_COUNT_ONLY
-	return 0;
-#endif
 	struct ipvt_event *e = ev_init(IPVT_P_MC_WORK, id, 0);
 	if (!e)
 		return 0;
 	e->flags |= IPVT_F_WORKER;
-	ev_submit(e);
+	ev_submit(IPVT_P_MC_WORK, e);
 	return 0;
 }
 
@@ -1133,16 +1126,13 @@ int on_mc_work_ret(struct pt_regs *ctx)
 	__u64 id = *w & ~IPVT_WORKER_LOSSY;
 	__u8 lossy = (*w & IPVT_WORKER_LOSSY) != 0;
 	workers.delete(&tid);
-#ifdef IPVT_COUNT_ONLY
-	return 0;
-#endif
 	struct ipvt_event *e = ev_init(IPVT_P_MC_WORK_RET, id, 0);
 	if (!e)
 		return 0;
 	e->flags |= IPVT_F_WORKER;
 	if (lossy)
 		e->flags |= IPVT_F_LOST;
-	ev_submit(e);
+	ev_submit(IPVT_P_MC_WORK_RET, e);
 	return 0;
 }
 
@@ -1151,18 +1141,14 @@ int on_mc_work_ret(struct pt_regs *ctx)
 /*
  * ipvlan_rcv_frame is static; Debian 6.1/6.12 only have the GCC clone
  * ipvlan_rcv_frame.isra.0(struct ipvl_dev *, struct sk_buff **, bool).
- * The first argument is reported raw (aux2) and never dereferenced: user
- * space checks it against ipvlan_addr_lookup's result, and *pskb against the
- * context's skb, before trusting this clone's argument list.
+ * The first argument is reported raw (aux2) and never dereferenced: it is
+ * checked against ipvlan_addr_lookup's result, and *pskb against the
+ * context's skb, before this clone's argument list is trusted (by user space
+ * in the trace build, by sig_of_rec in `stats`).
  */
 int on_rcv_frame(struct pt_regs *ctx)
 {
 	ran(IPVT_P_RCV_FRAME);
-#ifdef IPVT_COUNT_ONLY
-	struct sk_buff *cskb = 0;
-	bpf_probe_read_kernel(&cskb, sizeof(cskb), (void *)PT_REGS_PARM2(ctx));
-	return count_rcv_frame(cskb, PT_REGS_PARM1(ctx));
-#else
 	struct ipvt_rec *r = 0;
 	__u64 w = 0;
 	struct ipvt_hit *h = hit_begin(IPVT_P_RCV_FRAME, &r, &w);
@@ -1175,9 +1161,8 @@ int on_rcv_frame(struct pt_regs *ctx)
 		h->flags |= IPVT_F_LOCAL;
 	h->aux2 = PT_REGS_PARM1(ctx);
 	FILL_SKB(h, skb);
-	hit_end(h, r, w);
+	hit_end(IPVT_P_RCV_FRAME, h, r, w);
 	return 0;
-#endif
 }
 
 /* aux = the ipvl_addr (0: no slave), aux2 = its ipvl_dev, dev = the slave;
@@ -1197,27 +1182,19 @@ int on_rcv_frame(struct pt_regs *ctx)
 int on_lookup_ret(struct pt_regs *ctx)
 {
 	ran(IPVT_P_LOOKUP_RET);
-#ifdef IPVT_COUNT_ONLY
-	return count_lookup(IPVT_P_LOOKUP_RET, (void *)PT_REGS_RC(ctx));
-#else
 	struct ipvt_rec *r = 0;
 	__u64 w = 0;
 	struct ipvt_hit *h = hit_begin(IPVT_P_LOOKUP_RET, &r, &w);
 	if (!h)
 		return 0;
 	FILL_OWNER(h, (void *)PT_REGS_RC(ctx));
-	hit_end(h, r, w);
+	hit_end(IPVT_P_LOOKUP_RET, h, r, w);
 	return 0;
-#endif
 }
 
 int on_fwd(struct pt_regs *ctx)
 {
 	ran(IPVT_P_FWD);
-#ifdef IPVT_COUNT_ONLY
-	return count_helper(IPVT_P_FWD, (struct sk_buff *)PT_REGS_PARM2(ctx),
-			    (struct net_device *)PT_REGS_PARM1(ctx));
-#else
 	struct ipvt_rec *r = 0;
 	__u64 w = 0;
 	struct ipvt_hit *h = hit_begin(IPVT_P_FWD, &r, &w);
@@ -1234,17 +1211,13 @@ int on_fwd(struct pt_regs *ctx)
 	}
 	FILL_DEV(h, dev);
 	FILL_SKB(h, skb);
-	hit_end(h, r, w);
+	hit_end(IPVT_P_FWD, h, r, w);
 	return 0;
-#endif
 }
 
 int on_fwd_ret(struct pt_regs *ctx)
 {
 	ran(IPVT_P_FWD_RET);
-#ifdef IPVT_COUNT_ONLY
-	return count_fwd_ret((int)PT_REGS_RC(ctx));
-#else
 	/* Inside a context, dev_forward_skb returns in the context it was
 	 * called from, and nothing opens one inside it: both callers hold BH
 	 * off (a softirq cannot nest; a hard interrupt does not enter ipvlan),
@@ -1265,9 +1238,8 @@ int on_fwd_ret(struct pt_regs *ctx)
 		fwd_ctx.delete(&key);
 	}
 	h->ret = (int)PT_REGS_RC(ctx);
-	hit_end(h, r, w);
+	hit_end(IPVT_P_FWD_RET, h, r, w);
 	return 0;
-#endif
 }
 
 /* A helper that names an skb and the device it goes to. worker_only: a
@@ -1275,7 +1247,6 @@ int on_fwd_ret(struct pt_regs *ctx)
 static __always_inline int report_skb_dev(struct pt_regs *ctx, __u16 probe,
 					  struct sk_buff *skb, int use_dst, int worker_only)
 {
-#ifndef IPVT_COUNT_ONLY
 	struct ipvt_rec *r = 0;
 	__u64 w = 0;
 	struct ipvt_hit *h = hit_begin(probe, &r, &w);
@@ -1283,7 +1254,6 @@ static __always_inline int report_skb_dev(struct pt_regs *ctx, __u16 probe,
 		return 0;
 	if (w && head_filtered(skb_head(skb)))
 		return 0;
-#endif
 	struct net_device *dev = 0;
 	if (use_dst) {
 		unsigned long refdst = 0;
@@ -1294,14 +1264,10 @@ static __always_inline int report_skb_dev(struct pt_regs *ctx, __u16 probe,
 	}
 	if (!dev)
 		KREAD(dev, skb, IPVT_OFF_SKB_DEV);
-#ifdef IPVT_COUNT_ONLY
-	return count_helper(probe, skb, dev);
-#else
 	FILL_DEV(h, dev);
 	FILL_SKB(h, skb);
-	hit_end(h, r, w);
+	hit_end(probe, h, r, w);
 	return 0;
-#endif
 }
 
 int on_qxmit(struct pt_regs *ctx)
@@ -1327,12 +1293,6 @@ int on_local_out6(struct pt_regs *ctx)
 int on_netif_rx(struct pt_regs *ctx)
 {
 	ran(IPVT_P_NETIF_RX);
-#ifdef IPVT_COUNT_ONLY
-	struct ipvt_stack *st = 0;
-	__u32 i = 0;
-	if (sig_current(&st, &i))
-		return 0;   /* count_helper's worker path checks the task */
-#endif
 	return report_skb_dev(ctx, IPVT_P_NETIF_RX, (struct sk_buff *)PT_REGS_PARM1(ctx), 0, 1);
 }
 
@@ -1340,9 +1300,6 @@ int on_netif_rx(struct pt_regs *ctx)
 int on_mc_enqueue(struct pt_regs *ctx)
 {
 	ran(IPVT_P_MC_ENQUEUE);
-#ifdef IPVT_COUNT_ONLY
-	return count_helper(IPVT_P_MC_ENQUEUE, (struct sk_buff *)PT_REGS_PARM2(ctx), 0);
-#else
 	struct ipvt_rec *r = 0;
 	__u64 w = 0;
 	struct ipvt_hit *h = hit_begin(IPVT_P_MC_ENQUEUE, &r, &w);
@@ -1355,17 +1312,13 @@ int on_mc_enqueue(struct pt_regs *ctx)
 		h->flags |= IPVT_F_LOCAL;   /* tx_pkt */
 	FILL_DEV(h, dev);
 	FILL_SKB(h, skb);
-	hit_end(h, r, w);
+	hit_end(IPVT_P_MC_ENQUEUE, h, r, w);
 	return 0;
-#endif
 }
 
 static __always_inline int report_free(__u16 probe, void *skbaddr, void *location,
 				       __u32 reason)
 {
-#ifdef IPVT_COUNT_ONLY
-	return count_free(probe, skbaddr, reason);
-#else
 	struct ipvt_rec *r = 0;
 	__u64 w = 0;
 	struct ipvt_hit *h = hit_begin(probe, &r, &w);
@@ -1374,10 +1327,9 @@ static __always_inline int report_free(__u16 probe, void *skbaddr, void *locatio
 	h->skb = (__u64)skbaddr;
 	h->aux = (__u64)location;
 	h->reason = reason;
-	hit_end(h, r, w);
+	hit_end(probe, h, r, w);
 	note_site((__u64)location);
 	return 0;
-#endif
 }
 
 /* ---- L3S: after the rx_handler passed the frame ------------------- */
@@ -1394,12 +1346,6 @@ int on_l3_rcv(struct pt_regs *ctx)
 	if (!is_armed() || head_filtered(skb_head(skb)))
 		return 0;
 	__u64 key = (__u64)skb;
-#ifdef IPVT_COUNT_ONLY
-	struct ipvt_l3s l = {};
-	dev_ids(dev, &l.netns, &l.ifindex);
-	l3s_count.update(&key, &l);
-	return 0;
-#endif
 	__u64 id = new_ctx_id() & L3S_ID_MASK;
 	__u64 val = id | L3S_PHASE_RCV;
 	l3s_skbs.update(&key, &val);
@@ -1413,24 +1359,6 @@ int on_nf_input(struct pt_regs *ctx)
 	ran(IPVT_P_NF_INPUT);
 	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM2(ctx);
 	__u64 key = (__u64)skb;
-#ifdef IPVT_COUNT_ONLY
-	struct ipvt_l3s *l = l3s_count.lookup(&key);
-	if (!l)
-		return 0;
-	if (l->own_ifindex) {
-		struct ipvt_sig s = {};
-		s.kind = IPVT_P_L3_RCV;
-		s.seen = 1U << IPVT_P_NF_INPUT;
-		s.hflags = IPVT_H_FOUND;
-		s.netns = l->netns;
-		s.ifindex = l->ifindex;
-		s.own_netns = l->own_netns;
-		s.own_ifindex = l->own_ifindex;
-		count_sig(&s);
-	}
-	l3s_count.delete(&key);
-	return 0;
-#endif
 	__u64 *val = l3s_skbs.lookup(&key);
 	if (!val)
 		return 0;
@@ -1447,12 +1375,6 @@ int on_s2a(struct pt_regs *ctx)
 {
 	ran(IPVT_P_S2A);
 	__u64 key = PT_REGS_PARM1(ctx);
-#ifdef IPVT_COUNT_ONLY
-	__u64 *slot0 = s2a_slot(1);
-	if (slot0)
-		*slot0 = l3s_count.lookup(&key) ? key : 0;
-	return 0;
-#endif
 	__u64 *val = l3s_skbs.lookup(&key);
 	__u64 *slot = s2a_slot(1);
 	if (!slot)
@@ -1472,17 +1394,6 @@ int on_s2a_ret(struct pt_regs *ctx)
 	__u64 *slot = s2a_slot(0);
 	if (!slot || !*slot)
 		return 0;
-#ifdef IPVT_COUNT_ONLY
-	__u64 key = *slot;
-	*slot = 0;
-	struct ipvt_l3s *l = l3s_count.lookup(&key);
-	void *a = (void *)PT_REGS_RC(ctx);
-	if (l && a && !l->own_ifindex) {
-		__u64 master = 0;
-		dev_ids(owner_dev(a, &master), &l->own_netns, &l->own_ifindex);
-	}
-	return 0;
-#endif
 	__u64 id = *slot & L3S_ID_MASK;
 	*slot = 0;
 	void *addr = (void *)PT_REGS_RC(ctx);
@@ -1490,7 +1401,7 @@ int on_s2a_ret(struct pt_regs *ctx)
 	if (!e)
 		return 0;
 	FILL_OWNER(e, addr);
-	ev_submit(e);
+	ev_submit(IPVT_P_S2A_RET, e);
 	return 0;
 }
 

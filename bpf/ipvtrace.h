@@ -84,6 +84,9 @@ enum ipvt_stat {
 /* ipvlan_rcv_frame's GCC clone was handed another skb, or another slave than
  * ipvlan_addr_lookup found: its hit is not evidence (the packet is incomplete) */
 #define IPVT_C_CLONE_ARGS 0x01
+/* the context's record could not keep all its helpers' hits (see
+ * IPVT_S_HITS_FULL): counted, but the packet is incomplete */
+#define IPVT_C_LOST 0x02
 
 struct ipvt_sig {
 	__u32 seen;

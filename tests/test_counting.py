@@ -120,9 +120,27 @@ def test_a_rcv_frame_clone_with_foreign_arguments_is_incomplete():
                 own_netns=POD_B, own_ifindex=3, to_netns=POD_B, to_ifindex=3, etype=0x0800,
                 l4=1, **POD_A_DEV)
     c = ctx("l2")
-    for checks, complete in ((0, True), (counting.CLONE_ARGS, False)):
+    for checks, complete in ((0, True), (SL.checks["clone_args"], False)):
         s = sig("xmit", checks=checks, **base)
         assert ("clone_mismatch" in s.hflags) == (not complete)
+        v = classify.classify(counting.evidence_of(s, c))
+        assert (v.branch, v.complete) == ("tx.l2.local", complete)
+
+
+def test_a_context_whose_record_was_full_is_incomplete():
+    """stats gathers a context's hits in the same record `record` sends; a
+    record that had no room for a hit (IPVT_C_LOST in the signature) is
+    counted, but as an incomplete packet, as replay names a record flagged
+    IPVT_F_LOST: never a branch from part of the evidence."""
+    base = dict(seen=("lookup_ret", "rcv_frame", "fwd", "fwd_ret"), hflags=("found",),
+                own_netns=POD_B, own_ifindex=3, to_netns=POD_B, to_ifindex=3, etype=0x0800,
+                l4=1, **POD_A_DEV)
+    c = ctx("l2")
+    lost = SL.checks["lost"]
+    assert lost and lost != SL.checks["clone_args"]
+    for checks, complete in ((0, True), (lost, False)):
+        s = sig("xmit", checks=checks, **base)
+        assert ("lost" in s.hflags) == (not complete)
         v = classify.classify(counting.evidence_of(s, c))
         assert (v.branch, v.complete) == ("tx.l2.local", complete)
 

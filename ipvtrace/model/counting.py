@@ -30,8 +30,6 @@ from ipvtrace.model.evidence import Evidence
 from ipvtrace.model.layout import SigLayout, sig_layout
 from ipvtrace.model.packet import PacketInfo, parse
 
-CLONE_ARGS = 0x01   # IPVT_C_CLONE_ARGS
-
 
 @dataclass(frozen=True, slots=True)
 class Signature:
@@ -56,8 +54,11 @@ def decode(raw: bytes, sl: SigLayout | None = None) -> Signature:
     vals = dict(zip(sl.fields, struct.unpack(sl.fmt, raw[: struct.calcsize(sl.fmt)])))
     seen = frozenset(name for pid, name in sl.probes.items() if vals["seen"] & (1 << pid))
     hflags = frozenset(name for name, bit in sl.hflags.items() if vals["hflags"] & bit)
-    if vals.get("checks", 0) & CLONE_ARGS:   # (older fixtures: a pad byte, always 0)
+    checks = vals.get("checks", 0)   # (older fixtures: a pad byte, always 0)
+    if checks & sl.checks["clone_args"]:
         hflags |= {"clone_mismatch"}
+    if checks & sl.checks["lost"]:   # the record was full: some hits are missing
+        hflags |= {"lost"}
     return Signature(
         kind=sl.probes.get(vals["kind"], str(vals["kind"])), seen=seen,
         netns=vals["netns"], ifindex=vals["ifindex"], to_netns=vals["to_netns"],
@@ -94,6 +95,8 @@ def evidence_of(sig: Signature, ctx: cls.Context) -> Evidence:
                  frm=dev(sig.netns, sig.ifindex), info=frame_info(sig),
                  mode=port.get("mode"), flags=list(port.get("flags", [])),
                  l3s_blind=ctx.kernel.l3s_blind)
+    if "lost" in sig.hflags:   # as a record flagged IPVT_F_LOST
+        x.complete = False
     if sig.kind == "l3_rcv":   # an L3S frame a slave got at LOCAL_IN
         x.ret = cls.RX_HANDLER_PASS
         x.l3s_lookup, x.l3s_owner = True, dev(sig.own_netns, sig.own_ifindex)

@@ -143,12 +143,14 @@ def _struct(text: str, name: str) -> tuple[list[str], str]:
 
 @dataclass(frozen=True)
 class SigLayout:
-    """`struct ipvt_sig`, the key of the stats-mode counter map, and its IPVT_H_* bits."""
+    """`struct ipvt_sig`, the key of the stats-mode counter map, its IPVT_H_*
+    bits (what the context saw) and IPVT_C_* bits (checks that failed)."""
 
     fields: tuple[str, ...]
     fmt: str
     hflags: dict[str, int]
     probes: dict[int, str]
+    checks: dict[str, int]
 
 
 @lru_cache(maxsize=1)
@@ -159,7 +161,11 @@ def sig_layout() -> SigLayout:
         m.group(1).lower(): int(m.group(2), 0)
         for m in re.finditer(r"#define\s+IPVT_H_(\w+)\s+(0x[0-9a-fA-F]+|\d+)", text)
     }
-    return SigLayout(tuple(fields), fmt, hflags, current().probes)
+    checks = {
+        m.group(1).lower(): int(m.group(2), 0)
+        for m in re.finditer(r"#define\s+IPVT_C_(\w+)\s+(0x[0-9a-fA-F]+|\d+)", text)
+    }
+    return SigLayout(tuple(fields), fmt, hflags, current().probes, checks)
 
 
 @lru_cache(maxsize=1)
