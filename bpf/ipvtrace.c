@@ -44,6 +44,21 @@
 #ifndef IPVT_RINGBUF_PAGES
 #define IPVT_RINGBUF_PAGES 1024
 #endif
+/* What the build's sink (see "where the two builds differ") reads of the
+ * evidence everything else gathers alike: `stats` names devices by netns and
+ * ifindex, reads 24 bytes of the frame (sig_frame) and no hit's time, so its
+ * records skip the device names, the rest of the frame and the hits' clock
+ * reads (measured: the fold cost stats 5.2 us of program time a packet under
+ * QEMU with them). */
+#ifdef IPVT_COUNT_ONLY
+#define IPVT_SINK_HDR 24
+#define IPVT_SINK_NAMES 0
+#define IPVT_SINK_HIT_TIMES 0
+#else
+#define IPVT_SINK_HDR IPVT_HDR_MAX
+#define IPVT_SINK_NAMES 1
+#define IPVT_SINK_HIT_TIMES 1
+#endif
 /* in a `workers` value: an event of this worker run was not reserved */
 #define IPVT_WORKER_LOSSY (1ULL << 63)
 /* Per CPU, a context older than this is left over from a missed return
@@ -285,7 +300,8 @@ static __always_inline struct ipvt_event *ev_init(__u16 probe, __u64 ctx_id, __u
 		if (!dev_)							\
 			break;							\
 		KREAD((x)->ifindex, dev_, IPVT_OFF_DEV_IFINDEX);		\
-		bpf_probe_read_kernel_str((x)->ifname, sizeof((x)->ifname),	\
+		if (IPVT_SINK_NAMES)						\
+			bpf_probe_read_kernel_str((x)->ifname, sizeof((x)->ifname), \
 					  (const char *)dev_ + IPVT_OFF_DEV_NAME); \
 		KREAD(net_, dev_, IPVT_OFF_DEV_NET);				\
 		if (net_)							\
@@ -355,8 +371,8 @@ static __always_inline void ev_skb(struct ipvt_event *e, struct sk_buff *skb, in
 	}
 	if (linear <= 0)
 		return;
-	if (linear > IPVT_HDR_MAX)
-		linear = IPVT_HDR_MAX;
+	if (linear > IPVT_SINK_HDR)
+		linear = IPVT_SINK_HDR;
 	/* only the frame's own bytes: never the tailroom after it (stale data
 	 * of other traffic) nor, below, what an earlier frame left in this
 	 * memory (a record slot is reused) */
@@ -601,8 +617,10 @@ static __always_inline struct ipvt_hit *hit_begin(__u16 probe, struct ipvt_rec *
 		}
 		h = (struct ipvt_hit *)(buf + off);
 		__builtin_memset(h, 0, sizeof(*h));
-		__u64 dt = bpf_ktime_get_ns() - r->ts;
-		h->dt = dt > 0xffffffffULL ? 0xffffffff : (__u32)dt;
+		if (IPVT_SINK_HIT_TIMES) {
+			__u64 dt = bpf_ktime_get_ns() - r->ts;
+			h->dt = dt > 0xffffffffULL ? 0xffffffff : (__u32)dt;
+		}
 		*rec_out = r;
 	} else {
 		int zero = 0;
