@@ -48,8 +48,9 @@
  * evidence everything else gathers alike: `stats` names devices by netns and
  * ifindex, reads 24 bytes of the frame (sig_frame) and no hit's time, so its
  * records skip the device names, the rest of the frame and the hits' clock
- * reads (measured: the fold cost stats 5.2 us of program time a packet under
- * QEMU with them). */
+ * reads (measured under QEMU on 6.12, program time a pod-to-pod packet: the
+ * count build's own evidence 10.5 us, the folded build with them 17.8, without
+ * them 12.5). */
 #ifdef IPVT_COUNT_ONLY
 #define IPVT_SINK_HDR 24
 #define IPVT_SINK_NAMES 0
