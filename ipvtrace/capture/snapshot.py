@@ -126,7 +126,7 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def _netns_socket(path: str) -> socket.socket:
+def netns_socket(path: str) -> socket.socket:
     """An rtnetlink socket that lives in the namespace at *path*.
 
     pyroute2's IPRoute(netns=...) forks a child per namespace to make its
@@ -164,7 +164,7 @@ def _open_iproute(ns: dict):
     if ns["root"] and netns_inode("/proc/self/ns/net") == ns["inum"]:
         return IPRoute()
     path = ns["path"] if ns.get("anonymous") or not ns["name"] else str(NETNS_RUN / ns["name"])
-    return IPRoute(use_socket=_netns_socket(path))
+    return IPRoute(use_socket=netns_socket(path))
 
 
 def _dump_ns(ns: dict) -> list[dict]:

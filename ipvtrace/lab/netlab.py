@@ -16,7 +16,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ipvtrace.capture.snapshot import IPVLAN_FLAGS, IPVLAN_MODES, _register_ipvlan_kind
+from ipvtrace.capture.snapshot import (IPVLAN_FLAGS, IPVLAN_MODES, NETNS_RUN,
+                                       _register_ipvlan_kind, netns_socket)
 
 MODE_NUM = {v: k for k, v in IPVLAN_MODES.items()}
 
@@ -135,7 +136,11 @@ class Lab:
         checkpoint()
         if ns not in self._made:
             raise LabError(f"namespace {ns} is not part of this lab")
-        return IPRoute(netns=ns)
+        # not IPRoute(netns=ns): pyroute2 forks a child for that socket and
+        # gives up after 10 s of 2 s tries; in an emulated PREEMPT_RT guest
+        # beside a loaded host, with the probes attached, the child did not
+        # answer in time (a fresh-clone CI run, 6.1-rt, test_stats' setup)
+        return IPRoute(use_socket=netns_socket(str(NETNS_RUN / ns)))
 
     def index(self, ns: str, dev: str) -> int:
         with self.ipr(ns) as ipr:
