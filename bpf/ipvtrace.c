@@ -177,7 +177,11 @@ BPF_TABLE("lru_hash", __u64, __u8, echo_skbs, 4096);
  * freed and reused by a reply sent and received within the send, seen on
  * 5.10). */
 #define MC_SENT (1ULL << 62)
-BPF_TABLE("lru_hash", __u64, __u64, mc_heads, 4096);
+struct mc_head {
+	__u64 claim;   /* the claiming run, MC_PENDING, MC_SENT */
+	__u64 skb;     /* the skb last queued with this head */
+};
+BPF_TABLE("lru_hash", __u64, struct mc_head, mc_heads, 4096);
 
 /* May this worker run count (and claim) the queued frame behind *claim? */
 static __always_inline int mc_claim(__u64 *claim, __u64 run_id)
@@ -834,11 +838,12 @@ static __always_inline void hit_kept(__u16 p, struct ipvt_hit *h, struct ipvt_re
 		/* the worker may run on another CPU before this context closes */
 		st->enq_skb[i] = h->skb;
 		__u64 head = h->head;
-		__u64 *held = mc_heads.lookup(&head);
-		if (held && (*held & ~MC_PENDING)) {
-			*held |= MC_PENDING;   /* for the next run, not the claiming one */
+		struct mc_head *held = mc_heads.lookup(&head);
+		if (held && (held->claim & ~MC_PENDING)) {
+			held->claim |= MC_PENDING;   /* for the next run, not the claiming one */
+			held->skb = h->skb;
 		} else {
-			__u64 unclaimed = 0;
+			struct mc_head unclaimed = {.skb = h->skb};
 			mc_heads.update(&head, &unclaimed);
 		}
 	} else if (p == IPVT_P_KFREE && st->enq_skb[i] && h->skb == st->enq_skb[i]) {
@@ -899,8 +904,18 @@ static __always_inline void ev_submit(__u16 p, struct ipvt_event *e)
 	if (!run)
 		return;
 	__u64 head = e->head ? e->head : skb_head((struct sk_buff *)e->skb);
-	__u64 *claim = mc_heads.lookup(&head);
-	if (!claim || !mc_claim(claim, *run & ~IPVT_WORKER_LOSSY))
+	struct mc_head *m = mc_heads.lookup(&head);
+	if (!m)
+		return;
+	/* a free claims only the queued skb itself: a softirq the worker's task
+	 * runs may free another skb of the same data (the original of a clone
+	 * an RX context just queued for the next run), as the correlator, which
+	 * knows a freed skb's head only from the queued skb or the run's own
+	 * hits */
+	if ((p == IPVT_P_KFREE || p == IPVT_P_CONSUME) && e->skb != m->skb)
+		return;
+	__u64 *claim = &m->claim;
+	if (!mc_claim(claim, *run & ~IPVT_WORKER_LOSSY))
 		return;
 	/* the worker frees a queued frame it handled: claimed above for this
 	 * run, so a later reuse of that memory is not a delivery */
