@@ -180,6 +180,7 @@ BPF_TABLE("lru_hash", __u64, __u8, echo_skbs, 4096);
 struct mc_head {
 	__u64 claim;   /* the claiming run, MC_PENDING, MC_SENT */
 	__u64 skb;     /* the skb last queued with this head */
+	__u64 tx;      /* queued by a slave's TX (sent out of the parent at the end) */
 };
 BPF_TABLE("lru_hash", __u64, struct mc_head, mc_heads, 4096);
 
@@ -842,8 +843,9 @@ static __always_inline void hit_kept(__u16 p, struct ipvt_hit *h, struct ipvt_re
 		if (held && (held->claim & ~MC_PENDING)) {
 			held->claim |= MC_PENDING;   /* for the next run, not the claiming one */
 			held->skb = h->skb;
+			held->tx = r->kind == IPVT_P_XMIT;
 		} else {
-			struct mc_head unclaimed = {.skb = h->skb};
+			struct mc_head unclaimed = {.skb = h->skb, .tx = r->kind == IPVT_P_XMIT};
 			mc_heads.update(&head, &unclaimed);
 		}
 	} else if (p == IPVT_P_KFREE && st->enq_skb[i] && h->skb == st->enq_skb[i]) {
@@ -913,6 +915,11 @@ static __always_inline void ev_submit(__u16 p, struct ipvt_event *e)
 	 * knows a freed skb's head only from the queued skb or the run's own
 	 * hits */
 	if ((p == IPVT_P_KFREE || p == IPVT_P_CONSUME) && e->skb != m->skb)
+		return;
+	/* only a frame a slave sent is sent out of the parent by the worker: a
+	 * send of an RX frame's data is a reply that reused its freed memory
+	 * (as the classifier, which counts out_parent for a TX origin only) */
+	if (p == IPVT_P_QXMIT && !m->tx)
 		return;
 	__u64 *claim = &m->claim;
 	if (!mc_claim(claim, *run & ~IPVT_WORKER_LOSSY))
