@@ -161,9 +161,12 @@ BPF_TABLE("lru_hash", __u64, struct ipvt_l3s, l3s_count, 4096);
  * the parent is the same packet, not another one */
 BPF_TABLE("lru_hash", __u64, __u8, echo_skbs, 4096);
 /* data (skb->head) of frames given to the multicast queue -> the worker run
- * that claimed it (0: not yet). The worker's deliveries are clones (same
- * head); anything else its task does (a softirq it runs, a slave's reply) is
- * not a delivery. One run handles a queued frame: a head claimed by an older
+ * that claimed it (0: not yet), the queued skb and its origin. The worker's
+ * deliveries are clones (same head); anything else its task does (a softirq
+ * it runs, a slave's reply) is not a delivery, and may free or send an skb
+ * of a queued head (an RX frame's original, queued as a clone; data freed
+ * and reused at once): a free claims only the queued skb, a send counts only
+ * for a frame a slave queued. One run handles a queued frame: a head claimed by an older
  * run was freed and reused, and is not counted (as the correlator, which
  * matches a head only while its packet waits for the worker). A head queued
  * again while claimed (its memory reused, or a frame the parent's peer
