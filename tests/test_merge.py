@@ -12,9 +12,9 @@ import pytest
 
 from ipvtrace.merge import replay_merged, run_merge
 from ipvtrace.model import crossnode, identity
-from ipvtrace.output import merged
+from ipvtrace.output import merged, recording
 from ipvtrace.output.recording import RecordingError
-from two_nodes_checks import check_merged
+from two_nodes_checks import check_merged, check_text
 
 FIX = Path(__file__).parent / "fixtures"
 ARTICLE = FIX / "article-6.12.ipvt"
@@ -233,6 +233,28 @@ def test_real_two_node_recordings_merge_into_each_packets_path(mode, tmp_path):
     replay_merged(out, rows.append)
     flows = json.loads((FIX / "two-nodes-flows.json").read_text())
     check_merged(rows, flows, mode, summary)
+    assert summary["crossings"]["node-a -> node-b"]["lost"] == 3   # the flow a's wire drops
+    check_text(run_cli("replay", out).stdout, rows)
+
+
+def test_a_node_that_skipped_a_hit_leaves_the_dropped_flow_not_known(tmp_path):
+    """Recorded by the CI's two guests: node-b's kernel skipped one
+    consume_skb hit (a BPF program held the CPU) while the three packets
+    a's wire drops were on their way. Nothing says whether they arrived: the
+    merge says not known, in --json and in the text, never lost."""
+    a, b = FIX / "two-nodes-l2-skip-a.ipvt", FIX / "two-nodes-l2-skip-b.ipvt"
+    out = tmp_path / "both.ipvt"
+    summary = run_merge([a, b], out, ["node-a", "node-b"])
+    assert recording.read(b).trailer["kernel_stats"] == {"skipped.consume_skb": 1}
+    assert summary["lost_events"] == {"node-a": 0, "node-b": 1}
+    assert summary["crossings"]["node-a -> node-b"] == {"arrived": 19, "lost": 0, "unknown": 3}
+    rows: list = []
+    replay_merged(out, rows.append)
+    flows = json.loads((FIX / "two-nodes-flows.json").read_text())
+    check_merged(rows, flows, "l2", summary)
+    text = run_cli("replay", out).stdout
+    check_text(text, rows)
+    assert "never reached" not in text
 
 
 def test_replay_of_a_merged_file_selects_a_node(tmp_path):

@@ -94,3 +94,20 @@ def check_merged(rows: list[dict], flows: list[dict], mode: str, summary: dict) 
     for r in rows:
         if r["complete"]:
             assert r["branch"] != "unknown", r
+
+
+def check_text(text: str, rows: list[dict], a: str = "node-a", b: str = "node-b") -> None:
+    """The merged replay's text says of each packet from *a* to *b* what its
+    `--json` row says: arrived (and b's row says from where), dropped on
+    the way ("never reached"), or not known because b's recording lost
+    evidence then — one line each."""
+    left = [r["crossing"] for r in rows
+            if (r.get("crossing") or {}).get("at") == "left" and r["crossing"]["from"] == a
+            and r["crossing"]["to"] == b]
+    never = sum(1 for cx in left if cx["arrived"] is False)
+    unknown = sum(1 for cx in left if cx["arrived"] is None)
+    arrived = sum(1 for cx in left if cx["arrived"] is True)
+    assert text.count(f"-> never reached {b}") == never, (never, text[-2000:])
+    assert text.count(f"-> {b}? (not seen there; its recording lost evidence then)") == unknown, \
+        (unknown, text[-2000:])
+    assert text.count(f"<- hop from {a} (") == arrived, (arrived, text[-2000:])
