@@ -166,9 +166,10 @@ BPF_TABLE("lru_hash", __u64, __u8, echo_skbs, 4096);
  * it runs, a slave's reply) is not a delivery, and may free or send an skb
  * of a queued head (an RX frame's original, queued as a clone; data freed
  * and reused at once): a free claims only the queued skb, a send counts only
- * for a frame a slave queued. One run handles a queued frame: a head claimed by an older
- * run was freed and reused, and is not counted (as the correlator, which
- * matches a head only while its packet waits for the worker). A head queued
+ * for a frame a slave queued. One run handles a queued frame: a head claimed
+ * by an older run was freed and reused, and is not counted (as the
+ * correlator, which matches a head only while its packet waits for the
+ * worker). A head queued
  * again while claimed (its memory reused, or a frame the parent's peer
  * reflected while the claiming run still sends it: the reflection shares the
  * data) is marked MC_PENDING: the next run to touch it takes it over. */
