@@ -177,13 +177,14 @@ class Correlator:
             self._helper(ev)
         self._expire()
 
-    def feed_context(self, evs: list[Event]) -> None:
+    def feed_context(self, evs: list[Event]) -> bool:
         """A closed context's events (entry, its hits, its return: one ring
         record), exactly as feed() would take them one by one, without
         registering the context as open between its entry and its return.
         The record's entry starting a packet of its own is the usual case;
         one that continues another packet (an RX echo, hits that are
-        entries) or that the sweep would evict on the way takes feed()."""
+        entries) or that the sweep would evict on the way takes feed().
+        True when it took the short way."""
         entry, ret = evs[0], evs[-1]
         if (entry.probe not in _ENTRIES or ret.probe not in _RETURNS or ret.ts < entry.ts
                 or entry.ts < max(self.now, ret.ts) - 3 * self.wait_ns
@@ -193,7 +194,7 @@ class Correlator:
                        for e in evs[1:-1])):
             for ev in evs:
                 self.feed(ev)
-            return
+            return False
         for ev in evs[:-1]:
             if ev.ts > self.now:
                 self.now = ev.ts
@@ -205,6 +206,23 @@ class Correlator:
             pkt.lost_overlap = True   # the kernel could not keep all of its evidence
         self._closed(pkt)
         self._expire()
+        return True
+
+    def closes_alone(self, rx: bool, ts: int, end: int, ctx: int, skb: int, head: int) -> bool:
+        """For a closed context's record whose like (decode.Shape) finished
+        at once as a packet of its own: would feed_context take the short
+        way with it now, with no sweep on the way? Then time moves to its
+        return, as feed_context moves it, and True: the caller counts the
+        packet as its like was counted (replay --stats). What a sweep does
+        depends on the time of each event, so a record that reaches the
+        next sweep goes the whole way."""
+        now = end if end > self.now else self.now
+        if (ts < now - 3 * self.wait_ns or now >= self._next_sweep or ctx in self.open
+                or (rx and (skb, head) in self.await_rx)):
+            return False
+        self.now = now
+        self._expire()
+        return True
 
     def tick(self, ktime: int) -> None:
         if ktime > self.now:

@@ -93,6 +93,7 @@ class Decoder:
         self._i_hdr_len, self._i_hdr, self._i_ifname = idx["hdr_len"], idx["hdr"], idx["ifname"]
         self._lost = lay.flags.get("lost", 0)
         self._ctx_id = -1           # no context records in this layout (format 1, 2)
+        self._shapes: _ShapeKeys | None = None
         if lay.rec is not None and lay.hit is not None:
             ids = {v: k for k, v in lay.probes.items()}
             self._ctx_id = ids.get("context", -1)
@@ -106,6 +107,7 @@ class Decoder:
             # the entry probes a context can be, and their returns
             self._kinds = {k: (v, v + "_ret") for k, v in lay.probes.items()
                            if v in ("xmit", "rx") and v + "_ret" in ids}
+            self._shapes = _ShapeKeys.of(lay, self._kinds)
 
     def events(self, raw: bytes) -> list[Event]:
         """One ring record: a context's events, or one event."""
@@ -146,6 +148,15 @@ class Decoder:
                          depth, flags & lost, b"", ""))
         return out
 
+    def shape(self, raw: bytes) -> Shape | None:
+        """A context record's shape (`Shape`); None for an event, a record
+        of a layout without context records, or one that does not parse
+        (decoding it says why)."""
+        if (self._shapes is None or len(raw) <= self._probe_at + 1
+                or raw[self._probe_at] | raw[self._probe_at + 1] << 8 != self._ctx_id):
+            return None
+        return self._shapes.shape(raw)
+
     def decode(self, raw: bytes) -> Event:
         """An event is its fixed part and then only the captured bytes of the
         frame (hdr_len of them, at most hdr_max); older recordings padded
@@ -170,3 +181,139 @@ class Decoder:
             vals[self._i_hdr][:hdr_len],
             _name(vals[self._i_ifname]),
         )
+
+
+@dataclass(slots=True)
+class Shape:
+    """A context record without what differs between packets of one flow.
+
+    `key` holds every field of the record and its hits except the times,
+    the context id, CPU and task, the skb and data pointers, the lengths
+    and the frame's bytes (and how many were captured). The pointers are kept as their pattern (which
+    of them are equal, which are zero): the rules compare them but never
+    read their values. Of the lengths and bytes the rules read only
+    `runt` and the frame's `packet.rule_facts`. Two records that agree on
+    all of that give packets of one branch (replay --stats counts by it;
+    `stats` keeps no more of a frame in the kernel). The rest is what the
+    correlator needs to know whether the record closes a packet of its
+    own at this point in the stream."""
+
+    key: tuple
+    frame: bytes      # the frame's captured bytes: only what the rules read of them is alike
+    has_mac: bool
+    runt: bool        # as Evidence.runt: the frame and skb->len are shorter than an Ethernet header
+    rx: bool          # ipvlan_handle_frame's context (an RX echo may be waiting for it)
+    ts: int
+    end: int          # its return's timestamp (the latest in the record, see `key`)
+    ctx: int
+    skb: int
+    head: int
+    events: int       # how many events it decodes into
+
+
+_REC_VOLATILE = frozenset(("ts", "skb", "head", "ctx", "ret_dt", "cpu", "pid", "len", "hdr_len"))
+_HIT_VOLATILE = frozenset(("skb", "head", "dt", "len"))
+_SHAPE_FORMATS_MAX = 256   # (length, hits, frame bytes) combinations kept: a stranger's file may hold any
+
+
+def _getter(idx: list[int]):
+    """itemgetter that always returns a tuple (itemgetter(i) returns the item)."""
+    if len(idx) == 1:
+        i = idx[0]
+        return lambda v: (v[i],)
+    return operator.itemgetter(*idx) if idx else (lambda v: ())
+
+
+class _ShapeKeys:
+    """Builds Shape keys with two struct unpacks per record, each reading
+    only its own fields (the others are pad bytes to it): one pair of
+    structs per (length, hits, frame bytes), made on first sight."""
+
+    @classmethod
+    def of(cls, lay: Layout, kinds: dict) -> "_ShapeKeys | None":
+        """None when the layout (a file's: a stranger's) is not one this can key."""
+        try:
+            return cls(lay, kinds)
+        except (KeyError, ValueError, struct.error):
+            return None
+
+    def __init__(self, lay: Layout, kinds: dict) -> None:
+        rec, hit = lay.rec, lay.hit
+        self._rec, self._hit = _tokens(rec.fields, rec.fmt), _tokens(hit.fields, hit.fmt)
+        self._rs = sum(size for _, _, size in self._rec)
+        self._hs = sum(size for _, _, size in self._hit)
+        self._hdr_max = lay.hdr_max
+        self._no_mac = lay.flags.get("no_mac", 0)
+        self._rx = {k for k, (entry, _) in kinds.items() if entry == "rx"}
+        self._kinds = kinds
+        offs = field_offsets(rec.fields, rec.fmt)
+        tok = {name: t for name, t, _ in self._rec}
+        self._nhits = struct.Struct("<" + tok["nhits"])
+        self._kind = struct.Struct("<" + tok["kind"])
+        self._hdr_len = struct.Struct("<" + tok["hdr_len"])
+        self._nhits_at, self._kind_at, self._hdr_len_at = offs["nhits"], offs["kind"], offs["hdr_len"]
+        if not (_REC_VOLATILE | {"flags"} <= set(tok) and _HIT_VOLATILE <= set(hit.fields)):
+            raise KeyError("a field the keys need")
+        self._formats: dict[tuple[int, int, int], tuple] = {}
+
+    def shape(self, raw: bytes) -> Shape | None:
+        n = len(raw)
+        if n < self._rs:
+            return None
+        nhits = self._nhits.unpack_from(raw, self._nhits_at)[0]
+        kind = self._kind.unpack_from(raw, self._kind_at)[0]
+        hdr_len = self._hdr_len.unpack_from(raw, self._hdr_len_at)[0]
+        f = self._formats.get((n, nhits, hdr_len))
+        if f is None:
+            f = self._format(n, nhits, hdr_len)
+            if f is None:
+                return None
+        key_st, vol_st, fixed, ptrs, dts = f
+        vol = vol_st.unpack_from(raw)
+        ts, ret_dt, ctx, skb, head, length, flags = fixed(vol)
+        d = dts(vol)
+        if kind not in self._kinds or (d and max(d) > ret_dt):
+            return None   # decoding names the kind; a hit after the return is the correlator's
+        p = (0,) + ptrs(vol)
+        return Shape(key_st.unpack_from(raw) + tuple(map(p.index, p)),
+                     raw[self._rs:self._rs + hdr_len], not flags & self._no_mac,
+                     0 < hdr_len < 14 and length < 14, kind in self._rx, ts, ts + ret_dt,
+                     ctx, skb, head, nhits + 2)
+
+    def _format(self, n: int, nhits: int, hdr_len: int) -> tuple | None:
+        room = (hdr_len + 7) & ~7
+        if hdr_len > self._hdr_max or self._rs + room + nhits * self._hs != n:
+            return None
+        if len(self._formats) >= _SHAPE_FORMATS_MAX:
+            self._formats.clear()
+        items = [(name, False, t, size) for name, t, size in self._rec]
+        items.append(("frame", False, f"{room}s", room))
+        for i in range(nhits):
+            items += [(f"{name}.{i}", True, t, size) for name, t, size in self._hit]
+        key_fmt, vol_fmt, vol_names = "<", "<", []
+        for name, in_hit, t, size in items:
+            base = name.rsplit(".", 1)[0] if in_hit else name
+            volatile = base in (_HIT_VOLATILE if in_hit else _REC_VOLATILE | {"frame"})
+            key_fmt += f"{size}x" if volatile else t
+            if (volatile and name != "frame") or name == "flags":
+                vol_fmt += t
+                vol_names.append(name)
+            else:
+                vol_fmt += f"{size}x"
+        at = {name: i for i, name in enumerate(vol_names)}
+        fixed = operator.itemgetter(*(at[x] for x in ("ts", "ret_dt", "ctx", "skb", "head", "len",
+                                                      "flags")))
+        ptrs = _getter([at["skb"], at["head"]]
+                       + [at[f"{v}.{i}"] for i in range(nhits) for v in ("skb", "head")])
+        dts = _getter([at[f"dt.{i}"] for i in range(nhits)])
+        f = self._formats[(n, nhits, hdr_len)] = (
+            struct.Struct(key_fmt), struct.Struct(vol_fmt), fixed, ptrs, dts)
+        return f
+
+
+def _tokens(fields: tuple[str, ...], fmt: str) -> list[tuple[str, str, int]]:
+    """(name, struct code, size) of each field of a packed little-endian struct."""
+    codes = re.findall(r"\d*[A-Za-z]", fmt[1:])
+    if not fmt.startswith("<") or len(codes) != len(fields) or len(set(fields)) != len(fields):
+        raise ValueError("not a packed little-endian struct whose fields its format names")
+    return [(name, code, struct.calcsize("<" + code)) for name, code in zip(fields, codes)]

@@ -94,13 +94,55 @@ def parse(hdr: bytes, has_mac: bool = True) -> PacketInfo:
     etype, off = where
     p.ethertype = etype
     l3 = hdr[off:]
+    p.proto, proto, l4 = proto_of(etype, l3)
     if etype == ETH_P_ARP:
         _arp(p, l3)
-    elif etype == ETH_P_IP:
-        _ipv4(p, l3)
-    elif etype == ETH_P_IPV6:
-        _ipv6(p, l3)
+    elif etype == ETH_P_IP and proto is not None:
+        p.src = socket.inet_ntoa(l3[12:16])   # the dotted quad ipaddress writes, in C
+        p.dst = socket.inet_ntoa(l3[16:20])
+        if l4 < 0:   # a fragment after the first: its bytes are the datagram's middle
+            p.frag_offset = (struct.unpack_from("!H", l3, 6)[0] & 0x1FFF) * 8
+        else:
+            _l4(p, proto, l3[l4:])
+    elif etype == ETH_P_IPV6 and proto is not None:
+        p.src = str(ipaddress.IPv6Address(l3[8:24]))
+        p.dst = str(ipaddress.IPv6Address(l3[24:40]))
+        _l4(p, proto, l3[l4:])
     return p
+
+
+def proto_of(etype: int | None, l3: bytes) -> tuple[str, int | None, int]:
+    """The protocol of an L3 header as a PacketInfo names it; the IP
+    protocol number (None: not IP, or its header was not captured whole);
+    where the L4 header starts in *l3* (-1: none, an IPv4 fragment after
+    the first). IPv6 skips a hop-by-hop header (MLD reports carry one)."""
+    if etype == ETH_P_ARP:
+        return "arp", None, -1
+    if etype == ETH_P_IP:
+        if len(l3) < 20:
+            return "ipv4", None, -1
+        frag = struct.unpack_from("!H", l3, 6)[0] & 0x1FFF
+        return _proto_name(l3[9]), l3[9], -1 if frag else (l3[0] & 0x0F) * 4
+    if etype == ETH_P_IPV6:
+        if len(l3) < 40:
+            return "ipv6", None, -1
+        nxt, at = l3[6], 40
+        if nxt == 0 and len(l3) >= 48:
+            nxt, at = l3[40], 40 + (l3[41] + 1) * 8
+        return _proto_name(nxt), nxt, at
+    return "?", None, -1
+
+
+def rule_facts(hdr: bytes, has_mac: bool = True) -> tuple[bool, str]:
+    """What the classifier's rules read of a frame to choose a branch:
+    whether its dst MAC is multicast, and its protocol (the rest only
+    names it in rows). As parse() gives them, without naming the rest:
+    frames that agree on these are counted alike (replay --stats), and
+    `stats` keeps no more of a frame in the kernel."""
+    where = l3_of(hdr, has_mac)
+    if where is None:
+        return False, "?"
+    return bool(has_mac and hdr[0] & 1), proto_of(where[0], hdr[where[1]:])[0]
 
 
 def _arp(p: PacketInfo, b: bytes) -> None:
@@ -119,7 +161,6 @@ def _proto_name(proto: int) -> str:
 
 
 def _l4(p: PacketInfo, proto: int, b: bytes) -> None:
-    p.proto = _proto_name(proto)
     if proto in (6, 17) and len(b) >= 4:
         p.sport, p.dport = struct.unpack_from("!HH", b, 0)
     elif proto == 1 and len(b) >= 8:
@@ -132,31 +173,3 @@ def _l4(p: PacketInfo, proto: int, b: bytes) -> None:
             p.icmp_id, p.icmp_seq = struct.unpack_from("!HH", b, 4)
         elif b[0] in (135, 136) and len(b) >= 24:
             p.nd_target = str(ipaddress.IPv6Address(b[8:24]))
-
-
-def _ipv4(p: PacketInfo, b: bytes) -> None:
-    p.proto = "ipv4"
-    if len(b) < 20:
-        return
-    ihl = (b[0] & 0x0F) * 4
-    p.src = socket.inet_ntoa(b[12:16])   # the dotted quad ipaddress writes, in C
-    p.dst = socket.inet_ntoa(b[16:20])
-    frag = struct.unpack_from("!H", b, 6)[0] & 0x1FFF
-    if frag:   # its first bytes are the datagram's middle: no ports, no ICMP type
-        p.proto = _proto_name(b[9])
-        p.frag_offset = frag * 8
-        return
-    _l4(p, b[9], b[ihl:])
-
-
-def _ipv6(p: PacketInfo, b: bytes) -> None:
-    p.proto = "ipv6"
-    if len(b) < 40:
-        return
-    p.src = str(ipaddress.IPv6Address(b[8:24]))
-    p.dst = str(ipaddress.IPv6Address(b[24:40]))
-    nxt, rest = b[6], b[40:]
-    # hop-by-hop options (MLD reports carry one)
-    if nxt == 0 and len(rest) >= 8:
-        nxt, rest = rest[0], rest[(rest[1] + 1) * 8:]
-    _l4(p, nxt, rest)

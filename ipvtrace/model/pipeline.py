@@ -15,9 +15,11 @@ from ipvtrace.model.correlate import Correlator, Packet
 from ipvtrace.model.decode import Decoder, Event
 from ipvtrace.model.evidence import KernelFacts
 from ipvtrace.model.layout import Layout
+from ipvtrace.model.packet import rule_facts
 from ipvtrace.model.topology import Topology
 
 Row = dict
+_SHAPES_MAX = 4096   # shapes count() remembers: a flood has a few, a stranger's file any number
 
 
 class Pipeline:
@@ -55,6 +57,11 @@ class Pipeline:
         self.lost_total = 0
         self.events = 0
         self.packets = 0
+        # count(): what a record of each shape added to the counts
+        self._shapes: dict[tuple, tuple[str, tuple[str, ...], str | None]] = {}
+        self.decoded = 0                       # records count() decoded (not counted by shape)
+        self._watch: Event | None = None       # the entry whose packet count() waits for
+        self._counted: tuple | None = None     # ... and what that packet added
 
     # -- source side -------------------------------------------------------
     def knows_device(self, ev: Event) -> bool:
@@ -71,6 +78,36 @@ class Pipeline:
             self.correlator.feed(evs[0])
         return evs
 
+    def count(self, raw: bytes) -> None:
+        """One ring record, when only the counts are wanted (replay --stats:
+        no rows, no resolver). A context record whose like (same
+        decode.Shape key) finished at once as a packet of its own, and
+        would again here (Correlator.closes_alone), is counted as that one
+        was without decoding or classifying it: floods are a few shapes
+        repeated. Anything else goes through record()."""
+        shape = self.decoder.shape(raw) if self.resolver is None else None
+        if shape is None:
+            self.decoded += 1
+            self.record(raw)
+            return
+        key = (shape.key, shape.runt, rule_facts(shape.frame, shape.has_mac))
+        got = self._shapes.get(key)
+        if got is not None and self.correlator.closes_alone(
+                shape.rx, shape.ts, shape.end, shape.ctx, shape.skb, shape.head):
+            self.events += shape.events
+            self._add(*got)
+            return
+        self.decoded += 1
+        evs = self.decoder.events(raw)
+        self.events += len(evs)
+        self._watch, self._counted = evs[0], None
+        short = self.correlator.feed_context(evs)
+        if short and self._counted is not None:
+            if len(self._shapes) >= _SHAPES_MAX:
+                self._shapes.clear()
+            self._shapes[key] = self._counted
+        self._watch = None
+
     def tick(self, ktime: int) -> None:
         self.correlator.tick(ktime)
 
@@ -80,6 +117,7 @@ class Pipeline:
 
     def snapshot(self, snap: dict) -> None:
         self.ctx.topo.add(snap)
+        self._shapes.clear()   # a shape's branch depends on the ports' modes
 
     def finish(self) -> None:
         self.correlator.flush()
@@ -105,16 +143,24 @@ class Pipeline:
         if self.row_filter is not None and not self.row_filter(row):
             self.filtered_out += 1
             return
-        self.packets += 1
-        self.branches[v.branch] += 1
-        for m in v.mcast:
-            self.branches[m["branch"]] += 1
-        if v.delivery in ("dropped", "slave_down", "forward_failed"):
-            self.drops[f"{v.branch}: {v.reason or v.delivery}"] += 1
+        added = (v.branch, tuple(m["branch"] for m in v.mcast),
+                 f"{v.branch}: {v.reason or v.delivery}"
+                 if v.delivery in ("dropped", "slave_down", "forward_failed") else None)
+        self._add(*added)
+        if pkt.entry is self._watch and pkt.waiting_for is None:
+            self._counted = added
         if self.sink is not None:
             self.sink(row)
         if self.packet_sink is not None:
             self.packet_sink(row, pkt)
+
+    def _add(self, branch: str, mcast: tuple[str, ...], drop: str | None) -> None:
+        self.packets += 1
+        self.branches[branch] += 1
+        for m in mcast:
+            self.branches[m] += 1
+        if drop is not None:
+            self.drops[drop] += 1
 
     def summary(self) -> dict:
         return {

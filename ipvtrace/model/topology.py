@@ -48,6 +48,8 @@ class Topology:
     devices: dict[tuple[int, int], dict] = field(default_factory=dict)
     # (parent netns, parent ifindex) -> the port's ipvlan {mode, flags}, from its slaves
     ports: dict[tuple[int, int], dict] = field(default_factory=dict)
+    # dev_ref's answers until the next snapshot: a run names a few devices, each thousands of times
+    _refs: dict[tuple[int, int, str], dict] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_snapshots(cls, snaps: list[dict]) -> "Topology":
@@ -61,6 +63,7 @@ class Topology:
         not every snapshot it took). A pod's namespace may be read before
         its parent's (devices appear in any order): links left unresolved are
         tied again once the devices they point at are known."""
+        self._refs.clear()
         for ns in snap.get("namespaces", []):
             self.ns_names[ns["inum"]] = ns["name"] or ("root" if ns.get("root") else f"netns:{ns['inum']}")
             who = ns.get("who")
@@ -88,11 +91,18 @@ class Topology:
 
     def dev_ref(self, netns: int, ifindex: int, name: str) -> dict:
         """A device as rows show it: its name, its namespace's name, and the
-        pod and container running there when a runtime's records say so."""
-        ref = {"dev": name, "netns": self.ns_name(netns), "ifindex": ifindex}
-        labels = self.ns_labels.get(netns)
-        if labels:
-            ref.update(labels)
+        pod and container running there when a runtime's records say so.
+        One dict per device until the next snapshot, shared by every row
+        that names it: read it, never change it."""
+        ref = self._refs.get((netns, ifindex, name))
+        if ref is None:
+            ref = {"dev": name, "netns": self.ns_name(netns), "ifindex": ifindex}
+            labels = self.ns_labels.get(netns)
+            if labels:
+                ref.update(labels)
+            if len(self._refs) >= 4096:   # a stranger's file may name any number
+                self._refs.clear()
+            self._refs[(netns, ifindex, name)] = ref
         return ref
 
     def device(self, netns: int, ifindex: int) -> dict | None:
