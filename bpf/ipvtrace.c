@@ -30,6 +30,12 @@
  *                               kernel headers give them (bpf/ipvtrace_kernel.h)
  *   IPVT_CHECK_OFFSETS          compile against the headers too, and fail
  *                               unless every IPVT_OFF_* equals their offsetof
+ *   IPVT_PERCPU_OFFSETS,        the address of __per_cpu_offset[] and the
+ *   IPVT_PREEMPT_COUNT          per-CPU offset of preempt_count (kallsyms,
+ *                               BTF): a hit in a softirq the multicast
+ *                               worker's task serves is not the worker's
+ *   IPVT_RT_SOFTIRQ_CNT_OFF     PREEMPT_RT: task_struct.softirq_disable_cnt,
+ *                               where RT keeps "serving a softirq"
  *   IPVT_COUNT_ONLY             `ipvtrace stats`: no events at all; each
  *                               context's record is gathered as in the trace
  *                               build, read into a signature (struct
@@ -558,6 +564,36 @@ static __always_inline __u64 ctx_pop_at(__u16 kind, __u8 *depth_out, __u8 *filte
 	return id;
 }
 
+/* Is this task serving a softirq? The multicast worker's kworker runs the
+ * pending softirqs at each local_bh_enable (and an interrupt's tail may run
+ * them on its stack): the slaves' stacks, the host's traffic. Their hits
+ * outside any ipvlan context are not the worker's. SOFTIRQ_OFFSET in
+ * preempt_count, a per-CPU variable (x86-64: __preempt_count, or pcpu_hot
+ * 6.2-6.14); on PREEMPT_RT in the task (softirq_disable_cnt). Read only on
+ * the worker's path; 0 where probes.py found neither (the note says so). */
+#define IPVT_SOFTIRQ_OFFSET 0x100
+static __always_inline int serving_softirq(void)
+{
+#ifdef IPVT_PERCPU_OFFSETS
+	int pc = 0;
+	__u64 base = 0;
+	__u64 cpu = bpf_get_smp_processor_id();
+	if (bpf_probe_read_kernel(&base, sizeof(base),
+				  (const void *)(IPVT_PERCPU_OFFSETS + cpu * 8)) == 0 &&
+	    bpf_probe_read_kernel(&pc, sizeof(pc),
+				  (const void *)(base + IPVT_PREEMPT_COUNT)) == 0 &&
+	    (pc & IPVT_SOFTIRQ_OFFSET))
+		return 1;
+#endif
+#ifdef IPVT_RT_SOFTIRQ_CNT_OFF
+	int cnt = 0;
+	KREAD(cnt, bpf_get_current_task(), IPVT_RT_SOFTIRQ_CNT_OFF);
+	if (cnt & IPVT_SOFTIRQ_OFFSET)
+		return 1;
+#endif
+	return 0;
+}
+
 /* The innermost open context on this CPU (its stack and entry in *st_out,
  * *idx_out), or the worker's (IPVT_F_WORKER in *flags, *st_out 0), or 0. */
 static __always_inline __u64 ctx_current(__u8 *depth_out, __u8 *flags,
@@ -584,7 +620,7 @@ static __always_inline __u64 ctx_current(__u8 *depth_out, __u8 *flags,
 	}
 	__u32 tid = bpf_get_current_pid_tgid();
 	__u64 *w = workers.lookup(&tid);
-	if (w) {
+	if (w && !serving_softirq()) {
 		*flags |= IPVT_F_WORKER;
 		*depth_out = 0;
 		return *w & ~IPVT_WORKER_LOSSY;

@@ -179,10 +179,20 @@ class BTF:
         return off
 
 
-def offsets(data: bytes) -> dict[str, int]:
-    """FIELDS' offsets from a BTF blob, as -D name -> value."""
-    btf = BTF(data)
+def offsets(data: "bytes | BTF") -> dict[str, int]:
+    """FIELDS' offsets from a BTF blob (or one already read), as -D name -> value."""
+    btf = data if isinstance(data, BTF) else BTF(data)
     return {k: btf.offset(*v) for k, v in FIELDS.items()}
+
+
+def optional_offset(btf: "BTF | None", struct_name: str, path: str, size: int) -> int | None:
+    """A member that only some kernels have: its offset, or None."""
+    if btf is None:
+        return None
+    try:
+        return btf.offset(struct_name, path, size)
+    except BTFError:
+        return None
 
 
 def tracepoint_cflags(data: bytes) -> list[str]:
@@ -204,6 +214,11 @@ def tracepoint_cflags(data: bytes) -> list[str]:
 
 def read_offsets(path: Path = VMLINUX_BTF) -> dict[str, int]:
     """FIELDS' offsets from this kernel's BTF; BTFError when it has none."""
+    return offsets(read(path))
+
+
+def read(path: Path = VMLINUX_BTF) -> bytes:
+    """This kernel's BTF blob; BTFError when it has none."""
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size   # sysfs gives the blob's size
@@ -212,7 +227,7 @@ def read_offsets(path: Path = VMLINUX_BTF) -> dict[str, int]:
             data = f.read(size + 1)   # (asking for far more costs a large buffer)
     except OSError as exc:
         raise BTFError(f"{path}: {exc.strerror} (a kernel without CONFIG_DEBUG_INFO_BTF)") from exc
-    return offsets(data)
+    return data
 
 
 def cflags(offs: dict[str, int]) -> list[str]:

@@ -133,9 +133,15 @@ def main(argv: list[str] | None = None) -> int:
                             "src host fd00::1 or not arp")
     # ... and as `ipvtrace stats` builds it
     # ... and with contexts per task, as on a PREEMPT_RT kernel
-    variants = {"record": [], "filtered": [f"-DIPVT_FILTER_EXPR={expr.c()}"],
-                "stats": ["-DIPVT_COUNT_ONLY"], "record-rt": ["-DIPVT_STACK_PER_TASK"],
-                "stats-rt": ["-DIPVT_STACK_PER_TASK", "-DIPVT_COUNT_ONLY"]}
+    # ... with the softirq check as probes.py makes it (the values are a
+    # running kernel's; any address compiles and verifies alike), and the
+    # filtered build without it, as on a kernel where it cannot be made
+    softirq = ["-DIPVT_PERCPU_OFFSETS=0xffffffff82a19b60", "-DIPVT_PREEMPT_COUNT=0x1fbc0"]
+    softirq_rt = ["-DIPVT_RT_SOFTIRQ_CNT_OFF=2952"]
+    variants = {"record": softirq, "filtered": [f"-DIPVT_FILTER_EXPR={expr.c()}"],
+                "stats": softirq + ["-DIPVT_COUNT_ONLY"],
+                "record-rt": softirq_rt + ["-DIPVT_STACK_PER_TASK"],
+                "stats-rt": softirq_rt + ["-DIPVT_STACK_PER_TASK", "-DIPVT_COUNT_ONLY"]}
     times = {name: build(offs + extra) for name, extra in variants.items()}
     each = ", ".join(f"{name} {t:.2f}" for name, t in times.items())
     print(f"compile_check: compile CPU s{' with offsets from BTF' if offs else ''}: {each};"

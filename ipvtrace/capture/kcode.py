@@ -32,7 +32,7 @@ Symbols = tuple[dict[str, int], dict[str, int]]
 def module_symbols(module: str, wanted: set[str], kallsyms: Path = KALLSYMS) -> Symbols:
     """Text symbols of *module* and their addresses (0 when hidden:
     kptr_restrict), and the addresses of the *wanted* names outside it (a
-    module's callee can be in vmlinux). One read of the file, searched with
+    module's callee can be in vmlinux; a variable the BPF program reads). One read of the file, searched with
     str.find, not split line by line: /proc/kallsyms has 100k+ lines, and
     under emulation every second of start-up counts. Read it once per start
     and hand the result to each still_called()."""
@@ -49,13 +49,18 @@ def module_symbols(module: str, wanted: set[str], kallsyms: Path = KALLSYMS) -> 
         if len(parts) == 3 and parts[1] in ("t", "T"):
             mine[parts[2]] = int(parts[0], 16)
         at = text.find(tag, at + len(tag))
-    for name in wanted:              # "ADDR T NAME" (vmlinux: no module)
-        for kind in ("T", "t"):
-            at = text.find(f" {kind} {name}\n")
-            if at != -1:
-                other[name] = int(text[text.rfind("\n", 0, at) + 1:at], 16)
+    for name in wanted:   # "ADDR T NAME" (vmlinux: no module); data too, and per-CPU
+        at = text.find(f" {name}\n")   # variables ("A": an offset into each CPU's area, x86-64)
+        while at != -1:
+            parts = text[text.rfind("\n", 0, at) + 1:at].split()
+            if len(parts) == 2 and parts[1] in _KINDS:
+                other[name] = int(parts[0], 16)
                 break
+            at = text.find(f" {name}\n", at + 1)
     return mine, other
+
+
+_KINDS = frozenset("TtDdBbA")
 
 
 def _segments(fd: int) -> list[tuple[int, int, int]]:

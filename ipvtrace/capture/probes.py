@@ -107,6 +107,10 @@ class ProbePlan:
     # slave with, where the `netif_rx` probe goes: netif_rx (6.1, 6.12) or
     # netif_receive_skb (7.2), read from its code
     worker_rx: str = "netif_rx"
+    # how the BPF program tells a softirq the multicast worker's task serves
+    # from the worker itself: "preempt_count" (per CPU), "task" (PREEMPT_RT)
+    # or "none" (its hits outside ipvlan are taken for the worker's)
+    softirq_check: str = "none"
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -152,7 +156,8 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
     available = read_available(tracefs)
     plan = ProbePlan(kernel=kernel, tracefs=str(tracefs))
     try:   # once: /proc/kallsyms costs seconds to read under emulation
-        ksyms: kcode.Symbols | kcode.KcodeError = kcode.module_symbols("ipvlan", set(WORKER_RX_FNS))
+        ksyms: kcode.Symbols | kcode.KcodeError = kcode.module_symbols(
+            "ipvlan", set(WORKER_RX_FNS) | set(PERCPU_SYMBOLS))
     except kcode.KcodeError as exc:
         ksyms = exc
     plan.worker_rx, why = worker_rx_fn(available, ksyms)
@@ -180,13 +185,19 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
         plan.rcv_frame_rx, why = rcv_frame_on_rx(rcv, ksyms)
         if plan.rcv_frame_rx != "probed":
             plan.notes.append(RCV_FRAME_RX_NOTE[plan.rcv_frame_rx].format(sym=rcv, why=why))
+    kbtf: btf.BTF | None = None
     try:
         # the few struct offsets bpf/ipvtrace.c reads: with them, bcc parses
         # no kernel header that defines struct sk_buff (a 4x faster compile)
-        plan.cflags += btf.cflags(btf.read_offsets())
+        kbtf = btf.BTF(btf.read())
+        plan.cflags += btf.cflags(btf.offsets(kbtf))
     except btf.BTFError as exc:
         plan.notes.append(f"struct offsets come from the kernel headers ({exc}): a slower start")
     plan.cflags += version_cflags(kernel)
+    flags, plan.softirq_check, why = softirq_cflags(ksyms, kbtf, preempt_rt())
+    plan.cflags += flags
+    if why:
+        plan.notes.append(SOFTIRQ_NOTE.format(why=why))
     if preempt_rt():
         # softirqs run in threads and a task can be preempted inside a probed
         # function: another task's contexts must not land on its stack
@@ -242,6 +253,38 @@ def rcv_frame_on_rx(symbol: str, ksyms: "kcode.Symbols | kcode.KcodeError") -> t
     except kcode.KcodeError as exc:
         return "unknown", str(exc)
     return ("inlined" if called is False else "probed"), ""
+
+
+# where a CPU's preempt_count is (x86-64): the per-CPU areas' offsets, and
+# the per-CPU variable itself, or (6.2 to 6.14) the struct that holds it
+PERCPU_SYMBOLS = ("__per_cpu_offset", "__preempt_count", "pcpu_hot")
+SOFTIRQ_NOTE = ("hits in a softirq that the multicast worker's task runs (at its local_bh_enable) "
+                "cannot be told from the worker's own here ({why}): they are reported as the "
+                "worker's, and only those that name a queued frame join its packet")
+
+
+def softirq_cflags(ksyms: "kcode.Symbols | kcode.KcodeError", kbtf: "btf.BTF | None",
+                   rt: bool) -> tuple[list[str], str, str]:
+    """-D flags for bpf/'s serving_softirq(), how it tells (ProbePlan.softirq_check),
+    and why it cannot ("" when it can). PREEMPT_RT keeps the softirq state
+    in the task, others in the per-CPU preempt_count."""
+    if rt:
+        off = btf.optional_offset(kbtf, "task_struct", "softirq_disable_cnt", 4)
+        if off is None:
+            return [], "none", "no task_struct.softirq_disable_cnt in this kernel's BTF"
+        return [f"-DIPVT_RT_SOFTIRQ_CNT_OFF={off}"], "task", ""
+    if isinstance(ksyms, kcode.KcodeError):
+        return [], "none", str(ksyms)
+    other = ksyms[1]
+    base = other.get("__per_cpu_offset", 0)
+    count = other.get("__preempt_count")
+    if count is None and "pcpu_hot" in other:
+        inner = btf.optional_offset(kbtf, "pcpu_hot", "preempt_count", 4)
+        count = None if inner is None else other["pcpu_hot"] + inner
+    if not base or count is None:
+        return [], "none", ("/proc/kallsyms names no __per_cpu_offset and per-CPU preempt_count "
+                            "(or hides their addresses)")
+    return [f"-DIPVT_PERCPU_OFFSETS={base:#x}", f"-DIPVT_PREEMPT_COUNT={count:#x}"], "preempt_count", ""
 
 
 def worker_rx_fn(available: set[str], ksyms: "kcode.Symbols | kcode.KcodeError") -> tuple[str, str]:

@@ -84,3 +84,20 @@ def test_call_sites_are_read_from_the_running_code():
     assert attached["netif_rx"] == plan.worker_rx, attached
     print(f"{os.uname().release}: {rcv} called from {sorted(callers)}: {plan.rcv_frame_rx} on RX; "
           f"the worker's RX copies by {plan.worker_rx}")
+
+
+def test_softirqs_the_worker_serves_are_told_apart():
+    """The BPF program can tell a softirq the multicast worker's kworker
+    runs from the worker itself: through the per-CPU preempt_count
+    (kallsyms; BTF for pcpu_hot on 6.2-6.14), on PREEMPT_RT through the
+    task. Every Debian kernel tried has what it takes; the plan says how."""
+    import os
+
+    from ipvtrace.capture import probes
+
+    plan = probes.build()
+    want = "task" if probes.preempt_rt() else "preempt_count"
+    assert plan.softirq_check == want, plan.notes
+    assert not [n for n in plan.notes if "local_bh_enable" in n], plan.notes
+    flags = [f for f in plan.cflags if "SOFTIRQ" in f or "PERCPU" in f or "PREEMPT_COUNT" in f]
+    print(f"{os.uname().release}: softirq check by {plan.softirq_check}: {flags}")
