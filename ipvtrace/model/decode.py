@@ -248,10 +248,13 @@ class _ShapeKeys:
         self._kinds = kinds
         offs = field_offsets(rec.fields, rec.fmt)
         tok = {name: t for name, t, _ in self._rec}
-        self._nhits = struct.Struct("<" + tok["nhits"])
-        self._kind = struct.Struct("<" + tok["kind"])
-        self._hdr_len = struct.Struct("<" + tok["hdr_len"])
-        self._nhits_at, self._kind_at, self._hdr_len_at = offs["nhits"], offs["kind"], offs["hdr_len"]
+        # nhits, kind and hdr_len in one unpack: the fields between are pad bytes to it
+        fmt, at, order = "<", 0, sorted(("nhits", "kind", "hdr_len"), key=offs.__getitem__)
+        for name in order:
+            fmt += f"{offs[name] - at}x{tok[name]}"
+            at = offs[name] + struct.calcsize("<" + tok[name])
+        self._counts = struct.Struct(fmt)
+        self._counts_order = operator.itemgetter(*(order.index(n) for n in ("nhits", "kind", "hdr_len")))
         if not (_REC_VOLATILE | {"flags"} <= set(tok) and _HIT_VOLATILE <= set(hit.fields)):
             raise KeyError("a field the keys need")
         self._formats: dict[tuple[int, int, int], tuple] = {}
@@ -260,9 +263,7 @@ class _ShapeKeys:
         n = len(raw)
         if n < self._rs:
             return None
-        nhits = self._nhits.unpack_from(raw, self._nhits_at)[0]
-        kind = self._kind.unpack_from(raw, self._kind_at)[0]
-        hdr_len = self._hdr_len.unpack_from(raw, self._hdr_len_at)[0]
+        nhits, kind, hdr_len = self._counts_order(self._counts.unpack_from(raw))
         f = self._formats.get((n, nhits, hdr_len))
         if f is None:
             f = self._format(n, nhits, hdr_len)
