@@ -189,14 +189,15 @@ class Shape:
 
     `key` holds every field of the record and its hits except the times,
     the context id, CPU and task, the skb and data pointers, the lengths
-    and the frame's bytes (and how many were captured). The pointers are kept as their pattern (which
-    of them are equal, which are zero): the rules compare them but never
-    read their values. Of the lengths and bytes the rules read only
-    `runt` and the frame's `packet.rule_facts`. Two records that agree on
-    all of that give packets of one branch (replay --stats counts by it;
-    `stats` keeps no more of a frame in the kernel). The rest is what the
-    correlator needs to know whether the record closes a packet of its
-    own at this point in the stream."""
+    and the frame's bytes (and how many were captured). The pointers are
+    kept as their pattern (which of them are equal, which are zero): the
+    rules compare them but never read their values. Of the lengths and
+    bytes the rules read only `runt` and the frame's
+    `packet.rule_facts`. Two records that agree on all of that give
+    packets of one branch (replay --stats counts by it; `stats` keeps no
+    more of a frame in the kernel). The rest is what the correlator needs
+    to know whether the record closes a packet of its own at this point
+    in the stream."""
 
     key: tuple
     frame: bytes      # the frame's captured bytes: only what the rules read of them is alike
