@@ -61,7 +61,8 @@ def replay_recording(rec: recording.Recording, path: Path | str,
                     symbols=symbols, t0=int(h["start_ktime"]), sink=sink, row_filter=row_filter,
                     packet_sink=packet_sink, kernel=KernelFacts.from_plan(h.get("plan")))
     # no rows wanted (--stats): records are counted by shape where they can be
-    feed = pipe.count if sink is None and row_filter is None and packet_sink is None else pipe.record
+    counting = sink is None and row_filter is None and packet_sink is None
+    feed = pipe.count if counting else pipe.record
     try:
         for ftype, payload in rec.frames():
             if ftype == recording.F_EVENT:

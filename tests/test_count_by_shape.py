@@ -112,9 +112,11 @@ def test_a_snapshot_forgets_the_shapes():
     assert pipe.decoded == 2
 
 
-FRAMES = [synth.ipv4_icmp("10.0.0.1", "10.0.0.2"), synth.ipv4_icmp("10.0.0.1", "10.0.0.2", dmac=synth.BCAST),
-          b"\x33\x33\0\0\0\x16\x02\0\0\0\0\x02\x86\xdd", b"\x02" * 12 + b"\x81\x00\x00\x01\x08\x00",
-          b"\xff" * 6 + b"\x02" * 6 + b"\x08\x06"]
+FRAMES = [synth.ipv4_icmp("10.0.0.1", "10.0.0.2"),
+          synth.ipv4_icmp("10.0.0.1", "10.0.0.2", dmac=synth.BCAST),
+          b"\x33\x33\0\0\0\x16\x02\0\0\0\0\x02\x86\xdd",          # IPv6 multicast
+          b"\x02" * 12 + b"\x81\x00\x00\x01\x08\x00",                  # VLAN, then IPv4
+          b"\xff" * 6 + b"\x02" * 6 + b"\x08\x06"]                        # ARP broadcast
 
 
 @settings(max_examples=400, deadline=None, database=None)

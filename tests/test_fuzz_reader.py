@@ -121,7 +121,8 @@ def replace_at(obj, path, value):
     return obj
 
 
-COUNTED = ("packets", "events", "branches", "drops", "lost_events", "unattributed_events", "evicted")
+COUNTED = ("packets", "events", "branches", "drops", "lost_events", "unattributed_events",
+           "evicted")
 
 
 def survives(tmp_path: Path, data: bytes) -> None:

@@ -32,10 +32,11 @@ Symbols = tuple[dict[str, int], dict[str, int]]
 def module_symbols(module: str, wanted: set[str], kallsyms: Path = KALLSYMS) -> Symbols:
     """Text symbols of *module* and their addresses (0 when hidden:
     kptr_restrict), and the addresses of the *wanted* names outside it (a
-    module's callee can be in vmlinux; a variable the BPF program reads). One read of the file, searched with
-    str.find, not split line by line: /proc/kallsyms has 100k+ lines, and
-    under emulation every second of start-up counts. Read it once per start
-    and hand the result to each still_called()."""
+    module's callee can be in vmlinux; a variable the BPF program reads).
+    One read of the file, searched with str.find, not split line by line:
+    /proc/kallsyms has 100k+ lines, and under emulation every second of
+    start-up counts. Read it once per start and hand the result to each
+    still_called() and to probes.softirq_cflags()."""
     try:
         text = Path(kallsyms).read_text()
     except OSError as exc:

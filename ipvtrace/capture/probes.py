@@ -284,7 +284,8 @@ def softirq_cflags(ksyms: "kcode.Symbols | kcode.KcodeError", kbtf: "btf.BTF | N
     if not base or count is None:
         return [], "none", ("/proc/kallsyms names no __per_cpu_offset and per-CPU preempt_count "
                             "(or hides their addresses)")
-    return [f"-DIPVT_PERCPU_OFFSETS={base:#x}", f"-DIPVT_PREEMPT_COUNT={count:#x}"], "preempt_count", ""
+    flags = [f"-DIPVT_PERCPU_OFFSETS={base:#x}", f"-DIPVT_PREEMPT_COUNT={count:#x}"]
+    return flags, "preempt_count", ""
 
 
 def worker_rx_fn(available: set[str], ksyms: "kcode.Symbols | kcode.KcodeError") -> tuple[str, str]:

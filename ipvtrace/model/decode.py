@@ -214,7 +214,8 @@ class Shape:
 
 _REC_VOLATILE = frozenset(("ts", "skb", "head", "ctx", "ret_dt", "cpu", "pid", "len", "hdr_len"))
 _HIT_VOLATILE = frozenset(("skb", "head", "dt", "len"))
-_SHAPE_FORMATS_MAX = 256   # (length, hits, frame bytes) combinations kept: a stranger's file may hold any
+# (length, hits, frame bytes) combinations kept: a stranger's file may hold any number
+_SHAPE_FORMATS_MAX = 256
 
 
 def _getter(idx: list[int]):
@@ -247,7 +248,9 @@ class _ShapeKeys:
         self._no_mac = lay.flags.get("no_mac", 0)
         self._rx = {k for k, (entry, _) in kinds.items() if entry == "rx"}
         self._kinds = kinds
-        offs = field_offsets(rec.fields, rec.fmt)
+        offs, at = {}, 0
+        for name, _, size in self._rec:
+            offs[name], at = at, at + size
         tok = {name: t for name, t, _ in self._rec}
         # nhits, kind and hdr_len in one unpack: the fields between are pad bytes to it
         fmt, at, order = "<", 0, sorted(("nhits", "kind", "hdr_len"), key=offs.__getitem__)
@@ -255,7 +258,8 @@ class _ShapeKeys:
             fmt += f"{offs[name] - at}x{tok[name]}"
             at = offs[name] + struct.calcsize("<" + tok[name])
         self._counts = struct.Struct(fmt)
-        self._counts_order = operator.itemgetter(*(order.index(n) for n in ("nhits", "kind", "hdr_len")))
+        self._counts_order = operator.itemgetter(
+            *(order.index(n) for n in ("nhits", "kind", "hdr_len")))
         if not (_REC_VOLATILE | {"flags"} <= set(tok) and _HIT_VOLATILE <= set(hit.fields)):
             raise KeyError("a field the keys need")
         self._formats: dict[tuple[int, int, int], tuple] = {}
