@@ -406,24 +406,24 @@ static __always_inline void ev_skb(struct ipvt_event *e, struct sk_buff *skb, in
 	e->flags |= IPVT_F_HAS_HDR;
 }
 
-/* An event could not be reserved: flag the context it belonged to, so its
- * closing event says so (IPVT_F_LOST) and its packet is incomplete. */
+/* Mark this task's multicast worker run lossy: its return says so
+ * (IPVT_F_LOST), and what it delivered is incomplete. */
+static __always_inline void worker_lossy(void)
+{
+	__u32 tid = bpf_get_current_pid_tgid();
+	__u64 *w = workers.lookup(&tid);
+	if (w)
+		*w |= IPVT_WORKER_LOSSY;
+}
+
+/* An event could not be reserved (it is counted per probe). Of the events,
+ * only the multicast worker's belong to a context, its run: a context's own
+ * evidence is its record (rec_close), and the L3S path's ids are never on a
+ * stack. */
 static __always_inline void note_loss(struct ipvt_event *e)
 {
-	if (e->flags & IPVT_F_WORKER) {
-		__u32 tid = bpf_get_current_pid_tgid();
-		__u64 *w = workers.lookup(&tid);
-		if (w)
-			*w |= IPVT_WORKER_LOSSY;
-		return;
-	}
-	struct ipvt_stack *st = stack_get(0);
-	if (!st || !e->ctx)
-		return;
-#pragma unroll
-	for (int n = 0; n < IPVT_STACK_MAX; n++)
-		if (st->id[n] == e->ctx)
-			st->lossy[n] = 1;
+	if (e->flags & IPVT_F_WORKER)
+		worker_lossy();
 }
 
 static __always_inline __u32 rec_size(struct ipvt_rec *r)
@@ -570,7 +570,9 @@ static __always_inline __u64 ctx_pop_at(__u16 kind, __u8 *depth_out, __u8 *filte
  * outside any ipvlan context are not the worker's. SOFTIRQ_OFFSET in
  * preempt_count, a per-CPU variable (x86-64: __preempt_count, or pcpu_hot
  * 6.2-6.14); on PREEMPT_RT in the task (softirq_disable_cnt). Read only on
- * the worker's path; 0 where probes.py found neither (the note says so). */
+ * the worker's path, where its hit is about to be sent (worker_event's
+ * callers) or where it keeps state (on_fwd, on_fwd_ret): not in each
+ * helper's program. 0 where probes.py found neither (the note says so). */
 #define IPVT_SOFTIRQ_OFFSET 0x100
 static __always_inline int serving_softirq(void)
 {
@@ -595,7 +597,8 @@ static __always_inline int serving_softirq(void)
 }
 
 /* The innermost open context on this CPU (its stack and entry in *st_out,
- * *idx_out), or the worker's (IPVT_F_WORKER in *flags, *st_out 0), or 0. */
+ * *idx_out), or the worker's (IPVT_F_WORKER in *flags, *st_out 0: the hit
+ * may still be a softirq's that its task serves, see serving_softirq), or 0. */
 static __always_inline __u64 ctx_current(__u8 *depth_out, __u8 *flags,
 					    struct ipvt_stack **st_out, __u32 *idx_out)
 {
@@ -620,7 +623,7 @@ static __always_inline __u64 ctx_current(__u8 *depth_out, __u8 *flags,
 	}
 	__u32 tid = bpf_get_current_pid_tgid();
 	__u64 *w = workers.lookup(&tid);
-	if (w && !serving_softirq()) {
+	if (w) {
 		*flags |= IPVT_F_WORKER;
 		*depth_out = 0;
 		return *w & ~IPVT_WORKER_LOSSY;
@@ -1044,16 +1047,9 @@ static __always_inline void note_site(__u64 location)
 
 #endif /* IPVT_COUNT_ONLY */
 
-/* Keep the hit hit_begin gave: one more in its record, or the worker's
- * event. */
-static __always_inline void hit_end(__u16 probe, struct ipvt_hit *h, struct ipvt_rec *r,
-				    __u64 worker)
+/* A worker's hit (in scratch_hit) as its event. */
+static __always_inline void worker_event(__u16 probe, struct ipvt_hit *h, __u64 worker)
 {
-	if (r) {
-		r->nhits++;
-		hit_kept(probe, h, r);
-		return;
-	}
 	struct ipvt_event *e = ev_init(probe, worker, 0);
 	if (!e)
 		return;
@@ -1069,6 +1065,46 @@ static __always_inline void hit_end(__u16 probe, struct ipvt_hit *h, struct ipvt
 	e->flags = h->flags;
 	__builtin_memcpy(e->ifname, h->ifname, sizeof(e->ifname));
 	ev_submit(probe, e);
+}
+
+/* The multicast worker's hits in kprobes leave their program by a tail call
+ * to on_worker_hit, which sends them: one copy of worker_event in the
+ * object instead of one inlined into each helper's program (a quarter of
+ * each, compiled again for every one: bcc has no BPF-to-BPF calls). Its
+ * slot is filled before the probes are armed (loader.py); the tracepoints
+ * (another program type, which a kprobe's array refuses) keep it inline. */
+BPF_PROG_ARRAY(worker_tail, 1);
+
+int on_worker_hit(struct pt_regs *ctx)
+{
+	int zero = 0;
+	struct ipvt_hit *h = scratch_hit.lookup(&zero);
+	__u32 tid = bpf_get_current_pid_tgid();
+	__u64 *w = workers.lookup(&tid);
+	if (h && w && !serving_softirq())
+		worker_event(h->probe, h, *w & ~IPVT_WORKER_LOSSY);
+	return 0;
+}
+
+/* Keep the hit hit_begin gave: one more in its record, or the worker's
+ * event (tail: from a kprobe, by on_worker_hit). */
+static __always_inline void hit_end(void *ctx, int tail, __u16 probe, struct ipvt_hit *h,
+				    struct ipvt_rec *r, __u64 worker)
+{
+	if (r) {
+		r->nhits++;
+		hit_kept(probe, h, r);
+		return;
+	}
+	if (!tail) {
+		if (!serving_softirq())
+			worker_event(probe, h, worker);
+		return;
+	}
+	worker_tail.call(ctx, 0);
+	/* only when the tail call failed: the run's evidence is incomplete */
+	stat_inc(IPVT_S_LOST_BASE + probe);
+	worker_lossy();
 }
 
 /* The common helper event: a device and an skb (without its bytes). */
@@ -1242,7 +1278,7 @@ int on_rcv_frame(struct pt_regs *ctx)
 		h->flags |= IPVT_F_LOCAL;
 	h->aux2 = PT_REGS_PARM1(ctx);
 	FILL_SKB(h, skb);
-	hit_end(IPVT_P_RCV_FRAME, h, r, w);
+	hit_end(ctx, 1, IPVT_P_RCV_FRAME, h, r, w);
 	return 0;
 }
 
@@ -1269,7 +1305,7 @@ int on_lookup_ret(struct pt_regs *ctx)
 	if (!h)
 		return 0;
 	FILL_OWNER(h, (void *)PT_REGS_RC(ctx));
-	hit_end(IPVT_P_LOOKUP_RET, h, r, w);
+	hit_end(ctx, 1, IPVT_P_LOOKUP_RET, h, r, w);
 	return 0;
 }
 
@@ -1284,7 +1320,7 @@ int on_fwd(struct pt_regs *ctx)
 	struct net_device *dev = (struct net_device *)PT_REGS_PARM1(ctx);
 	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM2(ctx);
 	if (w) {
-		if (head_filtered(skb_head(skb)))
+		if (serving_softirq() || head_filtered(skb_head(skb)))
 			return 0;
 		/* reported: its return will be too (see on_fwd_ret) */
 		__u64 key = task_cpu_key();
@@ -1292,7 +1328,7 @@ int on_fwd(struct pt_regs *ctx)
 	}
 	FILL_DEV(h, dev);
 	FILL_SKB(h, skb);
-	hit_end(IPVT_P_FWD, h, r, w);
+	hit_end(ctx, 1, IPVT_P_FWD, h, r, w);
 	return 0;
 }
 
@@ -1314,12 +1350,12 @@ int on_fwd_ret(struct pt_regs *ctx)
 		return 0;
 	if (w) {
 		__u64 key = task_cpu_key();
-		if (!fwd_ctx.lookup(&key))
+		if (serving_softirq() || !fwd_ctx.lookup(&key))
 			return 0;
 		fwd_ctx.delete(&key);
 	}
 	h->ret = (int)PT_REGS_RC(ctx);
-	hit_end(IPVT_P_FWD_RET, h, r, w);
+	hit_end(ctx, 1, IPVT_P_FWD_RET, h, r, w);
 	return 0;
 }
 
@@ -1347,7 +1383,7 @@ static __always_inline int report_skb_dev(struct pt_regs *ctx, __u16 probe,
 		KREAD(dev, skb, IPVT_OFF_SKB_DEV);
 	FILL_DEV(h, dev);
 	FILL_SKB(h, skb);
-	hit_end(probe, h, r, w);
+	hit_end(ctx, 1, probe, h, r, w);
 	return 0;
 }
 
@@ -1393,7 +1429,7 @@ int on_mc_enqueue(struct pt_regs *ctx)
 		h->flags |= IPVT_F_LOCAL;   /* tx_pkt */
 	FILL_DEV(h, dev);
 	FILL_SKB(h, skb);
-	hit_end(IPVT_P_MC_ENQUEUE, h, r, w);
+	hit_end(ctx, 1, IPVT_P_MC_ENQUEUE, h, r, w);
 	return 0;
 }
 
@@ -1408,7 +1444,7 @@ static __always_inline int report_free(__u16 probe, void *skbaddr, void *locatio
 	h->skb = (__u64)skbaddr;
 	h->aux = (__u64)location;
 	h->reason = reason;
-	hit_end(probe, h, r, w);
+	hit_end(0, 0, probe, h, r, w);
 	note_site((__u64)location);
 	return 0;
 }

@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         if load:
             for spec in probes.SPECS:
                 b.load_func(spec.fn.encode(), bcc.BPF.KPROBE)
+            loader.install_tail_calls(b, bcc)
         b.cleanup()
         return dt
 

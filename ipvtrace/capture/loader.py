@@ -70,6 +70,19 @@ def possible_cpus() -> int:
         return os.cpu_count() or 1
 
 
+TAIL_PROGRAMS = (("worker_tail", "on_worker_hit"),)   # (BPF_PROG_ARRAY, its program)
+
+
+def install_tail_calls(bpf, bcc) -> None:
+    """Load the programs that kprobes tail-call and put them in their arrays
+    (bpf/ipvtrace.c: on_worker_hit). Before arming: an empty slot makes the
+    call fail, and the worker's hit is counted lost."""
+    import ctypes as ct
+
+    for table, fn in TAIL_PROGRAMS:
+        bpf[table][ct.c_int(0)] = ct.c_int(bpf.load_func(fn.encode(), bcc.BPF.KPROBE).fd)
+
+
 def cflags(plan: ProbePlan, ringbuf_pages: int) -> list[str]:
     return ["-w", f"-I{layout.BPF_DIR}", f"-DIPVT_RINGBUF_PAGES={ringbuf_pages}",
             f"-DIPVT_NR_CPUS={possible_cpus()}", *plan.cflags]
@@ -125,6 +138,12 @@ class Tracer:
                 f"compiling {src.name} failed ({exc}); are the kernel headers installed? "
                 f"apt-get install linux-headers-{os.uname().release}"
             ) from exc
+        try:
+            install_tail_calls(self.bpf, bcc)
+        except Exception as exc:
+            self.close()
+            raise LoadError(f"cannot load the multicast worker's tail-called program: {exc}") \
+                from exc
         try:
             for p in self.plan.attach:
                 if p["kind"] == "kprobe":
