@@ -903,7 +903,8 @@ static __always_inline void hit_kept(__u16 p, struct ipvt_hit *h, struct ipvt_re
 /* An event outside any record: the multicast worker's deliveries and sends
  * are counted one by one, L3S frames once they reach LOCAL_IN for a slave.
  * p is e's probe, a constant where each caller is inlined, so each probe's
- * program holds only its own branch (so does hit_kept's). */
+ * program holds only its own branch (so does hit_kept's); on_worker_hit,
+ * which sends the worker's hits of every kprobe, holds theirs. */
 static __always_inline void ev_submit(__u16 p, struct ipvt_event *e)
 {
 	__u64 id = e->ctx;
