@@ -1,4 +1,4 @@
-"""Combine the two benchmark parts into bench/results/DATE-KERNEL.json and a
+"""Combine the two benchmark parts into bench/results/DATE-TIME-KERNEL.json and a
 table of ratios measured in the same run."""
 from __future__ import annotations
 
@@ -98,7 +98,8 @@ def main() -> int:
     text = "\n".join(lines)
     print(text)
     now = datetime.datetime.now(datetime.timezone.utc)
-    out = Path("bench/results") / f"{now:%Y-%m-%d}-{dp['kernel']}.json"
+    # the time too: a second run the same day must not replace the first
+    out = Path("bench/results") / f"{now:%Y-%m-%d-%H%M}-{dp['kernel']}.json"
     out.write_text(json.dumps({"date": now.isoformat(), "machine": {
         "host": platform.node(), "cpus": os.cpu_count(), "host_kernel": platform.release(),
         "guest": _guest()},
