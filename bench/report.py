@@ -58,6 +58,8 @@ def main() -> int:
             per = dp["seconds"] * sc_["pps"] or 1
             lines.append(f"  {c['prog']:<16} {c['hits']:>10,} hits ({c['hits'] / per:.1f}/packet) "
                          f"{c['ns_per_hit'] or 0:>6} ns/hit  {100 * c['total_ms'] / total:4.1f}%")
+        lines.append("  (a tail-called program, on_worker_hit, runs inside its caller: the kernel "
+                     "counts its runs and time there, and shows it with 0 hits)")
     if "veth_untraced" in dp:
         vb = (dp["veth_untraced"]["pps"] + dp["veth_untraced_again"]["pps"]) / 2
         lines.append(f"traffic that never touches ipvlan (veth pair): untraced {vb:,.0f} packets/s; "

@@ -90,6 +90,9 @@ struct ipvt_stack {
 	__u16 kind[IPVT_STACK_MAX];
 	__u8 filtered[IPVT_STACK_MAX];
 	__u8 lossy[IPVT_STACK_MAX];   /* an event of this context was not reserved */
+	/* the entry's device: net_dev_xmit closes the xmit context its skb
+	 * and device opened (on_xmit_done), not the parent's xmit inside it */
+	__u64 dev[IPVT_STACK_MAX];
 #ifdef IPVT_STACK_PER_TASK
 	__u64 sp[IPVT_STACK_MAX];     /* the task's stack pointer at the entry probe */
 #endif
@@ -1149,6 +1152,7 @@ static __always_inline int entry(__u16 probe, struct sk_buff *skb, struct net_de
 	if (!st || depth == 0)
 		return 0;
 	/* the entry is written where its record lives (rec_open) */
+	st->dev[stack_idx(depth - 1)] = (__u64)dev;
 	struct ipvt_event *e = (struct ipvt_event *)st->rec[stack_idx(depth - 1)];
 	ev_fill(e, probe, id, depth);
 	FILL_DEV(e, dev);
@@ -1172,7 +1176,7 @@ static __always_inline int entry(__u16 probe, struct sk_buff *skb, struct net_de
 }
 
 /* Close the entry's context: its record goes out with its return value. */
-static __always_inline int entry_ret(struct pt_regs *ctx, __u16 probe)
+static __always_inline int entry_close(__u16 probe, int ret)
 {
 	__u8 depth = 0, filtered = 0, lossy = 0;
 	__u32 idx = 0;
@@ -1181,22 +1185,81 @@ static __always_inline int entry_ret(struct pt_regs *ctx, __u16 probe)
 		return 0;
 	struct ipvt_stack *st = stack_get(0);
 	if (st)
-		rec_close(st, idx, (int)PT_REGS_RC(ctx), lossy);
+		rec_close(st, idx, ret, lossy);
 	return 0;
+}
+
+static __always_inline int entry_ret(struct pt_regs *ctx, __u16 probe)
+{
+	return entry_close(probe, (int)PT_REGS_RC(ctx));
 }
 
 /* ipvlan_queue_xmit(skb, dev): dev is the slave */
 int on_xmit(struct pt_regs *ctx)
 {
 	ran(IPVT_P_XMIT);
-	return entry(IPVT_P_XMIT, (struct sk_buff *)PT_REGS_PARM1(ctx),
-		     (struct net_device *)PT_REGS_PARM2(ctx), PT_REGS_SP(ctx));
+	struct net_device *dev = (struct net_device *)PT_REGS_PARM2(ctx);
+	/* an xmit context of this device still open was not closed by
+	 * net_dev_xmit (see on_xmit_done): a device's xmit nests in its own
+	 * only in a routing loop, which the kernel ends as a dead loop */
+	struct ipvt_stack *st = stack_get(0);
+	if (st) {
+		__u32 d = st->depth;
+		if (d > 0 && d <= IPVT_STACK_MAX) {
+			__u32 i = stack_idx(d - 1);
+			if (st->kind[i] == IPVT_P_XMIT && st->dev[i] == (__u64)dev) {
+				stat_inc(IPVT_S_STACK_STALE);
+				st->depth = d - 1;
+			}
+		}
+	}
+	return entry(IPVT_P_XMIT, (struct sk_buff *)PT_REGS_PARM1(ctx), dev, PT_REGS_SP(ctx));
 }
 
-int on_xmit_ret(struct pt_regs *ctx)
+/*
+ * net:net_dev_xmit(skb, rc, dev, len), raw: xmit_one reports what
+ * ndo_start_xmit returned, for ipvlan ipvlan_start_xmit's return, which is
+ * ipvlan_queue_xmit's. It closes the xmit context that this skb and device
+ * opened, in place of a return probe on ipvlan_queue_xmit (under TCG a
+ * kretprobe alone costs ~6 us a packet, bench/mechanism.py; a tracepoint's
+ * program, a few hundred ns). It fires for every device's xmit on the node:
+ * most find no open context. The parent's xmit inside an L2 context carries
+ * the same skb but the parent device, and is not the close.
+ *
+ * An xmit that never passes xmit_one (pktgen, netpoll, AF_PACKET's
+ * PACKET_QDISC_BYPASS call ndo_start_xmit directly) leaves its context
+ * open: the next xmit entry for the same device drops it (on_xmit, counted
+ * stack_stale), as a missed return probe's context is.
+ */
+int on_xmit_done(struct bpf_raw_tracepoint_args *ctx)
 {
+	struct ipvt_stack *st = stack_get(0);
+	if (!st)
+		return 0;
+	__u32 d = st->depth;
+	if (d == 0 || d > IPVT_STACK_MAX)
+		return 0;
+	__u64 skb = ctx->args[0], dev = ctx->args[2];
+	__u32 at = 0;   /* depth of the matching context, 0: none */
+#pragma unroll
+	for (int n = 0; n < IPVT_STACK_MAX; n++) {
+		if (n < d && !at) {
+			__u32 i = stack_idx(d - 1 - n);
+			struct ipvt_rec *r = (struct ipvt_rec *)st->rec[i];
+			if (st->kind[i] == IPVT_P_XMIT && st->dev[i] == dev && r->skb == skb)
+				at = d - n;
+		}
+	}
+	if (!at)
+		return 0;
 	ran(IPVT_P_XMIT_RET);
-	return entry_ret(ctx, IPVT_P_XMIT);
+	/* contexts above it missed their close (as ctx_pop_at counts them) */
+#pragma unroll
+	for (int n = 0; n < IPVT_STACK_MAX; n++)
+		if (at + n < d)
+			stat_inc(IPVT_S_STACK_MISMATCH);
+	st->depth = at;
+	return entry_close(IPVT_P_XMIT, (int)ctx->args[1]);
 }
 
 /* ipvlan_handle_frame(pskb): the rx_handler of the parent (skb->dev) */

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         dt = time.process_time() - t0
         if load:
             for spec in probes.SPECS:
-                b.load_func(spec.fn.encode(), bcc.BPF.KPROBE)
+                b.load_func(spec.fn.encode(), loader.PROG_TYPES[spec.kind](bcc))
             loader.install_tail_calls(b, bcc)
         b.cleanup()
         return dt

@@ -73,6 +73,14 @@ def possible_cpus() -> int:
 TAIL_PROGRAMS = (("worker_tail", "on_worker_hit"),)   # (BPF_PROG_ARRAY, its program)
 
 
+# the BPF program type of each attach kind (ProbeSpec.kind): bcc's constants
+PROG_TYPES = {
+    "kprobe": lambda bcc: bcc.BPF.KPROBE,
+    "kretprobe": lambda bcc: bcc.BPF.KPROBE,
+    "raw_tracepoint": lambda bcc: bcc.BPF.RAW_TRACEPOINT,
+}
+
+
 def install_tail_calls(bpf, bcc) -> None:
     """Load the programs that kprobes tail-call and put them in their arrays
     (bpf/ipvtrace.c: on_worker_hit). Before arming: an empty slot makes the
@@ -158,6 +166,9 @@ class Tracer:
             for p in self.plan.attach:
                 if p["kind"] == "kprobe":
                     self.bpf.attach_kprobe(event=p["symbol"].encode(), fn_name=p["fn"].encode())
+                elif p["kind"] == "raw_tracepoint":
+                    self.bpf.attach_raw_tracepoint(tp=p["symbol"].encode(),
+                                                   fn_name=p["fn"].encode())
                 else:
                     self.bpf.attach_kretprobe(event=p["symbol"].encode(), fn_name=p["fn"].encode(),
                                               maxactive=KRETPROBE_MAXACTIVE)
@@ -353,7 +364,7 @@ class Tracer:
         suffix = f"_bcc_{os.getpid()}"
         names = {f"{'p' if p['kind'] == 'kprobe' else 'r'}_"
                  + p["symbol"].replace(".", "_").replace("+", "_"): p["name"]
-                 for p in self.plan.attach}
+                 for p in self.plan.attach if p["kind"] in ("kprobe", "kretprobe")}
         out: dict[str, dict[str, int]] = {}
         try:
             with open(path) as f:

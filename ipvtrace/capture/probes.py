@@ -26,15 +26,17 @@ class ProbeSpec:
 
     name: str            # stable name used in the plan and in messages
     fn: str              # BPF C function in bpf/ipvtrace.c
-    kind: str            # kprobe | kretprobe
-    symbol: str          # source-level kernel symbol
+    kind: str            # kprobe | kretprobe | raw_tracepoint
+    symbol: str          # source-level kernel symbol (a raw tracepoint: its event name)
     required: bool       # without it ipvtrace cannot run at all
     why: str             # what is lost without it
 
 
 SPECS: tuple[ProbeSpec, ...] = (
     ProbeSpec("xmit", "on_xmit", "kprobe", "ipvlan_queue_xmit", True, "TX entry"),
-    ProbeSpec("xmit_ret", "on_xmit_ret", "kretprobe", "ipvlan_queue_xmit", True, "TX verdict"),
+    # ipvlan_queue_xmit's return, as xmit_one reports its caller's (the
+    # same value): a tracepoint where a return probe would cost more
+    ProbeSpec("xmit_ret", "on_xmit_done", "raw_tracepoint", "net_dev_xmit", True, "TX verdict"),
     ProbeSpec("rx", "on_rx", "kprobe", "ipvlan_handle_frame", True, "RX entry"),
     ProbeSpec("rx_ret", "on_rx_ret", "kretprobe", "ipvlan_handle_frame", True, "RX verdict"),
     ProbeSpec("rcv_frame", "on_rcv_frame", "kprobe", "ipvlan_rcv_frame", False,
@@ -140,6 +142,11 @@ def resolve_symbol(symbol: str, available: set[str]) -> str | None:
     return clones[0] if clones else None
 
 
+def tracepoint_exists(tracefs: Path, event: str) -> bool:
+    """Is there a tracepoint *event* (any subsystem) on this kernel?"""
+    return any((tracefs / "events").glob(f"*/{event}/format"))
+
+
 def read_available(tracefs: Path) -> set[str]:
     names: set[str] = set()
     with open(tracefs / "available_filter_functions") as f:
@@ -164,11 +171,17 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
     if why:
         plan.notes.append(why)
     for spec in SPECS:
-        sym = resolve_symbol(plan.worker_rx if spec.name == "netif_rx" else spec.symbol, available)
+        if spec.kind == "raw_tracepoint":
+            sym = spec.symbol if tracepoint_exists(tracefs, spec.symbol) else None
+        else:
+            sym = resolve_symbol(plan.worker_rx if spec.name == "netif_rx" else spec.symbol,
+                                 available)
         if sym is None:
             if spec.required:
+                what = ("tracepoint" if spec.kind == "raw_tracepoint"
+                        else "kernel symbol")
                 raise PlanError(
-                    f"kernel symbol {spec.symbol} is not probe-able on {kernel} "
+                    f"{what} {spec.symbol} is not probe-able on {kernel} "
                     f"({spec.why}); ipvtrace needs it"
                 )
             plan.missing.append({"name": spec.name, "symbol": spec.symbol, "why": spec.why})
