@@ -39,6 +39,22 @@ VETH = ("ipvt-bench-v1", "ipvt-bench-v2", "10.98.0.2")
 IPVLAN = (NS[1], NS[2], "10.99.0.2")
 
 
+LAB_NAMESPACES = NS + list(VETH[:2])
+
+
+def build(lab: Lab) -> None:
+    """The benchmark's two paths: pod to pod through an L2 ipvlan port
+    (IPVLAN), and a veth pair that never touches ipvlan (VETH)."""
+    lab.veth(VETH[0], "v0", VETH[1], "v1")
+    lab.addr(VETH[0], "v0", "10.98.0.1/24")
+    lab.addr(VETH[1], "v1", "10.98.0.2/24")
+    lab.veth(NS[0], "ens10", NS[0], "peer")
+    for ns, ip in ((NS[1], "10.99.0.1/24"), (NS[2], "10.99.0.2/24")):
+        lab.ipvlan(NS[0], "ens10", "ipvl0", "l2", into=ns, rename="eth0")
+        lab.addr(ns, "eth0", ip)
+    lab.ping(NS[1], "10.99.0.2", 1)
+
+
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds a process has used (its threads included)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -190,15 +206,8 @@ def main() -> int:
     out_dir = Path(os.environ.get("IPVTRACE_OUT", "/tmp")).resolve()
     ready = out_dir / "bench.ready"
     results: dict = {"kernel": os.uname().release, "cpus": os.cpu_count(), "seconds": SECONDS}
-    with Lab(namespaces=NS + list(VETH[:2])) as lab:
-        lab.veth(VETH[0], "v0", VETH[1], "v1")
-        lab.addr(VETH[0], "v0", "10.98.0.1/24")
-        lab.addr(VETH[1], "v1", "10.98.0.2/24")
-        lab.veth(NS[0], "ens10", NS[0], "peer")
-        for ns, ip in ((NS[1], "10.99.0.1/24"), (NS[2], "10.99.0.2/24")):
-            lab.ipvlan(NS[0], "ens10", "ipvl0", "l2", into=ns, rename="eth0")
-            lab.addr(ns, "eth0", ip)
-        lab.ping(NS[1], "10.99.0.2", 1)
+    with Lab(namespaces=LAB_NAMESPACES) as lab:
+        build(lab)
         py = [sys.executable, "-m", "ipvtrace"]
         results["untraced"] = udp_rate(lab)
         results["stats"] = traced(lab, py + ["stats", "--json", "--interval", "2",

@@ -23,6 +23,10 @@ def main() -> int:
     p.add_argument("--cpus", type=int, default=0, help="vCPUs per guest (default: 2, 1 when parallel)")
     p.add_argument("--timeout", type=float, default=2400)
     p.add_argument("--memory", type=int, default=2048, help="MiB per guest (default 2048)")
+    p.add_argument("--icount", type=int, metavar="SHIFT",
+                   help="deterministic emulation (TCG): each guest instruction takes 2^SHIFT ns "
+                        "of guest time, idle time none, so rates measured in the guest count "
+                        "instructions and do not move with this machine's load")
     p.add_argument("command", nargs=argparse.REMAINDER)
     a = p.parse_args()
     cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
@@ -35,7 +39,9 @@ def main() -> int:
         work = (a.work / k).resolve()
         try:
             r = qemu.run(k, guest_script(shlex.join(cmd)), work, cpus=cpus, timeout=a.timeout,
-                         memory_mb=a.memory)
+                         memory_mb=a.memory, accel="tcg" if a.icount is not None else None,
+                         extra_args=["-icount", f"shift={a.icount},sleep=off"]
+                         if a.icount is not None else None)
             return k, r.rc, r.log, f"{r.kernel} ({r.accel}, {r.seconds:.0f} s)"
         except qemu.VMError as exc:
             return k, 1, str(exc), k
