@@ -8,7 +8,9 @@ next). Runs as root on a kernel with ipvlan, e.g. in the VM:
   .venv/bin/python -m ipvtrace.lab.vm --kernel 6.12 --work build/bench/mech -- \\
       python bench/mechanism.py
 
-Not part of bench/run (it adds about three minutes under emulation)."""
+Not part of bench/run (it adds about ten minutes under emulation). With
+`--icount 3` on the vm command, the rates count guest instructions: steady
+where real-time emulation swings by 20%."""
 from __future__ import annotations
 
 import json
@@ -46,7 +48,13 @@ def scripts() -> dict[str, str]:
     return {"kprobes and kretprobes": entries + returns + frees,
             "fentry/fexit (kprobe on the clone)": fentry + frees,
             "kprobes on entries only": entries,
-            "kretprobes only": returns}
+            "kretprobes only": returns,
+            # one at a time: what each kind of attach point costs alone
+            "kprobe ipvlan_queue_xmit": "kprobe:ipvlan_queue_xmit { }\n",
+            "kretprobe ipvlan_queue_xmit": "kretprobe:ipvlan_queue_xmit { }\n",
+            "kretprobe ipvlan_addr_lookup": "kretprobe:ipvlan_addr_lookup { }\n",
+            "kretprobe dev_forward_skb": "kretprobe:dev_forward_skb { }\n",
+            "tracepoints skb frees": frees}
 
 
 def bpftrace_rate(lab: Lab, script: str, out_dir: Path, n: int) -> dict:
@@ -75,12 +83,8 @@ def main() -> int:
     out_dir = Path(os.environ.get("IPVTRACE_OUT", "/tmp")).resolve()
     ready = out_dir / "mech.ready"
     runs: list[tuple[str, float]] = []
-    with Lab(namespaces=dp.NS) as lab:
-        lab.veth(dp.NS[0], "ens10", dp.NS[0], "peer")
-        for ns, ip in ((dp.NS[1], "10.99.0.1/24"), (dp.NS[2], "10.99.0.2/24")):
-            lab.ipvlan(dp.NS[0], "ens10", "ipvl0", "l2", into=ns, rename="eth0")
-            lab.addr(ns, "eth0", ip)
-        lab.ping(dp.NS[1], "10.99.0.2", 1)
+    with Lab(namespaces=dp.LAB_NAMESPACES) as lab:
+        dp.build(lab)
         runs.append(("untraced", dp.udp_rate(lab)["pps"]))
         for n, (name, script) in enumerate(scripts().items()):
             res = bpftrace_rate(lab, script, out_dir, n)

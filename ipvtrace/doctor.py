@@ -108,7 +108,7 @@ def report(write=print) -> int:
         write("")
         write(f"on {plan.kernel}:")
         for p in plan.attach:
-            write(f"  {p['kind']:<9} {p['symbol']}")
+            write(f"  {p['kind']:<14} {p['symbol']}")
         for line in probes.what_this_kernel_shows(plan):
             write(f"  cannot/limited: {line}")
     write("")
