@@ -1220,9 +1220,10 @@ int on_xmit(struct pt_regs *ctx)
  * net:net_dev_xmit(skb, rc, dev, len), raw: xmit_one reports what
  * ndo_start_xmit returned, for ipvlan ipvlan_start_xmit's return, which is
  * ipvlan_queue_xmit's. It closes the xmit context that this skb and device
- * opened, in place of a return probe on ipvlan_queue_xmit (under TCG a
- * kretprobe alone costs ~6 us a packet, bench/mechanism.py; a tracepoint's
- * program, a few hundred ns). It fires for every device's xmit on the node:
+ * opened, in place of a return probe on ipvlan_queue_xmit: no instances to
+ * run out of under load (a missed return left a packet incomplete). Not
+ * faster: bench/ab.py measured the two alike (README). It fires for
+ * every device's xmit on the node:
  * most find no open context. The parent's xmit inside an L2 context carries
  * the same skb but the parent device, and is not the close.
  *

@@ -35,7 +35,7 @@ class ProbeSpec:
 SPECS: tuple[ProbeSpec, ...] = (
     ProbeSpec("xmit", "on_xmit", "kprobe", "ipvlan_queue_xmit", True, "TX entry"),
     # ipvlan_queue_xmit's return, as xmit_one reports its caller's (the
-    # same value): a tracepoint where a return probe would cost more
+    # same value): a tracepoint has no return-probe instances to run out of
     ProbeSpec("xmit_ret", "on_xmit_done", "raw_tracepoint", "net_dev_xmit", True, "TX verdict"),
     ProbeSpec("rx", "on_rx", "kprobe", "ipvlan_handle_frame", True, "RX entry"),
     ProbeSpec("rx_ret", "on_rx_ret", "kretprobe", "ipvlan_handle_frame", True, "RX verdict"),

@@ -23,7 +23,7 @@ def main() -> int:
     p.add_argument("--cpus", type=int, default=0, help="vCPUs per guest (default: 2, 1 when parallel)")
     p.add_argument("--timeout", type=float, default=2400)
     p.add_argument("--memory", type=int, default=2048, help="MiB per guest (default 2048)")
-    p.add_argument("--icount", type=int, metavar="SHIFT",
+    p.add_argument("--icount", type=int, metavar="SHIFT", choices=range(0, 11),
                    help="deterministic emulation (TCG): each guest instruction takes 2^SHIFT ns "
                         "of guest time, idle time none, so rates measured in the guest count "
                         "instructions and do not move with this machine's load")
