@@ -27,17 +27,17 @@ def make(path: Path, packets: int) -> int:
     w = recording.Writer(path, {"format": "ipvtrace-recording", "format_version": 1,
                                 "start_ktime": 0, "start_wall": 0, "layout": lay.to_json(),
                                 "drop_reasons": {}, "snapshot": synth.snapshot("l2")})
-    hdr = synth.ipv4_icmp("10.0.0.1", "10.0.0.2")
     pod_a, pod_b = synth.pod_a(), synth.pod_b()
     ts = 1_000
     for i in range(packets):
         skb = 0xffff000000000000 + (i % 512) * 256        # pointers get reused
         ctx = i + 1
+        hdr = synth.ipv4_icmp("10.0.0.1", "10.0.0.2", seq=i & 0xFFFF)   # a ping flood: each frame its own
         # one record per packet, as the kernel sends a closed context (format 3)
         w.event(synth.context(
             synth.raw("xmit", ts, ctx, skb=skb, head=skb + 1, hdr=hdr, **pod_a),
             [synth.raw("lookup_ret", ts + 1, ctx, aux=0xA, aux2=0xB, **pod_b),
-             synth.raw("rcv_frame", ts + 2, ctx, skb=skb, head=skb + 1, flags=1),
+             synth.raw("rcv_frame", ts + 2, ctx, skb=skb, head=skb + 1, aux2=0xB, flags=1),
              synth.raw("fwd", ts + 3, ctx, skb=skb, head=skb + 1, **pod_b),
              synth.raw("fwd_ret", ts + 4, ctx, ret=0)],
             synth.raw("xmit_ret", ts + 5, ctx, ret=0)))

@@ -210,6 +210,8 @@ class Shape:
     skb: int
     head: int
     events: int       # how many events it decodes into
+    vol: tuple        # the differing fields' values (pipeline's reused rows read them) ...
+    at: dict          # ... and where each is in it: "ts", "cpu", "skb", "ret_dt", "dt.0", "skb.0", ...
 
 
 _REC_VOLATILE = frozenset(("ts", "skb", "head", "ctx", "ret_dt", "cpu", "pid", "len", "hdr_len"))
@@ -274,17 +276,21 @@ class _ShapeKeys:
             f = self._format(n, nhits, hdr_len)
             if f is None:
                 return None
-        key_st, vol_st, fixed, ptrs, dts = f
+        rec_mask, hits_at, hits_mask, vol_st, fixed, ptrs, dts, at = f
         vol = vol_st.unpack_from(raw)
         ts, ret_dt, ctx, skb, head, length, flags = fixed(vol)
         d = dts(vol)
         if kind not in self._kinds or (d and max(d) > ret_dt):
             return None   # decoding names the kind; a hit after the return is the correlator's
         p = (0,) + ptrs(vol)
-        return Shape(key_st.unpack_from(raw) + tuple(map(p.index, p)),
+        # the record's and its hits' bytes, volatile ones zeroed, as two ints:
+        # one C call each where unpacking every field took a tuple of dozens
+        return Shape((int.from_bytes(raw[:self._rs], "little") & rec_mask,
+                      int.from_bytes(raw[hits_at:], "little") & hits_mask, nhits)
+                     + tuple(map(p.index, p)),
                      raw[self._rs:self._rs + hdr_len], not flags & self._no_mac,
                      0 < hdr_len < 14 and length < 14, kind in self._rx, ts, ts + ret_dt,
-                     ctx, skb, head, nhits + 2)
+                     ctx, skb, head, nhits + 2, vol, at)
 
     def _format(self, n: int, nhits: int, hdr_len: int) -> tuple | None:
         room = (hdr_len + 7) & ~7
@@ -296,11 +302,13 @@ class _ShapeKeys:
         items.append(("frame", False, f"{room}s", room))
         for i in range(nhits):
             items += [(f"{name}.{i}", True, t, size) for name, t, size in self._hit]
-        key_fmt, vol_fmt, vol_names = "<", "<", []
+        vol_fmt, vol_names = "<", []
+        rec_mask, hits_mask = bytearray(), bytearray()
         for name, in_hit, t, size in items:
             base = name.rsplit(".", 1)[0] if in_hit else name
             volatile = base in (_HIT_VOLATILE if in_hit else _REC_VOLATILE | {"frame"})
-            key_fmt += f"{size}x" if volatile else t
+            if name != "frame":
+                (hits_mask if in_hit else rec_mask).extend((b"\0" if volatile else b"\xff") * size)
             if (volatile and name != "frame") or name == "flags":
                 vol_fmt += t
                 vol_names.append(name)
@@ -313,7 +321,8 @@ class _ShapeKeys:
                        + [at[f"{v}.{i}"] for i in range(nhits) for v in ("skb", "head")])
         dts = _getter([at[f"dt.{i}"] for i in range(nhits)])
         f = self._formats[(n, nhits, hdr_len)] = (
-            struct.Struct(key_fmt), struct.Struct(vol_fmt), fixed, ptrs, dts)
+            int.from_bytes(rec_mask, "little"), self._rs + room, int.from_bytes(hits_mask, "little"),
+            struct.Struct(vol_fmt), fixed, ptrs, dts, at)
         return f
 
 

@@ -15,7 +15,8 @@ from ipvtrace.model.correlate import Correlator, Packet
 from ipvtrace.model.decode import Decoder, Event
 from ipvtrace.model.evidence import KernelFacts
 from ipvtrace.model.layout import Layout
-from ipvtrace.model.packet import rule_facts
+from ipvtrace.model.packet import parse, rule_facts
+from ipvtrace.model.rowreuse import Like, info_key, like_of
 from ipvtrace.model.topology import Topology
 
 Row = dict
@@ -36,6 +37,7 @@ class Pipeline:
         row_filter: Callable[[Row], bool] | None = None,
         packet_sink: Callable[[Row, Packet], None] | None = None,
         kernel: KernelFacts | None = None,
+        reuse_rows: bool = True,
     ) -> None:
         self.decoder = Decoder(lay)
         self.ctx = cls.Context(
@@ -60,8 +62,13 @@ class Pipeline:
         # count(): what a record of each shape added to the counts
         self._shapes: dict[tuple, tuple[str, tuple[str, ...], str | None]] = {}
         self.decoded = 0                       # records count() decoded (not counted by shape)
-        self._watch: Event | None = None       # the entry whose packet count() waits for
-        self._counted: tuple | None = None     # ... and what that packet added
+        self._watch: Event | None = None       # the entry whose packet count() / record() waits for
+        self._seen: tuple | None = None        # ... what that packet added and its row
+        # record(): rows reused for records like a packet's before (rowreuse.py)
+        self._lines = sink if (reuse_rows and row_filter is None and packet_sink is None
+                               and callable(getattr(sink, "template", None))) else None
+        self._likes: dict[tuple, Like] = {}
+        self.reused = 0                        # rows record() wrote from a like's
 
     # -- source side -------------------------------------------------------
     def knows_device(self, ev: Event) -> bool:
@@ -69,13 +76,46 @@ class Pipeline:
 
     def record(self, raw: bytes) -> list[Event]:
         """One ring record, decoded and fed: a closed context's events go in
-        together (Correlator.feed_context), an event alone. Returns them."""
+        together (Correlator.feed_context), an event alone. Returns them.
+
+        When rows go to a sink that writes lines (JSON) and nothing else
+        wants them, a context record whose like closed as a packet of its
+        own before, and would again here, gets its like's row with its own
+        times, CPU, pointers and summary (model/rowreuse.py) and is not
+        decoded: [] is returned for it."""
+        shape = self.decoder.shape(raw) if self._lines is not None else None
+        if shape is None:
+            evs = self.decoder.events(raw)
+            self.events += len(evs)
+            if len(evs) > 1:
+                self.correlator.feed_context(evs)
+            else:
+                self.correlator.feed(evs[0])
+            return evs
+        info = parse(shape.frame, shape.has_mac)
+        key = (shape.key, shape.runt, info_key(info))
+        like = self._likes.get(key)
+        if like is not None:
+            vals = like.holes.values(shape.vol, info)
+            if vals is not None and self.correlator.closes_alone(
+                    shape.rx, shape.ts, shape.end, shape.ctx, shape.skb, shape.head):
+                self.events += shape.events
+                self._add(*like.counted)
+                self.reused += 1
+                self._lines.write(like.fill(vals))
+                return []
         evs = self.decoder.events(raw)
         self.events += len(evs)
-        if len(evs) > 1:
-            self.correlator.feed_context(evs)
-        else:
-            self.correlator.feed(evs[0])
+        self._watch, self._seen = evs[0], None
+        short = self.correlator.feed_context(evs)
+        self._watch = None
+        if short and self._seen is not None:
+            counted, row = self._seen
+            like = like_of(row, evs, shape, info, counted, self._lines, self.t0)
+            if like is not None:
+                if len(self._likes) >= _SHAPES_MAX:
+                    self._likes.clear()
+                self._likes[key] = like
         return evs
 
     def count(self, raw: bytes) -> None:
@@ -100,12 +140,12 @@ class Pipeline:
         self.decoded += 1
         evs = self.decoder.events(raw)
         self.events += len(evs)
-        self._watch, self._counted = evs[0], None
+        self._watch, self._seen = evs[0], None
         short = self.correlator.feed_context(evs)
-        if short and self._counted is not None:
+        if short and self._seen is not None:
             if len(self._shapes) >= _SHAPES_MAX:
                 self._shapes.clear()
-            self._shapes[key] = self._counted
+            self._shapes[key] = self._seen[0]
         self._watch = None
 
     def tick(self, ktime: int) -> None:
@@ -118,6 +158,7 @@ class Pipeline:
     def snapshot(self, snap: dict) -> None:
         self.ctx.topo.add(snap)
         self._shapes.clear()   # a shape's branch depends on the ports' modes
+        self._likes.clear()
 
     def finish(self) -> None:
         self.correlator.flush()
@@ -148,7 +189,7 @@ class Pipeline:
                  if v.delivery in ("dropped", "slave_down", "forward_failed") else None)
         self._add(*added)
         if pkt.entry is self._watch and pkt.waiting_for is None:
-            self._counted = added
+            self._seen = (added, row)
         if self.sink is not None:
             self.sink(row)
         if self.packet_sink is not None:
