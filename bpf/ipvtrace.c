@@ -1587,20 +1587,28 @@ int on_s2a_ret(struct pt_regs *ctx)
 	return 0;
 }
 
-TRACEPOINT_PROBE(skb, kfree_skb)
+/* skb:kfree_skb(skb, location, reason[, rx_sk]) and skb:consume_skb(skb
+ * [, location]), attached raw: the arguments as the kernel passes them. A
+ * regular tracepoint first copies them into a trace record for every free
+ * on the node; the frees of every other packet pay for that too. An
+ * argument the tracepoint does not have must not be read (the attach
+ * refuses a program that reads beyond them): the fields the format file
+ * shows decide (probes.py). */
+int on_kfree(struct bpf_raw_tracepoint_args *ctx)
 {
 #ifdef IPVT_HAVE_DROP_REASON
-	return report_free(IPVT_P_KFREE, args->skbaddr, args->location, args->reason);
+	return report_free(IPVT_P_KFREE, (void *)ctx->args[0], (void *)ctx->args[1],
+			   (__u32)ctx->args[2]);
 #else
-	return report_free(IPVT_P_KFREE, args->skbaddr, args->location, 0);
+	return report_free(IPVT_P_KFREE, (void *)ctx->args[0], (void *)ctx->args[1], 0);
 #endif
 }
 
-TRACEPOINT_PROBE(skb, consume_skb)
+int on_consume(struct bpf_raw_tracepoint_args *ctx)
 {
 #ifdef IPVT_HAVE_CONSUME_LOCATION
-	return report_free(IPVT_P_CONSUME, args->skbaddr, args->location, 0);
+	return report_free(IPVT_P_CONSUME, (void *)ctx->args[0], (void *)ctx->args[1], 0);
 #else
-	return report_free(IPVT_P_CONSUME, args->skbaddr, 0, 0);
+	return report_free(IPVT_P_CONSUME, (void *)ctx->args[0], 0, 0);
 #endif
 }

@@ -30,9 +30,6 @@ struct sk_buff;
 struct net_device;
 struct net;
 struct dst_entry;
-/* the type of skb:kfree_skb's `reason` field (bcc declares the tracepoint's
- * fields with the types its format names): 4 bytes, as the kernel's enum */
-enum skb_drop_reason { IPVT_SKB_DROP_REASON_ANY = 0x7fffffff };
 #endif
 
 #ifndef IPVT_OFF_SKB_HEAD

@@ -128,12 +128,13 @@ def test_hits_the_kernel_skipped_are_counted_per_probe(monkeypatch):
 
     plan = probes.ProbePlan(kernel="6.12.117+deb12-amd64", tracefs="/nonexistent",
                             attach=[{"name": "xmit", "fn": "on_xmit", "kind": "kprobe"},
-                                    {"name": "rx_ret", "fn": "on_rx_ret", "kind": "kretprobe"}],
-                            tracepoints=["skb:kfree_skb"], counts_skipped=True)
+                                    {"name": "rx_ret", "fn": "on_rx_ret", "kind": "kretprobe"},
+                                    {"name": "kfree", "fn": "on_kfree", "kind": "raw_tracepoint"}],
+                            counts_skipped=True)
     t = loader.Tracer(plan)
     t.bpf = SimpleNamespace(funcs={b"on_xmit": SimpleNamespace(fd=3),
                                    b"on_rx_ret": SimpleNamespace(fd=4),
-                                   b"tracepoint__skb__kfree_skb": SimpleNamespace(fd=5),
+                                   b"on_kfree": SimpleNamespace(fd=5),
                                    b"unrelated": SimpleNamespace(fd=6)})
     misses = {3: 1, 4: 0, 5: 7, 6: 100}
     monkeypatch.setattr(loader, "fdinfo_misses", lambda fd: misses[fd])
@@ -141,7 +142,7 @@ def test_hits_the_kernel_skipped_are_counted_per_probe(monkeypatch):
     misses.update({3: 4, 5: 57, 6: 200})
     hits = {"xmit": {"hits": 100, "misses": 0}, "rx_ret": {"hits": 40, "misses": 1}}
     # 6.7+: the kernel's own counts since arm(), whatever the hits and runs say
-    assert t.skipped(hits, {"xmit": 90, "rx_ret": 40}) == {"xmit": 3, "rx_ret": 0, "kfree_skb": 50}
+    assert t.skipped(hits, {"xmit": 90, "rx_ret": 40}) == {"xmit": 3, "rx_ret": 0, "kfree": 50}
 
     plan.counts_skipped = False   # before 6.7: estimated for kprobes, tracepoints unknown
     assert t.skipped(hits, {"xmit": 97, "rx_ret": 40}) == {"xmit": 3}

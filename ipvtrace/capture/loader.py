@@ -307,9 +307,7 @@ class Tracer:
         """recursion_misses per probe name, from each program's fdinfo."""
         if self.bpf is None:
             return {}
-        names = {"tracepoint__" + tp.replace(":", "__"): tp.split(":")[1]
-                 for tp in self.plan.tracepoints}
-        names.update({p["fn"]: p["name"] for p in self.plan.attach})
+        names = {p["fn"]: p["name"] for p in self.plan.attach}
         out: dict[str, int] = {}
         for fn, f in list(self.bpf.funcs.items()):
             fn = fn.decode() if isinstance(fn, bytes) else fn

@@ -69,8 +69,15 @@ SPECS: tuple[ProbeSpec, ...] = (
               "L3S: which slave owns the destination is not shown"),
     ProbeSpec("s2a_ret", "on_s2a_ret", "kretprobe", "ipvlan_skb_to_addr", False,
               "L3S: which slave owns the destination is not shown"),
+    # raw: no trace record filled for each of the node's frees (bpf/ipvtrace.c)
+    ProbeSpec("kfree", "on_kfree", "raw_tracepoint", "kfree_skb", False,
+              "drops (skb:kfree_skb) are not shown"),
+    ProbeSpec("consume", "on_consume", "raw_tracepoint", "consume_skb", False,
+              "a slave's own skb consumed (skb:consume_skb) is not shown"),
 )
 
+# the skb tracepoints whose fields (format files) say which arguments the
+# raw ones have: kfree_skb's reason (5.17+), consume_skb's location (6.3+)
 TRACEPOINTS = (("skb", "kfree_skb"), ("skb", "consume_skb"))
 # A program the kernel skips (another BPF program, or a map syscall, holds
 # the CPU's bpf_prog_active): 6.7+ counts those per program (its
@@ -98,7 +105,6 @@ class ProbePlan:
     tracefs: str
     attach: list[dict] = field(default_factory=list)      # {name, fn, kind, symbol}
     missing: list[dict] = field(default_factory=list)     # {name, symbol, why}
-    tracepoints: list[str] = field(default_factory=list)
     cflags: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     counts_skipped: bool = False   # the kernel counts tracepoint programs it skipped (6.7+)
@@ -119,7 +125,7 @@ class ProbePlan:
 
     @property
     def probe_count(self) -> int:
-        return len(self.attach) + len(self.tracepoints)
+        return len(self.attach)
 
 
 def find_tracefs() -> Path:
@@ -229,9 +235,7 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
     for sys_, ev in TRACEPOINTS:
         fmt = tracefs / "events" / sys_ / ev / "format"
         if not fmt.exists():
-            plan.notes.append(f"tracepoint {sys_}:{ev} missing: drops are not shown")
-            continue
-        plan.tracepoints.append(f"{sys_}:{ev}")
+            continue   # not attached either (plan.missing)
         text = fmt.read_text()
         if ev == "consume_skb" and "location" in text:
             plan.cflags.append("-DIPVT_HAVE_CONSUME_LOCATION")
