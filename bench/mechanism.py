@@ -51,6 +51,9 @@ def scripts() -> dict[str, str]:
             "kretprobes only": returns,
             # one at a time: what each kind of attach point costs alone
             "kprobe ipvlan_queue_xmit": "kprobe:ipvlan_queue_xmit { }\n",
+            "kprobe dev_forward_skb": "kprobe:dev_forward_skb { }\n",
+            "kprobe __dev_queue_xmit": "kprobe:__dev_queue_xmit { }\n",
+            f"kprobe {rcv}": f"kprobe:{rcv} {{ }}\n",
             "kretprobe ipvlan_queue_xmit": "kretprobe:ipvlan_queue_xmit { }\n",
             "kretprobe ipvlan_addr_lookup": "kretprobe:ipvlan_addr_lookup { }\n",
             "kretprobe dev_forward_skb": "kretprobe:dev_forward_skb { }\n",

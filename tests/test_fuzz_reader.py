@@ -12,6 +12,7 @@ long run.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import resource
@@ -25,6 +26,7 @@ from hypothesis import strategies as st
 
 from ipvtrace import replay
 from ipvtrace.output import recording
+from ipvtrace.output.render import JsonSink
 from article_checks import pack_recording as pack
 
 FIX = Path(__file__).parent / "fixtures"
@@ -126,19 +128,22 @@ COUNTED = ("packets", "events", "branches", "drops", "lost_events", "unattribute
 
 
 def survives(tmp_path: Path, data: bytes) -> None:
-    """Replays or fails in one line; and counting alone (replay --stats,
-    which counts records by shape) ends as the rows do."""
+    """Replays or fails in one line; counting alone (replay --stats, which
+    counts records by shape) ends as the rows do; and JSON lines with rows
+    reused (pipeline.record, model/rowreuse.py) are the lines without."""
     p = tmp_path / "fuzz.ipvt"
     p.write_bytes(data)
     ends = []
-    for sink in (lambda row: None, None):
+    reused, whole = JsonSink(io.StringIO(), flush=False), JsonSink(io.StringIO(), flush=False)
+    for sink in (lambda row: whole(row), reused, None):
         try:
             s = replay.run_replay(p, sink=sink)
             ends.append({k: s[k] for k in COUNTED})
         except recording.RecordingError as exc:
             assert "\n" not in str(exc)
             ends.append(str(exc))
-    assert ends[0] == ends[1]
+    assert ends[0] == ends[1] == ends[2]
+    assert reused.out.getvalue() == whole.out.getvalue()
 
 
 @SETTINGS
