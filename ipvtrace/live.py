@@ -116,7 +116,7 @@ def run_live(opts: LiveOptions) -> dict:
                     # flood a poll returns per batch, and a loss mark per
                     # tick is all the file needs
                     if time.monotonic() >= next_stats:
-                        kstats = tracer.kernel_stats()
+                        kstats = tracer.kernel_stats(fresh=False)
                         next_stats = time.monotonic() + TICK_MS / 1000
                     src.tick(now, kstats)
                 now = ktime_ns()

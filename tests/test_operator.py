@@ -154,3 +154,34 @@ def test_hits_the_kernel_skipped_are_counted_per_probe(monkeypatch):
     assert probes.kernel_version("6.1.0-57-rt-amd64") < probes.COUNTS_SKIPPED_SINCE
     assert probes.kernel_version("6.12.117+deb12-amd64") >= probes.COUNTS_SKIPPED_SINCE
 
+
+
+def test_live_ticks_read_the_programs_fdinfo_once_a_second(monkeypatch):
+    """Reading every program's fdinfo five times a second was most of an
+    idle `record`'s CPU under emulation: ticks (fresh=False) reuse a
+    reading younger than PROG_MISSES_EVERY_S; the last reading is fresh."""
+    from types import SimpleNamespace
+
+    from ipvtrace.capture import loader, probes
+
+    plan = probes.ProbePlan(kernel="6.12.117+deb12-amd64", tracefs="/nonexistent",
+                            attach=[{"name": "xmit", "fn": "on_xmit", "kind": "kprobe"}],
+                            counts_skipped=True)
+    t = loader.Tracer(plan)
+    t.bpf = SimpleNamespace(funcs={b"on_xmit": SimpleNamespace(fd=3)})
+    reads, misses, clock = [], {3: 0}, [100.0]
+    monkeypatch.setattr(loader, "fdinfo_misses", lambda fd: reads.append(fd) or misses[fd])
+    monkeypatch.setattr(loader.time, "monotonic", lambda: clock[0])
+    t._base_prog_misses = t._prog_misses()
+    reads.clear()
+    misses[3] = 2
+    assert t.skipped({}, {}, fresh=False) == {"xmit": 2}
+    misses[3] = 5
+    clock[0] += loader.PROG_MISSES_EVERY_S / 2
+    assert t.skipped({}, {}, fresh=False) == {"xmit": 2}   # the reading of half a second ago
+    assert len(reads) == 1
+    clock[0] += loader.PROG_MISSES_EVERY_S / 2
+    assert t.skipped({}, {}, fresh=False) == {"xmit": 5}
+    misses[3] = 6
+    assert t.skipped({}, {}) == {"xmit": 6}                 # fresh: read now
+    assert len(reads) == 3
