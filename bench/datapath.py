@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -113,7 +114,11 @@ def traced(lab: Lab, cmd: list[str], ready: Path, out_path: Path | None = None,
            env: dict | None = None, path=IPVLAN, costs: bool = False) -> dict:
     ready.unlink(missing_ok=True)
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    # stdout to a file: a pipe nobody reads until the end fills after a few
+    # dozen rows and blocks `live --json` in write() while the kernel drops
+    # its records (runs before 2026-12-02 17:31 measured that blocked tool)
+    out_f = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(cmd, stdout=out_f, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, **(env or {})))
     startup = wait_file(ready, proc)
     if costs:   # (the accounting itself costs two clock reads per program run)
@@ -126,7 +131,12 @@ def traced(lab: Lab, cmd: list[str], ready: Path, out_path: Path | None = None,
         Path("/proc/sys/kernel/bpf_stats_enabled").write_text("0")
     res["rss_kib"] = rss_kib(proc.pid)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=900)
+    _, err = proc.communicate(timeout=900)
+    out_f.seek(0)
+    out = out_f.read()
+    out_f.close()
+    if "--json" in cmd and "live" in cmd:
+        res["rows"] = out.count("\n")
     if "stats" in cmd:   # its last reading: what the kernel counted, misses
         last = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
         res["counted_packets"] = last["packets"]

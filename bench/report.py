@@ -43,6 +43,16 @@ def main() -> int:
     lines.append(f"  stats: {st.get('counted_packets', 0):,} packets counted in the kernel "
                  f"(iperf3 saw {st['pps'] * dp['seconds']:,.0f} arrive), "
                  f"{st.get('kprobe_misses', 0)} kprobe misses, no events")
+    if "live_json" in dp:   # its loss: the kernel's count, from its last stderr line
+        lj = dp["live_json"]
+        lost = next((l.split(":")[-1].strip() for l in reversed(lj.get("stderr_tail", []))
+                     if l.startswith("lost events")), "?")
+        cpu = lj.get("tool_cpu_s")
+        lines.append(f"  live_json: {lj['rows']:,} rows printed" if "rows" in lj else
+                     "  live_json: rows not counted (its stdout was a pipe read at the end)")
+        lines[-1] += (f", {lost} records lost"
+                      + (f"; ipvtrace used {cpu:.1f} CPU s of the {dp['seconds']} s flood"
+                         if cpu is not None else ""))
     for key in [k for k in ("record", "record_bcc_callback", "filter_nothing") if k in dp]:
         cpu = dp[key].get("tool_cpu_s")
         lines.append(f"  {key}: {dp[key].get('events', 0):,} events, "
