@@ -157,9 +157,10 @@ def test_hits_the_kernel_skipped_are_counted_per_probe(monkeypatch):
 
 
 def test_live_ticks_read_the_programs_fdinfo_once_a_second(monkeypatch):
-    """Reading every program's fdinfo five times a second was most of an
-    idle `record`'s CPU under emulation: ticks (fresh=False) reuse a
-    reading younger than PROG_MISSES_EVERY_S; the last reading is fresh."""
+    """Reading every program's fdinfo (and kprobe_profile) five times a
+    second was most of an idle `record`'s CPU under emulation: ticks
+    (fresh=False) reuse a reading younger than COUNTERS_EVERY_S; the last
+    reading is fresh."""
     from types import SimpleNamespace
 
     from ipvtrace.capture import loader, probes
@@ -177,11 +178,34 @@ def test_live_ticks_read_the_programs_fdinfo_once_a_second(monkeypatch):
     misses[3] = 2
     assert t.skipped({}, {}, fresh=False) == {"xmit": 2}
     misses[3] = 5
-    clock[0] += loader.PROG_MISSES_EVERY_S / 2
+    clock[0] += loader.COUNTERS_EVERY_S / 2
     assert t.skipped({}, {}, fresh=False) == {"xmit": 2}   # the reading of half a second ago
     assert len(reads) == 1
-    clock[0] += loader.PROG_MISSES_EVERY_S / 2
+    clock[0] += loader.COUNTERS_EVERY_S / 2
     assert t.skipped({}, {}, fresh=False) == {"xmit": 5}
     misses[3] = 6
     assert t.skipped({}, {}) == {"xmit": 6}                 # fresh: read now
+    assert len(reads) == 3
+
+
+def test_live_ticks_read_kprobe_profile_once_a_second(monkeypatch):
+    """The same for tracefs kprobe_profile (kprobe misses, and the hits the
+    pre-6.7 skip estimate subtracts runs from)."""
+    from ipvtrace.capture import loader, probes
+    from ipvtrace.model import layout
+
+    plan = probes.ProbePlan(kernel="6.1.0-57-amd64", tracefs="/nonexistent",
+                            attach=[{"name": "xmit", "fn": "on_xmit", "kind": "kprobe"}])
+    t = loader.Tracer(plan)
+    reads, clock = [], [100.0]
+    monkeypatch.setattr(t, "kprobe_misses",
+                        lambda: reads.append(1) or {"xmit": {"hits": 10, "misses": len(reads)}})
+    monkeypatch.setattr(t, "_stats_values", lambda: (0,) * (layout.current().runs_base + 64))
+    monkeypatch.setattr(loader.time, "monotonic", lambda: clock[0])
+    assert t.kernel_stats(fresh=False)["kprobe_missed.xmit"] == 1
+    clock[0] += loader.COUNTERS_EVERY_S / 2
+    assert t.kernel_stats(fresh=False)["kprobe_missed.xmit"] == 1
+    clock[0] += loader.COUNTERS_EVERY_S / 2
+    assert t.kernel_stats(fresh=False)["kprobe_missed.xmit"] == 2
+    assert t.kernel_stats()["kprobe_missed.xmit"] == 3   # fresh
     assert len(reads) == 3

@@ -71,11 +71,12 @@ def possible_cpus() -> int:
         return os.cpu_count() or 1
 
 
-# how often live's ticks read every program's fdinfo (skipped hits, 6.7+):
-# five times a second it was 38% of `record`'s consumer under a flood and
-# 78% with a filter matching nothing (py-spy, 6.12 in TCG). A skip count
-# read a second late delays only its loss mark.
-PROG_MISSES_EVERY_S = 1.0
+# how often live's ticks read the counters behind files: every program's
+# fdinfo (skipped hits, 6.7+) and tracefs kprobe_profile. Five times a
+# second the fdinfo alone was 38% of `record`'s consumer under a flood and
+# 78% with a filter matching nothing, kprobe_profile most of the rest (py-spy,
+# 6.12 in TCG). A count read a second late delays only its loss mark.
+COUNTERS_EVERY_S = 1.0
 
 TAIL_PROGRAMS = (("worker_tail", "on_worker_hit"),)   # (BPF_PROG_ARRAY, its program)
 
@@ -132,7 +133,7 @@ class Tracer:
         self._base_runs: dict[str, int] = {}       # runs and kprobe hits when armed
         self._base_hits: dict[str, int] = {}
         self._base_prog_misses: dict[str, int] = {}   # 6.7+: recursion_misses when armed
-        self._prog_misses_read: tuple[float, dict[str, int]] | None = None   # (when, what)
+        self._reads: dict[str, tuple[float, dict]] = {}   # _read(): when and what, per counter
         self._slots: mmap.mmap | None = None       # stats mode: counted signatures, mapped
         self._next: mmap.mmap | None = None
         self._slot_size = 0
@@ -259,10 +260,11 @@ class Tracer:
         repairs, kprobe misses (`kprobe_missed.<probe>`) and hits the kernel
         skipped a program for (`skipped.<probe>`). Pass *misses* when they
         were just read: the hits in them must be read before the runs.
-        Not *fresh* (live's ticks): the programs' own skip counts may be up
-        to PROG_MISSES_EVERY_S old (see skipped())."""
+        Not *fresh* (live's ticks): kprobe_profile and the programs' own
+        skip counts may be up to COUNTERS_EVERY_S old (_read())."""
         lay = layout.current()
-        misses = self.kprobe_misses() if misses is None else misses
+        misses = self._read("kprobe_profile", self.kprobe_misses, fresh) if misses is None \
+            else misses
         values = self._stats_values()   # after the hits: see skipped()
         runs_base = lay.runs_base if lay.runs_base is not None else len(values)
         out: dict[str, int] = {}
@@ -306,17 +308,24 @@ class Tracer:
         have run already, so a reading undercounts while packets pass; the
         most seen so far is reported. Tracepoints' skips are not known there."""
         if self.plan.counts_skipped:
-            t = time.monotonic()
-            read = self._prog_misses_read
-            if fresh or read is None or t - read[0] >= PROG_MISSES_EVERY_S:
-                read = self._prog_misses_read = (t, self._prog_misses())
-            return {k: v - self._base_prog_misses.get(k, 0) for k, v in read[1].items()}
+            now = self._read("fdinfo", self._prog_misses, fresh)
+            return {k: v - self._base_prog_misses.get(k, 0) for k, v in now.items()}
         for name, hm in misses.items():
             if name in runs:
                 est = hm["hits"] - runs[name]
                 if est > self._skipped.get(name, 0):
                     self._skipped[name] = est
         return dict(self._skipped)
+
+    def _read(self, what: str, read: Callable[[], dict], fresh: bool) -> dict:
+        """*read*()'s counters, read again when *fresh* or older than
+        COUNTERS_EVERY_S (a stale kprobe hit count makes the pre-6.7 skip
+        estimate undercount, never overcount: see skipped())."""
+        t = time.monotonic()
+        got = self._reads.get(what)
+        if fresh or got is None or t - got[0] >= COUNTERS_EVERY_S:
+            got = self._reads[what] = (t, read())
+        return got[1]
 
     def _prog_misses(self) -> dict[str, int]:
         """recursion_misses per probe name, from each program's fdinfo."""
