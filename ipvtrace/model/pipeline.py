@@ -37,7 +37,6 @@ class Pipeline:
         row_filter: Callable[[Row], bool] | None = None,
         packet_sink: Callable[[Row, Packet], None] | None = None,
         kernel: KernelFacts | None = None,
-        reuse_rows: bool = True,
     ) -> None:
         self.decoder = Decoder(lay)
         self.ctx = cls.Context(
@@ -65,7 +64,7 @@ class Pipeline:
         self._watch: Event | None = None       # the entry whose packet count() / record() waits for
         self._seen: tuple | None = None        # ... what that packet added and its row
         # record(): rows reused for records like a packet's before (rowreuse.py)
-        self._lines = sink if (reuse_rows and row_filter is None and packet_sink is None
+        self._lines = sink if (row_filter is None and packet_sink is None
                                and callable(getattr(sink, "template", None))) else None
         self._likes: dict[tuple, Like] = {}
         self.reused = 0                        # rows record() wrote from a like's
