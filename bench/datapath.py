@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -62,19 +63,43 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def listening(ns: str, port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until a TCP socket listens on *port* in namespace *ns*: a client
+    started a fixed second after the server (as before 2026-12-02) found
+    nobody there when two emulated guests shared the machine, and the
+    one-off server then waited for it until its timeout."""
+    t0 = time.monotonic()
+    while True:
+        r = subprocess.run(["ip", "netns", "exec", ns, "ss", "-Hltn", f"sport = :{port}"],
+                           capture_output=True, text=True)
+        if r.stdout.strip():
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server in {ns} exited: {proc.returncode}")
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError(f"nothing listens on {port} in {ns} after {timeout:.0f} s")
+        time.sleep(0.1)
+
+
 def udp_rate(lab: Lab, seconds: int = SECONDS, during=None, path=IPVLAN) -> dict:
     src, dst, dst_ip = path
     srv = subprocess.Popen(["ip", "netns", "exec", dst, "iperf3", "-s", "-1", "-J"],
                            stdout=subprocess.PIPE, text=True)
-    time.sleep(1.0)
+    listening(dst, 5201, srv)
     cli_proc = subprocess.Popen(["ip", "netns", "exec", src, "iperf3", "-c", dst_ip, "-u",
                                  "-b", "0", "-l", "64", "-t", str(seconds), "-J"],
                                 stdout=subprocess.PIPE, text=True)
     if during is not None:
         during(cli_proc)
-    cli_proc.communicate(timeout=seconds + 60)
+    cli_out, _ = cli_proc.communicate(timeout=seconds + 60)
     cli = cli_proc
-    srv_out, _ = srv.communicate(timeout=60)
+    try:
+        srv_out, _ = srv.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        srv.kill()
+        srv.communicate()
+        raise RuntimeError(f"iperf3's server did not end; the client exited {cli.returncode}: "
+                           f"{cli_out[-600:]}") from None
     s = json.loads(srv_out)["end"]["sum"]
     return {"pps": s["packets"] / s["seconds"] if s["seconds"] else 0.0,
             "lost_pct_udp": s.get("lost_percent"), "client_rc": cli.returncode}
@@ -215,6 +240,19 @@ def main() -> int:
         subprocess.run(["modprobe", m])
     out_dir = Path(os.environ.get("IPVTRACE_OUT", "/tmp")).resolve()
     ready = out_dir / "bench.ready"
+    # what the tools write goes to a local file system, as on a node: in the
+    # VM the output share is 9p without a cache, where every flush is a
+    # round trip to the host (py-spy: a fifth of `record`'s consumer on
+    # 2026-12-02); bpftrace's reference writes there too. The recording the
+    # host replays is copied out after its run.
+    scratch = Path(tempfile.mkdtemp(prefix="ipvt-bench-"))
+    try:
+        return _main(out_dir, ready, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _main(out_dir: Path, ready: Path, scratch: Path) -> int:
     results: dict = {"kernel": os.uname().release, "cpus": os.cpu_count(), "seconds": SECONDS}
     with Lab(namespaces=LAB_NAMESPACES) as lab:
         build(lab)
@@ -222,19 +260,20 @@ def main() -> int:
         results["untraced"] = udp_rate(lab)
         results["stats"] = traced(lab, py + ["stats", "--json", "--interval", "2",
                                              "--ready-file", str(ready)], ready)
-        rec = out_dir / "bench-record.ipvt"
+        rec = scratch / "bench-record.ipvt"
         results["record"] = traced(lab, py + ["record", "-o", str(rec), "--ready-file", str(ready)],
                                    ready, rec)
+        shutil.copyfile(rec, out_dir / rec.name)   # replayed on the host (bench/run)
         # the same, reading the ring buffer through bcc's per-event callback
-        rec_bcc = out_dir / "bench-record-bcc.ipvt"
+        rec_bcc = scratch / "bench-record-bcc.ipvt"
         results["record_bcc_callback"] = traced(
             lab, py + ["record", "-o", str(rec_bcc), "--ready-file", str(ready)], ready, rec_bcc,
             env={"IPVTRACE_RINGBUF": "bcc"})
         results["live_json"] = traced(lab, py + ["live", "--json", "--ready-file", str(ready)], ready)
         results["filter_nothing"] = traced(
-            lab, py + ["record", "-o", str(out_dir / "bench-none.ipvt"), "--ready-file", str(ready),
-                       "host", "192.0.2.77"], ready, out_dir / "bench-none.ipvt")
-        results["bpftrace_ref"] = bpftrace_ref(lab, out_dir)
+            lab, py + ["record", "-o", str(scratch / "bench-none.ipvt"), "--ready-file", str(ready),
+                       "host", "192.0.2.77"], ready, scratch / "bench-none.ipvt")
+        results["bpftrace_ref"] = bpftrace_ref(lab, scratch)
         results["soak_live_json"] = soak(lab, py + ["live", "--json", "--ready-file", str(ready)],
                                          ready)
         # what each probe costs per hit (a run of its own: the accounting costs too)
@@ -245,7 +284,7 @@ def main() -> int:
         results["veth_untraced"] = udp_rate(lab, path=VETH)
         results["veth_stats"] = traced(lab, py + ["stats", "--json", "--interval", "2",
                                                   "--ready-file", str(ready)], ready, path=VETH)
-        rec_v = out_dir / "bench-veth.ipvt"
+        rec_v = scratch / "bench-veth.ipvt"
         results["veth_record"] = traced(lab, py + ["record", "-o", str(rec_v), "--ready-file",
                                                    str(ready)], ready, rec_v, path=VETH)
         results["veth_untraced_again"] = udp_rate(lab, path=VETH)

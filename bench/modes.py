@@ -18,6 +18,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -34,9 +35,11 @@ def main() -> int:
     out_dir = Path(os.environ.get("IPVTRACE_OUT", "/tmp")).resolve()
     ready = out_dir / "modes.ready"
     py = [sys.executable, "-m", "ipvtrace"]
+    # the recording on the guest's own tmpfs, not the 9p share (datapath.main)
+    rec = Path(tempfile.mkdtemp(prefix="ipvt-modes-")) / "modes.ipvt"
     modes = {
         "stats": lambda: py + ["stats", "--json", "--interval", "2", "--ready-file", str(ready)],
-        "record": lambda: py + ["record", "-o", str(out_dir / "modes.ipvt"),
+        "record": lambda: py + ["record", "-o", str(rec),
                                 "--ready-file", str(ready)],
         "live --json": lambda: py + ["live", "--json", "--ready-file", str(ready)],
     }
@@ -46,7 +49,7 @@ def main() -> int:
         runs.append({"run": "untraced", "pps": dp.udp_rate(lab)["pps"]})
         for _ in range(ROUNDS):
             for name, cmd in modes.items():
-                out = out_dir / "modes.ipvt" if name == "record" else None
+                out = rec if name == "record" else None
                 res = dp.traced(lab, cmd(), ready, out)
                 runs.append({"run": name, **{k: res.get(k) for k in (
                     "pps", "tool_cpu_s", "rows", "events", "lost_events", "stderr_tail")}})

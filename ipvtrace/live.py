@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from ipvtrace import __version__
-from ipvtrace.capture import probes, refresher, snapshot
+from ipvtrace.capture import probes, refresher, ringbuf, snapshot
 from ipvtrace.capture.symbols import Kallsyms, drop_reasons
 from ipvtrace.lifecycle import StopFlag, announce, ktime_ns
 from ipvtrace.model import layout
@@ -26,6 +26,7 @@ from ipvtrace.output import recording
 
 TICK_MS = 200
 HOLD_MAX_BYTES = 64 << 20   # records held while a new device's namespace is read
+KNOWN_MAX = 4096            # distinct plain record windows remembered (ringbuf.Known)
 ENTRY_PROBES = ("xmit", "rx")
 
 
@@ -88,7 +89,7 @@ def run_live(opts: LiveOptions) -> dict:
                     src.kallsyms.resolve(0)   # read kallsyms now, not under the first drop
                 # record, on the mapped ring: records whose devices are known
                 # go to the file in whole runs (no Python per record beyond a peek)
-                tracer.on_event(src.raw, runs=(src.plain, src.ring_run)
+                tracer.on_event(src.raw, runs=(src.plain, src.ring_run, src.known)
                                 if writer is not None and opts.sink is None else None)
                 stop.install()
                 announce(plan, f"tracing ({plan.probe_count} probes)"
@@ -168,6 +169,9 @@ class _LiveStream:
             f"<{roffs['kind']}xI{roffs['netns'] - roffs['kind'] - 4}xIi"
             f"{roffs['probe'] - roffs['netns'] - 8}xH")
         self._peek = self._win.unpack_from
+        # windows plain() accepted since the last hold: ringbuf.walk passes
+        # those records on without calling it
+        self.known = ringbuf.Known(self._peek, self._win.size, set())
         ids = {v: k for k, v in lay.probes.items()}
         self._context_id = ids["context"]
         self._entry_ids = {ids[p] for p in ENTRY_PROBES}
@@ -233,8 +237,14 @@ class _LiveStream:
         (_waits decides, record by record)."""
         if self._held or length < self._win.size:
             return False
-        key = self._entry(data, off)
-        return key is None or key in self._settled
+        win = self._peek(data, off)
+        key = self._key(win)
+        if key is None or key in self._settled:
+            if len(self.known.keys) >= KNOWN_MAX:
+                self.known.keys.clear()
+            self.known.keys.add(win)
+            return True
+        return False
 
     def ring_run(self, span: bytes, records: int) -> None:
         """Records plain() accepted, framed as the ring framed them."""
@@ -253,7 +263,10 @@ class _LiveStream:
         or None: read from the bytes, so that a held record is only bytes
         (decoded, a record takes ten times the memory). A context record's
         hits are helpers: a nested entry sends its own record."""
-        kind, netns, ifindex, probe = self._peek(data, off)
+        return self._key(self._peek(data, off))
+
+    def _key(self, win: tuple[int, int, int, int]) -> tuple[int, int, int] | None:
+        kind, netns, ifindex, probe = win
         if probe == self._context_id:
             probe = kind
         return (probe, netns, ifindex) if probe in self._entry_ids else None
@@ -302,6 +315,7 @@ class _LiveStream:
         the reads before it are in. Bounded: past HOLD_MAX_BYTES the consumer
         waits for the reader, as it did when reads ran inline."""
         self._held.append(item)
+        self.known.keys.clear()   # plain() says no to all while anything is held
         if item[0] == "data":
             self._held_bytes += len(item[1])
         self.held_max = max(self.held_max, len(self._held))

@@ -13,7 +13,7 @@ import ctypes
 import struct
 import sys
 
-from ipvtrace.capture import loader
+from ipvtrace.capture import bpfsys, loader
 from ipvtrace.model import filterexpr, layout, packet
 
 # the expressions: every primitive, with directions, negation, combinations
@@ -79,26 +79,6 @@ FRAMES = (
 )
 
 
-class _TestRunAttr(ctypes.Structure):
-    _fields_ = [("prog_fd", ctypes.c_uint32), ("retval", ctypes.c_uint32),
-                ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32),
-                ("data_in", ctypes.c_uint64), ("data_out", ctypes.c_uint64),
-                ("repeat", ctypes.c_uint32), ("duration", ctypes.c_uint32),
-                ("pad", ctypes.c_uint8 * 64)]
-
-
-def _test_run(prog_fd: int, data: bytes) -> int:
-    libc = ctypes.CDLL(None, use_errno=True)
-    buf = ctypes.create_string_buffer(data, len(data))
-    out = ctypes.create_string_buffer(len(data) + 256)
-    attr = _TestRunAttr(prog_fd=prog_fd, data_size_in=len(data), data_size_out=len(out),
-                        data_in=ctypes.addressof(buf), data_out=ctypes.addressof(out), repeat=1)
-    BPF_PROG_TEST_RUN, NR_BPF = 10, 321
-    if libc.syscall(NR_BPF, BPF_PROG_TEST_RUN, ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
-        raise OSError(ctypes.get_errno(), "BPF_PROG_TEST_RUN failed")
-    return attr.retval
-
-
 def replay_verdict(expr: filterexpr.Node, frame: bytes, has_mac: bool) -> bool:
     info = packet.parse(frame, has_mac=has_mac)
     row = {"proto": info.proto, "src": info.src, "dst": info.dst,
@@ -119,7 +99,7 @@ def main() -> int:
             data = frame if has_mac else bytes(12) + b"\x08\x00" + frame
             if len(data) < 14:
                 data = data + bytes(14 - len(data))
-            kernel = _test_run(fn.fd, data) == 1
+            kernel = bpfsys.test_run(fn.fd, data) == 1
             replay = replay_verdict(expr, frame, has_mac)
             if kernel != replay:
                 bad += 1

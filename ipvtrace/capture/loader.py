@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Callable
 
 from ipvtrace.model import layout
+from ipvtrace.capture import bpfsys
 from ipvtrace.capture.probes import ProbePlan
-from ipvtrace.capture.ringbuf import Plain, Run
+from ipvtrace.capture.ringbuf import Known, Plain, Run
 
 KRETPROBE_MAXACTIVE = 64
 DEFAULT_RINGBUF_PAGES = 1024  # 4 MiB
@@ -27,7 +28,7 @@ def _pages(n: int) -> int:
 
 def fdinfo_misses(fd: int) -> int:
     """A BPF program's recursion_misses from /proc/self/fdinfo/FD (0 when
-    the kernel does not say)."""
+    the kernel does not say): where bpf(2)'s number is not known."""
     try:
         with open(f"/proc/self/fdinfo/{fd}") as f:
             for line in f:
@@ -71,11 +72,12 @@ def possible_cpus() -> int:
         return os.cpu_count() or 1
 
 
-# how often live's ticks read the counters behind files: every program's
-# fdinfo (skipped hits, 6.7+) and tracefs kprobe_profile. Five times a
-# second the fdinfo alone was 38% of `record`'s consumer under a flood and
-# 78% with a filter matching nothing, kprobe_profile most of the rest (py-spy,
-# 6.12 in TCG). A count read a second late delays only its loss mark.
+# how often live's ticks read the counters behind files and syscalls: every
+# program's skipped hits (6.7+) and tracefs kprobe_profile. Five times a
+# second, read from fdinfo, the skipped hits alone were 38% of `record`'s
+# consumer under a flood and 78% with a filter matching nothing,
+# kprobe_profile most of the rest (py-spy, 6.12 in TCG); they are now read
+# by bpf(2) (bpfsys). A count read a second late delays only its loss mark.
 COUNTERS_EVERY_S = 1.0
 
 TAIL_PROGRAMS = (("worker_tail", "on_worker_hit"),)   # (BPF_PROG_ARRAY, its program)
@@ -127,12 +129,13 @@ class Tracer:
         self._cb: Callable | None = None
         self._ring = None            # ringbuf.MappedRing, when this CPU allows it
         self._handle: Callable[[bytes], None] | None = None
-        self._runs_to: tuple[Plain, Run] | None = None   # record: whole runs of the ring
+        self._runs_to: tuple[Plain, Run, Known | None] | None = None   # record: whole runs of the ring
         self._stats_map: mmap.mmap | None = None   # the `stats` counters, mapped
         self._skipped: dict[str, int] = {}         # the most skipped hits seen, per kprobe
         self._base_runs: dict[str, int] = {}       # runs and kprobe hits when armed
         self._base_hits: dict[str, int] = {}
         self._base_prog_misses: dict[str, int] = {}   # 6.7+: recursion_misses when armed
+        self._prog_infos: list[tuple[str, int, bpfsys.ProgInfo]] | None = None
         self._reads: dict[str, tuple[float, dict]] = {}   # _read(): when and what, per counter
         self._slots: mmap.mmap | None = None       # stats mode: counted signatures, mapped
         self._next: mmap.mmap | None = None
@@ -207,7 +210,7 @@ class Tracer:
         self.close()
 
     def on_event(self, callback: Callable[[bytes], None],
-                 runs: tuple[Plain, Run] | None = None) -> None:
+                 runs: tuple[Plain, Run, Known | None] | None = None) -> None:
         """Call *callback* with each raw event (bytes) as it is polled: read
         from the mapped ring buffer pages where the CPU allows it (no ctypes
         call per event), through bcc's callback otherwise. With *runs*
@@ -243,7 +246,8 @@ class Tracer:
 
     def _consume(self) -> None:
         if self._runs_to is not None:
-            self._ring.consume_runs(*self._runs_to, self._handle)
+            plain, run, known = self._runs_to
+            self._ring.consume_runs(plain, run, self._handle, known)
         else:
             self._ring.consume(self._handle)
 
@@ -300,7 +304,7 @@ class Tracer:
         while one of ours ran; another tool's program): evidence lost unseen.
 
         From 6.7 (plan.counts_skipped) the kernel counts them per program
-        (recursion_misses, read from /proc/self/fdinfo: no bpf syscall), for
+        (recursion_misses, read by BPF_OBJ_GET_INFO_BY_FD, which holds no bpf_prog_active), for
         the kprobes and the tracepoints alike: exact, since arm().
         Before 6.7, kprobes only, estimated: the kprobe's hits (tracefs
         kprobe_profile, in *misses*) minus the runs the program counted
@@ -328,15 +332,25 @@ class Tracer:
         return got[1]
 
     def _prog_misses(self) -> dict[str, int]:
-        """recursion_misses per probe name, from each program's fdinfo."""
+        """recursion_misses per probe name, each program's read by
+        BPF_OBJ_GET_INFO_BY_FD (bpfsys: 2.6 µs a program on the build
+        machine, where reading its fdinfo took 16 µs)."""
         if self.bpf is None:
             return {}
-        names = {p["fn"]: p["name"] for p in self.plan.attach}
+        if self._prog_infos is None:
+            names = {p["fn"]: p["name"] for p in self.plan.attach}
+            self._prog_infos = []
+            for fn, f in list(self.bpf.funcs.items()):
+                fn = fn.decode() if isinstance(fn, bytes) else fn
+                if fn in names:
+                    self._prog_infos.append((names[fn], f.fd, bpfsys.ProgInfo(f.fd)))
         out: dict[str, int] = {}
-        for fn, f in list(self.bpf.funcs.items()):
-            fn = fn.decode() if isinstance(fn, bytes) else fn
-            if fn in names:
-                out[names[fn]] = out.get(names[fn], 0) + fdinfo_misses(f.fd)
+        for name, fd, info in self._prog_infos:
+            try:
+                n = info.run_stats()[2]
+            except OSError:
+                n = fdinfo_misses(fd)
+            out[name] = out.get(name, 0) + n
         return out
 
     def _stats_values(self) -> tuple[int, ...]:

@@ -8,15 +8,32 @@ import socket
 import struct
 import sys
 
-from ipvtrace.capture import loader
+from ipvtrace.capture import bpfsys, loader
 from ipvtrace.capture.ringbuf import MappedRing
 from ipvtrace.model import layout
 
 PACKETS = 5000
 
 
+STATS = "/proc/sys/kernel/bpf_stats_enabled"
+
+
 def main() -> int:
     bcc = loader.import_bcc()
+    # the kernel counts the program's runs while this is 1: checks where
+    # bpfsys reads the counters (run_cnt must equal the program's own count)
+    with open(STATS) as f:
+        stats_was = f.read().strip()
+    with open(STATS, "w") as f:
+        f.write("1")
+    try:
+        return _check(bcc)
+    finally:
+        with open(STATS, "w") as f:
+            f.write(stats_was)
+
+
+def _check(bcc) -> int:
     b = bcc.BPF(src_file=str(layout.BPF_DIR / "ringbuf_check.c").encode(), cflags=["-w"])
     try:
         fn = b.load_func(b"on_packet", bcc.BPF.SOCKET_FILTER)
@@ -41,14 +58,22 @@ def main() -> int:
         print(f"ringbuf-check: {len(seqs)} records of {sent} sent, in order, intact "
               f"({sum(r[3] + 8 for r in recs) // (4 * 4096)} wraps of the ring)")
         ring.close()
-        # the kernel's count of hits it skipped this program for: where the
-        # tracer reads it (loader.fdinfo_misses), without a bpf syscall
+        # the kernel's count of hits it skipped this program for, as the
+        # tracer reads it (bpfsys.ProgInfo) and as fdinfo prints it
         with open(f"/proc/self/fdinfo/{fn.fd}") as f:
             named = "recursion_misses:" in f.read()
-        if not named or loader.fdinfo_misses(fn.fd) != 0:
-            print("ringbuf-check: FAILED: fdinfo names no recursion_misses of 0")
+        _, run_cnt, by_info = bpfsys.ProgInfo(fn.fd).run_stats()
+        sent_after = b["sent"][0].value
+        if not sent <= run_cnt <= sent_after:
+            print(f"ringbuf-check: FAILED: BPF_OBJ_GET_INFO_BY_FD says {run_cnt} runs, "
+                  f"the program counted {sent} to {sent_after}")
             return 1
-        print("ringbuf-check: fdinfo recursion_misses read (0)")
+        if not named or loader.fdinfo_misses(fn.fd) != 0 or by_info != 0:
+            print("ringbuf-check: FAILED: recursion_misses not 0 in fdinfo and "
+                  f"BPF_OBJ_GET_INFO_BY_FD ({by_info})")
+            return 1
+        print(f"ringbuf-check: BPF_OBJ_GET_INFO_BY_FD: {run_cnt} runs as counted, "
+              "recursion_misses 0 as fdinfo says")
         return 0
     finally:
         b.cleanup()
