@@ -279,6 +279,10 @@ def _main(out_dir: Path, ready: Path, scratch: Path) -> int:
         # what each probe costs per hit (a run of its own: the accounting costs too)
         results["stats_costs"] = traced(lab, py + ["stats", "--json", "--interval", "2",
                                                    "--ready-file", str(ready)], ready, costs=True)
+        # the same for the record build: what sending each packet's record costs
+        results["record_costs"] = traced(
+            lab, py + ["record", "-o", str(scratch / "bench-costs.ipvt"), "--ready-file",
+                       str(ready)], ready, scratch / "bench-costs.ipvt", costs=True)
         results["untraced_again"] = udp_rate(lab)
         # traffic that never touches ipvlan, untraced and under stats / record
         results["veth_untraced"] = udp_rate(lab, path=VETH)

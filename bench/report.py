@@ -59,17 +59,23 @@ def main() -> int:
                      f"{dp[key].get('lost_events', 0):,} lost"
                      + (f"; ipvtrace used {cpu:.1f} CPU s of the {dp['seconds']} s flood"
                         if cpu is not None else ""))
-    if dp.get("stats_costs", {}).get("prog_costs"):
-        sc_ = dp["stats_costs"]
+    for key, build in (("stats_costs", "stats"), ("record_costs", "record")):
+        if not dp.get(key, {}).get("prog_costs"):
+            continue
+        sc_ = dp[key]
         total = sum(c["total_ms"] for c in sc_["prog_costs"]) or 1
-        lines.append(f"what each probe costs (stats build, kernel.bpf_stats_enabled, "
-                     f"{sc_['pps']:,.0f} packets/s in that run):")
+        per = dp["seconds"] * sc_["pps"] or 1
+        lines.append(f"what each probe costs ({build} build, kernel.bpf_stats_enabled, "
+                     f"{sc_['pps']:,.0f} packets/s in that run; "
+                     f"{1000 * total / per:.1f} µs of programs a packet):")
         for c in sc_["prog_costs"]:
-            per = dp["seconds"] * sc_["pps"] or 1
+            if build == "record" and not c["hits"]:
+                continue   # the stats table lists every program once
             lines.append(f"  {c['prog']:<16} {c['hits']:>10,} hits ({c['hits'] / per:.1f}/packet) "
                          f"{c['ns_per_hit'] or 0:>6} ns/hit  {100 * c['total_ms'] / total:4.1f}%")
-        lines.append("  (a tail-called program, on_worker_hit, runs inside its caller: the kernel "
-                     "counts its runs and time there, and shows it with 0 hits)")
+        if build == "stats":
+            lines.append("  (a tail-called program, on_worker_hit, runs inside its caller: the "
+                         "kernel counts its runs and time there, and shows it with 0 hits)")
     if "veth_untraced" in dp:
         vb = (dp["veth_untraced"]["pps"] + dp["veth_untraced_again"]["pps"]) / 2
         lines.append(f"traffic that never touches ipvlan (veth pair): untraced {vb:,.0f} packets/s; "
