@@ -156,22 +156,43 @@ def test_hits_the_kernel_skipped_are_counted_per_probe(monkeypatch):
 
 
 
-def test_live_ticks_read_the_programs_fdinfo_once_a_second(monkeypatch):
-    """Reading every program's fdinfo (and kprobe_profile) five times a
-    second was most of an idle `record`'s CPU under emulation: ticks
-    (fresh=False) reuse a reading younger than COUNTERS_EVERY_S; the last
-    reading is fresh."""
+def _skip_counting_tracer(monkeypatch, misses: dict, reads: list, fails: bool = False):
+    """A 6.12 Tracer with one program (fd 3) whose skipped-hit count is
+    misses[3], read through a stand-in for BPF_OBJ_GET_INFO_BY_FD (every
+    read appended to *reads*), which fails when *fails*."""
     from types import SimpleNamespace
 
-    from ipvtrace.capture import loader, probes
+    from ipvtrace.capture import bpfsys, loader, probes
 
+    class Info:
+        def __init__(self, fd: int) -> None:
+            self.fd = fd
+
+        def run_stats(self) -> tuple[int, int, int]:
+            if fails:
+                raise OSError(22, "bpf(15) failed")
+            reads.append(self.fd)
+            return 0, 0, misses[self.fd]
+
+    monkeypatch.setattr(bpfsys, "ProgInfo", Info)
     plan = probes.ProbePlan(kernel="6.12.117+deb12-amd64", tracefs="/nonexistent",
                             attach=[{"name": "xmit", "fn": "on_xmit", "kind": "kprobe"}],
                             counts_skipped=True)
     t = loader.Tracer(plan)
     t.bpf = SimpleNamespace(funcs={b"on_xmit": SimpleNamespace(fd=3)})
+    return t
+
+
+def test_live_ticks_read_the_programs_skip_counts_once_a_second(monkeypatch):
+    """Reading every program's skipped hits (then from fdinfo) and
+    kprobe_profile five times a second was most of an idle `record`'s CPU
+    under emulation: ticks (fresh=False) reuse a reading younger than
+    COUNTERS_EVERY_S; the last reading is fresh."""
+    from ipvtrace.capture import loader
+
     reads, misses, clock = [], {3: 0}, [100.0]
-    monkeypatch.setattr(loader, "fdinfo_misses", lambda fd: reads.append(fd) or misses[fd])
+    t = _skip_counting_tracer(monkeypatch, misses, reads)
+    monkeypatch.setattr(loader, "fdinfo_misses", lambda fd: pytest.fail("fdinfo read"))
     monkeypatch.setattr(loader.time, "monotonic", lambda: clock[0])
     t._base_prog_misses = t._prog_misses()
     reads.clear()
@@ -186,6 +207,17 @@ def test_live_ticks_read_the_programs_fdinfo_once_a_second(monkeypatch):
     misses[3] = 6
     assert t.skipped({}, {}) == {"xmit": 6}                 # fresh: read now
     assert len(reads) == 3
+
+
+def test_skip_counts_come_from_fdinfo_where_bpf_info_fails(monkeypatch):
+    """Where BPF_OBJ_GET_INFO_BY_FD cannot be made (bpf(2)'s number not
+    known on this machine), the count is read from the program's fdinfo."""
+    from ipvtrace.capture import loader
+
+    t = _skip_counting_tracer(monkeypatch, {3: 0}, [], fails=True)
+    from_fdinfo = []
+    monkeypatch.setattr(loader, "fdinfo_misses", lambda fd: from_fdinfo.append(fd) or 4)
+    assert t._prog_misses() == {"xmit": 4} and from_fdinfo == [3]
 
 
 def test_live_ticks_read_kprobe_profile_once_a_second(monkeypatch):
