@@ -1,4 +1,4 @@
-"""The two bpf(2) commands ipvtrace makes itself, through ctypes (bcc wraps neither).
+"""The bpf(2) commands ipvtrace makes itself, through ctypes (bcc wraps none of them).
 
 BPF_OBJ_GET_INFO_BY_FD reads a program's counters without the cost of
 /proc/self/fdinfo (an open, a formatted text of a dozen lines and a parse
@@ -15,6 +15,8 @@ import struct
 
 BPF_PROG_TEST_RUN = 10
 BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_ENABLE_STATS = 32
+BPF_STATS_RUN_TIME = 0
 
 # __NR_bpf per machine (asm/unistd*.h); elsewhere the callers fall back
 _NR_BPF = {"x86_64": 321, "aarch64": 280, "i686": 357, "i386": 357, "ppc64le": 361,
@@ -34,6 +36,10 @@ class _InfoAttr(ctypes.Structure):
                 ("info", ctypes.c_uint64)]
 
 
+class _EnableStatsAttr(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_uint32)]
+
+
 class _TestRunAttr(ctypes.Structure):
     _fields_ = [("prog_fd", ctypes.c_uint32), ("retval", ctypes.c_uint32),
                 ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32),
@@ -45,15 +51,25 @@ class _TestRunAttr(ctypes.Structure):
 _libc: ctypes.CDLL | None = None
 
 
-def _bpf(cmd: int, attr: ctypes.Structure) -> None:
+def _bpf(cmd: int, attr: ctypes.Structure) -> int:
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
     nr = _NR_BPF.get(platform.machine())
     if nr is None:
         raise OSError(38, f"bpf(2)'s number on {platform.machine()} is not known")
-    if _libc.syscall(nr, cmd, ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
+    ret = _libc.syscall(nr, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    if ret < 0:
         raise OSError(ctypes.get_errno(), f"bpf({cmd}) failed")
+    return ret
+
+
+def enable_stats() -> int:
+    """Have the kernel count every program's runs and run time while the
+    returned fd is open (5.8+). Unlike kernel.bpf_stats_enabled, a global
+    switch that another process may turn off under us (two checks run at
+    once did: one read 0 runs), each holder keeps it on."""
+    return _bpf(BPF_ENABLE_STATS, _EnableStatsAttr(type=BPF_STATS_RUN_TIME))
 
 
 class ProgInfo:

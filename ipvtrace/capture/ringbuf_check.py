@@ -4,6 +4,7 @@ a BPF program submits comes out once, in order, intact, while the 16 KiB ring
 wraps around many times."""
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import sys
@@ -15,22 +16,15 @@ from ipvtrace.model import layout
 PACKETS = 5000
 
 
-STATS = "/proc/sys/kernel/bpf_stats_enabled"
-
-
 def main() -> int:
     bcc = loader.import_bcc()
-    # the kernel counts the program's runs while this is 1: checks where
-    # bpfsys reads the counters (run_cnt must equal the program's own count)
-    with open(STATS) as f:
-        stats_was = f.read().strip()
-    with open(STATS, "w") as f:
-        f.write("1")
+    # the kernel counts the program's runs while this fd is open: checks
+    # where bpfsys reads the counters (run_cnt must equal the program's own count)
+    stats = bpfsys.enable_stats()
     try:
         return _check(bcc)
     finally:
-        with open(STATS, "w") as f:
-            f.write(stats_was)
+        os.close(stats)
 
 
 def _check(bcc) -> int:
