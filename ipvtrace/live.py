@@ -113,7 +113,7 @@ def run_live(opts: LiveOptions) -> dict:
                     tracer.poll(TICK_MS)
                     src.check()
                     # the counters (tracefs kprobe_profile, the mapped stats,
-                    # fdinfo) once a tick, not after every batch: under a
+                    # the programs' skipped hits) once a tick, not after every batch: under a
                     # flood a poll returns per batch, and a loss mark per
                     # tick is all the file needs
                     if time.monotonic() >= next_stats:

@@ -312,7 +312,7 @@ class Tracer:
         have run already, so a reading undercounts while packets pass; the
         most seen so far is reported. Tracepoints' skips are not known there."""
         if self.plan.counts_skipped:
-            now = self._read("fdinfo", self._prog_misses, fresh)
+            now = self._read("skipped", self._prog_misses, fresh)
             return {k: v - self._base_prog_misses.get(k, 0) for k, v in now.items()}
         for name, hm in misses.items():
             if name in runs:
