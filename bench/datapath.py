@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ipvtrace.capture import bpfsys
 from ipvtrace.lab.netlab import Lab
 
 NS = ["ipvt-bench-host", "ipvt-bench-a", "ipvt-bench-b"]
@@ -118,7 +119,7 @@ def wait_file(path: Path, proc: subprocess.Popen, timeout: float = 900) -> float
 
 def prog_costs(pid: int) -> list[dict]:
     """What each BPF program of process *pid* cost during the flood: hits and
-    ns per hit, from the kernel's own accounting (kernel.bpf_stats_enabled,
+    ns per hit, from the kernel's own accounting (on while bpfsys.enable_stats' fd is open,
     read with bpftool), most expensive first."""
     r = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
     if r.returncode != 0:
@@ -146,14 +147,19 @@ def traced(lab: Lab, cmd: list[str], ready: Path, out_path: Path | None = None,
     proc = subprocess.Popen(cmd, stdout=out_f, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, **(env or {})))
     startup = wait_file(ready, proc)
-    if costs:   # (the accounting itself costs two clock reads per program run)
-        Path("/proc/sys/kernel/bpf_stats_enabled").write_text("1")
-    cpu0 = cpu_s(proc.pid)
-    res = udp_rate(lab, path=path)
-    res["tool_cpu_s"] = round(cpu_s(proc.pid) - cpu0, 2)   # the tool's own CPU during the flood
-    if costs:
-        res["prog_costs"] = prog_costs(proc.pid)
-        Path("/proc/sys/kernel/bpf_stats_enabled").write_text("0")
+    # the kernel's run-time accounting, held by an fd (bpfsys.enable_stats),
+    # not the global sysctl another process may turn off; it costs two clock
+    # reads per program run, so only in the runs that ask for it
+    stats_fd = bpfsys.enable_stats() if costs else None
+    try:
+        cpu0 = cpu_s(proc.pid)
+        res = udp_rate(lab, path=path)
+        res["tool_cpu_s"] = round(cpu_s(proc.pid) - cpu0, 2)   # the tool's own CPU during the flood
+        if costs:
+            res["prog_costs"] = prog_costs(proc.pid)
+    finally:
+        if stats_fd is not None:
+            os.close(stats_fd)
     res["rss_kib"] = rss_kib(proc.pid)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=900)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,7 +37,14 @@ def main() -> int:
     ready = out_dir / "modes.ready"
     py = [sys.executable, "-m", "ipvtrace"]
     # the recording on the guest's own tmpfs, not the 9p share (datapath.main)
-    rec = Path(tempfile.mkdtemp(prefix="ipvt-modes-")) / "modes.ipvt"
+    scratch = Path(tempfile.mkdtemp(prefix="ipvt-modes-"))
+    try:
+        return _run(out_dir, ready, py, scratch / "modes.ipvt")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(out_dir: Path, ready: Path, py: list[str], rec: Path) -> int:
     modes = {
         "stats": lambda: py + ["stats", "--json", "--interval", "2", "--ready-file", str(ready)],
         "record": lambda: py + ["record", "-o", str(rec),

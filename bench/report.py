@@ -65,7 +65,7 @@ def main() -> int:
         sc_ = dp[key]
         total = sum(c["total_ms"] for c in sc_["prog_costs"]) or 1
         per = dp["seconds"] * sc_["pps"] or 1
-        lines.append(f"what each probe costs ({build} build, kernel.bpf_stats_enabled, "
+        lines.append(f"what each probe costs ({build} build, the kernel's BPF run-time accounting, "
                      f"{sc_['pps']:,.0f} packets/s in that run; "
                      f"{1000 * total / per:.1f} µs of programs a packet):")
         for c in sc_["prog_costs"]:

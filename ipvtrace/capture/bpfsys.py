@@ -82,7 +82,8 @@ class ProgInfo:
 
     def run_stats(self) -> tuple[int, int, int]:
         """(run_time_ns, run_cnt, recursion_misses): the first two only while
-        kernel.bpf_stats_enabled is 1; the last always (5.12+)."""
+        the kernel's run-time accounting is on (enable_stats(), or the
+        kernel.bpf_stats_enabled sysctl); the last always (5.12+)."""
         # zeroed each time: the kernel writes lengths back (jited_prog_len,
         # ...) that, read as input the next time, ask it to copy to NULL
         ctypes.memset(self._buf, 0, PROG_INFO_SIZE)
