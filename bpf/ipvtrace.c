@@ -993,9 +993,38 @@ static __always_inline void note_site(__u64 location) {}
 
 #else /* the trace build: records and events to the ring buffer */
 
+/* skb -> skb->head of frames a slave's TX forwarded to the parent
+ * (tx.l2.to_parent) whose TX record the ring had no room for: the parent's
+ * RX of that frame is the second half of a packet whose first half is lost,
+ * and its record says so (IPVT_F_LOST), where it would otherwise read as a
+ * whole packet of its own (rx.to_host) */
+BPF_TABLE("lru_hash", __u64, __u64, echo_lost, 1024);
+
+/* A TX record was not sent: remember its to-parent frames (a dev_forward_skb
+ * before any ipvlan_rcv_frame, as the correlator and hit_kept tell them). */
+static __always_inline void echo_orphaned(__u8 *buf)
+{
+	struct ipvt_rec *r = (struct ipvt_rec *)buf;
+	if (r->kind != IPVT_P_XMIT)
+		return;
+	__u8 local = 0;
+#pragma clang loop unroll(disable)
+	for (__u32 n = 0; n < IPVT_HITS_MAX; n++) {
+		struct ipvt_hit *h = rec_hit(buf, n);
+		if (!h)
+			break;
+		if (h->probe == IPVT_P_RCV_FRAME) {
+			local = 1;
+		} else if (h->probe == IPVT_P_FWD && !local) {
+			__u64 key = h->skb, head = h->head;
+			echo_lost.update(&key, &head);
+		}
+	}
+}
+
 /* The context in stack entry idx returned: send its record, once. A record
  * the ring has no room for is counted per entry probe (the packet is lost
- * whole: never a row from part of it). */
+ * whole: never a row from part of it; a to-parent frame's RX is flagged). */
 static __always_inline void rec_close(struct ipvt_stack *st, __u32 idx, __s64 ret, __u8 lossy)
 {
 	__u8 *buf = st->rec[stack_idx(idx)];
@@ -1005,12 +1034,23 @@ static __always_inline void rec_close(struct ipvt_stack *st, __u32 idx, __s64 re
 	r->ret_dt = dt > 0xffffffffULL ? 0xffffffff : (__u32)dt;
 	if (lossy)
 		r->flags |= IPVT_F_LOST;
+	if (r->kind == IPVT_P_RX) {
+		__u64 key = r->skb;
+		__u64 *head = echo_lost.lookup(&key);
+		if (head) {
+			if (*head == r->head)
+				r->flags |= IPVT_F_LOST;
+			echo_lost.delete(&key);
+		}
+	}
 	__u64 size = rec_size(r);
 	asm volatile("" : "+r"(size));
 	if (size > IPVT_REC_MAX)
 		size = IPVT_REC_MAX;
-	if (events.ringbuf_output(buf, size, 0) != 0)
+	if (events.ringbuf_output(buf, size, 0) != 0) {
 		stat_inc(IPVT_S_LOST_BASE + r->kind);
+		echo_orphaned(buf);
+	}
 }
 
 static __always_inline void hit_kept(__u16 p, struct ipvt_hit *h, struct ipvt_rec *r) {}

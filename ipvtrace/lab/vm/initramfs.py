@@ -71,10 +71,16 @@ def module_paths(kver: str) -> list[Path]:
     """The .ko files (in load order, deduplicated) that BOOT_MODULES need."""
     seen: list[Path] = []
     for mod in BOOT_MODULES:
-        out = subprocess.run(
-            ["modprobe", "-S", kver, "--show-depends", mod],
-            check=True, capture_output=True, text=True,
-        ).stdout
+        got = subprocess.run(
+            ["modprobe", "-S", kver, "--show-depends", mod], capture_output=True, text=True,
+        )
+        if got.returncode != 0:
+            # Debian's -cloud- builds have no 9p: the guest could not reach this root
+            raise RuntimeError(
+                f"kernel {kver} has no module {mod} (nor built in): the VM runner shares "
+                f"this machine's root with the guest over virtio 9p; use a kernel with "
+                f"CONFIG_NET_9P_VIRTIO and CONFIG_9P_FS ({got.stderr.strip()})")
+        out = got.stdout
         for line in out.splitlines():
             parts = line.split()
             if parts and parts[0] == "insmod":

@@ -25,6 +25,7 @@ KERNEL_ALIASES = {
     "6.1": ("6.1.*-amd64", "generic"),
     "6.12": ("6.12.*-amd64", "generic"),
     "6.1-rt": ("6.1.*-rt-amd64", "rt"),
+    "6.12-rt": ("6.12.*-rt-amd64", "rt"),
 }
 
 
@@ -43,7 +44,12 @@ class VMResult:
 
 
 def _flavour(release: str) -> str:
-    return "rt" if "-rt-" in release else "generic"
+    """Debian's builds of one version: -rt- (PREEMPT_RT), -cloud- (no 9p, so
+    this runner cannot boot it) and the generic one, which the aliases mean."""
+    for flavour in ("rt", "cloud"):
+        if f"-{flavour}-" in release:
+            return flavour
+    return "generic"
 
 
 def resolve_kernel(name: str) -> str:
@@ -118,7 +124,10 @@ def run(
         (work_dir / name).unlink(missing_ok=True)
     (work_dir / "guest.sh").write_text(script)
     cache_dir = cache_dir or Path(os.environ.get("IPVTRACE_CACHE", "/var/cache/ipvtrace"))
-    initrd = initramfs.build(kver, cache_dir)
+    try:
+        initrd = initramfs.build(kver, cache_dir)
+    except RuntimeError as exc:
+        raise VMError(str(exc)) from None
     if shutil.which("qemu-system-x86_64") is None:
         raise VMError("qemu-system-x86_64 missing: apt-get install qemu-system-x86")
     if accel is None:
