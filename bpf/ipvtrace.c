@@ -1000,26 +1000,32 @@ static __always_inline void note_site(__u64 location) {}
  * whole packet of its own (rx.to_host) */
 BPF_TABLE("lru_hash", __u64, __u64, echo_lost, 1024);
 
-/* A TX record was not sent: remember its to-parent frames (a dev_forward_skb
- * before any ipvlan_rcv_frame, as the correlator and hit_kept tell them). */
+/* A TX record was not sent: remember its to-parent frame (a dev_forward_skb
+ * before any ipvlan_rcv_frame, as the correlator and hit_kept tell them)
+ * unless dev_forward_skb said it dropped it: no RX would take the entry,
+ * which could then match a later frame in the same memory. */
 static __always_inline void echo_orphaned(__u8 *buf)
 {
 	struct ipvt_rec *r = (struct ipvt_rec *)buf;
 	if (r->kind != IPVT_P_XMIT)
 		return;
-	__u8 local = 0;
+	__u64 key = 0, head = 0;
 #pragma clang loop unroll(disable)
 	for (__u32 n = 0; n < IPVT_HITS_MAX; n++) {
 		struct ipvt_hit *h = rec_hit(buf, n);
 		if (!h)
 			break;
-		if (h->probe == IPVT_P_RCV_FRAME) {
-			local = 1;
-		} else if (h->probe == IPVT_P_FWD && !local) {
-			__u64 key = h->skb, head = h->head;
-			echo_lost.update(&key, &head);
+		if (h->probe == IPVT_P_RCV_FRAME)
+			return;   /* to a slave: its RX is not the parent's */
+		if (h->probe == IPVT_P_FWD) {
+			key = h->skb;
+			head = h->head;
+		} else if (h->probe == IPVT_P_FWD_RET && h->ret != 0) {
+			key = 0;   /* NET_RX_DROP: never received */
 		}
 	}
+	if (key)
+		echo_lost.update(&key, &head);
 }
 
 /* The context in stack entry idx returned: send its record, once. A record

@@ -276,6 +276,9 @@ SPANNING_FLOODS = [
     (art.L2_OUT, "192.168.100.101", []),     # into a pod through the parent, reply out of it
     (art.L2_NS2, "192.168.100.101", []),     # pod to pod, L2
     (art.L2_NS2, "192.168.100.255", ["-b"]),  # a broadcast: the multicast worker's deliveries
+    (art.L2_OUT, "192.168.100.255", ["-b"]),  # one from outside: the parent's RX, then the worker's
+    (art.L2_OUT, "192.168.100.1", []),       # to the parent's own address: passed to the host
+    (topo.SIXA, "fd00:6::2", []),            # IPv6 pod to pod, L2
     (art.L3_NS1, "172.18.22.254", []),       # L3: routed out, the reply back in
     (topo.SOUT, "10.4.0.1", []),             # L3S RX: rx_handler PASS, then l3_rcv and nf_input
     (topo.SA, "10.5.0.1", []),               # L3S TX to a sibling
@@ -287,6 +290,10 @@ DICTATED = {
     ("192.168.100.102", "192.168.100.101", "echo-request"): ("tx.l2.local", "delivered"),
     ("192.168.100.101", "192.168.100.102", "echo-reply"): ("tx.l2.local", "delivered"),
     ("192.168.100.102", "192.168.100.255", "echo-request"): ("tx.l2.multicast", "queued"),
+    ("192.168.100.254", "192.168.100.255", "echo-request"): ("rx.l2.multicast", "queued"),
+    ("192.168.100.254", "192.168.100.1", "echo-request"): ("rx.to_host", "delivered"),
+    ("fd00:6::1", "fd00:6::2", "echo-request"): ("tx.l2.local", "delivered"),
+    ("fd00:6::2", "fd00:6::1", "echo-reply"): ("tx.l2.local", "delivered"),
     ("192.168.100.201", "172.18.22.254", "echo-request"): ("tx.l3.routed", "sent"),
     ("172.18.22.254", "192.168.100.201", "echo-reply"): ("rx.local", "delivered"),
     ("10.3.0.254", "10.4.0.1", "echo-request"): ("rx.l3s.local", "delivered"),
@@ -296,11 +303,11 @@ DICTATED = {
 }
 
 
-def test_a_tiny_ring_under_floods_that_span_records_never_gives_a_complete_row_on_partial_evidence(tmp_path):
+def test_a_tiny_ring_under_floods_that_span_records_never_gives_a_complete_row_on_partial_evidence(tmp_path, plan):
     """As the test above, for packets whose story is more than one record:
     a frame ipvlan forwarded to its parent is joined with the parent's RX of
     it, an L3S frame with the l3mdev and LOCAL_IN hooks' events, a broadcast
-    with the worker's run. Seven floods at once through a 4 KiB ring: a
+    with the worker's run. Ten floods at once through a 4 KiB ring: a
     record of such a packet may be lost while another of its records is
     kept. Every complete row of a flooded flow carries its flow's branch and
     delivery; no complete row is `unknown`."""
@@ -338,10 +345,16 @@ def test_a_tiny_ring_under_floods_that_span_records_never_gives_a_complete_row_o
             seen[flow] = seen.get(flow, 0) + 1
         else:
             assert x["branch"] != "unknown", (x["summary"], x["why"])
-    # each story that spans records kept some packets whole under the loss
-    for flow in [("192.168.100.101", "192.168.100.1", "echo-request"),
-                 ("10.3.0.254", "10.4.0.1", "echo-request"),
-                 ("192.168.100.102", "192.168.100.255", "echo-request")]:
+    # each story that spans records kept some packets whole under the loss;
+    # an L3S port's RX has a branch only where ipvlan_skb_to_addr is
+    # probe-able (5.10 inlines it: incomplete `unknown` rows there, by design)
+    spanning = [("192.168.100.101", "192.168.100.1", "echo-request"),
+                ("192.168.100.102", "192.168.100.255", "echo-request"),
+                ("192.168.100.254", "192.168.100.255", "echo-request")]
+    missing = {m["name"] for m in plan.missing}
+    if not missing & set(topo.check_l3s_tx_local_and_rx_pass.needs):
+        spanning.append(("10.3.0.254", "10.4.0.1", "echo-request"))
+    for flow in spanning:
         assert seen.get(flow), (flow, seen)
     print(f"tiny ring, spanning floods: {len(rows)} rows, {len(complete)} complete, "
           f"{trailer['lost_events']} events lost; complete per flow {sorted(seen.items())}")
