@@ -40,13 +40,34 @@ def start(args: list[str], ready: Path) -> subprocess.Popen:
     return proc
 
 
-def flood(ns: str, dst: str, seconds: float, interval: float | None = None) -> subprocess.Popen:
+def flood(ns: str, dst: str, seconds: float, interval: float | None = None,
+          extra: list[str] = ()) -> subprocess.Popen:
     """Echo requests for *seconds*: as many as the guest sends (ping -f), or
-    one per *interval* seconds."""
+    one per *interval* seconds; *extra*: more ping options (-b)."""
     rate = ["-i", str(interval)] if interval else ["-f"]
-    return subprocess.Popen(["ip", "netns", "exec", ns, "ping", "-n", "-q", *rate, "-w",
+    return subprocess.Popen(["ip", "netns", "exec", ns, "ping", "-n", "-q", *rate, *extra, "-w",
                              str(int(seconds)), dst], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
+
+
+def tiny_ring(out: Path, ready: Path, floods: list[tuple[str, str, list[str]]]) -> tuple[list[dict], dict]:
+    """`record` with a 4 KiB ring while (netns, dst, ping options) floods run
+    for 3 s at once: the rows its recording replays as, and its trailer,
+    which counted lost events (the floods overran the ring)."""
+    from ipvtrace.output import recording
+
+    out.unlink(missing_ok=True)
+    proc = start(["record", "-o", str(out), "--ring-pages", "1"], ready)
+    for f in [flood(ns, dst, 3, extra=extra) for ns, dst, extra in floods]:
+        f.wait()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    r = replay(out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    trailer = recording.read(out).trailer
+    assert trailer["lost_events"] > 0, "the flood should overrun a 4 KiB ring"
+    return [json.loads(l) for l in r.stdout.splitlines()], trailer
 
 
 def replay(path: Path) -> subprocess.CompletedProcess:
@@ -175,20 +196,7 @@ def test_a_tiny_ring_under_a_flood_never_gives_a_complete_row_on_partial_evidenc
     Every row still marked complete carries the branch this topology
     dictates (pod to pod: tx.l2.local, delivered; broadcast and multicast:
     tx.l2.multicast from a pod, rx.l2.multicast from the parent's peer); the loss is counted and its packets are incomplete."""
-    out = OUT / "tiny-ring.ipvt"
-    out.unlink(missing_ok=True)
-    proc = start(["record", "-o", str(out), "--ring-pages", "1"], tmp_path / "ready")
-    f = flood(NS[1], "10.78.0.2", 3)
-    f.wait()
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err
-    r = replay(out)
-    assert r.returncode == 0, r.stderr[-2000:]
-    rows = [json.loads(l) for l in r.stdout.splitlines()]
-    from ipvtrace.output import recording
-    trailer = recording.read(out).trailer
-    assert trailer["lost_events"] > 0, "the flood should overrun a 4 KiB ring"
+    rows, trailer = tiny_ring(OUT / "tiny-ring.ipvt", tmp_path / "ready", [(NS[1], "10.78.0.2", [])])
     complete = [x for x in rows if x["complete"]]
     # (most packets lose their entry event with the rest: they give no row)
     assert any(x["branch"] == "tx.l2.local" for x in complete), rows[:5]
@@ -312,30 +320,14 @@ def test_a_tiny_ring_under_floods_that_span_records_never_gives_a_complete_row_o
     kept. Every complete row of a flooded flow carries its flow's branch and
     delivery; no complete row is `unknown`."""
     namespaces = [*scenarios.L2.namespaces, *scenarios.L3.namespaces, *topo.ALL]
-    out = OUT / "tiny-ring-spanning.ipvt"
-    out.unlink(missing_ok=True)
     with Lab(namespaces=namespaces) as lab:
         scenarios.L2.build(lab)
         scenarios.L3.build(lab)
         topo.build(lab)
         for ns, dst, _ in SPANNING_FLOODS:    # neighbours resolved before the floods
             lab.ping(ns, dst, 1)
-        proc = start(["record", "-o", str(out), "--ring-pages", "1"], tmp_path / "ready")
-        floods = [subprocess.Popen(["ip", "netns", "exec", ns, "ping", "-n", "-q", "-f", *extra,
-                                    "-w", "3", dst], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
-                  for ns, dst, extra in SPANNING_FLOODS]
-        for f in floods:
-            f.wait()
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err
-    r = replay(out)
-    assert r.returncode == 0, r.stderr[-2000:]
-    rows = [json.loads(l) for l in r.stdout.splitlines()]
-    from ipvtrace.output import recording
-    trailer = recording.read(out).trailer
-    assert trailer["lost_events"] > 0, "the floods should overrun a 4 KiB ring"
+        rows, trailer = tiny_ring(OUT / "tiny-ring-spanning.ipvt", tmp_path / "ready",
+                                  SPANNING_FLOODS)
     complete = [x for x in rows if x["complete"]]
     seen: dict[tuple, int] = {}
     for x in complete:
