@@ -132,8 +132,11 @@ BPF_HASH(fwd_ctx, __u64, __u64, 1024);      /* tid<<32|cpu -> worker run, for it
 /* L3S: a frame the l3mdev hook saw, until LOCAL_IN; LRU so frames that never
  * reach LOCAL_IN (forwarded, dropped) age out. value: ctx id | phase << 62 */
 BPF_TABLE("lru_hash", __u64, __u64, l3s_skbs, 4096);
-/* data (skb->head) of frames the filter rejected: their multicast-worker and
- * L3S events are not reported either */
+/* data (skb->head) of frames the filter rejected that leave their context for
+ * more ipvlan code (queued for the multicast worker, passed by an RX context
+ * to the L3S hooks): their worker and L3S events are not reported either.
+ * Only those: an insert into an LRU map for every rejected packet cost more
+ * than the filter itself (1.4 us a packet under emulation, 2026-12-03). */
 BPF_TABLE("lru_hash", __u64, __u8, filtered_heads, 4096);
 #ifdef IPVT_COUNT_ONLY
 /* Counted signatures, read by user space through mapped pages (never with a
@@ -1177,6 +1180,30 @@ static __always_inline int emit_dev_skb(__u16 probe, __u64 id, __u8 depth, __u8 
 #include "ipvtrace_filter.h"
 #endif
 
+/* Is the innermost open context on this CPU (task) one the filter rejected? */
+static __always_inline int in_filtered_ctx(void)
+{
+#ifdef IPVT_FILTER_EXPR
+	struct ipvt_stack *st = stack_get(0);
+	if (!st)
+		return 0;
+	__u32 d = st->depth;
+	return d > 0 && d <= IPVT_STACK_MAX && st->filtered[stack_idx(d - 1)];
+#else
+	return 0;
+#endif
+}
+
+/* A rejected frame's data, for the events outside its context. */
+static __always_inline void filter_out_head(__u64 head)
+{
+#ifdef IPVT_FILTER_EXPR
+	__u8 one = 1;
+	if (head)
+		filtered_heads.update(&head, &one);
+#endif
+}
+
 static __always_inline int head_filtered(__u64 head)
 {
 #ifdef IPVT_FILTER_EXPR
@@ -1206,14 +1233,13 @@ static __always_inline int entry(__u16 probe, struct sk_buff *skb, struct net_de
 #ifdef IPVT_FILTER_EXPR
 	if (pkt_match(e)) {
 		/* the allocator reuses skb->head: a packet the filter rejected
-		 * earlier at this address must not hide this one's evidence */
+		 * earlier at this address must not hide this one's evidence
+		 * (looked up first: a delete takes the bucket's lock) */
 		__u64 head = e->head;
-		filtered_heads.delete(&head);
+		if (filtered_heads.lookup(&head))
+			filtered_heads.delete(&head);
 	} else {
 		st->filtered[stack_idx(depth - 1)] = 1;
-		__u64 head = e->head;
-		__u8 one = 1;
-		filtered_heads.update(&head, &one);
 		return 0;
 	}
 #endif
@@ -1227,11 +1253,19 @@ static __always_inline int entry_close(__u16 probe, int ret)
 	__u8 depth = 0, filtered = 0, lossy = 0;
 	__u32 idx = 0;
 	__u64 id = ctx_pop_at(probe, &depth, &filtered, &idx, &lossy);
-	if (filtered || !id)
+	if (!id)
 		return 0;
 	struct ipvt_stack *st = stack_get(0);
-	if (st)
-		rec_close(st, idx, ret, lossy);
+	if (!st)
+		return 0;
+	if (filtered) {
+		/* a rejected frame the rx_handler passes on: the L3S hooks
+		 * see it next (on_l3_rcv) */
+		if (probe == IPVT_P_RX && ret == 3 /* RX_HANDLER_PASS */)
+			filter_out_head(((struct ipvt_event *)st->rec[stack_idx(idx)])->head);
+		return 0;
+	}
+	rec_close(st, idx, ret, lossy);
 	return 0;
 }
 
@@ -1530,10 +1564,15 @@ int on_mc_enqueue(struct pt_regs *ctx)
 	ran(IPVT_P_MC_ENQUEUE);
 	struct ipvt_rec *r = 0;
 	__u64 w = 0;
-	struct ipvt_hit *h = hit_begin(IPVT_P_MC_ENQUEUE, &r, &w);
-	if (!h)
-		return 0;
 	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM2(ctx);
+	struct ipvt_hit *h = hit_begin(IPVT_P_MC_ENQUEUE, &r, &w);
+	if (!h) {
+		/* inside a rejected packet's context: the worker's run of
+		 * this frame is not reported either */
+		if (in_filtered_ctx())
+			filter_out_head(skb_head(skb));
+		return 0;
+	}
 	struct net_device *dev = 0;
 	KREAD(dev, skb, IPVT_OFF_SKB_DEV);
 	if (PT_REGS_PARM3(ctx) & 0xff)
@@ -1551,6 +1590,10 @@ static __always_inline int report_free(__u16 probe, void *skbaddr, void *locatio
 	__u64 w = 0;
 	struct ipvt_hit *h = hit_begin(probe, &r, &w);
 	if (!h)
+		return 0;
+	/* the worker freeing the original of a frame the filter rejected
+	 * (the tracepoint fires before the skb is freed: its head is there) */
+	if (w && head_filtered(skb_head((struct sk_buff *)skbaddr)))
 		return 0;
 	h->skb = (__u64)skbaddr;
 	h->aux = (__u64)location;

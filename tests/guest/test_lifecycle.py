@@ -110,3 +110,32 @@ def test_live_dashboard_on_a_terminal(pods, tmp_path):
     assert " probes   packets " in out and "lost events 0" in out
     assert "tx.l2.local" in out and "echo-request" in out
     assert "Traceback" not in out
+
+
+def test_a_filter_keeps_a_rejected_broadcasts_worker_run_out(pods, tmp_path):
+    """The in-kernel filter rejects a frame at its context's entry; a
+    rejected broadcast's multicast-worker run (other contexts: a kworker,
+    maybe another CPU) must stay out of the ring too, else each of its
+    events reaches user space with no packet to belong to
+    (`unattributed_events`). ARP requests and a broadcast echo are
+    rejected here; the unicast echoes to 10.77.0.2 are kept, whole."""
+    out, ready = OUT / "filtered-broadcast.ipvt", tmp_path / "ready"
+    out.unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "ipvtrace", "record", "-o", str(out),
+                             "--ready-file", str(ready), "icmp", "and", "dst", "host", "10.77.0.2"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_ready(ready, proc)
+        pods.run(NS[1], ["ip", "neigh", "flush", "dev", "eth0"], check=True)
+        assert pods.ping(NS[1], "10.77.0.2", 3)          # an ARP broadcast first: rejected
+        pods.run(NS[1], ["ping", "-n", "-q", "-b", "-c", "3", "-i", "0.2", "10.77.0.255"])
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    r = subprocess.run([sys.executable, "-m", "ipvtrace", "replay", str(out), "--stats", "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["branches"] == {"tx.l2.local": 3}, summary
+    assert summary["unattributed_events"] == 0 and summary["lost_events"] == 0, summary
