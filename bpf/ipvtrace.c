@@ -136,7 +136,7 @@ BPF_TABLE("lru_hash", __u64, __u64, l3s_skbs, 4096);
  * more ipvlan code (queued for the multicast worker, passed by an RX context
  * to the L3S hooks): their worker and L3S events are not reported either.
  * Only those: an insert into an LRU map for every rejected packet cost more
- * than the filter itself (1.4 us a packet under emulation, 2026-12-03). */
+ * than the filter itself (1.5-2.5 us a packet under emulation, 2026-12-03). */
 BPF_TABLE("lru_hash", __u64, __u8, filtered_heads, 4096);
 #ifdef IPVT_COUNT_ONLY
 /* Counted signatures, read by user space through mapped pages (never with a
@@ -1043,7 +1043,11 @@ static __always_inline void rec_close(struct ipvt_stack *st, __u32 idx, __s64 re
 	r->ret_dt = dt > 0xffffffffULL ? 0xffffffff : (__u32)dt;
 	if (lossy)
 		r->flags |= IPVT_F_LOST;
-	if (r->kind == IPVT_P_RX) {
+	/* echo_lost is filled only after a TX record was lost: until then an
+	 * RX context reads one array slot, not the hash */
+	int tx_lost = IPVT_S_LOST_BASE + IPVT_P_XMIT;
+	__u64 *lost_tx = r->kind == IPVT_P_RX ? stats.lookup(&tx_lost) : 0;
+	if (lost_tx && *lost_tx) {
 		__u64 key = r->skb;
 		__u64 *head = echo_lost.lookup(&key);
 		if (head) {
