@@ -127,7 +127,7 @@ def prog_costs(pid: int) -> list[dict]:
     progs = json.loads(r.stdout)
     mine = [p for p in progs if any(x.get("pid") == pid for x in p.get("pids", []))]
     if not any(p.get("pids") for p in progs):   # a bpftool without pid iterators
-        mine = [p for p in progs if str(p.get("name", "")).startswith(("on_", "tracepoint__"))]
+        mine = [p for p in progs if str(p.get("name", "")).startswith(("on_", "kfunc__", "kretfunc__", "tracepoint__"))]
     out = []
     for p in mine:
         cnt, ns = p.get("run_cnt", 0), p.get("run_time_ns", 0)

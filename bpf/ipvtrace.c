@@ -1458,7 +1458,17 @@ int on_lookup_ret(struct pt_regs *ctx)
 	return 0;
 }
 
-int on_fwd(struct pt_regs *ctx)
+/* ---- vmlinux helpers: one body, a kprobe or an fentry ------------- *
+ * Where the kernel has trampolines for them (probes.py: vmlinux BTF, x86-64,
+ * not PREEMPT_RT), the helpers in vmlinux are attached by fentry/fexit: the
+ * attach cost every packet of the node pays on __dev_queue_xmit and
+ * ip_local_out, ipvlan's or not, is about half a kprobe's. Such a program's
+ * arguments come as an array (ctx[i]; an fexit's return after them), and it
+ * cannot tail-call the kprobes' on_worker_hit (another program type), so
+ * its worker hits are sent inline (tail 0). IPVT_FENTRY_<PROBE> selects it;
+ * bcc names the traced function after the kfunc__/kretfunc__ prefix. */
+static __always_inline int do_fwd(void *ctx, int tail, struct net_device *dev,
+				  struct sk_buff *skb)
 {
 	ran(IPVT_P_FWD);
 	struct ipvt_rec *r = 0;
@@ -1466,22 +1476,20 @@ int on_fwd(struct pt_regs *ctx)
 	struct ipvt_hit *h = hit_begin(IPVT_P_FWD, &r, &w);
 	if (!h)
 		return 0;
-	struct net_device *dev = (struct net_device *)PT_REGS_PARM1(ctx);
-	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM2(ctx);
 	if (w) {
 		if (serving_softirq() || head_filtered(skb_head(skb)))
 			return 0;
-		/* reported: its return will be too (see on_fwd_ret) */
+		/* reported: its return will be too (see do_fwd_ret) */
 		__u64 key = task_cpu_key();
 		fwd_ctx.update(&key, &w);
 	}
 	FILL_DEV(h, dev);
 	FILL_SKB(h, skb);
-	hit_end(ctx, 1, IPVT_P_FWD, h, r, w);
+	hit_end(ctx, tail, IPVT_P_FWD, h, r, w);
 	return 0;
 }
 
-int on_fwd_ret(struct pt_regs *ctx)
+static __always_inline int do_fwd_ret(void *ctx, int tail, int ret)
 {
 	ran(IPVT_P_FWD_RET);
 	/* Inside a context, dev_forward_skb returns in the context it was
@@ -1503,14 +1511,40 @@ int on_fwd_ret(struct pt_regs *ctx)
 			return 0;
 		fwd_ctx.delete(&key);
 	}
-	h->ret = (int)PT_REGS_RC(ctx);
-	hit_end(ctx, 1, IPVT_P_FWD_RET, h, r, w);
+	h->ret = ret;
+	hit_end(ctx, tail, IPVT_P_FWD_RET, h, r, w);
 	return 0;
 }
 
+/* dev_forward_skb(dev, skb) */
+#ifdef IPVT_FENTRY_FWD
+int kfunc__dev_forward_skb(__u64 *ctx)
+{
+	return do_fwd(ctx, 0, (struct net_device *)ctx[0], (struct sk_buff *)ctx[1]);
+}
+#else
+int on_fwd(struct pt_regs *ctx)
+{
+	return do_fwd(ctx, 1, (struct net_device *)PT_REGS_PARM1(ctx),
+		      (struct sk_buff *)PT_REGS_PARM2(ctx));
+}
+#endif
+
+#ifdef IPVT_FENTRY_FWD_RET
+int kretfunc__dev_forward_skb(__u64 *ctx)
+{
+	return do_fwd_ret(ctx, 0, (int)ctx[2]);
+}
+#else
+int on_fwd_ret(struct pt_regs *ctx)
+{
+	return do_fwd_ret(ctx, 1, (int)PT_REGS_RC(ctx));
+}
+#endif
+
 /* A helper that names an skb and the device it goes to. worker_only: a
  * hit outside the multicast worker is not this probe's (netif_rx). */
-static __always_inline int report_skb_dev(struct pt_regs *ctx, __u16 probe,
+static __always_inline int report_skb_dev(void *ctx, int tail, __u16 probe,
 					  struct sk_buff *skb, int use_dst, int worker_only)
 {
 	struct ipvt_rec *r = 0;
@@ -1532,34 +1566,59 @@ static __always_inline int report_skb_dev(struct pt_regs *ctx, __u16 probe,
 		KREAD(dev, skb, IPVT_OFF_SKB_DEV);
 	FILL_DEV(h, dev);
 	FILL_SKB(h, skb);
-	hit_end(ctx, 1, probe, h, r, w);
+	hit_end(ctx, tail, probe, h, r, w);
 	return 0;
 }
 
+/* __dev_queue_xmit(skb, sb_dev) */
+#ifdef IPVT_FENTRY_QXMIT
+int kfunc____dev_queue_xmit(__u64 *ctx)
+{
+	ran(IPVT_P_QXMIT);
+	return report_skb_dev(ctx, 0, IPVT_P_QXMIT, (struct sk_buff *)ctx[0], 0, 0);
+}
+#else
 int on_qxmit(struct pt_regs *ctx)
 {
 	ran(IPVT_P_QXMIT);
-	return report_skb_dev(ctx, IPVT_P_QXMIT, (struct sk_buff *)PT_REGS_PARM1(ctx), 0, 0);
+	return report_skb_dev(ctx, 1, IPVT_P_QXMIT, (struct sk_buff *)PT_REGS_PARM1(ctx), 0, 0);
 }
+#endif
 
 /* ip_local_out(net, sk, skb): the dst was set by ipvlan's route lookup. */
+#ifdef IPVT_FENTRY_LOCAL_OUT
+int kfunc__ip_local_out(__u64 *ctx)
+{
+	ran(IPVT_P_LOCAL_OUT);
+	return report_skb_dev(ctx, 0, IPVT_P_LOCAL_OUT, (struct sk_buff *)ctx[2], 1, 0);
+}
+#else
 int on_local_out(struct pt_regs *ctx)
 {
 	ran(IPVT_P_LOCAL_OUT);
-	return report_skb_dev(ctx, IPVT_P_LOCAL_OUT, (struct sk_buff *)PT_REGS_PARM3(ctx), 1, 0);
+	return report_skb_dev(ctx, 1, IPVT_P_LOCAL_OUT, (struct sk_buff *)PT_REGS_PARM3(ctx), 1, 0);
 }
+#endif
 
+#ifdef IPVT_FENTRY_LOCAL_OUT6
+int kfunc__ip6_local_out(__u64 *ctx)
+{
+	ran(IPVT_P_LOCAL_OUT6);
+	return report_skb_dev(ctx, 0, IPVT_P_LOCAL_OUT6, (struct sk_buff *)ctx[2], 1, 0);
+}
+#else
 int on_local_out6(struct pt_regs *ctx)
 {
 	ran(IPVT_P_LOCAL_OUT6);
-	return report_skb_dev(ctx, IPVT_P_LOCAL_OUT6, (struct sk_buff *)PT_REGS_PARM3(ctx), 1, 0);
+	return report_skb_dev(ctx, 1, IPVT_P_LOCAL_OUT6, (struct sk_buff *)PT_REGS_PARM3(ctx), 1, 0);
 }
+#endif
 
 /* netif_rx: a delivery only from the multicast worker, outside any context */
 int on_netif_rx(struct pt_regs *ctx)
 {
 	ran(IPVT_P_NETIF_RX);
-	return report_skb_dev(ctx, IPVT_P_NETIF_RX, (struct sk_buff *)PT_REGS_PARM1(ctx), 0, 1);
+	return report_skb_dev(ctx, 1, IPVT_P_NETIF_RX, (struct sk_buff *)PT_REGS_PARM1(ctx), 0, 1);
 }
 
 /* ipvlan_multicast_enqueue(port, skb, tx_pkt) */

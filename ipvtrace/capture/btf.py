@@ -119,6 +119,25 @@ class BTF:
                     return tid
         raise BTFError(f"struct {name} is not in this kernel's BTF")
 
+    def funcs(self, names: set[str]) -> set[str]:
+        """Which of *names* are functions (BTF FUNC) here: what an fentry or
+        fexit program can be attached to. One pass over the types."""
+        offs: dict[int, str] = {}
+        for name in names:
+            want = self._strs.find(b"\0" + name.encode() + b"\0")
+            while want >= 0:
+                offs[want + 1] = name
+                want = self._strs.find(b"\0" + name.encode() + b"\0", want + 1)
+        if not offs:
+            return set()
+        found: set[str] = set()
+        unpack, data = struct.Struct("<II").unpack_from, self._data
+        for start in self._starts[1:]:
+            name_off, info = unpack(data, start)
+            if name_off in offs and (info >> 24) & 0x1F == FUNC:
+                found.add(offs[name_off])
+        return found
+
     def size(self, tid: int, depth: int = 0) -> int:
         if depth > 32:
             raise BTFError("type chain too long")

@@ -88,7 +88,21 @@ PROG_TYPES = {
     "kprobe": lambda bcc: bcc.BPF.KPROBE,
     "kretprobe": lambda bcc: bcc.BPF.KPROBE,
     "raw_tracepoint": lambda bcc: bcc.BPF.RAW_TRACEPOINT,
+    "fentry": lambda bcc: bcc.BPF.TRACING,
+    "fexit": lambda bcc: bcc.BPF.TRACING,
 }
+
+
+def bpf_class(bcc):
+    """bcc.BPF without its autoload: bcc attaches every kfunc__/kretfunc__
+    program while it compiles, before the plan's order, its error handling
+    and the compile check's load without attach; attach() does it here."""
+
+    class BPF(bcc.BPF):
+        def _trace_autoload(self) -> None:
+            pass
+
+    return BPF
 
 
 def install_tail_calls(bpf, bcc) -> None:
@@ -161,8 +175,8 @@ class Tracer:
             extra = [f"-DIPVT_FILTER_EXPR={self.filter_c}"] if self.filter_c else []
             if self.count_only:
                 extra.append("-DIPVT_COUNT_ONLY")
-            self.bpf = bcc.BPF(src_file=str(src).encode(),
-                               cflags=cflags(self.plan, self.ringbuf_pages) + extra)
+            self.bpf = bpf_class(bcc)(src_file=str(src).encode(),
+                                      cflags=cflags(self.plan, self.ringbuf_pages) + extra)
         except Exception as exc:  # bcc raises plain Exception on compile errors
             raise LoadError(
                 f"compiling {src.name} failed ({exc}); are the kernel headers installed? "
@@ -181,6 +195,10 @@ class Tracer:
                 elif p["kind"] == "raw_tracepoint":
                     self.bpf.attach_raw_tracepoint(tp=p["symbol"].encode(),
                                                    fn_name=p["fn"].encode())
+                elif p["kind"] == "fentry":
+                    self.bpf.attach_kfunc(fn_name=p["fn"].encode())
+                elif p["kind"] == "fexit":
+                    self.bpf.attach_kretfunc(fn_name=p["fn"].encode())
                 else:
                     self.bpf.attach_kretprobe(event=p["symbol"].encode(), fn_name=p["fn"].encode(),
                                               maxactive=KRETPROBE_MAXACTIVE)
@@ -310,7 +328,8 @@ class Tracer:
         kprobe_profile, in *misses*) minus the runs the program counted
         (*runs*, read after the hits). A hit between the two readings may
         have run already, so a reading undercounts while packets pass; the
-        most seen so far is reported. Tracepoints' skips are not known there."""
+        most seen so far is reported. Tracepoints' skips are not known there;
+        fentry/fexit programs' are, exact, as from 6.7."""
         if self.plan.counts_skipped:
             now = self._read("skipped", self._prog_misses, fresh)
             return {k: v - self._base_prog_misses.get(k, 0) for k, v in now.items()}
@@ -319,7 +338,14 @@ class Tracer:
                 est = hm["hits"] - runs[name]
                 if est > self._skipped.get(name, 0):
                     self._skipped[name] = est
-        return dict(self._skipped)
+        out = dict(self._skipped)
+        # fentry/fexit programs count their own (5.12+): a trampoline skips
+        # a program only while that program runs on the CPU already
+        tramp = [p["name"] for p in self.plan.attach if p["kind"] in ("fentry", "fexit")]
+        if tramp:
+            now = self._read("skipped", self._prog_misses, fresh)
+            out.update({k: now.get(k, 0) - self._base_prog_misses.get(k, 0) for k in tramp})
+        return out
 
     def _read(self, what: str, read: Callable[[], dict], fresh: bool) -> dict:
         """*read*()'s counters, read again when *fresh* or older than

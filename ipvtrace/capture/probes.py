@@ -30,6 +30,10 @@ class ProbeSpec:
     symbol: str          # source-level kernel symbol (a raw tracepoint: its event name)
     required: bool       # without it ipvtrace cannot run at all
     why: str             # what is lost without it
+    # a vmlinux function's fentry (kprobe) or fexit (kretprobe) program, used
+    # where the kernel has trampolines (trampolines()): bcc names the traced
+    # function after its kfunc__/kretfunc__ prefix
+    trampoline: str = ""
 
 
 SPECS: tuple[ProbeSpec, ...] = (
@@ -44,15 +48,17 @@ SPECS: tuple[ProbeSpec, ...] = (
     ProbeSpec("lookup_ret", "on_lookup_ret", "kretprobe", "ipvlan_addr_lookup", False,
               "which slave owns the destination is not shown"),
     ProbeSpec("fwd", "on_fwd", "kprobe", "dev_forward_skb", True,
-              "tx.l2.local / tx.l2.to_parent / mcast.deliver cannot be seen"),
+              "tx.l2.local / tx.l2.to_parent / mcast.deliver cannot be seen",
+              "kfunc__dev_forward_skb"),
     ProbeSpec("fwd_ret", "on_fwd_ret", "kretprobe", "dev_forward_skb", False,
-              "delivery delivered vs forward_failed cannot be told apart"),
+              "delivery delivered vs forward_failed cannot be told apart",
+              "kretfunc__dev_forward_skb"),
     ProbeSpec("qxmit", "on_qxmit", "kprobe", "__dev_queue_xmit", True,
-              "tx.l2.out_parent / mcast.out_parent cannot be seen"),
+              "tx.l2.out_parent / mcast.out_parent cannot be seen", "kfunc____dev_queue_xmit"),
     ProbeSpec("local_out", "on_local_out", "kprobe", "ip_local_out", True,
-              "tx.l3.routed (IPv4) cannot be seen"),
+              "tx.l3.routed (IPv4) cannot be seen", "kfunc__ip_local_out"),
     ProbeSpec("local_out6", "on_local_out6", "kprobe", "ip6_local_out", False,
-              "tx.l3.routed (IPv6) cannot be seen"),
+              "tx.l3.routed (IPv6) cannot be seen", "kfunc__ip6_local_out"),
     ProbeSpec("mc_enqueue", "on_mc_enqueue", "kprobe", "ipvlan_multicast_enqueue", False,
               "multicast enqueue is inferred from the destination MAC"),
     ProbeSpec("mc_work", "on_mc_work", "kprobe", "ipvlan_process_multicast", False,
@@ -84,6 +90,9 @@ TRACEPOINTS = (("skb", "kfree_skb"), ("skb", "consume_skb"))
 # recursion_misses, kprobes and tracepoints alike); before, the tracer
 # estimates them for kprobes only (the kprobe's hits minus the program's runs).
 COUNTS_SKIPPED_SINCE = (6, 7)
+# BPF trampolines (fentry/fexit): 5.5+, and bcc attaches them on x86-64 only
+TRAMPOLINES_SINCE = (5, 5)
+KPROBES_ONLY_ENV = "IPVTRACE_KPROBES_ONLY"   # set (non-empty): no fentry/fexit
 # BPF atomic instructions that return the old value (BPF_FETCH): the verifier
 # refuses them before 5.12 ("BPF_STX uses reserved fields", seen on 5.10)
 ATOMIC_FETCH_SINCE = (5, 12)
@@ -176,6 +185,14 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
     plan.worker_rx, why = worker_rx_fn(available, ksyms)
     if why:
         plan.notes.append(why)
+    kbtf: btf.BTF | None = None
+    try:
+        kbtf = btf.BTF(btf.read())
+    except btf.BTFError as exc:
+        plan.notes.append(f"struct offsets come from the kernel headers ({exc}): a slower start")
+    tramp, why = trampolines(kernel, kbtf, preempt_rt())
+    if why:
+        plan.notes.append(why)
     for spec in SPECS:
         if spec.kind == "raw_tracepoint":
             sym = spec.symbol if tracepoint_exists(tracefs, spec.symbol) else None
@@ -192,6 +209,11 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
                 )
             plan.missing.append({"name": spec.name, "symbol": spec.symbol, "why": spec.why})
             continue
+        if spec.trampoline and sym == spec.symbol and sym in tramp:
+            plan.attach.append({"name": spec.name, "fn": spec.trampoline, "symbol": sym,
+                                "kind": "fexit" if spec.kind == "kretprobe" else "fentry"})
+            plan.cflags.append(f"-DIPVT_FENTRY_{spec.name.upper()}")
+            continue
         plan.attach.append({"name": spec.name, "fn": spec.fn, "kind": spec.kind, "symbol": sym})
         if sym != spec.symbol:
             plan.notes.append(
@@ -204,14 +226,14 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
         plan.rcv_frame_rx, why = rcv_frame_on_rx(rcv, ksyms)
         if plan.rcv_frame_rx != "probed":
             plan.notes.append(RCV_FRAME_RX_NOTE[plan.rcv_frame_rx].format(sym=rcv, why=why))
-    kbtf: btf.BTF | None = None
-    try:
-        # the few struct offsets bpf/ipvtrace.c reads: with them, bcc parses
-        # no kernel header that defines struct sk_buff (a 4x faster compile)
-        kbtf = btf.BTF(btf.read())
-        plan.cflags += btf.cflags(btf.offsets(kbtf))
-    except btf.BTFError as exc:
-        plan.notes.append(f"struct offsets come from the kernel headers ({exc}): a slower start")
+    if kbtf is not None:
+        try:
+            # the few struct offsets bpf/ipvtrace.c reads: with them, bcc parses
+            # no kernel header that defines struct sk_buff (a 4x faster compile)
+            plan.cflags += btf.cflags(btf.offsets(kbtf))
+        except btf.BTFError as exc:
+            plan.notes.append(f"struct offsets come from the kernel headers ({exc}): "
+                              "a slower start")
     plan.cflags += version_cflags(kernel)
     flags, plan.softirq_check, why = softirq_cflags(ksyms, kbtf, preempt_rt())
     plan.cflags += flags
@@ -244,6 +266,28 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
         elif ev == "kfree_skb":
             plan.notes.append("skb:kfree_skb has no drop reason before 5.17: reasons are not shown")
     return plan
+
+
+def trampolines(kernel: str, kbtf: "btf.BTF | None", rt: bool) -> tuple[set[str], str]:
+    """The vmlinux helpers (ProbeSpec.trampoline) this kernel can attach by
+    fentry/fexit, and a note when it can attach none ("" when that is not
+    news). A trampoline costs about half a kprobe (bench/mechanism.py), and
+    __dev_queue_xmit and ip_local_out run for every packet of the node."""
+    if os.environ.get(KPROBES_ONLY_ENV):
+        return set(), ""
+    if rt:
+        # a trampoline's program runs with migration off but preemptible
+        # there: another task's program could run in between on this CPU and
+        # reuse its per-CPU scratch; a kprobe's runs with preemption off
+        return set(), ("PREEMPT_RT kernel: the vmlinux helpers are kprobes, not fentry/fexit "
+                       "(a trampoline's BPF program can be preempted there)")
+    if os.uname().machine != "x86_64" or kernel_version(kernel) < TRAMPOLINES_SINCE:
+        return set(), ""
+    if kbtf is None:
+        return set(), ("no vmlinux BTF: the vmlinux helpers are kprobes, not fentry/fexit "
+                       "(a higher cost for every packet of the node)")
+    want = {sp.symbol for sp in SPECS if sp.trampoline}
+    return kbtf.funcs(want), ""
 
 
 # RX callers of ipvlan_rcv_frame: ipvlan_handle_mode_l3 (a symbol on Debian's
