@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ipvtrace.capture import bpfsys
+from ipvtrace.capture import bpfsys, probes
 from ipvtrace.lab.netlab import Lab
 
 NS = ["ipvt-bench-host", "ipvt-bench-a", "ipvt-bench-b"]
@@ -117,6 +117,18 @@ def wait_file(path: Path, proc: subprocess.Popen, timeout: float = 900) -> float
     return time.monotonic() - t0
 
 
+def tracing_labels() -> dict[str, list[str]]:
+    """An fentry/fexit program is named after the function it traces (as
+    the kernel keeps it: 15 bytes), and dev_forward_skb has two: each name's
+    probes in the order the loader attaches them (the plan's, SPECS order)."""
+    out: dict[str, list[str]] = {}
+    for sp in probes.SPECS:
+        tr = sp.trampoline
+        if tr and not tr.module:   # (a module's, loaded by ipvtrace, keeps its on_ name)
+            out.setdefault(tr.function[:15], []).append(f"{sp.name} ({tr.kind} {tr.function})")
+    return out
+
+
 def prog_costs(pid: int) -> list[dict]:
     """What each BPF program of process *pid* cost during the flood: hits and
     ns per hit, from the kernel's own accounting (on while bpfsys.enable_stats' fd is open,
@@ -125,13 +137,20 @@ def prog_costs(pid: int) -> list[dict]:
     if r.returncode != 0:
         return []
     progs = json.loads(r.stdout)
+    labels = tracing_labels()
     mine = [p for p in progs if any(x.get("pid") == pid for x in p.get("pids", []))]
     if not any(p.get("pids") for p in progs):   # a bpftool without pid iterators
-        mine = [p for p in progs if str(p.get("name", "")).startswith(("on_", "kfunc__", "kretfunc__", "tracepoint__"))]
+        mine = [p for p in progs if str(p.get("name", "")).startswith(("on_", "tracepoint__"))
+                or (p.get("type") == "tracing" and p.get("name") in labels)]
     out = []
-    for p in mine:
+    seen: dict[str, int] = {}
+    for p in sorted(mine, key=lambda p: p.get("id", 0)):   # load order
+        name = str(p.get("name"))
+        if p.get("type") == "tracing" and name in labels:
+            i = seen[name] = seen.get(name, -1) + 1
+            name = labels[name][min(i, len(labels[name]) - 1)]
         cnt, ns = p.get("run_cnt", 0), p.get("run_time_ns", 0)
-        out.append({"prog": p.get("name"), "type": p.get("type"), "hits": cnt,
+        out.append({"prog": name, "type": p.get("type"), "hits": cnt,
                     "ns_per_hit": round(ns / cnt) if cnt else None, "total_ms": round(ns / 1e6, 1)})
     return sorted(out, key=lambda x: -x["total_ms"])
 

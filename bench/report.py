@@ -71,7 +71,7 @@ def main() -> int:
         for c in sc_["prog_costs"]:
             if build == "record" and not c["hits"]:
                 continue   # the stats table lists every program once
-            lines.append(f"  {c['prog']:<16} {c['hits']:>10,} hits ({c['hits'] / per:.1f}/packet) "
+            lines.append(f"  {c['prog']:<32} {c['hits']:>10,} hits ({c['hits'] / per:.1f}/packet) "
                          f"{c['ns_per_hit'] or 0:>6} ns/hit  {100 * c['total_ms'] / total:4.1f}%")
         if build == "stats":
             lines.append("  (a tail-called program, on_worker_hit, runs inside its caller: the "

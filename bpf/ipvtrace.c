@@ -1278,11 +1278,17 @@ static __always_inline int entry_ret(struct pt_regs *ctx, __u16 probe)
 	return entry_close(probe, (int)PT_REGS_RC(ctx));
 }
 
+/* ---- ipvlan's own functions: a kprobe, or an fentry/fexit ---------- *
+ * With IPVT_FENTRY_<PROBE>, the same program name is an fentry/fexit
+ * program (its arguments an array, an fexit's return after them) that the
+ * loader loads itself on the module's BTF (bcc 0.26 loads them on
+ * vmlinux's functions only). Never on PREEMPT_RT (probes.trampolines), so
+ * the entry's stack pointer, which only the per-task stacks read, is 0. */
+
 /* ipvlan_queue_xmit(skb, dev): dev is the slave */
-int on_xmit(struct pt_regs *ctx)
+static __always_inline int do_xmit(struct sk_buff *skb, struct net_device *dev, __u64 sp)
 {
 	ran(IPVT_P_XMIT);
-	struct net_device *dev = (struct net_device *)PT_REGS_PARM2(ctx);
 	/* an xmit context of this device still open was not closed by
 	 * net_dev_xmit (see on_xmit_done): a device's xmit nests in its own
 	 * only in a routing loop, which the kernel ends as a dead loop */
@@ -1297,8 +1303,21 @@ int on_xmit(struct pt_regs *ctx)
 			}
 		}
 	}
-	return entry(IPVT_P_XMIT, (struct sk_buff *)PT_REGS_PARM1(ctx), dev, PT_REGS_SP(ctx));
+	return entry(IPVT_P_XMIT, skb, dev, sp);
 }
+
+#ifdef IPVT_FENTRY_XMIT
+int on_xmit(__u64 *ctx)
+{
+	return do_xmit((struct sk_buff *)ctx[0], (struct net_device *)ctx[1], 0);
+}
+#else
+int on_xmit(struct pt_regs *ctx)
+{
+	return do_xmit((struct sk_buff *)PT_REGS_PARM1(ctx), (struct net_device *)PT_REGS_PARM2(ctx),
+		       PT_REGS_SP(ctx));
+}
+#endif
 
 /*
  * net:net_dev_xmit(skb, rc, dev, len), raw: xmit_one reports what
@@ -1316,7 +1335,7 @@ int on_xmit(struct pt_regs *ctx)
  * open: the next xmit entry for the same device drops it (on_xmit, counted
  * stack_stale), as a missed return probe's context is.
  */
-int on_xmit_done(struct bpf_raw_tracepoint_args *ctx)
+static __always_inline int xmit_close(__u64 skb, __u64 dev, int rc)
 {
 	struct ipvt_stack *st = stack_get(0);
 	if (!st)
@@ -1324,7 +1343,6 @@ int on_xmit_done(struct bpf_raw_tracepoint_args *ctx)
 	__u32 d = st->depth;
 	if (d == 0 || d > IPVT_STACK_MAX)
 		return 0;
-	__u64 skb = ctx->args[0], dev = ctx->args[2];
 	__u32 at = 0;   /* depth of the matching context, 0: none */
 #pragma unroll
 	for (int n = 0; n < IPVT_STACK_MAX; n++) {
@@ -1344,10 +1362,26 @@ int on_xmit_done(struct bpf_raw_tracepoint_args *ctx)
 		if (at + n < d)
 			stat_inc(IPVT_S_STACK_MISMATCH);
 	st->depth = at;
-	return entry_close(IPVT_P_XMIT, (int)ctx->args[1]);
+	return entry_close(IPVT_P_XMIT, rc);
 }
 
-/* ipvlan_handle_frame(pskb): the rx_handler of the parent (skb->dev) */
+/* With IPVT_FENTRY_XMIT_RET: an fexit on ipvlan_queue_xmit(skb, dev), its
+ * return after the two arguments. It runs for ipvlan's xmits only (the
+ * tracepoint for every device's), and for those that skip xmit_one too. */
+#ifdef IPVT_FENTRY_XMIT_RET
+int on_xmit_done(__u64 *ctx)
+{
+	return xmit_close(ctx[0], ctx[1], (int)ctx[2]);
+}
+#else
+int on_xmit_done(struct bpf_raw_tracepoint_args *ctx)
+{
+	return xmit_close(ctx->args[0], ctx->args[2], (int)ctx->args[1]);
+}
+#endif
+
+/* ipvlan_handle_frame(pskb): the rx_handler of the parent (skb->dev). A
+ * kprobe always: an fentry program may not read a struct sk_buff ** (probes.py) */
 int on_rx(struct pt_regs *ctx)
 {
 	ran(IPVT_P_RX);
@@ -1445,7 +1479,7 @@ int on_rcv_frame(struct pt_regs *ctx)
 		FILL_DEV(x, owner_);						\
 	} while (0)
 
-int on_lookup_ret(struct pt_regs *ctx)
+static __always_inline int do_lookup_ret(void *ctx, int tail, void *addr)
 {
 	ran(IPVT_P_LOOKUP_RET);
 	struct ipvt_rec *r = 0;
@@ -1453,10 +1487,23 @@ int on_lookup_ret(struct pt_regs *ctx)
 	struct ipvt_hit *h = hit_begin(IPVT_P_LOOKUP_RET, &r, &w);
 	if (!h)
 		return 0;
-	FILL_OWNER(h, (void *)PT_REGS_RC(ctx));
-	hit_end(ctx, 1, IPVT_P_LOOKUP_RET, h, r, w);
+	FILL_OWNER(h, addr);
+	hit_end(ctx, tail, IPVT_P_LOOKUP_RET, h, r, w);
 	return 0;
 }
+
+/* ipvlan_addr_lookup(port, lyr3h, addr_type, use_dest): the slave's address */
+#ifdef IPVT_FENTRY_LOOKUP_RET
+int on_lookup_ret(__u64 *ctx)
+{
+	return do_lookup_ret(ctx, 0, (void *)ctx[4]);
+}
+#else
+int on_lookup_ret(struct pt_regs *ctx)
+{
+	return do_lookup_ret(ctx, 1, (void *)PT_REGS_RC(ctx));
+}
+#endif
 
 /* ---- vmlinux helpers: one body, a kprobe or an fentry ------------- *
  * Where the kernel has trampolines for them (probes.py: vmlinux BTF, x86-64,
@@ -1570,48 +1617,40 @@ static __always_inline int report_skb_dev(void *ctx, int tail, __u16 probe,
 	return 0;
 }
 
+/* The helpers that only name an skb and its device: a kprobe (PARM: the
+ * skb's PT_REGS_PARMn) or, with IPVT_FENTRY_<PROBE>, an fentry on FN (ARG:
+ * the skb's index in the argument array). */
+#define SKB_DEV_KPROBE(name, probe, parm, use_dst)					\
+int name(struct pt_regs *ctx)								\
+{											\
+	ran(probe);									\
+	return report_skb_dev(ctx, 1, probe, (struct sk_buff *)parm(ctx), use_dst, 0);	\
+}
+#define SKB_DEV_FENTRY(fn, probe, arg, use_dst)						\
+int kfunc__##fn(__u64 *ctx)								\
+{											\
+	ran(probe);									\
+	return report_skb_dev(ctx, 0, probe, (struct sk_buff *)ctx[arg], use_dst, 0);	\
+}
+
 /* __dev_queue_xmit(skb, sb_dev) */
 #ifdef IPVT_FENTRY_QXMIT
-int kfunc____dev_queue_xmit(__u64 *ctx)
-{
-	ran(IPVT_P_QXMIT);
-	return report_skb_dev(ctx, 0, IPVT_P_QXMIT, (struct sk_buff *)ctx[0], 0, 0);
-}
+SKB_DEV_FENTRY(__dev_queue_xmit, IPVT_P_QXMIT, 0, 0)
 #else
-int on_qxmit(struct pt_regs *ctx)
-{
-	ran(IPVT_P_QXMIT);
-	return report_skb_dev(ctx, 1, IPVT_P_QXMIT, (struct sk_buff *)PT_REGS_PARM1(ctx), 0, 0);
-}
+SKB_DEV_KPROBE(on_qxmit, IPVT_P_QXMIT, PT_REGS_PARM1, 0)
 #endif
 
-/* ip_local_out(net, sk, skb): the dst was set by ipvlan's route lookup. */
+/* ip_local_out(net, sk, skb) and ip6_local_out: the dst was set by
+ * ipvlan's route lookup */
 #ifdef IPVT_FENTRY_LOCAL_OUT
-int kfunc__ip_local_out(__u64 *ctx)
-{
-	ran(IPVT_P_LOCAL_OUT);
-	return report_skb_dev(ctx, 0, IPVT_P_LOCAL_OUT, (struct sk_buff *)ctx[2], 1, 0);
-}
+SKB_DEV_FENTRY(ip_local_out, IPVT_P_LOCAL_OUT, 2, 1)
 #else
-int on_local_out(struct pt_regs *ctx)
-{
-	ran(IPVT_P_LOCAL_OUT);
-	return report_skb_dev(ctx, 1, IPVT_P_LOCAL_OUT, (struct sk_buff *)PT_REGS_PARM3(ctx), 1, 0);
-}
+SKB_DEV_KPROBE(on_local_out, IPVT_P_LOCAL_OUT, PT_REGS_PARM3, 1)
 #endif
-
 #ifdef IPVT_FENTRY_LOCAL_OUT6
-int kfunc__ip6_local_out(__u64 *ctx)
-{
-	ran(IPVT_P_LOCAL_OUT6);
-	return report_skb_dev(ctx, 0, IPVT_P_LOCAL_OUT6, (struct sk_buff *)ctx[2], 1, 0);
-}
+SKB_DEV_FENTRY(ip6_local_out, IPVT_P_LOCAL_OUT6, 2, 1)
 #else
-int on_local_out6(struct pt_regs *ctx)
-{
-	ran(IPVT_P_LOCAL_OUT6);
-	return report_skb_dev(ctx, 1, IPVT_P_LOCAL_OUT6, (struct sk_buff *)PT_REGS_PARM3(ctx), 1, 0);
-}
+SKB_DEV_KPROBE(on_local_out6, IPVT_P_LOCAL_OUT6, PT_REGS_PARM3, 1)
 #endif
 
 /* netif_rx: a delivery only from the multicast worker, outside any context */

@@ -1,11 +1,15 @@
-"""Which vmlinux helpers the probe plan attaches by fentry/fexit
-(probes.trampolines): only functions the kernel's BTF names as functions
-(BTF FUNC; a member or parameter of the same name is not one), none on
+"""Which functions the probe plan attaches by fentry/fexit instead of a
+kprobe (probes.trampolines): vmlinux's helpers that the kernel's BTF names
+as functions (BTF FUNC; a member of the same name is not one), ipvlan's own
+from the module's split BTF, by their type id there and only with the
+arguments bpf/ reads (an fexit reads the return value after them); none on
 PREEMPT_RT (a trampoline's program can be preempted there, with a note
 saying so), none without BTF (noted), none when the user asks for kprobes.
 The guest suite runs the chosen plan on Debian's 6.1 and 6.12 (fentry) and
 their PREEMPT_RT builds (kprobes)."""
 from __future__ import annotations
+
+import struct
 
 import pytest
 
@@ -14,14 +18,30 @@ from ipvtrace.capture import btf, probes
 from test_btf import Blob
 
 
-def kernel_btf(funcs: list[str], members: list[str] = ()) -> btf.BTF:
+def kernel_btf(funcs: list[str], members: tuple[str, ...] = ()) -> tuple[Blob, btf.BTF]:
     b = Blob()
     i32 = b.int_("int", 4)
-    proto = b.add("", btf.FUNC_PROTO, 0, i32)
+    b.add("", btf.FUNC_PROTO, 1, i32, struct.pack("<II", 0, i32))   # int (int)
     for name in funcs:
-        b.add(name, btf.FUNC, 0, proto)
+        b.add(name, btf.FUNC, 0, 2)
     b.struct_("holder", 4 * len(members), [(m, i32, 4 * i) for i, m in enumerate(members)])
-    return btf.BTF(b.bytes())
+    return b, btf.BTF(b.bytes())
+
+
+def module_btf(base: Blob, funcs: dict[str, int]) -> bytes:
+    """A module's split BTF: its type ids follow the base's, its string
+    offsets follow the base's string section; each function gets a
+    prototype of its own with *nargs* int arguments (the base's int: id 1)."""
+    strs, types, n = b"", b"", base.n
+    for name, nargs in funcs.items():
+        types += struct.pack("<III", 0, btf.FUNC_PROTO << 24 | nargs, 1)
+        types += b"".join(struct.pack("<II", 0, 1) for _ in range(nargs))
+        n += 1
+        types += struct.pack("<III", len(base.strs) + len(strs), btf.FUNC << 24, n)
+        n += 1
+        strs += name.encode() + b"\0"
+    hdr = struct.pack("<HBBIIIII", btf.BTF_MAGIC, 1, 0, 24, 0, len(types), len(types), len(strs))
+    return hdr + types + strs
 
 
 @pytest.fixture(autouse=True)
@@ -30,35 +50,65 @@ def _no_env(monkeypatch):
 
 
 def test_the_helpers_btf_names_as_functions():
-    kb = kernel_btf(["__dev_queue_xmit", "dev_forward_skb", "ipvlan_queue_xmit"],
-                    members=["ip_local_out"])   # a struct member of that name: no function
-    got, why = probes.trampolines("6.12.117+deb12-amd64", kb, rt=False)
-    assert got == {"__dev_queue_xmit", "dev_forward_skb"} and why == ""
+    _, kb = kernel_btf(["__dev_queue_xmit", "dev_forward_skb", "netif_rx"],
+                       members=("ip_local_out",))   # a struct member of that name: no function
+    got, why = probes.trampolines("6.12.117+deb12-amd64", kb, rt=False, ipvlan_btf=None)
+    assert got == {"__dev_queue_xmit": 0, "dev_forward_skb": 0}
+    assert "ipvlan module has no BTF" in why
 
 
-def test_every_helper_with_a_trampoline_variant_is_a_vmlinux_function():
-    # ipvlan's own functions are in the module's BTF, which bcc 0.26 does not attach to
-    assert {sp.symbol for sp in probes.SPECS if sp.trampoline} == {
-        "__dev_queue_xmit", "ip_local_out", "ip6_local_out", "dev_forward_skb"}
+def test_ipvlans_functions_by_their_id_in_the_modules_btf_and_their_arguments():
+    base, kb = kernel_btf(["__dev_queue_xmit"])
+    # ipvlan_queue_xmit with 3 arguments is not the one bpf/ reads: kprobe
+    mod = module_btf(base, {"ipvlan_handle_frame": 1, "ipvlan_queue_xmit": 3,
+                            "ipvlan_addr_lookup": 4, "ipvlan_other": 1})
+    got, why = probes.trampolines("6.12.117+deb12-amd64", kb, rt=False, ipvlan_btf=mod)
+    first = base.n + 1   # ids: proto, func, proto, func, ...
+    assert got == {"__dev_queue_xmit": 0, "ipvlan_addr_lookup": first + 5} and why == ""
+    mod = module_btf(base, {"ipvlan_queue_xmit": 2})
+    got, _ = probes.trampolines("6.12.117+deb12-amd64", kb, rt=False, ipvlan_btf=mod)
+    assert got["ipvlan_queue_xmit"] == first + 1
+
+
+def test_a_damaged_module_btf_keeps_kprobes_for_it():
+    base, kb = kernel_btf(["__dev_queue_xmit"])
+    mod = bytearray(module_btf(base, {"ipvlan_queue_xmit": 2}))
+    struct.pack_into("<I", mod, 16, 10_000)   # str_off past the end
+    got, why = probes.trampolines("6.12.117+deb12-amd64", kb, rt=False, ipvlan_btf=bytes(mod))
+    assert got == {"__dev_queue_xmit": 0} and "could not be read" in why
+
+
+def test_the_specs_with_a_trampoline():
+    tramps = {sp.name: sp.trampoline for sp in probes.SPECS if sp.trampoline}
+    vmlinux = {t.function for t in tramps.values() if not t.module}
+    assert vmlinux == {"__dev_queue_xmit", "ip_local_out", "ip6_local_out", "dev_forward_skb"}
+    # (ipvlan_handle_frame's struct sk_buff ** cannot be read by an fentry
+    # program); the TX context closes on ipvlan_queue_xmit's own return there
+    assert {n: (t.kind, t.function, t.nargs) for n, t in tramps.items() if t.module} == {
+        "xmit": ("fentry", "ipvlan_queue_xmit", 2), "xmit_ret": ("fexit", "ipvlan_queue_xmit", 2),
+        "lookup_ret": ("fexit", "ipvlan_addr_lookup", 4)}
     for sp in probes.SPECS:
-        if sp.trampoline:
-            prefix = "kretfunc__" if sp.kind == "kretprobe" else "kfunc__"
-            assert sp.trampoline == prefix + sp.symbol
+        t = sp.trampoline
+        if t and not t.module:   # bcc's names, which name the function
+            assert t.fn == ("kretfunc__" if t.kind == "fexit" else "kfunc__") + t.function
+            assert (t.kind == "fexit") == (sp.kind == "kretprobe")
+        elif t:                  # the same program name, loaded by the loader
+            assert t.fn == sp.fn
 
 
 def test_preempt_rt_keeps_kprobes_and_says_why():
-    got, why = probes.trampolines("6.12.117+deb12-rt-amd64", kernel_btf(["__dev_queue_xmit"]),
-                                  rt=True)
-    assert got == set() and "PREEMPT_RT" in why and "kprobes" in why
+    _, kb = kernel_btf(["__dev_queue_xmit"])
+    got, why = probes.trampolines("6.12.117+deb12-rt-amd64", kb, rt=True)
+    assert got == {} and "PREEMPT_RT" in why and "kprobes" in why
 
 
 def test_no_btf_keeps_kprobes_and_says_so():
     got, why = probes.trampolines("6.1.0-57-amd64", None, rt=False)
-    assert got == set() and "BTF" in why
+    assert got == {} and "BTF" in why
 
 
 def test_kernels_before_trampolines_and_the_users_choice(monkeypatch):
-    kb = kernel_btf(["__dev_queue_xmit"])
-    assert probes.trampolines("5.4.0-1-amd64", kb, rt=False) == (set(), "")
+    _, kb = kernel_btf(["__dev_queue_xmit"])
+    assert probes.trampolines("5.4.0-1-amd64", kb, rt=False) == ({}, "")
     monkeypatch.setenv(probes.KPROBES_ONLY_ENV, "1")
-    assert probes.trampolines("6.12.117+deb12-amd64", kb, rt=False) == (set(), "")
+    assert probes.trampolines("6.12.117+deb12-amd64", kb, rt=False) == ({}, "")

@@ -13,10 +13,16 @@ import ctypes
 import platform
 import struct
 
+BPF_PROG_LOAD = 5
 BPF_PROG_TEST_RUN = 10
 BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_RAW_TRACEPOINT_OPEN = 17
+BPF_BTF_GET_FD_BY_ID = 19
+BPF_BTF_GET_NEXT_ID = 23
 BPF_ENABLE_STATS = 32
 BPF_STATS_RUN_TIME = 0
+BPF_PROG_TYPE_TRACING = 26
+BPF_TRACE_FENTRY, BPF_TRACE_FEXIT = 24, 25
 
 # __NR_bpf per machine (asm/unistd*.h); elsewhere the callers fall back
 _NR_BPF = {"x86_64": 321, "aarch64": 280, "i686": 357, "i386": 357, "ppc64le": 361,
@@ -46,6 +52,38 @@ class _TestRunAttr(ctypes.Structure):
                 ("data_in", ctypes.c_uint64), ("data_out", ctypes.c_uint64),
                 ("repeat", ctypes.c_uint32), ("duration", ctypes.c_uint32),
                 ("pad", ctypes.c_uint8 * 64)]
+
+
+class _ProgLoadAttr(ctypes.Structure):
+    """union bpf_attr for BPF_PROG_LOAD, up to attach_btf_obj_fd (5.11+)."""
+    _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32),
+                ("insns", ctypes.c_uint64), ("license", ctypes.c_uint64),
+                ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
+                ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32),
+                ("prog_flags", ctypes.c_uint32), ("prog_name", ctypes.c_char * 16),
+                ("prog_ifindex", ctypes.c_uint32), ("expected_attach_type", ctypes.c_uint32),
+                ("prog_btf_fd", ctypes.c_uint32), ("func_info_rec_size", ctypes.c_uint32),
+                ("func_info", ctypes.c_uint64), ("func_info_cnt", ctypes.c_uint32),
+                ("line_info_rec_size", ctypes.c_uint32), ("line_info", ctypes.c_uint64),
+                ("line_info_cnt", ctypes.c_uint32), ("attach_btf_id", ctypes.c_uint32),
+                ("attach_btf_obj_fd", ctypes.c_uint32), ("pad", ctypes.c_uint8 * 28)]
+
+
+class _RawTpAttr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_uint64), ("prog_fd", ctypes.c_uint32),
+                ("pad", ctypes.c_uint32)]
+
+
+class _IdAttr(ctypes.Structure):
+    _fields_ = [("id", ctypes.c_uint32), ("next_id", ctypes.c_uint32),
+                ("open_flags", ctypes.c_uint32)]
+
+
+class _BtfInfo(ctypes.Structure):
+    """struct bpf_btf_info (5.11+: name, kernel_btf)."""
+    _fields_ = [("btf", ctypes.c_uint64), ("btf_size", ctypes.c_uint32), ("id", ctypes.c_uint32),
+                ("name", ctypes.c_uint64), ("name_len", ctypes.c_uint32),
+                ("kernel_btf", ctypes.c_uint32)]
 
 
 _libc: ctypes.CDLL | None = None
@@ -100,3 +138,64 @@ def test_run(prog_fd: int, data: bytes) -> int:
                         data_in=ctypes.addressof(buf), data_out=ctypes.addressof(out), repeat=1)
     _bpf(BPF_PROG_TEST_RUN, attr)
     return attr.retval
+
+
+def kernel_btf_fd(name: str) -> int:
+    """An fd of the kernel's BTF object named *name* (a module's), which a
+    program on one of its functions is loaded with (attach_btf_obj_fd).
+    OSError (ENOENT) when there is none."""
+    import os
+
+    cur = 0
+    while True:
+        attr = _IdAttr(id=cur)
+        try:
+            _bpf(BPF_BTF_GET_NEXT_ID, attr)
+        except OSError as exc:
+            raise OSError(2, f"no kernel BTF object named {name}") from exc
+        cur = attr.next_id
+        try:
+            fd = _bpf(BPF_BTF_GET_FD_BY_ID, _IdAttr(id=cur))
+        except OSError:
+            continue   # unloaded in between
+        buf = ctypes.create_string_buffer(64)
+        info = _BtfInfo(name=ctypes.addressof(buf), name_len=len(buf))
+        try:
+            _bpf(BPF_OBJ_GET_INFO_BY_FD, _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info),
+                                                   info=ctypes.addressof(info)))
+        except OSError:
+            os.close(fd)
+            raise
+        if info.kernel_btf and buf.value.decode(errors="replace") == name:
+            return fd
+        os.close(fd)
+
+
+def load_tracing(insns: bytes, name: str, fexit: bool, btf_id: int, btf_obj_fd: int) -> int:
+    """Load an fentry (or fexit) program on the function *btf_id* of the
+    kernel BTF object *btf_obj_fd*: bcc 0.26 loads them on vmlinux's
+    functions only. OSError with the verifier's log when it is refused."""
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(b"GPL")
+    attr = _ProgLoadAttr(prog_type=BPF_PROG_TYPE_TRACING, insn_cnt=len(insns) // 8,
+                         insns=ctypes.addressof(code), license=ctypes.addressof(lic),
+                         prog_name=name.encode()[:15],
+                         expected_attach_type=BPF_TRACE_FEXIT if fexit else BPF_TRACE_FENTRY,
+                         attach_btf_id=btf_id, attach_btf_obj_fd=btf_obj_fd)
+    try:
+        return _bpf(BPF_PROG_LOAD, attr)
+    except OSError as exc:
+        log = ctypes.create_string_buffer(1 << 20)
+        attr.log_level, attr.log_size, attr.log_buf = 1, len(log), ctypes.addressof(log)
+        try:
+            return _bpf(BPF_PROG_LOAD, attr)   # (refused again: now with the log)
+        except OSError:
+            tail = log.value.decode(errors="replace").strip().splitlines()[-3:]
+            raise OSError(exc.errno, f"loading {name}: {exc.strerror or exc}: "
+                          + " / ".join(tail)) from None
+
+
+def attach_tracing(prog_fd: int) -> int:
+    """Attach a loaded fentry/fexit program: the returned link fd holds it
+    (closing it, or the process's exit, detaches)."""
+    return _bpf(BPF_RAW_TRACEPOINT_OPEN, _RawTpAttr(name=0, prog_fd=prog_fd))

@@ -198,6 +198,47 @@ class BTF:
         return off
 
 
+def module_funcs(base: BTF, data: bytes, names: set[str]) -> dict[str, tuple[int, int]]:
+    """(BTF type id, number of arguments) of those of *names* that are
+    functions of a module (its /sys/kernel/btf/MODULE: split BTF, whose type
+    ids and string offsets continue vmlinux's, *base*): what an fentry/fexit
+    program on a module function is loaded with, and where an fexit finds
+    the return value. BTFError for a damaged blob."""
+    if len(data) < 24 or len(data) > MAX_BTF:
+        raise BTFError(f"not a BTF blob ({len(data)} bytes)")
+    magic, _ver, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
+    if magic != BTF_MAGIC:
+        raise BTFError(f"bad BTF magic {magic:#x}")
+    type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", data, 8)
+    t0, s0 = hdr_len + type_off, hdr_len + str_off
+    if hdr_len < 24 or t0 + type_len > len(data) or s0 + str_len > len(data):
+        raise BTFError("BTF header sections run past the end of the data")
+    strs, nbase, sbase = data[s0:s0 + str_len], len(base._starts), len(base._strs)
+    offs: dict[int, str] = {}
+    for name in names:
+        want = strs.find(b"\0" + name.encode() + b"\0")
+        while want >= 0:
+            offs[sbase + want + 1] = name
+            want = strs.find(b"\0" + name.encode() + b"\0", want + 1)
+        if strs.startswith(name.encode() + b"\0"):
+            offs[sbase] = name
+    out: dict[str, tuple[int, int]] = {}
+    unpack = struct.Struct("<III").unpack_from
+    starts = BTF._index(memoryview(data)[t0:t0 + type_len], t0)
+    for k, start in enumerate(starts[1:]):
+        name_off, info, proto = unpack(data, start)
+        if name_off in offs and (info >> 24) & 0x1F == FUNC and offs[name_off] not in out:
+            if proto >= nbase and proto - nbase + 1 < len(starts):
+                p_info = unpack(data, starts[proto - nbase + 1])[1]
+                kind, nargs = (p_info >> 24) & 0x1F, p_info & 0xFFFF
+            else:
+                _, kind, nargs, _, _ = base._type(proto)
+            if kind != FUNC_PROTO:
+                raise BTFError(f"function {offs[name_off]} has no prototype (type {proto})")
+            out[offs[name_off]] = (nbase + k, nargs)
+    return out
+
+
 def offsets(data: "bytes | BTF") -> dict[str, int]:
     """FIELDS' offsets from a BTF blob (or one already read), as -D name -> value."""
     btf = data if isinstance(data, BTF) else BTF(data)

@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # fentry/fexit programs load against this machine's kernel (its BTF
     # names the traced function): where it refuses them (the build
-    # machine's kernel has no ftrace), they are compiled, and verified only
-    # in the guests
+    # machine's kernel has no ftrace), and always for ipvlan's functions,
+    # they are compiled, and verified only in the guests
     tramp_refused: list[str] = []
 
     def build(extra: list[str], load: bool = True) -> float:
@@ -102,10 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         dt = time.process_time() - t0
         if load:
             for spec in probes.SPECS:
-                if spec.trampoline and f"-DIPVT_FENTRY_{spec.name.upper()}" in extra:
-                    if not tramp_refused:
+                tr = spec.trampoline
+                if tr and f"-DIPVT_FENTRY_{spec.name.upper()}" in extra:
+                    # (a module's function: loaded with the module's BTF,
+                    # which this machine's kernel does not have)
+                    if not tramp_refused and not tr.module:
                         try:
-                            b.load_func(spec.trampoline.encode(), bcc.BPF.TRACING)
+                            b.load_func(tr.fn.encode(), bcc.BPF.TRACING)
                         except Exception as exc:
                             tramp_refused.append(str(exc))
                             print(f"compile_check: this kernel does not load fentry/fexit "

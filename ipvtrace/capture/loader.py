@@ -157,6 +157,11 @@ class Tracer:
         self._ncpu = 0
         self._stats_n = 0
         self.removed_leftovers: list[str] = []
+        # fentry/fexit on the module's functions, loaded here: program and
+        # link fds (closed in close(), or by the kernel when the process dies)
+        self._module_btf_fd: int | None = None
+        self._own_fds: list[int] = []
+        self._own_progs: dict[str, int] = {}
 
     def __enter__(self) -> "Tracer":
         require_root()
@@ -195,6 +200,8 @@ class Tracer:
                 elif p["kind"] == "raw_tracepoint":
                     self.bpf.attach_raw_tracepoint(tp=p["symbol"].encode(),
                                                    fn_name=p["fn"].encode())
+                elif p["kind"] in ("fentry", "fexit") and p.get("module"):
+                    self._attach_module_tracing(p)
                 elif p["kind"] == "fentry":
                     self.bpf.attach_kfunc(fn_name=p["fn"].encode())
                 elif p["kind"] == "fexit":
@@ -206,6 +213,19 @@ class Tracer:
             self.close()
             raise LoadError(f"cannot attach {p['kind']} to {p['symbol']}: {exc}") from exc
         return self
+
+    def _attach_module_tracing(self, p: dict) -> None:
+        """An fentry/fexit program on a module's function (plan entry *p*):
+        bcc compiled it; its code is loaded here with the function's id in
+        the module's BTF (bcc 0.26 loads only vmlinux's), and attached."""
+        if self._module_btf_fd is None:
+            self._module_btf_fd = bpfsys.kernel_btf_fd(p["module"])
+        insns = self.bpf.dump_func(p["fn"].encode())
+        fd = bpfsys.load_tracing(insns, p["fn"], p["kind"] == "fexit", p["btf_id"],
+                                 self._module_btf_fd)
+        self._own_fds.append(fd)
+        self._own_progs[p["fn"]] = fd
+        self._own_fds.append(bpfsys.attach_tracing(fd))
 
     def arm(self) -> None:
         """Let the probes open contexts. Until now every probe was attached
@@ -366,10 +386,12 @@ class Tracer:
         if self._prog_infos is None:
             names = {p["fn"]: p["name"] for p in self.plan.attach}
             self._prog_infos = []
-            for fn, f in list(self.bpf.funcs.items()):
-                fn = fn.decode() if isinstance(fn, bytes) else fn
+            fds = {(fn.decode() if isinstance(fn, bytes) else fn): f.fd
+                   for fn, f in self.bpf.funcs.items()}
+            fds.update(self._own_progs)   # (a module's fentry: loaded here, not by bcc)
+            for fn, fd in fds.items():
                 if fn in names:
-                    self._prog_infos.append((names[fn], f.fd, bpfsys.ProgInfo(f.fd)))
+                    self._prog_infos.append((names[fn], fd, bpfsys.ProgInfo(fd)))
         out: dict[str, int] = {}
         for name, fd, info in self._prog_infos:
             try:
@@ -449,6 +471,12 @@ class Tracer:
         if self._ring is not None:
             self._ring.close()
             self._ring = None
+        for fd in reversed(self._own_fds):   # the links first, then their programs
+            os.close(fd)
+        self._own_fds, self._own_progs = [], {}
+        if self._module_btf_fd is not None:
+            os.close(self._module_btf_fd)
+            self._module_btf_fd = None
         if self.bpf is not None:
             try:
                 self.bpf.cleanup()

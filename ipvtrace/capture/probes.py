@@ -21,6 +21,21 @@ TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/traci
 
 
 @dataclass(frozen=True)
+class Trampoline:
+    """The fentry/fexit program a probe is where the kernel has trampolines
+    for its function (trampolines()): about half a kprobe's cost, no
+    return-probe instances to run out of."""
+
+    fn: str              # vmlinux: bcc's kfunc__/kretfunc__ name, which names the function;
+                         # a module's: the loader loads it with the function's BTF id
+    kind: str            # fentry | fexit
+    function: str        # the kernel function
+    module: str = ""     # "" (vmlinux) or the module whose BTF has the function
+    nargs: int = 0       # a module function's arguments as bpf/ reads them (an fexit's
+                         # return comes after them): another count there, no trampoline
+
+
+@dataclass(frozen=True)
 class ProbeSpec:
     """One attach point: the BPF function and the kernel symbol(s) it may use."""
 
@@ -30,35 +45,47 @@ class ProbeSpec:
     symbol: str          # source-level kernel symbol (a raw tracepoint: its event name)
     required: bool       # without it ipvtrace cannot run at all
     why: str             # what is lost without it
-    # a vmlinux function's fentry (kprobe) or fexit (kretprobe) program, used
-    # where the kernel has trampolines (trampolines()): bcc names the traced
-    # function after its kfunc__/kretfunc__ prefix
-    trampoline: str = ""
+    trampoline: Trampoline | None = None
+
+
+def _vmlinux(fn: str, function: str) -> Trampoline:
+    return Trampoline(fn, "fexit" if fn.startswith("kretfunc__") else "fentry", function)
 
 
 SPECS: tuple[ProbeSpec, ...] = (
-    ProbeSpec("xmit", "on_xmit", "kprobe", "ipvlan_queue_xmit", True, "TX entry"),
+    ProbeSpec("xmit", "on_xmit", "kprobe", "ipvlan_queue_xmit", True, "TX entry",
+              Trampoline("on_xmit", "fentry", "ipvlan_queue_xmit", "ipvlan", 2)),
     # ipvlan_queue_xmit's return, as xmit_one reports its caller's (the
     # same value): a tracepoint has no return-probe instances to run out of
-    ProbeSpec("xmit_ret", "on_xmit_done", "raw_tracepoint", "net_dev_xmit", True, "TX verdict"),
+    # (an fexit on ipvlan_queue_xmit where the kernel allows: it runs for
+    # ipvlan's xmits only, where the tracepoint runs for every device's)
+    ProbeSpec("xmit_ret", "on_xmit_done", "raw_tracepoint", "net_dev_xmit", True, "TX verdict",
+              Trampoline("on_xmit_done", "fexit", "ipvlan_queue_xmit", "ipvlan", 2)),
+    # (not a trampoline: its argument is a struct sk_buff **, which the
+    # verifier does not let an fentry program read on 6.1/6.12: "arg0 type
+    # PTR is not a struct"; and a kprobe beside a trampoline on one function
+    # puts both on ftrace's slower path)
     ProbeSpec("rx", "on_rx", "kprobe", "ipvlan_handle_frame", True, "RX entry"),
     ProbeSpec("rx_ret", "on_rx_ret", "kretprobe", "ipvlan_handle_frame", True, "RX verdict"),
     ProbeSpec("rcv_frame", "on_rcv_frame", "kprobe", "ipvlan_rcv_frame", False,
               "local delivery is inferred from dev_forward_skb only"),
     ProbeSpec("lookup_ret", "on_lookup_ret", "kretprobe", "ipvlan_addr_lookup", False,
-              "which slave owns the destination is not shown"),
+              "which slave owns the destination is not shown",
+              Trampoline("on_lookup_ret", "fexit", "ipvlan_addr_lookup", "ipvlan", 4)),
     ProbeSpec("fwd", "on_fwd", "kprobe", "dev_forward_skb", True,
               "tx.l2.local / tx.l2.to_parent / mcast.deliver cannot be seen",
-              "kfunc__dev_forward_skb"),
+              _vmlinux("kfunc__dev_forward_skb", "dev_forward_skb")),
     ProbeSpec("fwd_ret", "on_fwd_ret", "kretprobe", "dev_forward_skb", False,
               "delivery delivered vs forward_failed cannot be told apart",
-              "kretfunc__dev_forward_skb"),
+              _vmlinux("kretfunc__dev_forward_skb", "dev_forward_skb")),
     ProbeSpec("qxmit", "on_qxmit", "kprobe", "__dev_queue_xmit", True,
-              "tx.l2.out_parent / mcast.out_parent cannot be seen", "kfunc____dev_queue_xmit"),
+              "tx.l2.out_parent / mcast.out_parent cannot be seen",
+              _vmlinux("kfunc____dev_queue_xmit", "__dev_queue_xmit")),
     ProbeSpec("local_out", "on_local_out", "kprobe", "ip_local_out", True,
-              "tx.l3.routed (IPv4) cannot be seen", "kfunc__ip_local_out"),
+              "tx.l3.routed (IPv4) cannot be seen", _vmlinux("kfunc__ip_local_out", "ip_local_out")),
     ProbeSpec("local_out6", "on_local_out6", "kprobe", "ip6_local_out", False,
-              "tx.l3.routed (IPv6) cannot be seen", "kfunc__ip6_local_out"),
+              "tx.l3.routed (IPv6) cannot be seen",
+              _vmlinux("kfunc__ip6_local_out", "ip6_local_out")),
     ProbeSpec("mc_enqueue", "on_mc_enqueue", "kprobe", "ipvlan_multicast_enqueue", False,
               "multicast enqueue is inferred from the destination MAC"),
     ProbeSpec("mc_work", "on_mc_work", "kprobe", "ipvlan_process_multicast", False,
@@ -190,7 +217,7 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
         kbtf = btf.BTF(btf.read())
     except btf.BTFError as exc:
         plan.notes.append(f"struct offsets come from the kernel headers ({exc}): a slower start")
-    tramp, why = trampolines(kernel, kbtf, preempt_rt())
+    tramp, why = trampolines(kernel, kbtf, preempt_rt(), module_btf("ipvlan"))
     if why:
         plan.notes.append(why)
     for spec in SPECS:
@@ -209,9 +236,13 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
                 )
             plan.missing.append({"name": spec.name, "symbol": spec.symbol, "why": spec.why})
             continue
-        if spec.trampoline and sym == spec.symbol and sym in tramp:
-            plan.attach.append({"name": spec.name, "fn": spec.trampoline, "symbol": sym,
-                                "kind": "fexit" if spec.kind == "kretprobe" else "fentry"})
+        tr = spec.trampoline
+        # (a GCC clone is not in BTF: a kprobe on it)
+        if tr and tr.function in tramp and (spec.kind == "raw_tracepoint" or sym == spec.symbol):
+            entry = {"name": spec.name, "fn": tr.fn, "kind": tr.kind, "symbol": tr.function}
+            if tr.module:
+                entry.update(module=tr.module, btf_id=tramp[tr.function])
+            plan.attach.append(entry)
             plan.cflags.append(f"-DIPVT_FENTRY_{spec.name.upper()}")
             continue
         plan.attach.append({"name": spec.name, "fn": spec.fn, "kind": spec.kind, "symbol": sym})
@@ -268,26 +299,48 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
     return plan
 
 
-def trampolines(kernel: str, kbtf: "btf.BTF | None", rt: bool) -> tuple[set[str], str]:
-    """The vmlinux helpers (ProbeSpec.trampoline) this kernel can attach by
-    fentry/fexit, and a note when it can attach none ("" when that is not
-    news). A trampoline costs about half a kprobe (bench/mechanism.py), and
-    __dev_queue_xmit and ip_local_out run for every packet of the node."""
+def module_btf(module: str) -> bytes | None:
+    """A module's BTF (/sys/kernel/btf/MODULE), None when it has none."""
+    try:
+        return btf.read(btf.VMLINUX_BTF.parent / module)
+    except btf.BTFError:
+        return None
+
+
+def trampolines(kernel: str, kbtf: "btf.BTF | None", rt: bool,
+                ipvlan_btf: bytes | None = None) -> tuple[dict[str, int], str]:
+    """The functions this kernel can attach by fentry/fexit instead of a
+    kprobe or tracepoint (ProbeSpec.trampoline): each one's BTF id in its module's BTF (0
+    for vmlinux's, which bcc looks up), and a note when it can attach none
+    ("" when that is not news). A trampoline costs about half a kprobe
+    (bench/mechanism.py); __dev_queue_xmit and ip_local_out run for every
+    packet of the node. ipvlan's own functions need the module's BTF, with
+    the arguments bpf/ expects (an fexit reads the return after them)."""
     if os.environ.get(KPROBES_ONLY_ENV):
-        return set(), ""
+        return {}, ""
     if rt:
         # a trampoline's program runs with migration off but preemptible
         # there: another task's program could run in between on this CPU and
         # reuse its per-CPU scratch; a kprobe's runs with preemption off
-        return set(), ("PREEMPT_RT kernel: the vmlinux helpers are kprobes, not fentry/fexit "
-                       "(a trampoline's BPF program can be preempted there)")
+        return {}, ("PREEMPT_RT kernel: kprobes, not fentry/fexit (a trampoline's BPF program "
+                    "can be preempted there)")
     if os.uname().machine != "x86_64" or kernel_version(kernel) < TRAMPOLINES_SINCE:
-        return set(), ""
+        return {}, ""
     if kbtf is None:
-        return set(), ("no vmlinux BTF: the vmlinux helpers are kprobes, not fentry/fexit "
-                       "(a higher cost for every packet of the node)")
-    want = {sp.symbol for sp in SPECS if sp.trampoline}
-    return kbtf.funcs(want), ""
+        return {}, ("no vmlinux BTF: kprobes, not fentry/fexit (a higher cost for every packet "
+                    "of the node)")
+    tramps = [sp.trampoline for sp in SPECS if sp.trampoline]
+    out = {name: 0 for name in kbtf.funcs({t.function for t in tramps if not t.module})}
+    if ipvlan_btf is None:
+        return out, ("the ipvlan module has no BTF here: its functions are kprobes, not "
+                     "fentry/fexit")
+    want = {t.function: t.nargs for t in tramps if t.module == "ipvlan"}
+    try:
+        found = btf.module_funcs(kbtf, ipvlan_btf, set(want))
+    except btf.BTFError as exc:
+        return out, f"the ipvlan module's BTF could not be read ({exc}): its functions are kprobes"
+    out.update({name: tid for name, (tid, nargs) in found.items() if nargs == want[name]})
+    return out, ""
 
 
 # RX callers of ipvlan_rcv_frame: ipvlan_handle_mode_l3 (a symbol on Debian's
