@@ -12,6 +12,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ipvtrace.capture import btf, probes
 
@@ -112,3 +114,19 @@ def test_kernels_before_trampolines_and_the_users_choice(monkeypatch):
     assert probes.trampolines("5.4.0-1-amd64", kb, rt=False) == ({}, "")
     monkeypatch.setenv(probes.KPROBES_ONLY_ENV, "1")
     assert probes.trampolines("6.12.117+deb12-amd64", kb, rt=False) == ({}, "")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_a_damaged_module_btf_gives_btferror_only(data):
+    base, kb = kernel_btf(["__dev_queue_xmit"])
+    blob = bytearray(module_btf(base, {"ipvlan_queue_xmit": 2, "ipvlan_addr_lookup": 4}))
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(blob) - 1))
+        blob[at] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(blob)))
+    try:
+        got = btf.module_funcs(kb, bytes(blob[:cut]), {"ipvlan_queue_xmit", "ipvlan_addr_lookup"})
+    except btf.BTFError:
+        return
+    assert set(got) <= {"ipvlan_queue_xmit", "ipvlan_addr_lookup"}

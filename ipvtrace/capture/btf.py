@@ -55,21 +55,27 @@ class BTFError(ValueError):
     """The BTF could not give an offset; the message says which and why."""
 
 
+def sections(data: bytes) -> tuple[int, int, bytes]:
+    """A BTF blob's type section (offset, length) and its strings, checked
+    against the blob's size; BTFError otherwise."""
+    if len(data) < 24 or len(data) > MAX_BTF:
+        raise BTFError(f"not a BTF blob ({len(data)} bytes)")
+    magic, _ver, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
+    if magic != BTF_MAGIC:
+        raise BTFError(f"bad BTF magic {magic:#x} (big-endian BTF is not read)")
+    type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", data, 8)
+    t0, s0 = hdr_len + type_off, hdr_len + str_off
+    if hdr_len < 24 or t0 + type_len > len(data) or s0 + str_len > len(data):
+        raise BTFError("BTF header sections run past the end of the data")
+    return t0, type_len, data[s0:s0 + str_len]
+
+
 class BTF:
     """Types of one BTF blob (vmlinux's), indexed by id, read on demand."""
 
     def __init__(self, data: bytes) -> None:
-        if len(data) < 24 or len(data) > MAX_BTF:
-            raise BTFError(f"not a BTF blob ({len(data)} bytes)")
-        magic, _ver, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
-        if magic != BTF_MAGIC:
-            raise BTFError(f"bad BTF magic {magic:#x} (big-endian BTF is not read)")
-        type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", data, 8)
-        t0, s0 = hdr_len + type_off, hdr_len + str_off
-        if hdr_len < 24 or t0 + type_len > len(data) or s0 + str_len > len(data):
-            raise BTFError("BTF header sections run past the end of the data")
+        t0, type_len, self._strs = sections(data)
         self._data = data
-        self._strs = data[s0:s0 + str_len]
         self._starts = self._index(memoryview(data)[t0:t0 + type_len], t0)
 
     @staticmethod
@@ -204,16 +210,8 @@ def module_funcs(base: BTF, data: bytes, names: set[str]) -> dict[str, tuple[int
     ids and string offsets continue vmlinux's, *base*): what an fentry/fexit
     program on a module function is loaded with, and where an fexit finds
     the return value. BTFError for a damaged blob."""
-    if len(data) < 24 or len(data) > MAX_BTF:
-        raise BTFError(f"not a BTF blob ({len(data)} bytes)")
-    magic, _ver, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
-    if magic != BTF_MAGIC:
-        raise BTFError(f"bad BTF magic {magic:#x}")
-    type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", data, 8)
-    t0, s0 = hdr_len + type_off, hdr_len + str_off
-    if hdr_len < 24 or t0 + type_len > len(data) or s0 + str_len > len(data):
-        raise BTFError("BTF header sections run past the end of the data")
-    strs, nbase, sbase = data[s0:s0 + str_len], len(base._starts), len(base._strs)
+    t0, type_len, strs = sections(data)
+    nbase, sbase = len(base._starts), len(base._strs)
     offs: dict[int, str] = {}
     for name in names:
         want = strs.find(b"\0" + name.encode() + b"\0")
