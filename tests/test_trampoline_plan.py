@@ -4,7 +4,8 @@ as functions (BTF FUNC; a member of the same name is not one), ipvlan's own
 from the module's split BTF, by their type id there and only with the
 arguments bpf/ reads (an fexit reads the return value after them); none on
 PREEMPT_RT (a trampoline's program can be preempted there, with a note
-saying so), none without BTF (noted), none when the user asks for kprobes.
+saying so), none without BTF (noted), none unless the user asks for them
+(IPVTRACE_TRAMPOLINES: off by default, see probes.TRAMPOLINES_ENV).
 The guest suite runs the chosen plan on Debian's 6.1 and 6.12 (fentry) and
 their PREEMPT_RT builds (kprobes)."""
 from __future__ import annotations
@@ -47,8 +48,8 @@ def module_btf(base: Blob, funcs: dict[str, int]) -> bytes:
 
 
 @pytest.fixture(autouse=True)
-def _no_env(monkeypatch):
-    monkeypatch.delenv(probes.KPROBES_ONLY_ENV, raising=False)
+def _asked(monkeypatch):
+    monkeypatch.setenv(probes.TRAMPOLINES_ENV, "1")
 
 
 def test_the_helpers_btf_names_as_functions():
@@ -112,7 +113,7 @@ def test_no_btf_keeps_kprobes_and_says_so():
 def test_kernels_before_trampolines_and_the_users_choice(monkeypatch):
     _, kb = kernel_btf(["__dev_queue_xmit"])
     assert probes.trampolines("5.4.0-1-amd64", kb, rt=False) == ({}, "")
-    monkeypatch.setenv(probes.KPROBES_ONLY_ENV, "1")
+    monkeypatch.delenv(probes.TRAMPOLINES_ENV)   # (the default: not asked)
     assert probes.trampolines("6.12.117+deb12-amd64", kb, rt=False) == ({}, "")
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from ipvtrace import replay
+from ipvtrace.capture import probes
 from ipvtrace.output import recording
 from guest_helpers import two_pods, wait_ready
 
@@ -46,6 +48,39 @@ def test_live_json_duration(pods, tmp_path):
     echo = [r for r in rows if r["kind"] == "echo-request" and r["dst"] == "10.77.0.2"]
     assert len(echo) == 3 and {r["branch"] for r in echo} == {"tx.l2.local"}, rows
     assert len(rows) == 3, [r["summary"] for r in rows]   # no ARP, no replies
+    assert kprobes_of_ours() == []
+
+
+def test_trampolines_when_asked(pods, tmp_path):
+    """IPVTRACE_TRAMPOLINES=1 (off by default): where the kernel allows (its
+    BTF; not PREEMPT_RT) the vmlinux helpers and ipvlan_queue_xmit's entry
+    and return and ipvlan_addr_lookup's return are fentry/fexit programs,
+    the module's loaded by ipvtrace itself; the pods' pings get the branch
+    they get with kprobes, and the end leaves nothing attached."""
+    out, ready = tmp_path / "tramp.ipvt", tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-m", "ipvtrace", "record", "-o", str(out),
+                             "--ready-file", str(ready)], stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, **{probes.TRAMPOLINES_ENV: "1"}))
+    try:
+        wait_ready(ready, proc)
+        assert pods.ping(NS[1], "10.77.0.2", 3)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+    assert proc.returncode in (0, 130), err
+    kinds = {a["name"]: a["kind"] for a in recording.read(out).header["plan"]["attach"]}
+    tramps = {"xmit": "fentry", "xmit_ret": "fexit", "lookup_ret": "fexit", "fwd": "fentry",
+              "fwd_ret": "fexit", "qxmit": "fentry", "local_out": "fentry"}
+    if probes.preempt_rt():
+        assert not {"fentry", "fexit"} & set(kinds.values()), kinds
+    else:
+        assert {n: kinds.get(n) for n in tramps} == tramps, kinds
+    rows: list[dict] = []
+    replay.run_replay(out, sink=rows.append)
+    echo = [r for r in rows if r["kind"] == "echo-request" and r["dst"] == "10.77.0.2"]
+    assert len(echo) == 3, [(r["summary"], r["branch"]) for r in rows]
+    assert all(r["complete"] and r["branch"] == "tx.l2.local" and r["delivery"] == "delivered"
+               for r in echo), echo
     assert kprobes_of_ours() == []
 
 

@@ -15,7 +15,6 @@ import topology_checks as checks
 from guest_helpers import assert_stats_equal_record
 from ipvtrace.lab import scenarios
 from ipvtrace import replay
-from ipvtrace.capture import probes
 from ipvtrace.lab.netlab import Lab
 
 OUT = Path(os.environ.get("IPVTRACE_OUT", "build/guest")).resolve()
@@ -100,18 +99,11 @@ def test_kprobe_misses_are_reported(both, plan):
     # one run: a miss is the kernel's behaviour, reported, not a failure.)
     # The TX context closes on a raw tracepoint (net_dev_xmit): no kprobe,
     # no instances to run out of, nothing in kprobe_profile.
-    # dev_forward_skb's and ipvlan_addr_lookup's returns are fexits where the
-    # kernel has trampolines (Debian's generic builds with their module BTF;
-    # not PREEMPT_RT, probes.trampolines): a trampoline has no instances
-    # either, and is not in kprobe_profile. ipvlan_handle_frame's is a
-    # kretprobe everywhere.
+    # fexits only where asked for (probes.TRAMPOLINES_ENV; off here): a
+    # trampoline has no instances either, and is not in kprobe_profile
     returns = {p["name"] for p in plan.attach if p["kind"] == "kretprobe"}
     fexits = {p["name"] for p in plan.attach if p["kind"] == "fexit"}
-    assert "rx_ret" in returns
-    if probes.preempt_rt():   # (and the TX close: the net_dev_xmit tracepoint)
-        assert {"fwd_ret", "lookup_ret"} <= returns and not fexits, plan.attach
-    else:
-        assert {"fwd_ret", "lookup_ret", "xmit_ret"} <= fexits, plan.attach
+    assert {"rx_ret", "fwd_ret", "lookup_ret"} <= returns and not fexits, plan.attach
     assert returns <= set(final["kprobe_misses"])
     assert not (fexits | {"xmit_ret"}) & set(final["kprobe_misses"])
     assert final["kprobe_misses_total"] == sum(final["kprobe_misses"].values())
