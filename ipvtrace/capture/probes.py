@@ -121,9 +121,9 @@ COUNTS_SKIPPED_SINCE = (6, 7)
 TRAMPOLINES_SINCE = (5, 5)
 # set (non-empty): fentry/fexit where the kernel allows. Off by default: in
 # Debian's 6.1 under QEMU (TCG, 2 vCPUs), a tracer with trampolines SIGKILLed
-# in the middle of a ping flood left both vCPUs in a soft lockup in 2 of 3
+# in the middle of a ping flood left both vCPUs in a soft lockup in 2 of 7
 # runs (tests/guest/test_survival.py::test_killed_then_full_disk), the same
-# test with kprobes in none of 2; not understood yet (session 23's note)
+# test with kprobes in none of 4; not understood yet (session 23's note)
 TRAMPOLINES_ENV = "IPVTRACE_TRAMPOLINES"
 # BPF atomic instructions that return the old value (BPF_FETCH): the verifier
 # refuses them before 5.12 ("BPF_STX uses reserved fields", seen on 5.10)
