@@ -55,7 +55,7 @@ def _asked(monkeypatch):
 def test_the_helpers_btf_names_as_functions():
     _, kb = kernel_btf(["__dev_queue_xmit", "dev_forward_skb", "netif_rx"],
                        members=("ip_local_out",))   # a struct member of that name: no function
-    got, why = probes.trampolines("6.12.117+deb12-amd64", kb, rt=False, ipvlan_btf=None)
+    got, why = probes.trampolines("6.12.117+deb12-amd64", kb, rt=False, ipvlan_btf=lambda: None)
     assert got == {"__dev_queue_xmit": 0, "dev_forward_skb": 0}
     assert "ipvlan module has no BTF" in why
 
@@ -65,11 +65,11 @@ def test_ipvlans_functions_by_their_id_in_the_modules_btf_and_their_arguments():
     # ipvlan_queue_xmit with 3 arguments is not the one bpf/ reads: kprobe
     mod = module_btf(base, {"ipvlan_handle_frame": 1, "ipvlan_queue_xmit": 3,
                             "ipvlan_addr_lookup": 4, "ipvlan_other": 1})
-    got, why = probes.trampolines("6.12.117+deb12-amd64", kb, rt=False, ipvlan_btf=mod)
+    got, why = probes.trampolines("6.12.117+deb12-amd64", kb, rt=False, ipvlan_btf=lambda: mod)
     first = base.n + 1   # ids: proto, func, proto, func, ...
     assert got == {"__dev_queue_xmit": 0, "ipvlan_addr_lookup": first + 5} and why == ""
     mod = module_btf(base, {"ipvlan_queue_xmit": 2})
-    got, _ = probes.trampolines("6.12.117+deb12-amd64", kb, rt=False, ipvlan_btf=mod)
+    got, _ = probes.trampolines("6.12.117+deb12-amd64", kb, rt=False, ipvlan_btf=lambda: mod)
     assert got["ipvlan_queue_xmit"] == first + 1
 
 
@@ -77,7 +77,8 @@ def test_a_damaged_module_btf_keeps_kprobes_for_it():
     base, kb = kernel_btf(["__dev_queue_xmit"])
     mod = bytearray(module_btf(base, {"ipvlan_queue_xmit": 2}))
     struct.pack_into("<I", mod, 16, 10_000)   # str_off past the end
-    got, why = probes.trampolines("6.12.117+deb12-amd64", kb, rt=False, ipvlan_btf=bytes(mod))
+    got, why = probes.trampolines("6.12.117+deb12-amd64", kb, rt=False,
+                                  ipvlan_btf=lambda: bytes(mod))
     assert got == {"__dev_queue_xmit": 0} and "could not be read" in why
 
 

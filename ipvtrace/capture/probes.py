@@ -13,6 +13,7 @@ import re
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from ipvtrace.capture import btf, kcode
 from ipvtrace.model.evidence import WORKER_RX_FNS
@@ -222,7 +223,7 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
         kbtf = btf.BTF(btf.read())
     except btf.BTFError as exc:
         plan.notes.append(f"struct offsets come from the kernel headers ({exc}): a slower start")
-    tramp, why = trampolines(kernel, kbtf, preempt_rt(), module_btf("ipvlan"))
+    tramp, why = trampolines(kernel, kbtf, preempt_rt(), lambda: module_btf("ipvlan"))
     if why:
         plan.notes.append(why)
     for spec in SPECS:
@@ -313,7 +314,8 @@ def module_btf(module: str) -> bytes | None:
 
 
 def trampolines(kernel: str, kbtf: "btf.BTF | None", rt: bool,
-                ipvlan_btf: bytes | None = None) -> tuple[dict[str, int], str]:
+                ipvlan_btf: Callable[[], bytes | None] = lambda: None,
+                ) -> tuple[dict[str, int], str]:
     """The functions this kernel can attach by fentry/fexit instead of a
     kprobe or tracepoint (ProbeSpec.trampoline): each one's BTF id in its module's BTF (0
     for vmlinux's, which bcc looks up), and a note when it can attach none
@@ -337,12 +339,13 @@ def trampolines(kernel: str, kbtf: "btf.BTF | None", rt: bool,
                     "of the node)")
     tramps = [sp.trampoline for sp in SPECS if sp.trampoline]
     out = {name: 0 for name in kbtf.funcs({t.function for t in tramps if not t.module})}
-    if ipvlan_btf is None:
+    mod = ipvlan_btf()   # (read only when asked: the module's BTF is a file read and a parse)
+    if mod is None:
         return out, ("the ipvlan module has no BTF here: its functions are kprobes, not "
                      "fentry/fexit")
     want = {t.function: t.nargs for t in tramps if t.module == "ipvlan"}
     try:
-        found = btf.module_funcs(kbtf, ipvlan_btf, set(want))
+        found = btf.module_funcs(kbtf, mod, set(want))
     except btf.BTFError as exc:
         return out, f"the ipvlan module's BTF could not be read ({exc}): its functions are kprobes"
     out.update({name: tid for name, (tid, nargs) in found.items() if nargs == want[name]})
