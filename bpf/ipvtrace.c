@@ -105,6 +105,34 @@ struct ipvt_stack {
 };
 
 BPF_RINGBUF_OUTPUT(events, IPVT_RINGBUF_PAGES);
+
+/* Whether a submit wakes the consumer. By default the ring wakes it for the
+ * first record after each time it caught up: with a consumer that keeps up,
+ * that is every few records (1,200 wake-ups a second in a `record` of the
+ * 6.12 guest's flood, 12 records each), each an irq_work on the sending CPU
+ * and a task wake-up. The consumer polls at least every 200 ms anyway
+ * (live.TICK_MS), so a record wakes it only every IPVT_WAKE_EVERY records:
+ * by then at most a quarter of the ring is waiting, three quarters are left.
+ * (bpf_ringbuf_query would say how full the ring is, but bcc 0.26 has no
+ * way to name the map to it.) The count is shared by all CPUs: an add
+ * without fetch (5.10 has no fetch) and a read after it, so two CPUs may
+ * see one value and one multiple be skipped; the next one, or the poll,
+ * wakes the consumer. */
+#define IPVT_WAKE_EVERY ((__u64)IPVT_RINGBUF_PAGES * 4096 / 4 / IPVT_REC_MAX)
+BPF_ARRAY(ring_sent, __u64, 1);
+
+static __always_inline __u64 ring_wake(void)
+{
+	int zero = 0;
+	__u64 *n;
+	if (IPVT_WAKE_EVERY < 2)   /* a tiny ring: as the kernel decides */
+		return 0;
+	n = ring_sent.lookup(&zero);
+	if (!n)
+		return 0;
+	__sync_fetch_and_add(n, 1);
+	return *n % IPVT_WAKE_EVERY ? BPF_RB_NO_WAKEUP : BPF_RB_FORCE_WAKEUP;
+}
 #ifdef IPVT_STACK_PER_TASK
 /* tid << 32 | cpu: on PREEMPT_RT softirqs run in threads and a task can be
  * preempted (not migrated) inside ipvlan, so nesting is per task */
@@ -1060,7 +1088,7 @@ static __always_inline void rec_close(struct ipvt_stack *st, __u32 idx, __s64 re
 	asm volatile("" : "+r"(size));
 	if (size > IPVT_REC_MAX)
 		size = IPVT_REC_MAX;
-	if (events.ringbuf_output(buf, size, 0) != 0) {
+	if (events.ringbuf_output(buf, size, ring_wake()) != 0) {
 		stat_inc(IPVT_S_LOST_BASE + r->kind);
 		echo_orphaned(buf);
 	}
@@ -1082,7 +1110,7 @@ static __always_inline void ev_submit(__u16 probe, struct ipvt_event *e)
 	asm volatile("" : "+r"(size));
 	if (size > sizeof(*e))
 		size = sizeof(*e);
-	if (events.ringbuf_output(e, size, 0) != 0) {
+	if (events.ringbuf_output(e, size, ring_wake()) != 0) {
 		stat_inc(IPVT_S_LOST_BASE + e->probe);
 		note_loss(e);
 	}

@@ -63,7 +63,11 @@ class Lab:
 
     def __enter__(self) -> "Lab":
         _register_ipvlan_kind()
-        from pyroute2 import netns
+        from pyroute2 import config, netns
+
+        # pyroute2 gives the child that unshares a namespace 2 s to answer; an
+        # emulated guest on a busy host took longer (TimeoutError, 2026-12-03)
+        config.default_communicate_timeout = max(config.default_communicate_timeout, 60)
 
         checkpoint()
         existing = set(netns.listnetns())
