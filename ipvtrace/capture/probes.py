@@ -120,11 +120,15 @@ TRACEPOINTS = (("skb", "kfree_skb"), ("skb", "consume_skb"))
 COUNTS_SKIPPED_SINCE = (6, 7)
 # BPF trampolines (fentry/fexit): 5.5+, and bcc attaches them on x86-64 only
 TRAMPOLINES_SINCE = (5, 5)
-# set (non-empty): fentry/fexit where the kernel allows. Off by default: in
-# Debian's 6.1 under QEMU (TCG, 2 vCPUs), a tracer with trampolines SIGKILLed
-# in the middle of a ping flood left both vCPUs in a soft lockup in 2 of 7
-# runs (tests/guest/test_survival.py::test_killed_then_full_disk), the same
-# test with kprobes in none of 4; not understood yet (session 23's note)
+# "0": kprobes and tracepoints even where the kernel has trampolines. They
+# were off by default in session 23 after soft lockups in Debian's 6.1 under
+# QEMU (TCG, 2 vCPUs) when a tracer was SIGKILLed in a ping flood. Session 24
+# caught the stacks: a CPU spinning on an int3 at __dev_queue_xmit+0 whose
+# bytes the kernel reads as the 5-byte NOP again (the int3 handler sees no
+# int3 and returns to retry, forever), and, with kprobes only (no
+# trampoline), a call from ip_finish_output2 into address 0 during the same
+# test. Both are code patched by one vCPU still executed stale by the other:
+# the emulator's, and kprobes hit it as well; never seen with 1 vCPU (CI).
 TRAMPOLINES_ENV = "IPVTRACE_TRAMPOLINES"
 # BPF atomic instructions that return the old value (BPF_FETCH): the verifier
 # refuses them before 5.12 ("BPF_STX uses reserved fields", seen on 5.10)
@@ -319,13 +323,13 @@ def trampolines(kernel: str, kbtf: "btf.BTF | None", rt: bool,
     """The functions this kernel can attach by fentry/fexit instead of a
     kprobe or tracepoint (ProbeSpec.trampoline): each one's BTF id in its module's BTF (0
     for vmlinux's, which bcc looks up), and a note when it can attach none
-    ("" when that is not news). Only when asked (TRAMPOLINES_ENV). A
+    ("" when that is not news). Not when TRAMPOLINES_ENV is "0". A
     trampoline costs about half a kprobe
     (bench/mechanism.py); __dev_queue_xmit and ip_local_out run for every
     packet of the node. ipvlan's own functions need the module's BTF, with
     the arguments bpf/ expects (an fexit reads the return after them)."""
-    if not os.environ.get(TRAMPOLINES_ENV):
-        return {}, ""
+    if os.environ.get(TRAMPOLINES_ENV) == "0":
+        return {}, ""   # asked for: not news (the plan names each probe's kind)
     if rt:
         # a trampoline's program runs with migration off but preemptible
         # there: another task's program could run in between on this CPU and
@@ -339,7 +343,7 @@ def trampolines(kernel: str, kbtf: "btf.BTF | None", rt: bool,
                     "of the node)")
     tramps = [sp.trampoline for sp in SPECS if sp.trampoline]
     out = {name: 0 for name in kbtf.funcs({t.function for t in tramps if not t.module})}
-    mod = ipvlan_btf()   # (read only when asked: the module's BTF is a file read and a parse)
+    mod = ipvlan_btf()   # (read only here: the module's BTF is a file read and a parse)
     if mod is None:
         return out, ("the ipvlan module has no BTF here: its functions are kprobes, not "
                      "fentry/fexit")
