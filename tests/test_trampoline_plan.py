@@ -114,6 +114,10 @@ def test_no_btf_keeps_kprobes_and_says_so():
 def test_kernels_before_trampolines_and_the_users_choice(monkeypatch):
     _, kb = kernel_btf(["__dev_queue_xmit"])
     assert probes.trampolines("5.4.0-1-amd64", kb, rt=False) == ({}, "")
+    # 5.10 has trampolines, but nothing keeps a program from running inside
+    # itself on one CPU there (5.12: prog->active): kprobes
+    assert probes.trampolines("5.10.0-32-amd64", kb, rt=False) == ({}, "")
+    assert probes.trampolines("5.12.0-1-amd64", kb, rt=False)[0] == {"__dev_queue_xmit": 0}
     for value in ("1", "yes"):   # anything but "0" keeps the default
         monkeypatch.setenv(probes.TRAMPOLINES_ENV, value)
         assert probes.trampolines("6.12.117+deb12-amd64", kb, rt=False)[0] == {"__dev_queue_xmit": 0}

@@ -118,8 +118,14 @@ TRACEPOINTS = (("skb", "kfree_skb"), ("skb", "consume_skb"))
 # recursion_misses, kprobes and tracepoints alike); before, the tracer
 # estimates them for kprobes only (the kprobe's hits minus the program's runs).
 COUNTS_SKIPPED_SINCE = (6, 7)
-# BPF trampolines (fentry/fexit): 5.5+, and bcc attaches them on x86-64 only
-TRAMPOLINES_SINCE = (5, 5)
+# BPF trampolines (fentry/fexit) exist from 5.5 (bcc attaches them on x86-64
+# only), but a trampoline keeps a program from running inside itself on one
+# CPU only from 5.12 (prog->active, counted as recursion_misses): before, a
+# softirq at the end of an interrupt that came while a program ran could run
+# it again on that CPU, over the per-CPU context it was changing, uncounted
+# (a kprobe's program is kept out by bpf_prog_active, and the estimate of
+# skipped() counts it). Debian's 5.10 keeps kprobes.
+TRAMPOLINES_SINCE = (5, 12)
 # "0": kprobes and tracepoints even where the kernel has trampolines. They
 # were off by default in session 23 after soft lockups in Debian's 6.1 under
 # QEMU (TCG, 2 vCPUs) when a tracer was SIGKILLed in a ping flood. Session 24

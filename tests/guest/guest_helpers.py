@@ -1,4 +1,5 @@
 """Helpers of the in-guest suite."""
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -15,6 +16,15 @@ def skip_unless_probed(plan: probes.ProbePlan, check) -> None:
     if missing:
         pytest.skip("; ".join(f"{m['symbol']} is not probe-able on {plan.kernel}: {m['why']}"
                               for m in missing))
+
+
+def trampolines_expected() -> bool:
+    """Whether this kernel should get fentry/fexit programs by default: x86-64,
+    5.12+ (a program kept from running inside itself), vmlinux's and ipvlan's
+    BTF, not PREEMPT_RT (probes.trampolines), read from the guest itself."""
+    return (os.uname().machine == "x86_64" and not probes.preempt_rt()
+            and probes.kernel_version(os.uname().release) >= (5, 12)
+            and Path("/sys/kernel/btf/vmlinux").exists() and Path("/sys/kernel/btf/ipvlan").exists())
 
 
 def two_pods(ns: list[str], subnet: str):

@@ -13,7 +13,7 @@ import pytest
 from ipvtrace import replay
 from ipvtrace.capture import probes
 from ipvtrace.output import recording
-from guest_helpers import two_pods, wait_ready
+from guest_helpers import trampolines_expected, two_pods, wait_ready
 
 OUT = Path(os.environ.get("IPVTRACE_OUT", "build/guest")).resolve()
 NS = ["ipvt-lc-host", "ipvt-lc-a", "ipvt-lc-b"]
@@ -56,7 +56,7 @@ TRAMPOLINES = {"xmit": "fentry", "xmit_ret": "fexit", "lookup_ret": "fexit", "fw
 
 
 def test_trampolines_by_default_kprobes_when_turned_off(pods, tmp_path):
-    """By default, where the kernel allows (its BTF; not PREEMPT_RT), the
+    """By default, where the kernel allows (5.12+, its BTF; not PREEMPT_RT), the
     vmlinux helpers, ipvlan_queue_xmit's entry and return and
     ipvlan_addr_lookup's return are fentry/fexit programs (the module's
     loaded by ipvtrace itself; every other guest test runs them).
@@ -64,10 +64,10 @@ def test_trampolines_by_default_kprobes_when_turned_off(pods, tmp_path):
     instead; the pods' pings get the same branch, and the end leaves
     nothing attached."""
     default = {a["name"]: a["kind"] for a in probes.build().attach}
-    if probes.preempt_rt():
-        assert not {"fentry", "fexit"} & set(default.values()), default
-    else:
+    if trampolines_expected():
         assert {n: default.get(n) for n in TRAMPOLINES} == TRAMPOLINES, default
+    else:   # PREEMPT_RT, before 5.12
+        assert not {"fentry", "fexit"} & set(default.values()), default
     out, ready = tmp_path / "kprobes.ipvt", tmp_path / "ready"
     proc = subprocess.Popen([sys.executable, "-m", "ipvtrace", "record", "-o", str(out),
                              "--ready-file", str(ready)], stderr=subprocess.PIPE, text=True,

@@ -12,10 +12,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import topology_checks as checks
-from guest_helpers import assert_stats_equal_record
+from guest_helpers import assert_stats_equal_record, trampolines_expected
 from ipvtrace.lab import scenarios
 from ipvtrace import replay
-from ipvtrace.capture import probes
 from ipvtrace.lab.netlab import Lab
 
 OUT = Path(os.environ.get("IPVTRACE_OUT", "build/guest")).resolve()
@@ -106,10 +105,10 @@ def test_kprobe_misses_are_reported(both, plan):
     returns = {p["name"] for p in plan.attach if p["kind"] == "kretprobe"}
     fexits = {p["name"] for p in plan.attach if p["kind"] == "fexit"}
     want = {"rx_ret", "fwd_ret", "lookup_ret"}
-    if probes.preempt_rt():
-        assert want <= returns and not fexits, plan.attach
-    else:
+    if trampolines_expected():
         assert "rx_ret" in returns and {"xmit_ret", "fwd_ret", "lookup_ret"} <= fexits, plan.attach
+    else:
+        assert want <= returns and not fexits, plan.attach
     assert returns <= set(final["kprobe_misses"])
     assert not (fexits | {"xmit_ret"}) & set(final["kprobe_misses"])
     assert final["kprobe_misses_total"] == sum(final["kprobe_misses"].values())
