@@ -55,23 +55,21 @@ TRAMPOLINES = {"xmit": "fentry", "xmit_ret": "fexit", "lookup_ret": "fexit", "fw
                "fwd_ret": "fexit", "qxmit": "fentry", "local_out": "fentry"}
 
 
-def test_trampolines_by_default_kprobes_when_turned_off(pods, tmp_path):
-    """By default, where the kernel allows (5.12+, its BTF; not PREEMPT_RT), the
-    vmlinux helpers, ipvlan_queue_xmit's entry and return and
-    ipvlan_addr_lookup's return are fentry/fexit programs (the module's
-    loaded by ipvtrace itself; every other guest test runs them).
-    IPVTRACE_TRAMPOLINES=0 gives kprobes and the net_dev_xmit tracepoint
-    instead; the pods' pings get the same branch, and the end leaves
-    nothing attached."""
+def test_trampolines_when_asked(pods, tmp_path):
+    """IPVTRACE_TRAMPOLINES=1 (off by default): where the kernel allows
+    (5.12+, its BTF; not PREEMPT_RT) the vmlinux helpers and
+    ipvlan_queue_xmit's entry and return and ipvlan_addr_lookup's return are
+    fentry/fexit programs, the module's loaded by ipvtrace itself; the pods'
+    pings get the branch they get with kprobes, and the end leaves nothing
+    attached. Without it, kprobes and the net_dev_xmit tracepoint."""
     default = {a["name"]: a["kind"] for a in probes.build().attach}
-    if trampolines_expected():
-        assert {n: default.get(n) for n in TRAMPOLINES} == TRAMPOLINES, default
-    else:   # PREEMPT_RT, before 5.12
-        assert not {"fentry", "fexit"} & set(default.values()), default
-    out, ready = tmp_path / "kprobes.ipvt", tmp_path / "ready"
+    assert {n: default.get(n) for n in TRAMPOLINES} == {
+        "xmit": "kprobe", "xmit_ret": "raw_tracepoint", "lookup_ret": "kretprobe",
+        "fwd": "kprobe", "fwd_ret": "kretprobe", "qxmit": "kprobe", "local_out": "kprobe"}, default
+    out, ready = tmp_path / "tramp.ipvt", tmp_path / "ready"
     proc = subprocess.Popen([sys.executable, "-m", "ipvtrace", "record", "-o", str(out),
                              "--ready-file", str(ready)], stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, **{probes.TRAMPOLINES_ENV: "0"}))
+                            env=dict(os.environ, **{probes.TRAMPOLINES_ENV: "1"}))
     try:
         wait_ready(ready, proc)
         assert pods.ping(NS[1], "10.77.0.2", 3)
@@ -80,9 +78,10 @@ def test_trampolines_by_default_kprobes_when_turned_off(pods, tmp_path):
         _, err = proc.communicate(timeout=300)
     assert proc.returncode in (0, 130), err
     kinds = {a["name"]: a["kind"] for a in recording.read(out).header["plan"]["attach"]}
-    assert {n: kinds.get(n) for n in TRAMPOLINES} == {
-        "xmit": "kprobe", "xmit_ret": "raw_tracepoint", "lookup_ret": "kretprobe",
-        "fwd": "kprobe", "fwd_ret": "kretprobe", "qxmit": "kprobe", "local_out": "kprobe"}, kinds
+    if trampolines_expected():
+        assert {n: kinds.get(n) for n in TRAMPOLINES} == TRAMPOLINES, kinds
+    else:   # PREEMPT_RT, before 5.12
+        assert not {"fentry", "fexit"} & set(kinds.values()), kinds
     rows: list[dict] = []
     replay.run_replay(out, sink=rows.append)
     echo = [r for r in rows if r["kind"] == "echo-request" and r["dst"] == "10.77.0.2"]
