@@ -118,7 +118,7 @@ BPF_RINGBUF_OUTPUT(events, IPVT_RINGBUF_PAGES);
  * without fetch (5.10 has no fetch) and a read after it, so two CPUs may
  * see one value and one multiple be skipped; the next one, or the poll,
  * wakes the consumer. */
-#define IPVT_WAKE_EVERY ((__u64)IPVT_RINGBUF_PAGES * 4096 / 4 / IPVT_REC_MAX)
+#define IPVT_WAKE_EVERY ((__u64)IPVT_RINGBUF_PAGES * PAGE_SIZE / 4 / IPVT_REC_MAX)
 BPF_ARRAY(ring_sent, __u64, 1);
 
 static __always_inline __u64 ring_wake(void)

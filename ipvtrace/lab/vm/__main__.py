@@ -20,9 +20,10 @@ def main() -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kernel", action="append", default=[], help="6.1, 6.12 or a release")
     p.add_argument("--work", type=Path, default=Path("build/vm"), help="per-kernel work dirs here")
-    p.add_argument("--cpus", type=int, default=0, help="vCPUs per guest (default: 2, 1 when parallel). Under TCG with 2, "
-                        "one vCPU may run code the other just patched stale (a probe attached "
-                        "or removed under a flood hung 6.1 guests: docs/commands.md#overhead)")
+    p.add_argument("--cpus", type=int, default=0,
+                   help="vCPUs per guest (default: 2, 1 when parallel). Under TCG with 2, one "
+                        "vCPU may run code the other just patched stale (a probe attached or "
+                        "removed under a flood hung 6.1 guests: docs/commands.md#overhead)")
     p.add_argument("--timeout", type=float, default=2400)
     p.add_argument("--memory", type=int, default=2048, help="MiB per guest (default 2048)")
     p.add_argument("--icount", type=int, metavar="SHIFT", choices=range(0, 11),
