@@ -460,6 +460,127 @@ static __always_inline void note_loss(struct ipvt_event *e)
 		worker_lossy();
 }
 
+/* ---- ipvtrace's programs running on this CPU -------------------------- *
+ * The kernel runs no program while one that keeps it out runs on the CPU:
+ * a kprobe keeps out every kprobe program (bpf_prog_active), a trampoline
+ * or (from 6.7) a raw tracepoint only itself (its prog->active). A softirq
+ * on its way out of an interrupt taken inside one of ipvtrace's programs
+ * (on PREEMPT_RT, a task preempting one) may so lose the hits of the
+ * program it interrupted, and of the kprobes, without a trace in its own
+ * context: with trampolines, its queue_xmit still opens a context (on_xmit
+ * runs) whose __dev_queue_xmit hit on_qxmit is kept out of, and the record
+ * closes as whole (seen on Debian 7.2: an `unknown` row marked complete).
+ * So each program counts itself in `running` while it runs, and one that
+ * finds another running marks the context it touches incomplete (the
+ * innermost on this CPU or task, and this task's multicast worker run),
+ * and a context opened meanwhile opens incomplete (ctx_push). Counted as
+ * `nested`. A context a trampoline opens under a kprobe's program (in or
+ * around its body, ipvtrace's or not) is seen exactly: bpf_prog_active
+ * (kprobe_prog_active). Not covered: an interrupt taken where the kernel
+ * has marked a trampoline's or tracepoint's program active but it has not
+ * begun, or has ended but is not unmarked (the kernel's instructions around
+ * it; a program cannot read another's prog->active, and the kernel's count
+ * of those skips, bpf_prog_inc_misses_counter, is notrace: no kprobe); on
+ * 7.2 with trampolines one such context was left complete against 843
+ * flagged (why trampolines stay opt-in). A plain add per CPU: programs nest there,
+ * each leaves the count as it found it; PREEMPT_RT interleaves tasks'
+ * programs: atomic adds. */
+BPF_PERCPU_ARRAY(running, __u32, 1);
+
+static __always_inline __u32 *running_count(void)
+{
+	int zero = 0;
+	return running.lookup(&zero);
+}
+
+/* Another of ipvtrace's programs runs on this CPU: the evidence of the
+ * innermost context here, and this task's worker run, may lack hits. */
+static __always_inline void nested_mark(void)
+{
+	stat_inc(IPVT_S_NESTED);
+	struct ipvt_stack *st = stack_get(0);
+	if (st) {
+		__u32 d = st->depth;
+		if (d > 0 && d <= IPVT_STACK_MAX)
+			st->lossy[stack_idx(d - 1)] = 1;
+	}
+	worker_lossy();
+}
+
+static __always_inline __u32 *guard_enter(void)
+{
+	__u32 *n = running_count();
+	if (!n)
+		return 0;
+	if (*n)
+		nested_mark();
+#ifdef IPVT_STACK_PER_TASK
+	__sync_fetch_and_add(n, 1);
+#else
+	*n += 1;
+#endif
+	return n;
+}
+
+static __always_inline void guard_exit(__u32 *n)
+{
+	if (!n)
+		return;
+#ifdef IPVT_STACK_PER_TASK
+	__sync_fetch_and_add(n, -1);
+#else
+	*n -= 1;
+#endif
+}
+
+/* A program's body, counted in `running` while it runs. A body that ends
+ * in a tail call (to on_worker_hit) leaves the count to its target. */
+#define GUARDED(body)								\
+	({									\
+		__u32 *g_ = guard_enter();					\
+		int rc_ = (body);						\
+		guard_exit(g_);							\
+		rc_;								\
+	})
+
+/* ... with its run counted first thing inside the count (see ran()). */
+#define GUARDED_RUN(probe, body)						\
+	({									\
+		__u32 *g_ = guard_enter();					\
+		ran(probe);							\
+		int rc_ = (body);						\
+		guard_exit(g_);							\
+		rc_;								\
+	})
+
+/* Is a kprobe's BPF program running on this CPU (bpf_prog_active, a
+ * per-CPU variable read at the address /proc/kallsyms gives)? Then every
+ * kprobe program the kernel reaches is kept out: a context a trampoline
+ * (on_xmit's fentry) opens now misses its kprobe hits, whether the running
+ * program is ipvtrace's (in or around its body) or another tool's. A
+ * context a kprobe opens ran: no kprobe's program was running. */
+static __always_inline int kprobe_prog_active(void)
+{
+#if defined(IPVT_PERCPU_OFFSETS) && defined(IPVT_BPF_PROG_ACTIVE)
+	int n = 0;
+	__u64 base = 0;
+	__u64 cpu = bpf_get_smp_processor_id();
+	if (bpf_probe_read_kernel(&base, sizeof(base),
+				  (const void *)(IPVT_PERCPU_OFFSETS + cpu * 8)) == 0 &&
+	    bpf_probe_read_kernel(&n, sizeof(n),
+				  (const void *)(base + IPVT_BPF_PROG_ACTIVE)) == 0)
+		return n > 0;
+#endif
+	return 0;
+}
+
+/* Is a program other than the caller running on this CPU? */
+static __always_inline int others_running(void)
+{
+	__u32 *n = running_count();
+	return n && *n > 1;
+}
+
 static __always_inline __u32 rec_size(struct ipvt_rec *r)
 {
 	__u32 size = sizeof(struct ipvt_rec) + ((r->hdr_len + 7) & ~7) +
@@ -561,7 +682,14 @@ static __always_inline __u64 ctx_push(__u16 kind, __u8 *depth_out, __u64 sp)
 	st->ts[i] = bpf_ktime_get_ns();
 	st->kind[i] = kind;
 	st->filtered[i] = 0;
-	st->lossy[i] = 0;
+	/* opened inside another program's run: kept out of its hits */
+	st->lossy[i] = others_running();
+#ifdef IPVT_FENTRY_XMIT
+	if (kind == IPVT_P_XMIT && kprobe_prog_active())
+		st->lossy[i] = 1;
+#endif
+	if (st->lossy[i])
+		stat_inc(IPVT_S_NESTED);
 	st->seen[i] = 0;
 	st->enq_skb[i] = 0;
 	st->depth = d + 1;
@@ -1168,6 +1296,7 @@ int on_worker_hit(struct pt_regs *ctx)
 	__u64 *w = workers.lookup(&tid);
 	if (h && w && !serving_softirq())
 		worker_event(h->probe, h, *w & ~IPVT_WORKER_LOSSY);
+	guard_exit(running_count());   /* the calling program's count (GUARDED) */
 	return 0;
 }
 
@@ -1337,13 +1466,13 @@ static __always_inline int do_xmit(struct sk_buff *skb, struct net_device *dev, 
 #ifdef IPVT_FENTRY_XMIT
 int on_xmit(__u64 *ctx)
 {
-	return do_xmit((struct sk_buff *)ctx[0], (struct net_device *)ctx[1], 0);
+	return GUARDED(do_xmit((struct sk_buff *)ctx[0], (struct net_device *)ctx[1], 0));
 }
 #else
 int on_xmit(struct pt_regs *ctx)
 {
-	return do_xmit((struct sk_buff *)PT_REGS_PARM1(ctx), (struct net_device *)PT_REGS_PARM2(ctx),
-		       PT_REGS_SP(ctx));
+	return GUARDED(do_xmit((struct sk_buff *)PT_REGS_PARM1(ctx),
+			       (struct net_device *)PT_REGS_PARM2(ctx), PT_REGS_SP(ctx)));
 }
 #endif
 
@@ -1399,18 +1528,18 @@ static __always_inline int xmit_close(__u64 skb, __u64 dev, int rc)
 #ifdef IPVT_FENTRY_XMIT_RET
 int on_xmit_done(__u64 *ctx)
 {
-	return xmit_close(ctx[0], ctx[1], (int)ctx[2]);
+	return GUARDED(xmit_close(ctx[0], ctx[1], (int)ctx[2]));
 }
 #else
 int on_xmit_done(struct bpf_raw_tracepoint_args *ctx)
 {
-	return xmit_close(ctx->args[0], ctx->args[2], (int)ctx->args[1]);
+	return GUARDED(xmit_close(ctx->args[0], ctx->args[2], (int)ctx->args[1]));
 }
 #endif
 
 /* ipvlan_handle_frame(pskb): the rx_handler of the parent (skb->dev). A
  * kprobe always: an fentry program may not read a struct sk_buff ** (probes.py) */
-int on_rx(struct pt_regs *ctx)
+static __always_inline int rx_open(struct pt_regs *ctx)
 {
 	ran(IPVT_P_RX);
 	struct sk_buff **pskb = (struct sk_buff **)PT_REGS_PARM1(ctx);
@@ -1422,20 +1551,25 @@ int on_rx(struct pt_regs *ctx)
 	return entry(IPVT_P_RX, skb, dev, PT_REGS_SP(ctx));
 }
 
-int on_rx_ret(struct pt_regs *ctx)
+int on_rx(struct pt_regs *ctx)
 {
-	ran(IPVT_P_RX_RET);
-	return entry_ret(ctx, IPVT_P_RX);
+	return GUARDED(rx_open(ctx));
 }
 
-int on_mc_work(struct pt_regs *ctx)
+int on_rx_ret(struct pt_regs *ctx)
 {
-	ran(IPVT_P_MC_WORK);
+	return GUARDED_RUN(IPVT_P_RX_RET, entry_ret(ctx, IPVT_P_RX));
+}
+
+static __always_inline int mc_work_open(void)
+{
 	if (!is_armed())
 		return 0;
 	__u32 tid = bpf_get_current_pid_tgid();
 	__u64 id = new_ctx_id();
-	workers.update(&tid, &id);
+	/* begun inside another program's run: kept out of its hits */
+	__u64 run = others_running() ? id | IPVT_WORKER_LOSSY : id;
+	workers.update(&tid, &run);
 	struct ipvt_event *e = ev_init(IPVT_P_MC_WORK, id, 0);
 	if (!e)
 		return 0;
@@ -1444,9 +1578,13 @@ int on_mc_work(struct pt_regs *ctx)
 	return 0;
 }
 
-int on_mc_work_ret(struct pt_regs *ctx)
+int on_mc_work(struct pt_regs *ctx)
 {
-	ran(IPVT_P_MC_WORK_RET);
+	return GUARDED_RUN(IPVT_P_MC_WORK, mc_work_open());
+}
+
+static __always_inline int mc_work_close(void)
+{
 	__u32 tid = bpf_get_current_pid_tgid();
 	__u64 *w = workers.lookup(&tid);
 	if (!w)
@@ -1464,6 +1602,11 @@ int on_mc_work_ret(struct pt_regs *ctx)
 	return 0;
 }
 
+int on_mc_work_ret(struct pt_regs *ctx)
+{
+	return GUARDED_RUN(IPVT_P_MC_WORK_RET, mc_work_close());
+}
+
 /* ---- helpers: reported only inside a context ------------------------- */
 
 /*
@@ -1474,9 +1617,8 @@ int on_mc_work_ret(struct pt_regs *ctx)
  * context's skb, before this clone's argument list is trusted (by user space
  * in the trace build, by sig_of_rec in `stats`).
  */
-int on_rcv_frame(struct pt_regs *ctx)
+static __always_inline int rcv_frame_hit(struct pt_regs *ctx)
 {
-	ran(IPVT_P_RCV_FRAME);
 	struct ipvt_rec *r = 0;
 	__u64 w = 0;
 	struct ipvt_hit *h = hit_begin(IPVT_P_RCV_FRAME, &r, &w);
@@ -1491,6 +1633,11 @@ int on_rcv_frame(struct pt_regs *ctx)
 	FILL_SKB(h, skb);
 	hit_end(ctx, 1, IPVT_P_RCV_FRAME, h, r, w);
 	return 0;
+}
+
+int on_rcv_frame(struct pt_regs *ctx)
+{
+	return GUARDED_RUN(IPVT_P_RCV_FRAME, rcv_frame_hit(ctx));
 }
 
 /* aux = the ipvl_addr (0: no slave), aux2 = its ipvl_dev, dev = the slave;
@@ -1524,12 +1671,12 @@ static __always_inline int do_lookup_ret(void *ctx, int tail, void *addr)
 #ifdef IPVT_FENTRY_LOOKUP_RET
 int on_lookup_ret(__u64 *ctx)
 {
-	return do_lookup_ret(ctx, 0, (void *)ctx[4]);
+	return GUARDED(do_lookup_ret(ctx, 0, (void *)ctx[4]));
 }
 #else
 int on_lookup_ret(struct pt_regs *ctx)
 {
-	return do_lookup_ret(ctx, 1, (void *)PT_REGS_RC(ctx));
+	return GUARDED(do_lookup_ret(ctx, 1, (void *)PT_REGS_RC(ctx)));
 }
 #endif
 
@@ -1595,25 +1742,25 @@ static __always_inline int do_fwd_ret(void *ctx, int tail, int ret)
 #ifdef IPVT_FENTRY_FWD
 int kfunc__dev_forward_skb(__u64 *ctx)
 {
-	return do_fwd(ctx, 0, (struct net_device *)ctx[0], (struct sk_buff *)ctx[1]);
+	return GUARDED(do_fwd(ctx, 0, (struct net_device *)ctx[0], (struct sk_buff *)ctx[1]));
 }
 #else
 int on_fwd(struct pt_regs *ctx)
 {
-	return do_fwd(ctx, 1, (struct net_device *)PT_REGS_PARM1(ctx),
-		      (struct sk_buff *)PT_REGS_PARM2(ctx));
+	return GUARDED(do_fwd(ctx, 1, (struct net_device *)PT_REGS_PARM1(ctx),
+			      (struct sk_buff *)PT_REGS_PARM2(ctx)));
 }
 #endif
 
 #ifdef IPVT_FENTRY_FWD_RET
 int kretfunc__dev_forward_skb(__u64 *ctx)
 {
-	return do_fwd_ret(ctx, 0, (int)ctx[2]);
+	return GUARDED(do_fwd_ret(ctx, 0, (int)ctx[2]));
 }
 #else
 int on_fwd_ret(struct pt_regs *ctx)
 {
-	return do_fwd_ret(ctx, 1, (int)PT_REGS_RC(ctx));
+	return GUARDED(do_fwd_ret(ctx, 1, (int)PT_REGS_RC(ctx)));
 }
 #endif
 
@@ -1651,14 +1798,14 @@ static __always_inline int report_skb_dev(void *ctx, int tail, __u16 probe,
 #define SKB_DEV_KPROBE(name, probe, parm, use_dst)					\
 int name(struct pt_regs *ctx)								\
 {											\
-	ran(probe);									\
-	return report_skb_dev(ctx, 1, probe, (struct sk_buff *)parm(ctx), use_dst, 0);	\
+	return GUARDED_RUN(probe, report_skb_dev(ctx, 1, probe, (struct sk_buff *)parm(ctx),	\
+				      use_dst, 0));					\
 }
 #define SKB_DEV_FENTRY(fn, probe, arg, use_dst)						\
 int kfunc__##fn(__u64 *ctx)								\
 {											\
-	ran(probe);									\
-	return report_skb_dev(ctx, 0, probe, (struct sk_buff *)ctx[arg], use_dst, 0);	\
+	return GUARDED_RUN(probe, report_skb_dev(ctx, 0, probe, (struct sk_buff *)ctx[arg],	\
+				      use_dst, 0));					\
 }
 
 /* __dev_queue_xmit(skb, sb_dev) */
@@ -1684,14 +1831,13 @@ SKB_DEV_KPROBE(on_local_out6, IPVT_P_LOCAL_OUT6, PT_REGS_PARM3, 1)
 /* netif_rx: a delivery only from the multicast worker, outside any context */
 int on_netif_rx(struct pt_regs *ctx)
 {
-	ran(IPVT_P_NETIF_RX);
-	return report_skb_dev(ctx, 1, IPVT_P_NETIF_RX, (struct sk_buff *)PT_REGS_PARM1(ctx), 0, 1);
+	return GUARDED_RUN(IPVT_P_NETIF_RX, report_skb_dev(ctx, 1, IPVT_P_NETIF_RX,
+				      (struct sk_buff *)PT_REGS_PARM1(ctx), 0, 1));
 }
 
 /* ipvlan_multicast_enqueue(port, skb, tx_pkt) */
-int on_mc_enqueue(struct pt_regs *ctx)
+static __always_inline int mc_enqueue_hit(struct pt_regs *ctx)
 {
-	ran(IPVT_P_MC_ENQUEUE);
 	struct ipvt_rec *r = 0;
 	__u64 w = 0;
 	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM2(ctx);
@@ -1711,6 +1857,11 @@ int on_mc_enqueue(struct pt_regs *ctx)
 	FILL_SKB(h, skb);
 	hit_end(ctx, 1, IPVT_P_MC_ENQUEUE, h, r, w);
 	return 0;
+}
+
+int on_mc_enqueue(struct pt_regs *ctx)
+{
+	return GUARDED_RUN(IPVT_P_MC_ENQUEUE, mc_enqueue_hit(ctx));
 }
 
 static __always_inline int report_free(__u16 probe, void *skbaddr, void *location,
@@ -1739,9 +1890,8 @@ static __always_inline int report_free(__u16 probe, void *skbaddr, void *locatio
 #define L3S_ID_MASK ((1ULL << 62) - 1)
 
 /* ipvlan_l3_rcv(dev, skb, proto): dev is the L3S parent */
-int on_l3_rcv(struct pt_regs *ctx)
+static __always_inline int l3_rcv_seen(struct pt_regs *ctx)
 {
-	ran(IPVT_P_L3_RCV);
 	struct net_device *dev = (struct net_device *)PT_REGS_PARM1(ctx);
 	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM2(ctx);
 	if (!is_armed() || head_filtered(skb_head(skb)))
@@ -1753,11 +1903,15 @@ int on_l3_rcv(struct pt_regs *ctx)
 	return emit_dev_skb(IPVT_P_L3_RCV, id, 0, 0, dev, skb);
 }
 
+int on_l3_rcv(struct pt_regs *ctx)
+{
+	return GUARDED_RUN(IPVT_P_L3_RCV, l3_rcv_seen(ctx));
+}
+
 /* ipvlan_nf_input(priv, skb, state) on 6.1/6.12: a LOCAL_IN hook of the
  * whole netns; only frames l3_rcv saw are reported. */
-int on_nf_input(struct pt_regs *ctx)
+static __always_inline int nf_input_seen(struct pt_regs *ctx)
 {
-	ran(IPVT_P_NF_INPUT);
 	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM2(ctx);
 	__u64 key = (__u64)skb;
 	__u64 *val = l3s_skbs.lookup(&key);
@@ -1771,10 +1925,14 @@ int on_nf_input(struct pt_regs *ctx)
 	return emit_dev_skb(IPVT_P_NF_INPUT, id, 0, 0, dev, skb);
 }
 
-/* ipvlan_skb_to_addr(skb, dev), called by both hooks above */
-int on_s2a(struct pt_regs *ctx)
+int on_nf_input(struct pt_regs *ctx)
 {
-	ran(IPVT_P_S2A);
+	return GUARDED_RUN(IPVT_P_NF_INPUT, nf_input_seen(ctx));
+}
+
+/* ipvlan_skb_to_addr(skb, dev), called by both hooks above */
+static __always_inline int s2a_seen(struct pt_regs *ctx)
+{
 	__u64 key = PT_REGS_PARM1(ctx);
 	__u64 *val = l3s_skbs.lookup(&key);
 	__u64 *slot = s2a_slot(1);
@@ -1789,9 +1947,13 @@ int on_s2a(struct pt_regs *ctx)
 	return 0;
 }
 
-int on_s2a_ret(struct pt_regs *ctx)
+int on_s2a(struct pt_regs *ctx)
 {
-	ran(IPVT_P_S2A_RET);
+	return GUARDED_RUN(IPVT_P_S2A, s2a_seen(ctx));
+}
+
+static __always_inline int s2a_done(struct pt_regs *ctx)
+{
 	__u64 *slot = s2a_slot(0);
 	if (!slot || !*slot)
 		return 0;
@@ -1806,6 +1968,11 @@ int on_s2a_ret(struct pt_regs *ctx)
 	return 0;
 }
 
+int on_s2a_ret(struct pt_regs *ctx)
+{
+	return GUARDED_RUN(IPVT_P_S2A_RET, s2a_done(ctx));
+}
+
 /* skb:kfree_skb(skb, location, reason[, rx_sk]) and skb:consume_skb(skb
  * [, location]), attached raw: the arguments as the kernel passes them. A
  * regular tracepoint first copies them into a trace record for every free
@@ -1816,18 +1983,18 @@ int on_s2a_ret(struct pt_regs *ctx)
 int on_kfree(struct bpf_raw_tracepoint_args *ctx)
 {
 #ifdef IPVT_HAVE_DROP_REASON
-	return report_free(IPVT_P_KFREE, (void *)ctx->args[0], (void *)ctx->args[1],
-			   (__u32)ctx->args[2]);
+	return GUARDED(report_free(IPVT_P_KFREE, (void *)ctx->args[0], (void *)ctx->args[1],
+				   (__u32)ctx->args[2]));
 #else
-	return report_free(IPVT_P_KFREE, (void *)ctx->args[0], (void *)ctx->args[1], 0);
+	return GUARDED(report_free(IPVT_P_KFREE, (void *)ctx->args[0], (void *)ctx->args[1], 0));
 #endif
 }
 
 int on_consume(struct bpf_raw_tracepoint_args *ctx)
 {
 #ifdef IPVT_HAVE_CONSUME_LOCATION
-	return report_free(IPVT_P_CONSUME, (void *)ctx->args[0], (void *)ctx->args[1], 0);
+	return GUARDED(report_free(IPVT_P_CONSUME, (void *)ctx->args[0], (void *)ctx->args[1], 0));
 #else
-	return report_free(IPVT_P_CONSUME, (void *)ctx->args[0], 0, 0);
+	return GUARDED(report_free(IPVT_P_CONSUME, (void *)ctx->args[0], 0, 0));
 #endif
 }

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ipvtrace.capture import btf, probes
+from ipvtrace.capture import btf, kcode, probes
 
 from test_btf import Blob
 
@@ -143,3 +143,19 @@ def test_a_damaged_module_btf_gives_btferror_only(data):
     except btf.BTFError:
         return
     assert set(got) <= {"ipvlan_queue_xmit", "ipvlan_addr_lookup"}
+
+
+def test_a_context_fentry_opens_reads_bpf_prog_active_where_kallsyms_gives_it():
+    """ipvlan_queue_xmit's fentry opens its context incomplete while a
+    kprobe's program runs on the CPU (it keeps out the kprobes the context
+    reaches): bpf/ reads bpf_prog_active at its per-CPU address, which needs
+    the per-CPU areas' offsets (softirq_cflags found them: preempt_count)."""
+    ksyms = ({}, {"__per_cpu_offset": 0xffffffff92e1ab60, probes.PROG_ACTIVE: 0x2d5a0})
+    assert probes.prog_active_cflags(ksyms, "preempt_count") == (
+        ["-DIPVT_BPF_PROG_ACTIVE=0x2d5a0"], "")
+    for ks, how in ((({}, {probes.PROG_ACTIVE: 0}), "preempt_count"),   # hidden (kptr_restrict)
+                    (ksyms, "none"),                                     # no per-CPU offsets
+                    (kcode.KcodeError("cannot read /proc/kallsyms"), "preempt_count")):
+        flags, why = probes.prog_active_cflags(ks, how)
+        assert flags == [] and "IPVTRACE_TRAMPOLINES=0" in why
+

@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     # ... and with fentry/fexit programs where they can be, as
     # IPVTRACE_TRAMPOLINES=1 builds them (probes.trampolines)
     tramp = [f"-DIPVT_FENTRY_{sp.name.upper()}" for sp in probes.SPECS if sp.trampoline]
+    tramp.append("-DIPVT_BPF_PROG_ACTIVE=0x2d5a0")   # (probes.prog_active_cflags)
     variants = {"record": softirq, "filtered": [f"-DIPVT_FILTER_EXPR={expr.c()}"],
                 "stats": softirq + ["-DIPVT_COUNT_ONLY"],
                 "record-tramp": softirq + tramp,
