@@ -460,125 +460,113 @@ static __always_inline void note_loss(struct ipvt_event *e)
 		worker_lossy();
 }
 
-/* ---- ipvtrace's programs running on this CPU -------------------------- *
- * The kernel runs no program while one that keeps it out runs on the CPU:
- * a kprobe keeps out every kprobe program (bpf_prog_active), a trampoline
- * or (from 6.7) a raw tracepoint only itself (its prog->active). A softirq
- * on its way out of an interrupt taken inside one of ipvtrace's programs
- * (on PREEMPT_RT, a task preempting one) may so lose the hits of the
- * program it interrupted, and of the kprobes, without a trace in its own
- * context: with trampolines, its queue_xmit still opens a context (on_xmit
- * runs) whose __dev_queue_xmit hit on_qxmit is kept out of, and the record
- * closes as whole (seen on Debian 7.2: an `unknown` row marked complete).
- * So each program counts itself in `running` while it runs, and one that
- * finds another running marks the context it touches incomplete (the
- * innermost on this CPU or task, and this task's multicast worker run),
- * and a context opened meanwhile opens incomplete (ctx_push). Counted as
- * `nested`. A context a trampoline opens under a kprobe's program (in or
- * around its body, ipvtrace's or not) is seen exactly: bpf_prog_active
- * (kprobe_prog_active). Not covered: an interrupt taken where the kernel
- * has marked a trampoline's or tracepoint's program active but it has not
- * begun, or has ended but is not unmarked (the kernel's instructions around
- * it; a program cannot read another's prog->active, and the kernel's count
- * of those skips, bpf_prog_inc_misses_counter, is notrace: no kprobe); on
- * 7.2 with trampolines one such context was left complete against 843
- * flagged (why trampolines stay opt-in). A plain add per CPU: programs nest there,
- * each leaves the count as it found it; PREEMPT_RT interleaves tasks'
- * programs: atomic adds. */
-BPF_PERCPU_ARRAY(running, __u32, 1);
+/* ---- contexts opened where the kernel keeps hits out ------------------ *
+ * The kernel runs no BPF program while one that keeps it out is running on
+ * the CPU: a kprobe's program keeps out every kprobe program
+ * (bpf_prog_active, a per-CPU count); a trampoline's (fentry/fexit) and,
+ * from 6.7, a raw tracepoint's program only itself (its prog->active, a
+ * per-CPU mark set before the program's first instruction and cleared after
+ * its last). A softirq run at the end of an interrupt taken there has its
+ * hits kept out while its context still opens: with trampolines its
+ * queue_xmit opens one (on_xmit is another program) whose __dev_queue_xmit
+ * hit is kept out, and the record would close as whole (seen on Debian 7.2:
+ * an `unknown` row marked complete). The interrupted program stays marked
+ * until the softirq is done, so a context opened then knows, exactly: it
+ * reads the marks of ipvtrace's trampoline and raw tracepoint programs
+ * (`watched`, their prog->active, which the loader learns once by a kprobe
+ * on bpf_prog_get_info_by_fd), and, opened by a trampoline, bpf_prog_active.
+ * (A context a kprobe opens ran: no kprobe's program was running.) Such a
+ * context is flagged incomplete, counted as `kept_out`. The kernel's own
+ * count of these skips (bpf_prog_inc_misses_counter) is notrace: no kprobe.
+ * Not covered: PREEMPT_RT, where a task can be preempted inside a program
+ * after another task's context opened (the per-task stacks; no trampolines
+ * there), and the per-CPU areas' address unknown (softirq_check none). */
+#define IPVT_WATCH_MAX 15
+#ifdef IPVT_WATCH_ACTIVE
+/* how many programs are watched, and each one's prog->active (loader) */
+struct ipvt_watch {
+	__u64 n;
+	__u64 active[IPVT_WATCH_MAX];
+};
+BPF_ARRAY(watched, struct ipvt_watch, 1);
+/* prog id -> its prog->active, filled while the loader reads each
+ * program's info (on_prog_info, attached only then) */
+BPF_HASH(prog_actives, __u32, __u64, 256);
 
-static __always_inline __u32 *running_count(void)
+/* bpf_prog_get_info_by_fd(file, prog, attr, uattr) */
+int on_prog_info(struct pt_regs *ctx)
 {
-	int zero = 0;
-	return running.lookup(&zero);
-}
-
-/* Another of ipvtrace's programs runs on this CPU: the evidence of the
- * innermost context here, and this task's worker run, may lack hits. */
-static __always_inline void nested_mark(void)
-{
-	stat_inc(IPVT_S_NESTED);
-	struct ipvt_stack *st = stack_get(0);
-	if (st) {
-		__u32 d = st->depth;
-		if (d > 0 && d <= IPVT_STACK_MAX)
-			st->lossy[stack_idx(d - 1)] = 1;
-	}
-	worker_lossy();
-}
-
-static __always_inline __u32 *guard_enter(void)
-{
-	__u32 *n = running_count();
-	if (!n)
+	void *prog = (void *)PT_REGS_PARM2(ctx);
+	void *aux = 0;
+	__u64 active = 0;
+	__u32 id = 0;
+	if (bpf_probe_read_kernel(&aux, sizeof(aux), prog + IPVT_OFF_PROG_AUX) != 0 ||
+	    bpf_probe_read_kernel(&active, sizeof(active), prog + IPVT_OFF_PROG_ACTIVE) != 0 ||
+	    !aux || !active ||
+	    bpf_probe_read_kernel(&id, sizeof(id), aux + IPVT_OFF_AUX_ID) != 0)
 		return 0;
-	if (*n)
-		nested_mark();
-#ifdef IPVT_STACK_PER_TASK
-	__sync_fetch_and_add(n, 1);
-#else
-	*n += 1;
-#endif
-	return n;
-}
-
-static __always_inline void guard_exit(__u32 *n)
-{
-	if (!n)
-		return;
-#ifdef IPVT_STACK_PER_TASK
-	__sync_fetch_and_add(n, -1);
-#else
-	*n -= 1;
-#endif
-}
-
-/* A program's body, counted in `running` while it runs. A body that ends
- * in a tail call (to on_worker_hit) leaves the count to its target. */
-#define GUARDED(body)								\
-	({									\
-		__u32 *g_ = guard_enter();					\
-		int rc_ = (body);						\
-		guard_exit(g_);							\
-		rc_;								\
-	})
-
-/* ... with its run counted first thing inside the count (see ran()). */
-#define GUARDED_RUN(probe, body)						\
-	({									\
-		__u32 *g_ = guard_enter();					\
-		ran(probe);							\
-		int rc_ = (body);						\
-		guard_exit(g_);							\
-		rc_;								\
-	})
-
-/* Is a kprobe's BPF program running on this CPU (bpf_prog_active, a
- * per-CPU variable read at the address /proc/kallsyms gives)? Then every
- * kprobe program the kernel reaches is kept out: a context a trampoline
- * (on_xmit's fentry) opens now misses its kprobe hits, whether the running
- * program is ipvtrace's (in or around its body) or another tool's. A
- * context a kprobe opens ran: no kprobe's program was running. */
-static __always_inline int kprobe_prog_active(void)
-{
-#if defined(IPVT_PERCPU_OFFSETS) && defined(IPVT_BPF_PROG_ACTIVE)
-	int n = 0;
-	__u64 base = 0;
-	__u64 cpu = bpf_get_smp_processor_id();
-	if (bpf_probe_read_kernel(&base, sizeof(base),
-				  (const void *)(IPVT_PERCPU_OFFSETS + cpu * 8)) == 0 &&
-	    bpf_probe_read_kernel(&n, sizeof(n),
-				  (const void *)(base + IPVT_BPF_PROG_ACTIVE)) == 0)
-		return n > 0;
-#endif
+	prog_actives.update(&id, &active);
 	return 0;
 }
+#endif
 
-/* Is a program other than the caller running on this CPU? */
-static __always_inline int others_running(void)
+/* This CPU's per-CPU area (x86-64: __per_cpu_offset[cpu]), 0: unknown. */
+static __always_inline __u64 percpu_base(void)
 {
-	__u32 *n = running_count();
-	return n && *n > 1;
+	__u64 base = 0;
+#ifdef IPVT_PERCPU_OFFSETS
+	__u64 cpu = bpf_get_smp_processor_id();
+	bpf_probe_read_kernel(&base, sizeof(base), (const void *)(IPVT_PERCPU_OFFSETS + cpu * 8));
+#endif
+	return base;
+}
+
+/* How many of the watched programs are marked running on this CPU. */
+static __always_inline __u32 watched_running(__u64 base)
+{
+	__u32 sum = 0;
+#ifdef IPVT_WATCH_ACTIVE
+	int zero = 0;
+	struct ipvt_watch *w = watched.lookup(&zero);
+	if (!w || !base)
+		return 0;
+	__u32 count = w->n;
+#pragma clang loop unroll(disable)
+	for (__u32 i = 0; i < IPVT_WATCH_MAX; i++) {
+		if (i >= count)
+			break;
+		int a = 0;
+		if (bpf_probe_read_kernel(&a, sizeof(a), (const void *)(w->active[i] + base)) == 0 &&
+		    a > 0)
+			sum += a;
+	}
+#endif
+	return sum;
+}
+
+/* Will the kernel keep some of the hits of the context *kind* opens now out? */
+static __always_inline int opened_kept_out(__u16 kind)
+{
+#if defined(IPVT_WATCH_ACTIVE) || defined(IPVT_BPF_PROG_ACTIVE)
+	__u64 base = percpu_base();
+	__u32 own = 0;
+	if (!base)
+		return 0;
+#if defined(IPVT_FENTRY_XMIT)
+	if (kind == IPVT_P_XMIT) {
+		own = 1;   /* on_xmit's own mark: it is watched */
+#ifdef IPVT_BPF_PROG_ACTIVE
+		int n = 0;
+		if (bpf_probe_read_kernel(&n, sizeof(n),
+					  (const void *)(base + IPVT_BPF_PROG_ACTIVE)) == 0 && n > 0)
+			return 1;
+#endif
+	}
+#endif
+	return watched_running(base) > own;
+#else
+	return 0;
+#endif
 }
 
 static __always_inline __u32 rec_size(struct ipvt_rec *r)
@@ -682,14 +670,11 @@ static __always_inline __u64 ctx_push(__u16 kind, __u8 *depth_out, __u64 sp)
 	st->ts[i] = bpf_ktime_get_ns();
 	st->kind[i] = kind;
 	st->filtered[i] = 0;
-	/* opened inside another program's run: kept out of its hits */
-	st->lossy[i] = others_running();
-#ifdef IPVT_FENTRY_XMIT
-	if (kind == IPVT_P_XMIT && kprobe_prog_active())
+	st->lossy[i] = 0;
+	if (opened_kept_out(kind)) {
 		st->lossy[i] = 1;
-#endif
-	if (st->lossy[i])
-		stat_inc(IPVT_S_NESTED);
+		stat_inc(IPVT_S_KEPT_OUT);
+	}
 	st->seen[i] = 0;
 	st->enq_skb[i] = 0;
 	st->depth = d + 1;
@@ -1296,7 +1281,6 @@ int on_worker_hit(struct pt_regs *ctx)
 	__u64 *w = workers.lookup(&tid);
 	if (h && w && !serving_softirq())
 		worker_event(h->probe, h, *w & ~IPVT_WORKER_LOSSY);
-	guard_exit(running_count());   /* the calling program's count (GUARDED) */
 	return 0;
 }
 
@@ -1466,13 +1450,13 @@ static __always_inline int do_xmit(struct sk_buff *skb, struct net_device *dev, 
 #ifdef IPVT_FENTRY_XMIT
 int on_xmit(__u64 *ctx)
 {
-	return GUARDED(do_xmit((struct sk_buff *)ctx[0], (struct net_device *)ctx[1], 0));
+	return do_xmit((struct sk_buff *)ctx[0], (struct net_device *)ctx[1], 0);
 }
 #else
 int on_xmit(struct pt_regs *ctx)
 {
-	return GUARDED(do_xmit((struct sk_buff *)PT_REGS_PARM1(ctx),
-			       (struct net_device *)PT_REGS_PARM2(ctx), PT_REGS_SP(ctx)));
+	return do_xmit((struct sk_buff *)PT_REGS_PARM1(ctx), (struct net_device *)PT_REGS_PARM2(ctx),
+		       PT_REGS_SP(ctx));
 }
 #endif
 
@@ -1528,18 +1512,18 @@ static __always_inline int xmit_close(__u64 skb, __u64 dev, int rc)
 #ifdef IPVT_FENTRY_XMIT_RET
 int on_xmit_done(__u64 *ctx)
 {
-	return GUARDED(xmit_close(ctx[0], ctx[1], (int)ctx[2]));
+	return xmit_close(ctx[0], ctx[1], (int)ctx[2]);
 }
 #else
 int on_xmit_done(struct bpf_raw_tracepoint_args *ctx)
 {
-	return GUARDED(xmit_close(ctx->args[0], ctx->args[2], (int)ctx->args[1]));
+	return xmit_close(ctx->args[0], ctx->args[2], (int)ctx->args[1]);
 }
 #endif
 
 /* ipvlan_handle_frame(pskb): the rx_handler of the parent (skb->dev). A
  * kprobe always: an fentry program may not read a struct sk_buff ** (probes.py) */
-static __always_inline int rx_open(struct pt_regs *ctx)
+int on_rx(struct pt_regs *ctx)
 {
 	ran(IPVT_P_RX);
 	struct sk_buff **pskb = (struct sk_buff **)PT_REGS_PARM1(ctx);
@@ -1551,25 +1535,20 @@ static __always_inline int rx_open(struct pt_regs *ctx)
 	return entry(IPVT_P_RX, skb, dev, PT_REGS_SP(ctx));
 }
 
-int on_rx(struct pt_regs *ctx)
-{
-	return GUARDED(rx_open(ctx));
-}
-
 int on_rx_ret(struct pt_regs *ctx)
 {
-	return GUARDED_RUN(IPVT_P_RX_RET, entry_ret(ctx, IPVT_P_RX));
+	ran(IPVT_P_RX_RET);
+	return entry_ret(ctx, IPVT_P_RX);
 }
 
-static __always_inline int mc_work_open(void)
+int on_mc_work(struct pt_regs *ctx)
 {
+	ran(IPVT_P_MC_WORK);
 	if (!is_armed())
 		return 0;
 	__u32 tid = bpf_get_current_pid_tgid();
 	__u64 id = new_ctx_id();
-	/* begun inside another program's run: kept out of its hits */
-	__u64 run = others_running() ? id | IPVT_WORKER_LOSSY : id;
-	workers.update(&tid, &run);
+	workers.update(&tid, &id);
 	struct ipvt_event *e = ev_init(IPVT_P_MC_WORK, id, 0);
 	if (!e)
 		return 0;
@@ -1578,13 +1557,9 @@ static __always_inline int mc_work_open(void)
 	return 0;
 }
 
-int on_mc_work(struct pt_regs *ctx)
+int on_mc_work_ret(struct pt_regs *ctx)
 {
-	return GUARDED_RUN(IPVT_P_MC_WORK, mc_work_open());
-}
-
-static __always_inline int mc_work_close(void)
-{
+	ran(IPVT_P_MC_WORK_RET);
 	__u32 tid = bpf_get_current_pid_tgid();
 	__u64 *w = workers.lookup(&tid);
 	if (!w)
@@ -1602,11 +1577,6 @@ static __always_inline int mc_work_close(void)
 	return 0;
 }
 
-int on_mc_work_ret(struct pt_regs *ctx)
-{
-	return GUARDED_RUN(IPVT_P_MC_WORK_RET, mc_work_close());
-}
-
 /* ---- helpers: reported only inside a context ------------------------- */
 
 /*
@@ -1617,8 +1587,9 @@ int on_mc_work_ret(struct pt_regs *ctx)
  * context's skb, before this clone's argument list is trusted (by user space
  * in the trace build, by sig_of_rec in `stats`).
  */
-static __always_inline int rcv_frame_hit(struct pt_regs *ctx)
+int on_rcv_frame(struct pt_regs *ctx)
 {
+	ran(IPVT_P_RCV_FRAME);
 	struct ipvt_rec *r = 0;
 	__u64 w = 0;
 	struct ipvt_hit *h = hit_begin(IPVT_P_RCV_FRAME, &r, &w);
@@ -1633,11 +1604,6 @@ static __always_inline int rcv_frame_hit(struct pt_regs *ctx)
 	FILL_SKB(h, skb);
 	hit_end(ctx, 1, IPVT_P_RCV_FRAME, h, r, w);
 	return 0;
-}
-
-int on_rcv_frame(struct pt_regs *ctx)
-{
-	return GUARDED_RUN(IPVT_P_RCV_FRAME, rcv_frame_hit(ctx));
 }
 
 /* aux = the ipvl_addr (0: no slave), aux2 = its ipvl_dev, dev = the slave;
@@ -1671,12 +1637,12 @@ static __always_inline int do_lookup_ret(void *ctx, int tail, void *addr)
 #ifdef IPVT_FENTRY_LOOKUP_RET
 int on_lookup_ret(__u64 *ctx)
 {
-	return GUARDED(do_lookup_ret(ctx, 0, (void *)ctx[4]));
+	return do_lookup_ret(ctx, 0, (void *)ctx[4]);
 }
 #else
 int on_lookup_ret(struct pt_regs *ctx)
 {
-	return GUARDED(do_lookup_ret(ctx, 1, (void *)PT_REGS_RC(ctx)));
+	return do_lookup_ret(ctx, 1, (void *)PT_REGS_RC(ctx));
 }
 #endif
 
@@ -1742,25 +1708,25 @@ static __always_inline int do_fwd_ret(void *ctx, int tail, int ret)
 #ifdef IPVT_FENTRY_FWD
 int kfunc__dev_forward_skb(__u64 *ctx)
 {
-	return GUARDED(do_fwd(ctx, 0, (struct net_device *)ctx[0], (struct sk_buff *)ctx[1]));
+	return do_fwd(ctx, 0, (struct net_device *)ctx[0], (struct sk_buff *)ctx[1]);
 }
 #else
 int on_fwd(struct pt_regs *ctx)
 {
-	return GUARDED(do_fwd(ctx, 1, (struct net_device *)PT_REGS_PARM1(ctx),
-			      (struct sk_buff *)PT_REGS_PARM2(ctx)));
+	return do_fwd(ctx, 1, (struct net_device *)PT_REGS_PARM1(ctx),
+		      (struct sk_buff *)PT_REGS_PARM2(ctx));
 }
 #endif
 
 #ifdef IPVT_FENTRY_FWD_RET
 int kretfunc__dev_forward_skb(__u64 *ctx)
 {
-	return GUARDED(do_fwd_ret(ctx, 0, (int)ctx[2]));
+	return do_fwd_ret(ctx, 0, (int)ctx[2]);
 }
 #else
 int on_fwd_ret(struct pt_regs *ctx)
 {
-	return GUARDED(do_fwd_ret(ctx, 1, (int)PT_REGS_RC(ctx)));
+	return do_fwd_ret(ctx, 1, (int)PT_REGS_RC(ctx));
 }
 #endif
 
@@ -1798,14 +1764,14 @@ static __always_inline int report_skb_dev(void *ctx, int tail, __u16 probe,
 #define SKB_DEV_KPROBE(name, probe, parm, use_dst)					\
 int name(struct pt_regs *ctx)								\
 {											\
-	return GUARDED_RUN(probe, report_skb_dev(ctx, 1, probe, (struct sk_buff *)parm(ctx),	\
-				      use_dst, 0));					\
+	ran(probe);									\
+	return report_skb_dev(ctx, 1, probe, (struct sk_buff *)parm(ctx), use_dst, 0);	\
 }
 #define SKB_DEV_FENTRY(fn, probe, arg, use_dst)						\
 int kfunc__##fn(__u64 *ctx)								\
 {											\
-	return GUARDED_RUN(probe, report_skb_dev(ctx, 0, probe, (struct sk_buff *)ctx[arg],	\
-				      use_dst, 0));					\
+	ran(probe);									\
+	return report_skb_dev(ctx, 0, probe, (struct sk_buff *)ctx[arg], use_dst, 0);	\
 }
 
 /* __dev_queue_xmit(skb, sb_dev) */
@@ -1831,13 +1797,14 @@ SKB_DEV_KPROBE(on_local_out6, IPVT_P_LOCAL_OUT6, PT_REGS_PARM3, 1)
 /* netif_rx: a delivery only from the multicast worker, outside any context */
 int on_netif_rx(struct pt_regs *ctx)
 {
-	return GUARDED_RUN(IPVT_P_NETIF_RX, report_skb_dev(ctx, 1, IPVT_P_NETIF_RX,
-				      (struct sk_buff *)PT_REGS_PARM1(ctx), 0, 1));
+	ran(IPVT_P_NETIF_RX);
+	return report_skb_dev(ctx, 1, IPVT_P_NETIF_RX, (struct sk_buff *)PT_REGS_PARM1(ctx), 0, 1);
 }
 
 /* ipvlan_multicast_enqueue(port, skb, tx_pkt) */
-static __always_inline int mc_enqueue_hit(struct pt_regs *ctx)
+int on_mc_enqueue(struct pt_regs *ctx)
 {
+	ran(IPVT_P_MC_ENQUEUE);
 	struct ipvt_rec *r = 0;
 	__u64 w = 0;
 	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM2(ctx);
@@ -1857,11 +1824,6 @@ static __always_inline int mc_enqueue_hit(struct pt_regs *ctx)
 	FILL_SKB(h, skb);
 	hit_end(ctx, 1, IPVT_P_MC_ENQUEUE, h, r, w);
 	return 0;
-}
-
-int on_mc_enqueue(struct pt_regs *ctx)
-{
-	return GUARDED_RUN(IPVT_P_MC_ENQUEUE, mc_enqueue_hit(ctx));
 }
 
 static __always_inline int report_free(__u16 probe, void *skbaddr, void *location,
@@ -1890,8 +1852,9 @@ static __always_inline int report_free(__u16 probe, void *skbaddr, void *locatio
 #define L3S_ID_MASK ((1ULL << 62) - 1)
 
 /* ipvlan_l3_rcv(dev, skb, proto): dev is the L3S parent */
-static __always_inline int l3_rcv_seen(struct pt_regs *ctx)
+int on_l3_rcv(struct pt_regs *ctx)
 {
+	ran(IPVT_P_L3_RCV);
 	struct net_device *dev = (struct net_device *)PT_REGS_PARM1(ctx);
 	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM2(ctx);
 	if (!is_armed() || head_filtered(skb_head(skb)))
@@ -1903,15 +1866,11 @@ static __always_inline int l3_rcv_seen(struct pt_regs *ctx)
 	return emit_dev_skb(IPVT_P_L3_RCV, id, 0, 0, dev, skb);
 }
 
-int on_l3_rcv(struct pt_regs *ctx)
-{
-	return GUARDED_RUN(IPVT_P_L3_RCV, l3_rcv_seen(ctx));
-}
-
 /* ipvlan_nf_input(priv, skb, state) on 6.1/6.12: a LOCAL_IN hook of the
  * whole netns; only frames l3_rcv saw are reported. */
-static __always_inline int nf_input_seen(struct pt_regs *ctx)
+int on_nf_input(struct pt_regs *ctx)
 {
+	ran(IPVT_P_NF_INPUT);
 	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM2(ctx);
 	__u64 key = (__u64)skb;
 	__u64 *val = l3s_skbs.lookup(&key);
@@ -1925,14 +1884,10 @@ static __always_inline int nf_input_seen(struct pt_regs *ctx)
 	return emit_dev_skb(IPVT_P_NF_INPUT, id, 0, 0, dev, skb);
 }
 
-int on_nf_input(struct pt_regs *ctx)
-{
-	return GUARDED_RUN(IPVT_P_NF_INPUT, nf_input_seen(ctx));
-}
-
 /* ipvlan_skb_to_addr(skb, dev), called by both hooks above */
-static __always_inline int s2a_seen(struct pt_regs *ctx)
+int on_s2a(struct pt_regs *ctx)
 {
+	ran(IPVT_P_S2A);
 	__u64 key = PT_REGS_PARM1(ctx);
 	__u64 *val = l3s_skbs.lookup(&key);
 	__u64 *slot = s2a_slot(1);
@@ -1947,13 +1902,9 @@ static __always_inline int s2a_seen(struct pt_regs *ctx)
 	return 0;
 }
 
-int on_s2a(struct pt_regs *ctx)
+int on_s2a_ret(struct pt_regs *ctx)
 {
-	return GUARDED_RUN(IPVT_P_S2A, s2a_seen(ctx));
-}
-
-static __always_inline int s2a_done(struct pt_regs *ctx)
-{
+	ran(IPVT_P_S2A_RET);
 	__u64 *slot = s2a_slot(0);
 	if (!slot || !*slot)
 		return 0;
@@ -1968,11 +1919,6 @@ static __always_inline int s2a_done(struct pt_regs *ctx)
 	return 0;
 }
 
-int on_s2a_ret(struct pt_regs *ctx)
-{
-	return GUARDED_RUN(IPVT_P_S2A_RET, s2a_done(ctx));
-}
-
 /* skb:kfree_skb(skb, location, reason[, rx_sk]) and skb:consume_skb(skb
  * [, location]), attached raw: the arguments as the kernel passes them. A
  * regular tracepoint first copies them into a trace record for every free
@@ -1983,18 +1929,18 @@ int on_s2a_ret(struct pt_regs *ctx)
 int on_kfree(struct bpf_raw_tracepoint_args *ctx)
 {
 #ifdef IPVT_HAVE_DROP_REASON
-	return GUARDED(report_free(IPVT_P_KFREE, (void *)ctx->args[0], (void *)ctx->args[1],
-				   (__u32)ctx->args[2]));
+	return report_free(IPVT_P_KFREE, (void *)ctx->args[0], (void *)ctx->args[1],
+			   (__u32)ctx->args[2]);
 #else
-	return GUARDED(report_free(IPVT_P_KFREE, (void *)ctx->args[0], (void *)ctx->args[1], 0));
+	return report_free(IPVT_P_KFREE, (void *)ctx->args[0], (void *)ctx->args[1], 0);
 #endif
 }
 
 int on_consume(struct bpf_raw_tracepoint_args *ctx)
 {
 #ifdef IPVT_HAVE_CONSUME_LOCATION
-	return GUARDED(report_free(IPVT_P_CONSUME, (void *)ctx->args[0], (void *)ctx->args[1], 0));
+	return report_free(IPVT_P_CONSUME, (void *)ctx->args[0], (void *)ctx->args[1], 0);
 #else
-	return GUARDED(report_free(IPVT_P_CONSUME, (void *)ctx->args[0], 0, 0));
+	return report_free(IPVT_P_CONSUME, (void *)ctx->args[0], 0, 0);
 #endif
 }

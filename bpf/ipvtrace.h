@@ -54,8 +54,8 @@ enum ipvt_stat {
 	IPVT_S_COUNTS_FULL = 27, /* stats mode: the counter map had no room */
 	IPVT_S_HITS_FULL = 28,   /* a context saw more helper hits than its record holds */
 	IPVT_S_SITES_FULL = 29,  /* free_sites had no room: a free location stays unnamed */
-	IPVT_S_NESTED = 30,      /* runs of a program that found another of ipvtrace's running on
-				    its CPU, and contexts opened then or under a kprobe's: flagged incomplete */
+	IPVT_S_KEPT_OUT = 30,    /* contexts opened while the kernel would keep some of their
+				    hits out: flagged incomplete (opened_kept_out) */
 	IPVT_S_RUNS_BASE = 32,   /* + probe id: runs of that probe's program; the
 				    kprobe's hits (tracefs kprobe_profile) minus
 				    these are hits the kernel skipped the program for */

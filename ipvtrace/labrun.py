@@ -51,7 +51,7 @@ def _involves(row: dict, prefix: str) -> bool:
 
 def _ports(snap: dict) -> list[str]:
     """`ens10@ipvt-4b-host: ipvlan port mode l2 (flags), slaves ...` from a snapshot."""
-    names = {ns["inum"]: ns["name"] or "root" for ns in snap.get("namespaces", [])}
+    names = {ns["inum"]: ns.get("name") or "root" for ns in snap.get("namespaces", [])}
     devs = {(d["netns"], d["ifindex"]): d for d in snap.get("devices", [])}
     ports: dict[tuple[int, int], list[dict]] = {}
     for d in snap.get("devices", []):

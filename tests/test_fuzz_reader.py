@@ -281,3 +281,14 @@ def test_merged_header_of_any_shape(tmp_path_factory, pick, value):
     raw = json.dumps(replace_at(header, ps[pick % len(ps)], value), allow_nan=True).encode()
     data = MERGED[:len(merged.MAGIC) + 2] + merged.HEAD.pack(len(raw)) + raw + MERGED[fixed + n:]
     survives_merged(tmp_path_factory.mktemp("h"), data)
+
+
+def test_a_snapshot_without_the_optional_keys_replays(tmp_path):
+    """The schema lets a namespace's name and a device's link be absent (a
+    flipped byte renames the key: seen as KeyError 'name' in
+    test_bytes_flipped_and_cut): replay reads them as absent."""
+    header, frames, trailer = BASES[sorted(BASES)[0]]
+    snap = {"namespaces": [{"inum": 4026531992}],
+            "devices": [{"netns": 4026531992, "ifindex": 7, "kind": "veth", "link_nsid": 3}]}
+    frames = [(recording.F_SNAPSHOT, json.dumps(snap).encode())] + frames
+    survives(tmp_path, pack(header, frames, trailer))

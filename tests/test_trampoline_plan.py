@@ -145,17 +145,43 @@ def test_a_damaged_module_btf_gives_btferror_only(data):
     assert set(got) <= {"ipvlan_queue_xmit", "ipvlan_addr_lookup"}
 
 
-def test_a_context_fentry_opens_reads_bpf_prog_active_where_kallsyms_gives_it():
-    """ipvlan_queue_xmit's fentry opens its context incomplete while a
-    kprobe's program runs on the CPU (it keeps out the kprobes the context
-    reaches): bpf/ reads bpf_prog_active at its per-CPU address, which needs
-    the per-CPU areas' offsets (softirq_cflags found them: preempt_count)."""
-    ksyms = ({}, {"__per_cpu_offset": 0xffffffff92e1ab60, probes.PROG_ACTIVE: 0x2d5a0})
-    assert probes.prog_active_cflags(ksyms, "preempt_count") == (
-        ["-DIPVT_BPF_PROG_ACTIVE=0x2d5a0"], "")
-    for ks, how in ((({}, {probes.PROG_ACTIVE: 0}), "preempt_count"),   # hidden (kptr_restrict)
-                    (ksyms, "none"),                                     # no per-CPU offsets
-                    (kcode.KcodeError("cannot read /proc/kallsyms"), "preempt_count")):
-        flags, why = probes.prog_active_cflags(ks, how)
-        assert flags == [] and "IPVTRACE_TRAMPOLINES=0" in why
 
+def bpf_prog_btf() -> btf.BTF:
+    """struct bpf_prog { ...; int *active at 40; struct bpf_prog_aux *aux at
+    56 } and struct bpf_prog_aux { ...; u32 id at 32 }, as Debian's 6.1 has them."""
+    b = Blob()
+    i32 = b.int_("int", 4)
+    ptr = b.add("", btf.PTR, 0, i32)
+    b.struct_("bpf_prog_aux", 64, [("id", i32, 32)])
+    b.struct_("bpf_prog", 72, [("active", ptr, 40), ("aux", ptr, 56)])
+    return btf.BTF(b.bytes())
+
+
+def test_a_context_opened_inside_another_programs_run_reads_the_kernels_marks():
+    """A context opened while one of ipvtrace's trampoline or raw tracepoint
+    programs is marked running on the CPU (prog->active), or one
+    ipvlan_queue_xmit's fentry opens while a kprobe's program runs
+    (bpf_prog_active), is flagged in the kernel: the plan gives bpf/ the
+    marks' offsets (BTF) and bpf_prog_active's address (kallsyms), which
+    need the per-CPU areas' offsets (softirq_cflags: preempt_count)."""
+    ksyms = ({}, {"__per_cpu_offset": 0xffffffff92e1ab60, probes.PROG_ACTIVE: 0x2d5a0})
+    avail = {probes.PROG_INFO_FN}
+    flags, why = probes.keepout_cflags(ksyms, bpf_prog_btf(), "preempt_count", avail, True, True)
+    assert flags == ["-DIPVT_BPF_PROG_ACTIVE=0x2d5a0", "-DIPVT_WATCH_ACTIVE",
+                     "-DIPVT_OFF_PROG_AUX=56", "-DIPVT_OFF_PROG_ACTIVE=40",
+                     "-DIPVT_OFF_AUX_ID=32"] and why == ""
+    # kprobes only: no bpf_prog_active read (a kprobe's context never runs under one)
+    flags, _ = probes.keepout_cflags(ksyms, bpf_prog_btf(), "preempt_count", avail, False, True)
+    assert not any("BPF_PROG_ACTIVE" in f for f in flags) and "-DIPVT_WATCH_ACTIVE" in flags
+    # what cannot be read is said, where the kernel keeps programs out one by one
+    cases = [(ksyms, bpf_prog_btf(), "none", avail, "per-CPU"),            # PREEMPT_RT, hidden
+             (ksyms, None, "preempt_count", avail, "BTF"),
+             (ksyms, bpf_prog_btf(), "preempt_count", set(), probes.PROG_INFO_FN),
+             (({}, {probes.PROG_ACTIVE: 0}), bpf_prog_btf(), "preempt_count", avail,
+              "bpf_prog_active")]
+    for ks, kb, how, av, said in cases:
+        flags, why = probes.keepout_cflags(ks, kb, how, av, True, True)
+        assert "-DIPVT_WATCH_ACTIVE" not in flags or "bpf_prog_active" in why
+        assert said in why and "complete" in why, why
+    # ... and not where nothing is kept out one by one (kprobes before 6.7)
+    assert probes.keepout_cflags(ksyms, None, "none", avail, False, False) == ([], "")

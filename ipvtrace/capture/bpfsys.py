@@ -118,6 +118,13 @@ class ProgInfo:
         self._attr = _InfoAttr(bpf_fd=fd, info_len=PROG_INFO_SIZE,
                                info=ctypes.addressof(self._buf))
 
+    def prog_id(self) -> int:
+        """The program's id (struct bpf_prog_info.id)."""
+        ctypes.memset(self._buf, 0, PROG_INFO_SIZE)
+        self._attr.info_len = PROG_INFO_SIZE
+        _bpf(BPF_OBJ_GET_INFO_BY_FD, self._attr)
+        return struct.unpack_from("<I", self._buf, 4)[0]
+
     def run_stats(self) -> tuple[int, int, int]:
         """(run_time_ns, run_cnt, recursion_misses): the first two only while
         the kernel's run-time accounting is on (enable_stats(), or the

@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                                   f"programs ({exc}): they are compiled, not verified, here")
                     continue
                 b.load_func(spec.fn.encode(), loader.PROG_TYPES[spec.kind](bcc))
+            if "-DIPVT_WATCH_ACTIVE" in extra:   # (the loader's, before arming)
+                b.load_func(b"on_prog_info", bcc.BPF.KPROBE)
             loader.install_tail_calls(b, bcc)
         b.cleanup()
         return dt
@@ -160,7 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     # ... and with fentry/fexit programs where they can be, as
     # IPVTRACE_TRAMPOLINES=1 builds them (probes.trampolines)
     tramp = [f"-DIPVT_FENTRY_{sp.name.upper()}" for sp in probes.SPECS if sp.trampoline]
-    tramp.append("-DIPVT_BPF_PROG_ACTIVE=0x2d5a0")   # (probes.prog_active_cflags)
+    tramp.append("-DIPVT_BPF_PROG_ACTIVE=0x2d5a0")   # (probes.keepout_cflags)
+    # ... reading the programs' prog->active marks (probes.keepout_cflags),
+    # at this kernel's offsets where its BTF has them
+    kbtf = btf.BTF(image_btf) if a.vmlinuz else None
+    marks = {n: btf.optional_offset(kbtf, st, m, size)
+             for n, (st, m, size) in probes.KEEPOUT_OFFSETS.items()}
+    if None not in marks.values():
+        softirq += ["-DIPVT_WATCH_ACTIVE"] + [f"-D{n}={o}" for n, o in marks.items()]
     variants = {"record": softirq, "filtered": [f"-DIPVT_FILTER_EXPR={expr.c()}"],
                 "stats": softirq + ["-DIPVT_COUNT_ONLY"],
                 "record-tramp": softirq + tramp,

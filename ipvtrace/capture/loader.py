@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Callable
 
 from ipvtrace.model import layout
-from ipvtrace.capture import bpfsys
+from ipvtrace.capture import bpfsys, probes
 from ipvtrace.capture.probes import ProbePlan
 from ipvtrace.capture.ringbuf import Known, Plain, Run
 
 KRETPROBE_MAXACTIVE = 64
+# how many programs' prog->active marks bpf/ reads (its IPVT_WATCH_MAX)
+WATCH_MAX = 15
 DEFAULT_RINGBUF_PAGES = 1024  # 4 MiB
 
 
@@ -162,6 +164,7 @@ class Tracer:
         self._module_btf_fd: int | None = None
         self._own_fds: list[int] = []
         self._own_progs: dict[str, int] = {}
+        self.watched = (0, 0)   # programs whose prog->active bpf/ reads, of those it should
 
     def __enter__(self) -> "Tracer":
         require_root()
@@ -227,6 +230,46 @@ class Tracer:
         self._own_progs[p["fn"]] = fd
         self._own_fds.append(bpfsys.attach_tracing(fd))
 
+    def _watch_programs(self) -> None:
+        """Tell bpf/ where each of its trampoline and raw tracepoint programs'
+        prog->active mark is (opened_kept_out): a kprobe on
+        bpf_prog_get_info_by_fd notes it while each program's info is read,
+        then goes. Before arming: no context is open yet."""
+        import ctypes as ct
+
+        if "-DIPVT_WATCH_ACTIVE" not in self.plan.cflags:
+            return
+        fds = {(fn.decode() if isinstance(fn, bytes) else fn): f.fd
+               for fn, f in self.bpf.funcs.items()}
+        fds.update(self._own_progs)
+        watch = [fds[p["fn"]] for p in self.plan.attach
+                 if p["kind"] in ("fentry", "fexit", "raw_tracepoint") and p["fn"] in fds]
+        event = probes.PROG_INFO_FN.encode()
+        self.bpf.attach_kprobe(event=event, fn_name=b"on_prog_info")
+        try:
+            ids = [bpfsys.ProgInfo(fd).prog_id() for fd in watch]
+        finally:
+            self.bpf.detach_kprobe(event=event)
+        found = self.bpf["prog_actives"]
+        actives = []
+        for i in ids:
+            v = found.get(ct.c_uint32(i))
+            if v is not None:
+                actives.append(v.value)
+        table = self.bpf["watched"]
+        leaf = table.Leaf()
+        leaf.n = min(len(actives), WATCH_MAX)
+        for n, active in enumerate(actives[:WATCH_MAX]):
+            leaf.active[n] = active
+        table[ct.c_int(0)] = leaf
+        self.watched = (min(len(actives), WATCH_MAX), len(watch))
+        if self.watched[0] < len(watch):
+            import sys
+
+            print(f"ipvtrace: {self.watched[0]} of {len(watch)} trampoline and tracepoint programs "
+                  "are watched: a context opened inside another's run may show as complete "
+                  "without that program's hits", file=sys.stderr)
+
     def arm(self) -> None:
         """Let the probes open contexts. Until now every probe was attached
         but none opened one: a packet already inside ipvlan while the probes
@@ -234,6 +277,7 @@ class Tracer:
         router solicitation classified `unknown` at -0.09 s)."""
         import ctypes as ct
 
+        self._watch_programs()
         self.bpf["armed"][ct.c_int(0)] = ct.c_uint32(1)
         # skipped hits count from here: a kprobe hit while bcc attached the
         # programs one by one (and while the syscall above held this CPU) ran

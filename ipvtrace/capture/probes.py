@@ -144,17 +144,17 @@ TRAMPOLINES_SINCE = (5, 12)
 # without it, complete as far as the kernel knows. Seen on Debian's 7.2
 # (161 skipped qxmit hits, one complete `unknown` row, in the tiny-ring
 # spanning test); counted as skipped.qxmit, but not tied to that context.
-# Session 25 flags such contexts in the kernel: each program counts itself
-# while it runs (bpf/ipvtrace.c `running`), and a context opened or touched
-# while another of ours runs is incomplete (`nested`). On 7.2 that flagged
-# 843 contexts in the same test, and one complete `unknown` row was left:
-# the trampoline marks its program active (prog->active) before the
-# program's first instruction and clears it after its last, and an
-# interrupt in between is seen by no count a program can read (a program
-# cannot read another's prog->active, and the kernel's count of those
-# skips, bpf_prog_inc_misses_counter, is notrace: a kprobe there is refused,
-# tried on 6.1). A context on_xmit's fentry opens while a kprobe's program
-# runs (bpf_prog_active) is flagged exactly. So the user still opts in.
+# Session 25 flags such contexts in the kernel (keepout_cflags): a context
+# opened while one of ipvtrace's trampoline or raw tracepoint programs is
+# marked running on the CPU (its prog->active, set before its first
+# instruction and cleared after its last: the interrupted one), or one that
+# on_xmit's fentry opens while a kprobe's program runs (bpf_prog_active), is
+# incomplete (`kept_out`). A first try, a count each program kept of itself
+# while it ran, flagged 843 contexts on 7.2 and still left one complete
+# `unknown` row (the kernel's instructions around a program are outside
+# it); a kprobe on the kernel's count of skips (bpf_prog_inc_misses_counter)
+# is refused (notrace). The user opts in until 7.2 has run the floods
+# clean again and again.
 TRAMPOLINES_ENV = "IPVTRACE_TRAMPOLINES"
 # BPF atomic instructions that return the old value (BPF_FETCH): the verifier
 # refuses them before 5.12 ("BPF_STX uses reserved fields", seen on 5.10)
@@ -306,11 +306,12 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
     plan.cflags += flags
     if why:
         plan.notes.append(SOFTIRQ_NOTE.format(why=why))
-    if "-DIPVT_FENTRY_XMIT" in plan.cflags:
-        flags, why = prog_active_cflags(ksyms, plan.softirq_check)
-        plan.cflags += flags
-        if why:
-            plan.notes.append(why)
+    flags, why = keepout_cflags(ksyms, kbtf, plan.softirq_check, available,
+                                "-DIPVT_FENTRY_XMIT" in plan.cflags,
+                                bool(tramp) or kernel_version(kernel) >= COUNTS_SKIPPED_SINCE)
+    plan.cflags += flags
+    if why:
+        plan.notes.append(why)
     if preempt_rt():
         # softirqs run in threads and a task can be preempted inside a probed
         # function: another task's contexts must not land on its stack
@@ -446,18 +447,49 @@ def softirq_cflags(ksyms: "kcode.Symbols | kcode.KcodeError", kbtf: "btf.BTF | N
     return flags, "preempt_count", ""
 
 
-def prog_active_cflags(ksyms: "kcode.Symbols | kcode.KcodeError",
-                       softirq_check: str) -> tuple[list[str], str]:
-    """-D flag for bpf/'s kprobe_prog_active(): where this CPU's
-    bpf_prog_active is, read by a context a trampoline opens (a kprobe's
-    program running then keeps out the kprobes it reaches), and a note when
-    it cannot be found. It needs the per-CPU areas' offsets, as softirq_cflags."""
+# the function whose kprobe tells the loader each program's prog->active
+PROG_INFO_FN = "bpf_prog_get_info_by_fd"
+# struct offsets on_prog_info reads (BTF)
+KEEPOUT_OFFSETS = {"IPVT_OFF_PROG_AUX": ("bpf_prog", "aux", 8),
+                   "IPVT_OFF_PROG_ACTIVE": ("bpf_prog", "active", 8),
+                   "IPVT_OFF_AUX_ID": ("bpf_prog_aux", "id", 4)}
+KEEPOUT_NOTE = ("a context opened while the kernel keeps some of its hits out (a softirq "
+                "inside another BPF program's run) cannot be flagged here ({why}): such a "
+                "packet may show as complete without them")
+
+
+def keepout_cflags(ksyms: "kcode.Symbols | kcode.KcodeError", kbtf: "btf.BTF | None",
+                   softirq_check: str, available: set[str], fentry_xmit: bool,
+                   keeps_out_one: bool) -> tuple[list[str], str]:
+    """-D flags for bpf/'s opened_kept_out(), and a note when it cannot
+    tell. A context opened while one of ipvtrace's trampoline or raw
+    tracepoint programs is marked running on the CPU (its prog->active: the
+    interrupted one) loses that program's hits (*keeps_out_one*: trampolines
+    in the plan, or 6.7+ raw tracepoints); one ipvlan_queue_xmit's fentry
+    opens while a kprobe's program runs (bpf_prog_active) loses its kprobe
+    hits. Both read per-CPU data, at the per-CPU areas' offsets that
+    softirq_cflags found (not on PREEMPT_RT)."""
     other = {} if isinstance(ksyms, kcode.KcodeError) else ksyms[1]
-    if softirq_check != "preempt_count" or not other.get(PROG_ACTIVE):
-        return [], ("/proc/kallsyms gives no address of bpf_prog_active: a context that "
-                    "ipvlan_queue_xmit's fentry opens while a kprobe's program runs on its CPU "
-                    "may miss kprobe hits unflagged (IPVTRACE_TRAMPOLINES=0 avoids it)")
-    return [f"-DIPVT_BPF_PROG_ACTIVE={other[PROG_ACTIVE]:#x}"], ""
+    if softirq_check != "preempt_count":
+        why = "the per-CPU areas' address is unknown"
+        return [], (KEEPOUT_NOTE.format(why=why) if keeps_out_one else "")
+    flags: list[str] = []
+    why = ""
+    if fentry_xmit:
+        if other.get(PROG_ACTIVE):
+            flags.append(f"-DIPVT_BPF_PROG_ACTIVE={other[PROG_ACTIVE]:#x}")
+        else:
+            why = "/proc/kallsyms gives no address of bpf_prog_active"
+    offs = {name: btf.optional_offset(kbtf, s, m, size)
+            for name, (s, m, size) in KEEPOUT_OFFSETS.items()}
+    if PROG_INFO_FN not in available:
+        why = why or f"{PROG_INFO_FN} cannot be probed"
+    elif None in offs.values():
+        why = why or "no BTF for struct bpf_prog"
+    else:
+        flags.append("-DIPVT_WATCH_ACTIVE")
+        flags += [f"-D{name}={off}" for name, off in offs.items()]
+    return flags, (KEEPOUT_NOTE.format(why=why) if why and keeps_out_one else "")
 
 
 def worker_rx_fn(available: set[str], ksyms: "kcode.Symbols | kcode.KcodeError") -> tuple[str, str]:

@@ -24,7 +24,7 @@ def resolve_links(devices: list[dict], known: list[dict] | dict) -> None:
         if "link_nsid" not in dev:
             continue
         nsid = dev.pop("link_nsid")
-        cands = [d for d in by_index.get(dev["link"], ()) if d["netns"] != dev["netns"]]
+        cands = [d for d in by_index.get(dev.get("link"), ()) if d["netns"] != dev["netns"]]
         if dev.get("kind") == "ipvlan":
             # the parent: same MAC, and never an ipvlan slave itself (the
             # kernel puts a slave of a slave on the first one's parent)
@@ -65,7 +65,7 @@ class Topology:
         tied again once the devices they point at are known."""
         self._refs.clear()
         for ns in snap.get("namespaces", []):
-            self.ns_names[ns["inum"]] = ns["name"] or ("root" if ns.get("root") else f"netns:{ns['inum']}")
+            self.ns_names[ns["inum"]] = ns.get("name") or ("root" if ns.get("root") else f"netns:{ns['inum']}")
             who = ns.get("who")
             if isinstance(who, dict):
                 labels = {k: who[k] for k in ("pod", "container") if isinstance(who.get(k), str)}

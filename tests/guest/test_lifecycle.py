@@ -77,9 +77,16 @@ def test_trampolines_when_asked(pods, tmp_path):
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=300)
     assert proc.returncode in (0, 130), err
-    kinds = {a["name"]: a["kind"] for a in recording.read(out).header["plan"]["attach"]}
+    plan = recording.read(out).header["plan"]
+    kinds = {a["name"]: a["kind"] for a in plan["attach"]}
     if trampolines_expected():
         assert {n: kinds.get(n) for n in TRAMPOLINES} == TRAMPOLINES, kinds
+        # a context opened inside one of these programs' runs, or on_xmit's
+        # under a kprobe's, is flagged (probes.keepout_cflags): every
+        # program's mark was found
+        assert {"-DIPVT_WATCH_ACTIVE"} <= set(plan["cflags"]), plan["cflags"]
+        assert any(f.startswith("-DIPVT_BPF_PROG_ACTIVE=") for f in plan["cflags"])
+        assert "programs are watched" not in err, err
     else:   # PREEMPT_RT, before 5.12
         assert not {"fentry", "fexit"} & set(kinds.values()), kinds
     rows: list[dict] = []
