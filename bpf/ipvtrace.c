@@ -725,12 +725,9 @@ static __always_inline int serving_softirq(void)
 {
 #ifdef IPVT_PERCPU_OFFSETS
 	int pc = 0;
-	__u64 base = 0;
-	__u64 cpu = bpf_get_smp_processor_id();
-	if (bpf_probe_read_kernel(&base, sizeof(base),
-				  (const void *)(IPVT_PERCPU_OFFSETS + cpu * 8)) == 0 &&
-	    bpf_probe_read_kernel(&pc, sizeof(pc),
-				  (const void *)(base + IPVT_PREEMPT_COUNT)) == 0 &&
+	__u64 base = percpu_base();
+	if (base &&
+	    bpf_probe_read_kernel(&pc, sizeof(pc), (const void *)(base + IPVT_PREEMPT_COUNT)) == 0 &&
 	    (pc & IPVT_SOFTIRQ_OFFSET))
 		return 1;
 #endif
