@@ -481,12 +481,11 @@ static __always_inline void note_loss(struct ipvt_event *e)
  * Not covered: PREEMPT_RT, where a task can be preempted inside a program
  * after another task's context opened (the per-task stacks; no trampolines
  * there), and the per-CPU areas' address unknown (softirq_check none). */
-#define IPVT_WATCH_MAX 15
 #ifdef IPVT_WATCH_ACTIVE
-/* how many programs are watched, and each one's prog->active (loader) */
+/* IPVT_WATCH_ACTIVE programs' prog->active (the loader's; one it could not
+ * learn is 1 << 63, which no CPU's area turns into a readable address) */
 struct ipvt_watch {
-	__u64 n;
-	__u64 active[IPVT_WATCH_MAX];
+	__u64 active[IPVT_WATCH_ACTIVE];
 };
 BPF_ARRAY(watched, struct ipvt_watch, 1);
 /* prog id -> its prog->active, filled while the loader reads each
@@ -530,15 +529,14 @@ static __always_inline __u32 watched_running(__u64 base)
 	struct ipvt_watch *w = watched.lookup(&zero);
 	if (!w || !base)
 		return 0;
-	__u32 count = w->n;
-#pragma clang loop unroll(disable)
-	for (__u32 i = 0; i < IPVT_WATCH_MAX; i++) {
-		if (i >= count)
-			break;
+	/* one read each, no branch: 6.1's verifier gave up on a loop here in
+	 * on_xmit ("the sequence of 8193 jumps is too complex"). A failed read
+	 * leaves a at 0. */
+#pragma unroll
+	for (int i = 0; i < IPVT_WATCH_ACTIVE; i++) {
 		int a = 0;
-		if (bpf_probe_read_kernel(&a, sizeof(a), (const void *)(w->active[i] + base)) == 0 &&
-		    a > 0)
-			sum += a;
+		bpf_probe_read_kernel(&a, sizeof(a), (const void *)(w->active[i] + base));
+		sum += a;
 	}
 #endif
 	return sum;

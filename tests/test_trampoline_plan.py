@@ -166,13 +166,14 @@ def test_a_context_opened_inside_another_programs_run_reads_the_kernels_marks():
     need the per-CPU areas' offsets (softirq_cflags: preempt_count)."""
     ksyms = ({}, {"__per_cpu_offset": 0xffffffff92e1ab60, probes.PROG_ACTIVE: 0x2d5a0})
     avail = {probes.PROG_INFO_FN}
-    flags, why = probes.keepout_cflags(ksyms, bpf_prog_btf(), "preempt_count", avail, True, True)
-    assert flags == ["-DIPVT_BPF_PROG_ACTIVE=0x2d5a0", "-DIPVT_WATCH_ACTIVE",
+    flags, why = probes.keepout_cflags(ksyms, bpf_prog_btf(), "preempt_count", avail, True, True,
+                                       10)
+    assert flags == ["-DIPVT_BPF_PROG_ACTIVE=0x2d5a0", "-DIPVT_WATCH_ACTIVE=10",
                      "-DIPVT_OFF_PROG_AUX=56", "-DIPVT_OFF_PROG_ACTIVE=40",
                      "-DIPVT_OFF_AUX_ID=32"] and why == ""
     # kprobes only: no bpf_prog_active read (a kprobe's context never runs under one)
-    flags, _ = probes.keepout_cflags(ksyms, bpf_prog_btf(), "preempt_count", avail, False, True)
-    assert not any("BPF_PROG_ACTIVE" in f for f in flags) and "-DIPVT_WATCH_ACTIVE" in flags
+    flags, _ = probes.keepout_cflags(ksyms, bpf_prog_btf(), "preempt_count", avail, False, True, 3)
+    assert not any("BPF_PROG_ACTIVE" in f for f in flags) and "-DIPVT_WATCH_ACTIVE=3" in flags
     # what cannot be read is said, where the kernel keeps programs out one by one
     cases = [(ksyms, bpf_prog_btf(), "none", avail, "per-CPU"),            # PREEMPT_RT, hidden
              (ksyms, None, "preempt_count", avail, "BTF"),
@@ -180,8 +181,8 @@ def test_a_context_opened_inside_another_programs_run_reads_the_kernels_marks():
              (({}, {probes.PROG_ACTIVE: 0}), bpf_prog_btf(), "preempt_count", avail,
               "bpf_prog_active")]
     for ks, kb, how, av, said in cases:
-        flags, why = probes.keepout_cflags(ks, kb, how, av, True, True)
-        assert "-DIPVT_WATCH_ACTIVE" not in flags or "bpf_prog_active" in why
+        flags, why = probes.keepout_cflags(ks, kb, how, av, True, True, 10)
+        assert "-DIPVT_WATCH_ACTIVE=10" not in flags or "bpf_prog_active" in why
         assert said in why and "complete" in why, why
     # ... and not where nothing is kept out one by one (kprobes before 6.7)
     assert probes.keepout_cflags(ksyms, None, "none", avail, False, False) == ([], "")

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                                   f"programs ({exc}): they are compiled, not verified, here")
                     continue
                 b.load_func(spec.fn.encode(), loader.PROG_TYPES[spec.kind](bcc))
-            if "-DIPVT_WATCH_ACTIVE" in extra:   # (the loader's, before arming)
+            if any(f.startswith("-DIPVT_WATCH_ACTIVE=") for f in extra):   # (the loader's)
                 b.load_func(b"on_prog_info", bcc.BPF.KPROBE)
             loader.install_tail_calls(b, bcc)
         b.cleanup()
@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     marks = {n: btf.optional_offset(kbtf, st, m, size)
              for n, (st, m, size) in probes.KEEPOUT_OFFSETS.items()}
     if None not in marks.values():
-        softirq += ["-DIPVT_WATCH_ACTIVE"] + [f"-D{n}={o}" for n, o in marks.items()]
+        # (10: every program a mark can be read for, with trampolines)
+        softirq += ["-DIPVT_WATCH_ACTIVE=10"] + [f"-D{n}={o}" for n, o in marks.items()]
     variants = {"record": softirq, "filtered": [f"-DIPVT_FILTER_EXPR={expr.c()}"],
                 "stats": softirq + ["-DIPVT_COUNT_ONLY"],
                 "record-tramp": softirq + tramp,

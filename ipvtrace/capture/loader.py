@@ -19,8 +19,9 @@ from ipvtrace.capture.probes import ProbePlan
 from ipvtrace.capture.ringbuf import Known, Plain, Run
 
 KRETPROBE_MAXACTIVE = 64
-# how many programs' prog->active marks bpf/ reads (its IPVT_WATCH_MAX)
-WATCH_MAX = 15
+# a prog->active that could not be learnt: with any CPU's area added, a
+# non-canonical address, whose read fails (bpf/ reads 0 there)
+NO_MARK = 1 << 63
 DEFAULT_RINGBUF_PAGES = 1024  # 4 MiB
 
 
@@ -237,7 +238,7 @@ class Tracer:
         then goes. Before arming: no context is open yet."""
         import ctypes as ct
 
-        if "-DIPVT_WATCH_ACTIVE" not in self.plan.cflags:
+        if not any(f.startswith("-DIPVT_WATCH_ACTIVE=") for f in self.plan.cflags):
             return
         fds = {(fn.decode() if isinstance(fn, bytes) else fn): f.fd
                for fn, f in self.bpf.funcs.items()}
@@ -247,7 +248,7 @@ class Tracer:
         event = probes.PROG_INFO_FN.encode()
         self.bpf.attach_kprobe(event=event, fn_name=b"on_prog_info")
         try:
-            ids = [bpfsys.ProgInfo(fd).prog_id() for fd in watch]
+            ids = [bpfsys.ProgInfo(fd).prog_id() for fd in watch]   # (each: on_prog_info)
         finally:
             self.bpf.detach_kprobe(event=event)
         found = self.bpf["prog_actives"]
@@ -258,11 +259,10 @@ class Tracer:
                 actives.append(v.value)
         table = self.bpf["watched"]
         leaf = table.Leaf()
-        leaf.n = min(len(actives), WATCH_MAX)
-        for n, active in enumerate(actives[:WATCH_MAX]):
-            leaf.active[n] = active
+        for n in range(len(leaf.active)):   # (the plan's count: probes.keepout_cflags)
+            leaf.active[n] = actives[n] if n < len(actives) else NO_MARK
         table[ct.c_int(0)] = leaf
-        self.watched = (min(len(actives), WATCH_MAX), len(watch))
+        self.watched = (min(len(actives), len(leaf.active)), len(watch))
         if self.watched[0] < len(watch):
             import sys
 

@@ -308,7 +308,8 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
         plan.notes.append(SOFTIRQ_NOTE.format(why=why))
     flags, why = keepout_cflags(ksyms, kbtf, plan.softirq_check, available,
                                 "-DIPVT_FENTRY_XMIT" in plan.cflags,
-                                bool(tramp) or kernel_version(kernel) >= COUNTS_SKIPPED_SINCE)
+                                bool(tramp) or kernel_version(kernel) >= COUNTS_SKIPPED_SINCE,
+                                sum(a["kind"] in MARKED_KINDS for a in plan.attach))
     plan.cflags += flags
     if why:
         plan.notes.append(why)
@@ -458,9 +459,13 @@ KEEPOUT_NOTE = ("a context opened while the kernel keeps some of its hits out (a
                 "packet may show as complete without them")
 
 
+# the programs whose prog->active the kernel sets while they run
+MARKED_KINDS = ("fentry", "fexit", "raw_tracepoint")
+
+
 def keepout_cflags(ksyms: "kcode.Symbols | kcode.KcodeError", kbtf: "btf.BTF | None",
                    softirq_check: str, available: set[str], fentry_xmit: bool,
-                   keeps_out_one: bool) -> tuple[list[str], str]:
+                   keeps_out_one: bool, marked: int = 0) -> tuple[list[str], str]:
     """-D flags for bpf/'s opened_kept_out(), and a note when it cannot
     tell. A context opened while one of ipvtrace's trampoline or raw
     tracepoint programs is marked running on the CPU (its prog->active: the
@@ -468,7 +473,8 @@ def keepout_cflags(ksyms: "kcode.Symbols | kcode.KcodeError", kbtf: "btf.BTF | N
     in the plan, or 6.7+ raw tracepoints); one ipvlan_queue_xmit's fentry
     opens while a kprobe's program runs (bpf_prog_active) loses its kprobe
     hits. Both read per-CPU data, at the per-CPU areas' offsets that
-    softirq_cflags found (not on PREEMPT_RT)."""
+    softirq_cflags found (not on PREEMPT_RT). *marked*: how many of the
+    plan's programs have such a mark (MARKED_KINDS), each read once."""
     other = {} if isinstance(ksyms, kcode.KcodeError) else ksyms[1]
     if softirq_check != "preempt_count":
         why = "the per-CPU areas' address is unknown"
@@ -482,12 +488,14 @@ def keepout_cflags(ksyms: "kcode.Symbols | kcode.KcodeError", kbtf: "btf.BTF | N
             why = "/proc/kallsyms gives no address of bpf_prog_active"
     offs = {name: btf.optional_offset(kbtf, s, m, size)
             for name, (s, m, size) in KEEPOUT_OFFSETS.items()}
-    if PROG_INFO_FN not in available:
+    if not marked:
+        pass
+    elif PROG_INFO_FN not in available:
         why = why or f"{PROG_INFO_FN} cannot be probed"
     elif None in offs.values():
         why = why or "no BTF for struct bpf_prog"
     else:
-        flags.append("-DIPVT_WATCH_ACTIVE")
+        flags.append(f"-DIPVT_WATCH_ACTIVE={marked}")
         flags += [f"-D{name}={off}" for name, off in offs.items()]
     return flags, (KEEPOUT_NOTE.format(why=why) if why and keeps_out_one else "")
 
