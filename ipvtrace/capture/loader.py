@@ -231,6 +231,14 @@ class Tracer:
         self._own_progs[p["fn"]] = fd
         self._own_fds.append(bpfsys.attach_tracing(fd))
 
+    def _prog_fds(self) -> dict[str, int]:
+        """Each loaded program's fd by its function name: bcc's, and the
+        module's fentry/fexit programs loaded here (not by bcc)."""
+        fds = {(fn.decode() if isinstance(fn, bytes) else fn): f.fd
+               for fn, f in self.bpf.funcs.items()}
+        fds.update(self._own_progs)
+        return fds
+
     def _watch_programs(self) -> None:
         """Tell bpf/ where each of its trampoline and raw tracepoint programs'
         prog->active mark is (opened_kept_out): a kprobe on
@@ -240,11 +248,9 @@ class Tracer:
 
         if not any(f.startswith("-DIPVT_WATCH_ACTIVE=") for f in self.plan.cflags):
             return
-        fds = {(fn.decode() if isinstance(fn, bytes) else fn): f.fd
-               for fn, f in self.bpf.funcs.items()}
-        fds.update(self._own_progs)
+        fds = self._prog_fds()
         watch = [fds[p["fn"]] for p in self.plan.attach
-                 if p["kind"] in ("fentry", "fexit", "raw_tracepoint") and p["fn"] in fds]
+                 if p["kind"] in probes.MARKED_KINDS and p["fn"] in fds]
         event = probes.PROG_INFO_FN.encode()
         self.bpf.attach_kprobe(event=event, fn_name=b"on_prog_info")
         try:
@@ -430,10 +436,7 @@ class Tracer:
         if self._prog_infos is None:
             names = {p["fn"]: p["name"] for p in self.plan.attach}
             self._prog_infos = []
-            fds = {(fn.decode() if isinstance(fn, bytes) else fn): f.fd
-                   for fn, f in self.bpf.funcs.items()}
-            fds.update(self._own_progs)   # (a module's fentry: loaded here, not by bcc)
-            for fn, fd in fds.items():
+            for fn, fd in self._prog_fds().items():
                 if fn in names:
                     self._prog_infos.append((names[fn], fd, bpfsys.ProgInfo(fd)))
         out: dict[str, int] = {}

@@ -488,13 +488,11 @@ def keepout_cflags(ksyms: "kcode.Symbols | kcode.KcodeError", kbtf: "btf.BTF | N
             why = "/proc/kallsyms gives no address of bpf_prog_active"
     offs = {name: btf.optional_offset(kbtf, s, m, size)
             for name, (s, m, size) in KEEPOUT_OFFSETS.items()}
-    if not marked:
-        pass
-    elif PROG_INFO_FN not in available:
+    if marked and PROG_INFO_FN not in available:
         why = why or f"{PROG_INFO_FN} cannot be probed"
-    elif None in offs.values():
+    elif marked and None in offs.values():
         why = why or "no BTF for struct bpf_prog"
-    else:
+    elif marked:
         flags.append(f"-DIPVT_WATCH_ACTIVE={marked}")
         flags += [f"-D{name}={off}" for name, off in offs.items()]
     return flags, (KEEPOUT_NOTE.format(why=why) if why and keeps_out_one else "")
