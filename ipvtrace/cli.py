@@ -18,13 +18,13 @@ EXAMPLES = {
   sudo ipvtrace live 'icmp and host 192.168.100.101'   # filter in the kernel
   sudo ipvtrace live --netns pod-a --branch '*drop*'   # filter on the result
   sudo ipvtrace live --pod 'default/web-*'           # a Kubernetes pod's packets
-  sudo IPVTRACE_TRAMPOLINES=1 ipvtrace live          # fentry/fexit where the kernel allows
+  sudo IPVTRACE_TRAMPOLINES=0 ipvtrace live          # kprobes, not fentry/fexit
 
 environment (live, record, stats):
-  IPVTRACE_TRAMPOLINES=1   fentry/fexit in place of most kprobes where the kernel
-                           allows (x86-64, 5.12+, BTF, not PREEMPT_RT): cheaper,
-                           but not the default yet (docs/commands.md#overhead);
-                           'ipvtrace doctor' lists what each probe is attached by
+  IPVTRACE_TRAMPOLINES=0   kprobes and tracepoints even where the kernel has
+                           fentry/fexit (x86-64, 5.12+, BTF, not PREEMPT_RT: used
+                           by default there, docs/commands.md#overhead); 'ipvtrace
+                           doctor' lists what each probe is attached by
 """,
     "record": """examples:
   sudo ipvtrace record -o pods.ipvt                  # until Ctrl-C

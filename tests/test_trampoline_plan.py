@@ -4,8 +4,8 @@ as functions (BTF FUNC; a member of the same name is not one), ipvlan's own
 from the module's split BTF, by their type id there and only with the
 arguments bpf/ reads (an fexit reads the return value after them); none on
 PREEMPT_RT (a trampoline's program can be preempted there, with a note
-saying so), none without BTF (noted), none before 5.12, none unless the
-user asks for them (IPVTRACE_TRAMPOLINES=1: off by default, see
+saying so), none without BTF (noted), none before 5.12, none when the
+user turns them off (IPVTRACE_TRAMPOLINES=0; on by default, see
 probes.TRAMPOLINES_ENV).
 The guest suite runs the chosen plan on Debian's 6.1 and 6.12 (fentry) and
 their PREEMPT_RT builds (kprobes)."""
@@ -49,8 +49,8 @@ def module_btf(base: Blob, funcs: dict[str, int]) -> bytes:
 
 
 @pytest.fixture(autouse=True)
-def _asked(monkeypatch):
-    monkeypatch.setenv(probes.TRAMPOLINES_ENV, "1")
+def _default(monkeypatch):
+    monkeypatch.delenv(probes.TRAMPOLINES_ENV, raising=False)   # (on: the default)
 
 
 def test_the_helpers_btf_names_as_functions():
@@ -119,14 +119,14 @@ def test_kernels_before_trampolines_and_the_users_choice(monkeypatch):
     # itself on one CPU there (5.12: prog->active): kprobes
     assert probes.trampolines("5.10.0-32-amd64", kb, rt=False) == ({}, "")
     assert probes.trampolines("5.12.0-1-amd64", kb, rt=False)[0] == {"__dev_queue_xmit": 0}
-    for value in ("0", ""):   # not asked: nothing, no note, the module's BTF not read
+    for value in ("1", "yes", ""):   # anything but "0" keeps the default
         monkeypatch.setenv(probes.TRAMPOLINES_ENV, value)
-        read = []
-        assert probes.trampolines("6.12.117+deb12-amd64", kb, rt=False,
-                                  ipvlan_btf=lambda: read.append(1)) == ({}, "")
-        assert read == []
-    monkeypatch.delenv(probes.TRAMPOLINES_ENV)   # (the default: not asked)
-    assert probes.trampolines("6.12.117+deb12-amd64", kb, rt=False) == ({}, "")
+        assert probes.trampolines("6.12.117+deb12-amd64", kb, rt=False)[0] == {"__dev_queue_xmit": 0}
+    monkeypatch.setenv(probes.TRAMPOLINES_ENV, "0")   # turned off: no note, it was asked for
+    read = []
+    assert probes.trampolines("6.12.117+deb12-amd64", kb, rt=False,
+                              ipvlan_btf=lambda: read.append(1)) == ({}, "")
+    assert read == []   # nor is the module's BTF read
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

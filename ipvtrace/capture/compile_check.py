@@ -159,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     # filtered build without it, as on a kernel where it cannot be made
     softirq = ["-DIPVT_PERCPU_OFFSETS=0xffffffff82a19b60", "-DIPVT_PREEMPT_COUNT=0x1fbc0"]
     softirq_rt = ["-DIPVT_RT_SOFTIRQ_CNT_OFF=2952"]
-    # ... and with fentry/fexit programs where they can be, as
-    # IPVTRACE_TRAMPOLINES=1 builds them (probes.trampolines)
+    # ... with fentry/fexit programs where they can be, as probes.trampolines
+    # chooses by default, and with kprobes only, as IPVTRACE_TRAMPOLINES=0
+    # (or a kernel without BTF, or PREEMPT_RT) builds them
     tramp = [f"-DIPVT_FENTRY_{sp.name.upper()}" for sp in probes.SPECS if sp.trampoline]
     tramp.append("-DIPVT_BPF_PROG_ACTIVE=0x2d5a0")   # (probes.keepout_cflags)
     # ... reading the programs' prog->active marks (probes.keepout_cflags),
@@ -171,10 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     if None not in marks.values():
         # (10: every program a mark can be read for, with trampolines)
         softirq += ["-DIPVT_WATCH_ACTIVE=10"] + [f"-D{n}={o}" for n, o in marks.items()]
-    variants = {"record": softirq, "filtered": [f"-DIPVT_FILTER_EXPR={expr.c()}"],
-                "stats": softirq + ["-DIPVT_COUNT_ONLY"],
-                "record-tramp": softirq + tramp,
-                "stats-tramp": softirq + ["-DIPVT_COUNT_ONLY"] + tramp,
+    variants = {"record": softirq + tramp, "filtered": [f"-DIPVT_FILTER_EXPR={expr.c()}"],
+                "stats": softirq + ["-DIPVT_COUNT_ONLY"] + tramp,
+                "record-kprobes": softirq,
+                "stats-kprobes": softirq + ["-DIPVT_COUNT_ONLY"],
                 "record-rt": softirq_rt + ["-DIPVT_STACK_PER_TASK"],
                 "stats-rt": softirq_rt + ["-DIPVT_STACK_PER_TASK", "-DIPVT_COUNT_ONLY"]}
     times = {name: build(offs + extra) for name, extra in variants.items()}

@@ -9,6 +9,7 @@ import ctypes
 import mmap
 import os
 import struct
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -175,8 +176,6 @@ class Tracer:
         # a killed ipvtrace's return probes stay in kprobe_events: take them out
         self.removed_leftovers = remove_leftover_probe_events(Path(self.plan.tracefs))
         if self.removed_leftovers:
-            import sys
-
             print(f"ipvtrace: removed {len(self.removed_leftovers)} probe(s) a killed ipvtrace "
                   f"left in kprobe_events", file=sys.stderr)
         src = layout.BPF_DIR / "ipvtrace.c"
@@ -270,8 +269,6 @@ class Tracer:
         table[ct.c_int(0)] = leaf
         self.watched = (min(len(actives), len(leaf.active)), len(watch))
         if self.watched[0] < len(watch):
-            import sys
-
             print(f"ipvtrace: {self.watched[0]} of {len(watch)} trampoline and tracepoint programs "
                   "are watched: a context opened inside another's run may show as complete "
                   "without that program's hits", file=sys.stderr)

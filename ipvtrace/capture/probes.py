@@ -131,30 +131,30 @@ COUNTS_SKIPPED_SINCE = (6, 7)
 # (a kprobe's program is kept out by bpf_prog_active, and the estimate of
 # skipped() counts it). Debian's 5.10 keeps kprobes.
 TRAMPOLINES_SINCE = (5, 12)
-# "1": fentry/fexit where the kernel allows. Off by default. Session 23 turned
-# them off after soft lockups in Debian's 6.1 under QEMU (TCG, 2 vCPUs) when a
-# tracer was SIGKILLed in a ping flood; session 24 caught the stacks, which
-# are the emulator's (a CPU spinning on an int3 at __dev_queue_xmit+0 whose
-# bytes the kernel reads as the 5-byte NOP again; a kprobes-only run called
-# address 0 in the same test): that is not why. Why: a trampoline skips only
-# the program already running on the CPU (prog->active), where a kprobe
-# skips every kprobe program (bpf_prog_active). A softirq that runs at the
-# end of an interrupt taken inside on_qxmit opens its own context (on_xmit
-# is another program) but its __dev_queue_xmit hit is skipped: a record
-# without it, complete as far as the kernel knows. Seen on Debian's 7.2
-# (161 skipped qxmit hits, one complete `unknown` row, in the tiny-ring
-# spanning test); counted as skipped.qxmit, but not tied to that context.
-# Session 25 flags such contexts in the kernel (keepout_cflags): a context
-# opened while one of ipvtrace's trampoline or raw tracepoint programs is
-# marked running on the CPU (its prog->active, set before its first
-# instruction and cleared after its last: the interrupted one), or one that
-# on_xmit's fentry opens while a kprobe's program runs (bpf_prog_active), is
-# incomplete (`kept_out`). A first try, a count each program kept of itself
-# while it ran, flagged 843 contexts on 7.2 and still left one complete
-# `unknown` row (the kernel's instructions around a program are outside
-# it); a kprobe on the kernel's count of skips (bpf_prog_inc_misses_counter)
-# is refused (notrace). The user opts in until 7.2 has run the floods
-# clean again and again.
+# "0": kprobes and tracepoints even where the kernel has trampolines
+# (fentry/fexit are the default there). History, because it was off twice:
+# session 23 turned them off after soft lockups in Debian's 6.1 under QEMU
+# (TCG, 2 vCPUs) when a tracer was SIGKILLed in a ping flood; session 24
+# caught the stacks, which are the emulator's (a CPU spinning on an int3 at
+# __dev_queue_xmit+0 whose bytes the kernel reads as the 5-byte NOP again; a
+# kprobes-only run called address 0 in the same test). Then a real reason:
+# a trampoline skips only the program already running on the CPU
+# (prog->active), where a kprobe skips every kprobe program
+# (bpf_prog_active). A softirq that runs at the end of an interrupt taken
+# inside on_qxmit opens its own context (on_xmit is another program) but its
+# __dev_queue_xmit hit is skipped: a record without it, complete as far as
+# the kernel knew (Debian's 7.2: one complete `unknown` row in the tiny-ring
+# spanning test). Session 25 flags such contexts in the kernel
+# (keepout_cflags): a context opened while one of ipvtrace's trampoline or
+# raw tracepoint programs is marked running on the CPU (its prog->active,
+# set before its first instruction and cleared after its last: the
+# interrupted one), or one that on_xmit's fentry opens while a kprobe's
+# program runs (bpf_prog_active), is incomplete (`kept_out`). (A count each
+# program kept of itself while it ran left one complete `unknown` row: the
+# kernel's instructions around a program are outside it; a kprobe on the
+# kernel's count of skips, bpf_prog_inc_misses_counter, is refused: notrace.)
+# Session 26 ran that spanning test on 7.2 with trampolines 12 times in a
+# row (1 vCPU), every run clean, and made them the default again.
 TRAMPOLINES_ENV = "IPVTRACE_TRAMPOLINES"
 # BPF atomic instructions that return the old value (BPF_FETCH): the verifier
 # refuses them before 5.12 ("BPF_STX uses reserved fields", seen on 5.10)
@@ -356,13 +356,13 @@ def trampolines(kernel: str, kbtf: "btf.BTF | None", rt: bool,
     """The functions this kernel can attach by fentry/fexit instead of a
     kprobe or tracepoint (ProbeSpec.trampoline): each one's BTF id in its module's BTF (0
     for vmlinux's, which bcc looks up), and a note when it can attach none
-    ("" when that is not news). Only when asked (TRAMPOLINES_ENV). A
+    ("" when that is not news). Not when TRAMPOLINES_ENV is "0". A
     trampoline costs about half a kprobe
     (bench/mechanism.py); __dev_queue_xmit and ip_local_out run for every
     packet of the node. ipvlan's own functions need the module's BTF, with
     the arguments bpf/ expects (an fexit reads the return after them)."""
-    if os.environ.get(TRAMPOLINES_ENV, "0") in ("", "0"):
-        return {}, ""
+    if os.environ.get(TRAMPOLINES_ENV) == "0":
+        return {}, ""   # asked for: not news (the plan names each probe's kind)
     if rt:
         # a trampoline's program runs with migration off but preemptible
         # there: another task's program could run in between on this CPU and

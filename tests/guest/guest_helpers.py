@@ -19,8 +19,8 @@ def skip_unless_probed(plan: probes.ProbePlan, check) -> None:
 
 
 def trampolines_expected() -> bool:
-    """Whether this kernel gets fentry/fexit programs when they are asked for
-    (IPVTRACE_TRAMPOLINES=1): x86-64,
+    """Whether this kernel gets fentry/fexit programs by default (not with
+    IPVTRACE_TRAMPOLINES=0): x86-64,
     5.12+ (a program kept from running inside itself), vmlinux's and ipvlan's
     BTF, not PREEMPT_RT (probes.trampolines), read from the guest itself."""
     return (os.uname().machine == "x86_64" and not probes.preempt_rt()

@@ -55,21 +55,27 @@ TRAMPOLINES = {"xmit": "fentry", "xmit_ret": "fexit", "lookup_ret": "fexit", "fw
                "fwd_ret": "fexit", "qxmit": "fentry", "local_out": "fentry"}
 
 
-def test_trampolines_when_asked(pods, tmp_path):
-    """IPVTRACE_TRAMPOLINES=1 (off by default): where the kernel allows
-    (5.12+, its BTF; not PREEMPT_RT) the vmlinux helpers and
-    ipvlan_queue_xmit's entry and return and ipvlan_addr_lookup's return are
-    fentry/fexit programs, the module's loaded by ipvtrace itself; the pods'
-    pings get the branch they get with kprobes, and the end leaves nothing
-    attached. Without it, kprobes and the net_dev_xmit tracepoint."""
-    default = {a["name"]: a["kind"] for a in probes.build().attach}
-    assert {n: default.get(n) for n in TRAMPOLINES} == {
-        "xmit": "kprobe", "xmit_ret": "raw_tracepoint", "lookup_ret": "kretprobe",
-        "fwd": "kprobe", "fwd_ret": "kretprobe", "qxmit": "kprobe", "local_out": "kprobe"}, default
-    out, ready = tmp_path / "tramp.ipvt", tmp_path / "ready"
+KPROBES = {"xmit": "kprobe", "xmit_ret": "raw_tracepoint", "lookup_ret": "kretprobe",
+           "fwd": "kprobe", "fwd_ret": "kretprobe", "qxmit": "kprobe", "local_out": "kprobe"}
+
+
+@pytest.mark.parametrize("setting", ["default", "0"])
+def test_trampolines_by_default_kprobes_when_turned_off(pods, tmp_path, setting):
+    """By default, where the kernel allows (5.12+, its BTF; not PREEMPT_RT),
+    the vmlinux helpers, ipvlan_queue_xmit's entry and return and
+    ipvlan_addr_lookup's return are fentry/fexit programs (the module's
+    loaded by ipvtrace itself), and a context opened inside one of their runs
+    is flagged from the programs' marks. IPVTRACE_TRAMPOLINES=0 gives kprobes
+    and the net_dev_xmit tracepoint instead. Either way the pods' pings get
+    the same branch, and the end leaves nothing attached."""
+    env = dict(os.environ)
+    env.pop(probes.TRAMPOLINES_ENV, None)
+    if setting != "default":
+        env[probes.TRAMPOLINES_ENV] = setting
+    out, ready = tmp_path / "plan.ipvt", tmp_path / "ready"
     proc = subprocess.Popen([sys.executable, "-m", "ipvtrace", "record", "-o", str(out),
                              "--ready-file", str(ready)], stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, **{probes.TRAMPOLINES_ENV: "1"}))
+                            env=env)
     try:
         wait_ready(ready, proc)
         assert pods.ping(NS[1], "10.77.0.2", 3)
@@ -79,7 +85,7 @@ def test_trampolines_when_asked(pods, tmp_path):
     assert proc.returncode in (0, 130), err
     plan = recording.read(out).header["plan"]
     kinds = {a["name"]: a["kind"] for a in plan["attach"]}
-    if trampolines_expected():
+    if setting == "default" and trampolines_expected():
         assert {n: kinds.get(n) for n in TRAMPOLINES} == TRAMPOLINES, kinds
         # a context opened inside one of these programs' runs, or on_xmit's
         # under a kprobe's, is flagged (probes.keepout_cflags): every
@@ -88,8 +94,8 @@ def test_trampolines_when_asked(pods, tmp_path):
         assert f"-DIPVT_WATCH_ACTIVE={marked}" in plan["cflags"], plan["cflags"]
         assert any(f.startswith("-DIPVT_BPF_PROG_ACTIVE=") for f in plan["cflags"])
         assert "programs are watched" not in err, err
-    else:   # PREEMPT_RT, before 5.12
-        assert not {"fentry", "fexit"} & set(kinds.values()), kinds
+    else:   # turned off; or PREEMPT_RT, before 5.12
+        assert {n: kinds.get(n) for n in TRAMPOLINES} == KPROBES, kinds
     rows: list[dict] = []
     replay.run_replay(out, sink=rows.append)
     echo = [r for r in rows if r["kind"] == "echo-request" and r["dst"] == "10.77.0.2"]
