@@ -36,6 +36,11 @@
  *                               worker's task serves is not the worker's
  *   IPVT_RT_SOFTIRQ_CNT_OFF     PREEMPT_RT: task_struct.softirq_disable_cnt,
  *                               where RT keeps "serving a softirq"
+ *   IPVT_WATCH_ACTIVE,          a context opened inside another program's
+ *   IPVT_BPF_PROG_ACTIVE,       run is flagged (opened_kept_out): how many
+ *   IPVT_KEEPOUT_INTERRUPTED_ONLY programs' marks to read, bpf_prog_active's
+ *                               address, and read them only in an interrupt
+ *                               (no program of the plan can be preempted)
  *   IPVT_COUNT_ONLY             `ipvtrace stats`: no events at all; each
  *                               context's record is gathered as in the trace
  *                               build, read into a signature (struct
@@ -542,6 +547,10 @@ static __always_inline __u32 watched_running(__u64 base)
 	return sum;
 }
 
+/* preempt_count's bits of an interrupt under way: NMI_MASK | HARDIRQ_MASK |
+ * SOFTIRQ_OFFSET (a softirq served; not SOFTIRQ_DISABLE_OFFSET) */
+#define IPVT_INTERRUPT_BITS 0x00ff0100
+
 /* Will the kernel keep some of the hits of the context *kind* opens now out? */
 static __always_inline int opened_kept_out(__u16 kind)
 {
@@ -550,6 +559,16 @@ static __always_inline int opened_kept_out(__u16 kind)
 	__u32 own = 0;
 	if (!base)
 		return 0;
+#if defined(IPVT_KEEPOUT_INTERRUPTED_ONLY) && defined(IPVT_PREEMPT_COUNT)
+	/* No program of the plan can be preempted by another task here
+	 * (probes.keepout_cflags): a mark is set under a context only when the
+	 * context's code interrupted that program's run. Outside an interrupt,
+	 * one read instead of one per program. */
+	int pc = 0;
+	if (bpf_probe_read_kernel(&pc, sizeof(pc), (const void *)(base + IPVT_PREEMPT_COUNT)) == 0 &&
+	    !(pc & IPVT_INTERRUPT_BITS))
+		return 0;
+#endif
 #if defined(IPVT_FENTRY_XMIT)
 	if (kind == IPVT_P_XMIT) {
 		own = 1;   /* on_xmit's own mark: it is watched */

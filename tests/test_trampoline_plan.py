@@ -186,3 +186,57 @@ def test_a_context_opened_inside_another_programs_run_reads_the_kernels_marks():
         assert said in why and "complete" in why, why
     # ... and not where nothing is kept out one by one (kprobes before 6.7)
     assert probes.keepout_cflags(ksyms, None, "none", avail, False, False) == ([], "")
+
+
+def test_the_marks_are_read_only_in_an_interrupt_where_no_program_can_be_preempted():
+    """Where no program of the plan can be preempted by another task (kprobes
+    and raw tracepoints run with preemption off, a trampoline's program with
+    migration off only), a mark can be set under a context only when the
+    context interrupted that program: bpf/ reads the marks only in an
+    interrupt (IPVT_KEEPOUT_INTERRUPTED_ONLY)."""
+    ksyms = ({}, {"__per_cpu_offset": 0xffffffff92e1ab60, probes.PROG_ACTIVE: 0x2d5a0})
+    avail = {probes.PROG_INFO_FN}
+    flags, _ = probes.keepout_cflags(ksyms, bpf_prog_btf(), "preempt_count", avail, True, True,
+                                     10, preemptible=False)
+    assert "-DIPVT_KEEPOUT_INTERRUPTED_ONLY" in flags and "-DIPVT_WATCH_ACTIVE=10" in flags
+    flags, _ = probes.keepout_cflags(ksyms, bpf_prog_btf(), "preempt_count", avail, True, True, 10)
+    assert "-DIPVT_KEEPOUT_INTERRUPTED_ONLY" not in flags   # (the default: it might be)
+
+
+def _kernel_files(root, config=None, cmdline="", debugfs=None):
+    (root / "boot").mkdir(exist_ok=True)
+    (root / "proc").mkdir(exist_ok=True)
+    (root / "proc/cmdline").write_text(cmdline + "\n")
+    if config is not None:
+        (root / "boot/config-6.12.117+deb12-amd64").write_text(config)
+    if debugfs is not None:
+        (root / "sys/kernel/debug/sched").mkdir(parents=True, exist_ok=True)
+        (root / "sys/kernel/debug/sched/preempt").write_text(debugfs + "\n")
+
+
+def test_the_preemption_model_in_use(tmp_path, monkeypatch):
+    """debugfs names the mode in use; else preempt= where the kernel obeys it
+    (PREEMPT_DYNAMIC); else the config's choice; else nothing is known, and
+    a trampoline's program is taken as preemptible."""
+    monkeypatch.setattr(probes, "preempt_rt", lambda: False)
+    rel = "6.12.117+deb12-amd64"
+    debian = "CONFIG_PREEMPT_BUILD=y\nCONFIG_PREEMPT_VOLUNTARY=y\n# CONFIG_PREEMPT is not set\n" \
+             "CONFIG_PREEMPT_COUNT=y\nCONFIG_PREEMPT_DYNAMIC=y\n"
+    cases = [(dict(config=debian), "voluntary"),
+             (dict(config=debian, cmdline="root=/dev/vda preempt=full quiet"), "full"),
+             (dict(config=debian.replace("DYNAMIC=y", "DYNAMIC is not set"),
+                   cmdline="preempt=full"), "voluntary"),   # not obeyed without it
+             (dict(config=debian, cmdline="preempt=full", debugfs="none voluntary (lazy) full"),
+              "lazy"),
+             (dict(config="CONFIG_PREEMPT=y\nCONFIG_PREEMPT_COUNT=y\n"), "full"),
+             (dict(config="CONFIG_PREEMPT_NONE=y\n"), "none"),
+             (dict(), "")]
+    for i, (files, model) in enumerate(cases):
+        root = tmp_path / str(i)
+        root.mkdir()
+        _kernel_files(root, **files)
+        assert probes.preempt_model(rel, root) == model, (files, model)
+        assert probes.trampolines_preemptible(rel, root) == (model not in ("none", "voluntary"))
+    monkeypatch.setattr(probes, "preempt_rt", lambda: True)
+    assert probes.preempt_model(rel, tmp_path / "0") == "rt"
+    assert probes.trampolines_preemptible(rel, tmp_path / "0")

@@ -172,10 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     if None not in marks.values():
         # (10: every program a mark can be read for, with trampolines)
         softirq += ["-DIPVT_WATCH_ACTIVE=10"] + [f"-D{n}={o}" for n, o in marks.items()]
-    variants = {"record": softirq + tramp, "filtered": [f"-DIPVT_FILTER_EXPR={expr.c()}"],
+    # ... read only in an interrupt where no program can be preempted (a
+    # kernel that does not preempt, as Debian's 6.x by default; kprobes
+    # only), and at every context open where one might (stats)
+    interrupted = ["-DIPVT_KEEPOUT_INTERRUPTED_ONLY"]
+    variants = {"record": softirq + tramp + interrupted,
+                "filtered": [f"-DIPVT_FILTER_EXPR={expr.c()}"],
                 "stats": softirq + ["-DIPVT_COUNT_ONLY"] + tramp,
-                "record-kprobes": softirq,
-                "stats-kprobes": softirq + ["-DIPVT_COUNT_ONLY"],
+                "record-kprobes": softirq + interrupted,
+                "stats-kprobes": softirq + ["-DIPVT_COUNT_ONLY"] + interrupted,
                 "record-rt": softirq_rt + ["-DIPVT_STACK_PER_TASK"],
                 "stats-rt": softirq_rt + ["-DIPVT_STACK_PER_TASK", "-DIPVT_COUNT_ONLY"]}
     times = {name: build(offs + extra) for name, extra in variants.items()}

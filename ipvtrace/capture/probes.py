@@ -309,7 +309,8 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
     flags, why = keepout_cflags(ksyms, kbtf, plan.softirq_check, available,
                                 "-DIPVT_FENTRY_XMIT" in plan.cflags,
                                 bool(tramp) or kernel_version(kernel) >= COUNTS_SKIPPED_SINCE,
-                                sum(a["kind"] in MARKED_KINDS for a in plan.attach))
+                                sum(a["kind"] in MARKED_KINDS for a in plan.attach),
+                                bool(tramp) and trampolines_preemptible(kernel))
     plan.cflags += flags
     if why:
         plan.notes.append(why)
@@ -465,7 +466,8 @@ MARKED_KINDS = ("fentry", "fexit", "raw_tracepoint")
 
 def keepout_cflags(ksyms: "kcode.Symbols | kcode.KcodeError", kbtf: "btf.BTF | None",
                    softirq_check: str, available: set[str], fentry_xmit: bool,
-                   keeps_out_one: bool, marked: int = 0) -> tuple[list[str], str]:
+                   keeps_out_one: bool, marked: int = 0,
+                   preemptible: bool = True) -> tuple[list[str], str]:
     """-D flags for bpf/'s opened_kept_out(), and a note when it cannot
     tell. A context opened while one of ipvtrace's trampoline or raw
     tracepoint programs is marked running on the CPU (its prog->active: the
@@ -474,12 +476,17 @@ def keepout_cflags(ksyms: "kcode.Symbols | kcode.KcodeError", kbtf: "btf.BTF | N
     opens while a kprobe's program runs (bpf_prog_active) loses its kprobe
     hits. Both read per-CPU data, at the per-CPU areas' offsets that
     softirq_cflags found (not on PREEMPT_RT). *marked*: how many of the
-    plan's programs have such a mark (MARKED_KINDS), each read once."""
+    plan's programs have such a mark (MARKED_KINDS), each read once.
+    *preemptible*: another task may run on a CPU while one of the plan's
+    programs is marked there (trampolines_preemptible); where it cannot, the
+    marks are read only in an interrupt (a softirq, hardirq or NMI in
+    preempt_count), the only place one can be set under a context then:
+    a task's TX context pays one read, not one per program."""
     other = {} if isinstance(ksyms, kcode.KcodeError) else ksyms[1]
     if softirq_check != "preempt_count":
         why = "the per-CPU areas' address is unknown"
         return [], (KEEPOUT_NOTE.format(why=why) if keeps_out_one else "")
-    flags: list[str] = []
+    flags: list[str] = [] if preemptible else ["-DIPVT_KEEPOUT_INTERRUPTED_ONLY"]
     why = ""
     if fentry_xmit:
         if other.get(PROG_ACTIVE):
@@ -570,6 +577,52 @@ def preempt_rt() -> bool:
         return Path("/sys/kernel/realtime").read_text().strip() == "1"
     except OSError:
         return "PREEMPT_RT" in os.uname().version
+
+
+# CONFIG_ choice of the preemption model -> its name (the default mode where
+# CONFIG_PREEMPT_DYNAMIC lets preempt= or debugfs change it), lazy first: an
+# RT kernel's config sets it too
+_PREEMPT_CONFIG = (("CONFIG_PREEMPT_LAZY", "lazy"), ("CONFIG_PREEMPT", "full"),
+                   ("CONFIG_PREEMPT_VOLUNTARY", "voluntary"), ("CONFIG_PREEMPT_NONE", "none"))
+# models where a task runs until it gives up the CPU (a BPF program never does)
+NOT_PREEMPTIVE = ("none", "voluntary")
+
+
+def preempt_model(release: str, root: Path = Path("/")) -> str:
+    """This kernel's preemption model now: "none", "voluntary", "full",
+    "lazy" or "rt"; "" when nothing says. debugfs names the mode in use
+    (sched/preempt, in parentheses); else preempt= on the command line,
+    which a PREEMPT_DYNAMIC kernel obeys; else the config's choice
+    (/boot/config-RELEASE)."""
+    if preempt_rt():
+        return "rt"
+    try:
+        m = re.search(r"\((\w+)\)", (root / "sys/kernel/debug/sched/preempt").read_text())
+        if m:
+            return m.group(1)
+    except OSError:
+        pass
+    try:
+        config = (root / f"boot/config-{release}").read_text()
+    except OSError:
+        return ""
+    on = set(re.findall(r"^(CONFIG_PREEMPT\w*)=y$", config, re.M))
+    if "CONFIG_PREEMPT_DYNAMIC" in on:
+        try:
+            m = re.search(r"(?:^|\s)preempt=(\w+)", (root / "proc/cmdline").read_text())
+            if m and m.group(1) in NOT_PREEMPTIVE + ("full", "lazy"):
+                return m.group(1)
+        except OSError:
+            pass
+    return next((name for opt, name in _PREEMPT_CONFIG if opt in on), "")
+
+
+def trampolines_preemptible(release: str, root: Path = Path("/")) -> bool:
+    """Whether another task may run on a CPU while a trampoline's program is
+    running there: the kernel enters it with migration off, not preemption
+    (a kprobe's and a raw tracepoint's run with preemption off). True unless
+    the model is known not to preempt (NOT_PREEMPTIVE)."""
+    return preempt_model(release, root) not in NOT_PREEMPTIVE
 
 
 def check_kernel(tracefs: Path, kernel: str) -> None:

@@ -94,6 +94,10 @@ def test_trampolines_by_default_kprobes_when_turned_off(pods, tmp_path, setting)
         assert f"-DIPVT_WATCH_ACTIVE={marked}" in plan["cflags"], plan["cflags"]
         assert any(f.startswith("-DIPVT_BPF_PROG_ACTIVE=") for f in plan["cflags"])
         assert "programs are watched" not in err, err
+        # read only in an interrupt where no trampoline's program can be
+        # preempted (Debian's 6.x: voluntary), else at every context open
+        assert (("-DIPVT_KEEPOUT_INTERRUPTED_ONLY" in plan["cflags"])
+                != probes.trampolines_preemptible(os.uname().release)), plan["cflags"]
     else:   # turned off; or PREEMPT_RT, before 5.12
         assert {n: kinds.get(n) for n in TRAMPOLINES} == KPROBES, kinds
     rows: list[dict] = []
