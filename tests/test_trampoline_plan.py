@@ -208,10 +208,12 @@ def _kernel_files(root, config=None, cmdline="", debugfs=None):
     (root / "proc").mkdir(exist_ok=True)
     (root / "proc/cmdline").write_text(cmdline + "\n")
     if config is not None:
-        (root / "boot/config-6.12.117+deb12-amd64").write_text(config)
+        (root / "boot/config-6.12.117+deb12-amd64").write_bytes(
+            config if isinstance(config, bytes) else config.encode())
     if debugfs is not None:
         (root / "sys/kernel/debug/sched").mkdir(parents=True, exist_ok=True)
-        (root / "sys/kernel/debug/sched/preempt").write_text(debugfs + "\n")
+        (root / "sys/kernel/debug/sched/preempt").write_bytes(
+            debugfs if isinstance(debugfs, bytes) else debugfs.encode() + b"\n")
 
 
 def test_the_preemption_model_in_use(tmp_path, monkeypatch):
@@ -224,13 +226,15 @@ def test_the_preemption_model_in_use(tmp_path, monkeypatch):
              "CONFIG_PREEMPT_COUNT=y\nCONFIG_PREEMPT_DYNAMIC=y\n"
     cases = [(dict(config=debian), "voluntary"),
              (dict(config=debian, cmdline="root=/dev/vda preempt=full quiet"), "full"),
-             (dict(config=debian.replace("DYNAMIC=y", "DYNAMIC is not set"),
+             (dict(config=debian.replace("CONFIG_PREEMPT_DYNAMIC=y",
+                                         "# CONFIG_PREEMPT_DYNAMIC is not set"),
                    cmdline="preempt=full"), "voluntary"),   # not obeyed without it
              (dict(config=debian, cmdline="preempt=full", debugfs="none voluntary (lazy) full"),
               "lazy"),
              (dict(config="CONFIG_PREEMPT=y\nCONFIG_PREEMPT_COUNT=y\n"), "full"),
              (dict(config="CONFIG_PREEMPT_NONE=y\n"), "none"),
-             (dict(), "")]
+             (dict(), ""),
+             (dict(config=b"\xffCONFIG_PREEMPT=y\n", debugfs=b"\xff(full)"), "")]   # not text
     for i, (files, model) in enumerate(cases):
         root = tmp_path / str(i)
         root.mkdir()

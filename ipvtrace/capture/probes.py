@@ -600,11 +600,11 @@ def preempt_model(release: str, root: Path = Path("/")) -> str:
         m = re.search(r"\((\w+)\)", (root / "sys/kernel/debug/sched/preempt").read_text())
         if m:
             return m.group(1)
-    except OSError:
+    except (OSError, UnicodeDecodeError):   # (a file not text: nothing said)
         pass
     try:
         config = (root / f"boot/config-{release}").read_text()
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return ""
     on = set(re.findall(r"^(CONFIG_PREEMPT\w*)=y$", config, re.M))
     if "CONFIG_PREEMPT_DYNAMIC" in on:
@@ -612,7 +612,7 @@ def preempt_model(release: str, root: Path = Path("/")) -> str:
             m = re.search(r"(?:^|\s)preempt=(\w+)", (root / "proc/cmdline").read_text())
             if m and m.group(1) in NOT_PREEMPTIVE + ("full", "lazy"):
                 return m.group(1)
-        except OSError:
+        except (OSError, UnicodeDecodeError):
             pass
     return next((name for opt, name in _PREEMPT_CONFIG if opt in on), "")
 
