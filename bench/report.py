@@ -31,7 +31,9 @@ def main() -> int:
         ("record, filter matching nothing", "filter_nothing"),
         ("reference bpftrace (text line per event)", "bpftrace_ref")) if key in dp]
     lines = [f"datapath: UDP 64-byte flood between two ipvlan namespaces, {dp['seconds']} s each,"
-             f" kernel {dp['kernel']}, {dp['cpus']} vCPU",
+             f" kernel {dp['kernel']}, {dp['cpus']} vCPU"
+             + (f", clocksource {dp['clocksource']['start']} -> {dp['clocksource']['end']}"
+                if "clocksource" in dp else ""),
              f"  untraced: {base:,.0f} packets/s (before {dp['untraced']['pps']:,.0f}, "
              f"after {dp['untraced_again']['pps']:,.0f})"]
     for name, pps in rows:

@@ -41,6 +41,7 @@
  *   IPVT_KEEPOUT_INTERRUPTED_ONLY programs' marks to read, bpf_prog_active's
  *                               address, and read them only in an interrupt
  *                               (no program of the plan can be preempted)
+ *   IPVT_COUNT_RUNS             before 6.7: each program counts its runs (ran)
  *   IPVT_COUNT_ONLY             `ipvtrace stats`: no events at all; each
  *                               context's record is gathered as in the trace
  *                               build, read into a signature (struct
@@ -161,6 +162,10 @@ BPF_PERCPU_ARRAY(scratch, struct ipvt_event, 1);
  * reader) is skipped by the kernel without a trace: evidence lost unseen. */
 BPF_F_TABLE("array", int, __u64, stats, IPVT_S_MAX, BPF_F_MMAPABLE);
 BPF_HASH(workers, __u32, __u64, 1024);      /* tid -> worker context id */
+/* how many entries `workers` holds: a hit outside any context looks the
+ * task up there only while a run is in it (no hash lookup for every other
+ * packet of the node on qxmit and the frees) */
+BPF_ARRAY(workers_in, __s64, 1);
 BPF_HASH(fwd_ctx, __u64, __u64, 1024);      /* tid<<32|cpu -> worker run, for its fwd return */
 /* L3S: a frame the l3mdev hook saw, until LOCAL_IN; LRU so frames that never
  * reach LOCAL_IN (forwarded, dropped) age out. value: ctx id | phase << 62 */
@@ -193,6 +198,16 @@ BPF_F_TABLE("array", int, struct ipvt_slot, slots, IPVT_NR_CPUS * IPVT_SLOTS_PER
 	    BPF_F_MMAPABLE);
 BPF_F_TABLE("array", int, __u64, slot_next, IPVT_NR_CPUS, BPF_F_MMAPABLE);
 BPF_PERCPU_HASH(slot_of, struct ipvt_sig, __u32, 8192);
+/* The last signature this CPU counted and its slot (+ 1): a flood is one
+ * signature again and again, and six compares cost less than hashing the
+ * signature for slot_of (not on PREEMPT_RT, where a task that preempts
+ * another's program could rewrite it between the compare and the use). */
+struct ipvt_sig_last {
+	struct ipvt_sig sig;
+	__u32 slot1;
+	__u32 pad;
+};
+BPF_PERCPU_ARRAY(sig_last, struct ipvt_sig_last, 1);
 /* L3S frames between ipvlan_l3_rcv and LOCAL_IN, by their L3S id (l3s_skbs):
  * the parent, then the owner */
 struct ipvt_l3s {
@@ -302,13 +317,20 @@ static __always_inline void stat_inc(int idx)
 		__sync_fetch_and_add(v, 1);
 }
 
-/* Every kprobe program counts its runs first thing: the kernel skips a
- * program while another holds this CPU's bpf_prog_active (a softirq that
- * came in while a program ran, on its way out of an interrupt), and only the
- * kprobe's hit count (tracefs kprobe_profile) sees those hits. */
+/* Before 6.7 (IPVT_COUNT_RUNS) every program counts its runs first thing:
+ * the kernel skips a kprobe's program while another holds this CPU's
+ * bpf_prog_active (a softirq that came in while a program ran, on its way
+ * out of an interrupt), and only the kprobe's hit count (tracefs
+ * kprobe_profile) sees those hits; user space takes one from the other.
+ * From 6.7 the kernel counts each program's skips itself (recursion_misses,
+ * as it does for fentry/fexit from 5.12), and the count, an atomic add on a
+ * line every CPU writes, is not paid on every hit (qxmit and the frees fire
+ * for every packet of the node). */
 static __always_inline void ran(int probe)
 {
+#ifdef IPVT_COUNT_RUNS
 	stat_inc(IPVT_S_RUNS_BASE + probe);
+#endif
 }
 
 static __always_inline __u64 new_ctx_id(void)
@@ -782,6 +804,10 @@ static __always_inline __u64 ctx_current(__u8 *depth_out, __u8 *flags,
 			}
 		}
 	}
+	int zero = 0;
+	__s64 *running = workers_in.lookup(&zero);
+	if (!running || *running <= 0)
+		return 0;
 	__u32 tid = bpf_get_current_pid_tgid();
 	__u64 *w = workers.lookup(&tid);
 	if (w) {
@@ -854,11 +880,31 @@ static __always_inline struct ipvt_hit *hit_begin(__u16 probe, struct ipvt_rec *
  * deliveries, L3S) in maps, as user space joins records in `live`. */
 #ifdef IPVT_COUNT_ONLY
 
+static __always_inline int sig_same(struct ipvt_sig *a, struct ipvt_sig *b)
+{
+	__u64 *x = (__u64 *)a, *y = (__u64 *)b;
+	__u64 diff = 0;
+#pragma unroll
+	for (int i = 0; i < sizeof(struct ipvt_sig) / 8; i++)
+		diff |= x[i] ^ y[i];
+	return diff == 0;
+}
+
 static __always_inline void count_sig(struct ipvt_sig *s)
 {
 	int cpu = bpf_get_smp_processor_id();
 	int slot;
-	__u32 *have = slot_of.lookup(s);
+	__u32 *have = 0;
+#ifndef IPVT_STACK_PER_TASK
+	int zero = 0;
+	struct ipvt_sig_last *last = sig_last.lookup(&zero);
+	if (last && last->slot1 && last->slot1 <= IPVT_NR_CPUS * IPVT_SLOTS_PER_CPU &&
+	    sig_same(&last->sig, s)) {
+		slot = last->slot1 - 1;
+		goto count;
+	}
+#endif
+	have = slot_of.lookup(s);
 	if (have && *have) {
 		slot = *have - 1;
 	} else {
@@ -891,6 +937,13 @@ static __always_inline void count_sig(struct ipvt_sig *s)
 		else if (slot_of.update(s, &v) != 0)
 			stat_inc(IPVT_S_COUNTS_FULL);   /* the hash is full: the next hit takes another slot */
 	}
+#ifndef IPVT_STACK_PER_TASK
+	if (last) {
+		__builtin_memcpy(&last->sig, s, sizeof(*s));
+		last->slot1 = slot + 1;
+	}
+count:;
+#endif
 	struct ipvt_slot *sl = slots.lookup(&slot);
 	if (sl)
 		__sync_fetch_and_add(&sl->count, 1);
@@ -1562,7 +1615,17 @@ int on_mc_work(struct pt_regs *ctx)
 		return 0;
 	__u32 tid = bpf_get_current_pid_tgid();
 	__u64 id = new_ctx_id();
-	workers.update(&tid, &id);
+	/* counted in workers_in before its first hit looks, once per entry
+	 * (a task's run whose return was missed left its entry, counted) */
+	__u64 *old = workers.lookup(&tid);
+	if (old) {
+		*old = id;
+	} else if (workers.update(&tid, &id) == 0) {
+		int zero = 0;
+		__s64 *running = workers_in.lookup(&zero);
+		if (running)
+			__sync_fetch_and_add(running, 1);
+	}
 	struct ipvt_event *e = ev_init(IPVT_P_MC_WORK, id, 0);
 	if (!e)
 		return 0;
@@ -1580,7 +1643,10 @@ int on_mc_work_ret(struct pt_regs *ctx)
 		return 0;   /* the run began before the probes were armed */
 	__u64 id = *w & ~IPVT_WORKER_LOSSY;
 	__u8 lossy = (*w & IPVT_WORKER_LOSSY) != 0;
-	workers.delete(&tid);
+	int zero = 0;
+	__s64 *running = workers_in.lookup(&zero);
+	if (workers.delete(&tid) == 0 && running)
+		__sync_fetch_and_add(running, -1);
 	struct ipvt_event *e = ev_init(IPVT_P_MC_WORK_RET, id, 0);
 	if (!e)
 		return 0;

@@ -108,6 +108,7 @@ struct ipvt_sig {
 	__u8 checks;   /* IPVT_C_*: checks on the evidence that failed */
 	__u16 pad2;
 };
+_Static_assert(sizeof(struct ipvt_sig) % 8 == 0, "ipvt_sig is compared in 8-byte words");
 
 struct ipvt_event {
 	__u64 ts;

@@ -325,6 +325,7 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
                 "two signatures first seen at the same moment on one CPU in one slot")
     plan.counts_skipped = kernel_version(kernel) >= COUNTS_SKIPPED_SINCE
     if not plan.counts_skipped:
+        plan.cflags.append("-DIPVT_COUNT_RUNS")   # the skip estimate's runs (loader.skipped)
         plan.notes.append(
             "this kernel does not count the skb free tracepoint hits it skips while another "
             "BPF program or a map syscall holds the CPU (6.7+ does): a drop seen only there "

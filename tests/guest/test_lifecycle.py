@@ -100,6 +100,11 @@ def test_trampolines_by_default_kprobes_when_turned_off(pods, tmp_path, setting)
                 != probes.trampolines_preemptible(os.uname().release)), plan["cflags"]
     else:   # turned off; or PREEMPT_RT, before 5.12
         assert {n: kinds.get(n) for n in TRAMPOLINES} == KPROBES, kinds
+    # the programs count their runs only where the kernel does not count the
+    # hits it skipped them for (before 6.7: hits minus runs, loader.skipped)
+    assert ("-DIPVT_COUNT_RUNS" in plan["cflags"]) != plan["counts_skipped"], plan["cflags"]
+    assert plan["counts_skipped"] == (probes.kernel_version(os.uname().release)
+                                      >= probes.COUNTS_SKIPPED_SINCE)
     rows: list[dict] = []
     replay.run_replay(out, sink=rows.append)
     echo = [r for r in rows if r["kind"] == "echo-request" and r["dst"] == "10.77.0.2"]
