@@ -115,6 +115,8 @@ def test_a_snapshot_forgets_the_shapes():
 FRAMES = [synth.ipv4_icmp("10.0.0.1", "10.0.0.2"),
           synth.ipv4_icmp("10.0.0.1", "10.0.0.2", dmac=synth.BCAST),
           b"\x33\x33\0\0\0\x16\x02\0\0\0\0\x02\x86\xdd",          # IPv6 multicast
+          # IPv6 with a hop-by-hop header (an MLD report's): the protocol is the next one's
+          b"\x33\x33\0\0\0\x16\x02\0\0\0\0\x02\x86\xdd\x60\0\0\0\0\x20\x00\x01" + bytes(32),
           b"\x02" * 12 + b"\x81\x00\x00\x01\x08\x00",                  # VLAN, then IPv4
           b"\xff" * 6 + b"\x02" * 6 + b"\x08\x06"]                        # ARP broadcast
 

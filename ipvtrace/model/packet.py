@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 ETH_P_IP, ETH_P_ARP, ETH_P_IPV6, ETH_P_8021Q = 0x0800, 0x0806, 0x86DD, 0x8100
 IPPROTO = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6"}
@@ -139,6 +139,13 @@ def rule_facts(hdr: bytes, has_mac: bool = True) -> tuple[bool, str]:
     names it in rows). As parse() gives them, without naming the rest:
     frames that agree on these are counted alike (replay --stats), and
     `stats` keeps no more of a frame in the kernel."""
+    n = len(hdr)
+    if has_mac and n >= 34:   # untagged IPv4 and IPv6 whole: a flood's frames, read in place
+        if hdr[12] == 0x08 and hdr[13] == 0x00:
+            return bool(hdr[0] & 1), _PROTO_NAMES[hdr[23]]
+        if hdr[12] == 0x86 and hdr[13] == 0xDD and n >= 54:
+            nxt = hdr[20]
+            return bool(hdr[0] & 1), _PROTO_NAMES[hdr[54] if nxt == 0 and n >= 62 else nxt]
     where = l3_of(hdr, has_mac)
     if where is None:
         return False, "?"
@@ -160,6 +167,9 @@ def _proto_name(proto: int) -> str:
     return IPPROTO.get(proto, f"ip-proto-{proto}")
 
 
+_PROTO_NAMES = tuple(_proto_name(p) for p in range(256))
+
+
 def _l4(p: PacketInfo, proto: int, b: bytes) -> None:
     if proto in (6, 17) and len(b) >= 4:
         p.sport, p.dport = struct.unpack_from("!HH", b, 0)
@@ -173,3 +183,76 @@ def _l4(p: PacketInfo, proto: int, b: bytes) -> None:
             p.icmp_id, p.icmp_seq = struct.unpack_from("!HH", b, 4)
         elif b[0] in (135, 136) and len(b) >= 24:
             p.nd_target = str(ipaddress.IPv6Address(b[8:24]))
+
+
+def info_key(info: PacketInfo) -> tuple:
+    """What a row shows of a frame, but its ICMP sequence number (only the
+    summary shows that)."""
+    return (info.eth_src, info.eth_dst, info.ethertype, info.proto, info.src, info.dst,
+            info.sport, info.dport, info.kind, info.icmp_id, info.nd_target, info.arp_sha,
+            info.frag_offset)
+
+
+_NAMES_MAX = 4096   # frames remembered: a flood has a few flows, a stranger's file any number
+
+
+class FrameNames:
+    """`info_key` and `summary` of parse(frame), each flow's worked out once.
+
+    A flood's frames differ in bytes parse() never reads (IP ID, TTL,
+    checksums, the payload) and, for pings, in the sequence number. For an
+    untagged IPv4 or IPv6 frame (no hop-by-hop header) the key is the bytes
+    parse() reads but the sequence number, which is put into the summary
+    afterwards; any other frame is parsed every time. A remembered summary
+    is used only where the seq-less summary and the seq give back exactly
+    what parse() gave (checked when it is remembered)."""
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple, tuple[tuple, str, bool]] = {}
+
+    def of(self, hdr: bytes, has_mac: bool) -> tuple[tuple, str]:
+        key, seq_at = _flow_bytes(hdr, has_mac)
+        if key is None:
+            info = parse(hdr, has_mac)
+            return info_key(info), info.summary()
+        got = self._memo.get(key)
+        if got is None:
+            info = parse(hdr, has_mac)
+            base = replace(info, icmp_seq=None).summary() if seq_at else info.summary()
+            got = (info_key(info), base, bool(seq_at))
+            if seq_at and f"{base} seq {info.icmp_seq}" != info.summary():
+                return got[0], info.summary()   # not how this flow's summary is written: no memo
+            if len(self._memo) >= _NAMES_MAX:
+                self._memo.clear()
+            self._memo[key] = got
+        ikey, base, with_seq = got
+        if with_seq:
+            return ikey, f"{base} seq {hdr[seq_at] << 8 | hdr[seq_at + 1]}"
+        return ikey, base
+
+
+def _flow_bytes(hdr: bytes, has_mac: bool) -> tuple[tuple | None, int]:
+    """The bytes parse() reads of an untagged IPv4/IPv6 frame, but an echo's
+    sequence number, and where that is (0: none); (None, 0) for any other
+    frame."""
+    n = len(hdr)
+    if not has_mac or n < 34:
+        return None, 0
+    if hdr[12] == 0x08 and hdr[13] == 0x00:
+        l4, proto, addrs = 14 + (hdr[14] & 0x0F) * 4, hdr[23], hdr[26:34]
+        head = (4, hdr[0:15], hdr[20:22], proto)    # MACs, EtherType, IHL, fragment, protocol
+        echo = proto == 1 and n - l4 >= 8 and hdr[l4] in (0, 8)
+    elif hdr[12] == 0x86 and hdr[13] == 0xDD and n >= 54 and hdr[20] != 0:
+        l4, proto, addrs = 54, hdr[20], hdr[22:54]
+        head = (6, hdr[0:14], proto)
+        echo = n - l4 >= 8 and ((proto == 1 and hdr[l4] in (0, 8))
+                                or (proto == 58 and hdr[l4] in (128, 129)))
+    else:
+        return None, 0
+    if proto in (6, 17):
+        tail = hdr[l4:l4 + 4]                        # the ports
+    elif echo:
+        return head + (addrs, hdr[l4:l4 + 1] + hdr[l4 + 4:l4 + 6]), l4 + 6   # type, id; seq apart
+    else:
+        tail = hdr[l4:l4 + 24]                       # all _l4 may read (an ND target at most)
+    return head + (addrs, tail, n - l4 >= 8), 0

@@ -15,8 +15,8 @@ from ipvtrace.model.correlate import Correlator, Packet
 from ipvtrace.model.decode import Decoder, Event
 from ipvtrace.model.evidence import KernelFacts
 from ipvtrace.model.layout import Layout
-from ipvtrace.model.packet import parse, rule_facts
-from ipvtrace.model.rowreuse import Like, info_key, like_of
+from ipvtrace.model.packet import FrameNames, rule_facts
+from ipvtrace.model.rowreuse import Like, like_of
 from ipvtrace.model.topology import Topology
 
 Row = dict
@@ -67,6 +67,7 @@ class Pipeline:
         self._lines = sink if (row_filter is None and packet_sink is None
                                and callable(getattr(sink, "template", None))) else None
         self._likes: dict[tuple, Like] = {}
+        self._names = FrameNames()             # ... keyed by what their rows show of the frame
         self.reused = 0                        # rows record() wrote from a like's
 
     # -- source side -------------------------------------------------------
@@ -91,11 +92,11 @@ class Pipeline:
             else:
                 self.correlator.feed(evs[0])
             return evs
-        info = parse(shape.frame, shape.has_mac)
-        key = (shape.key, shape.runt, info_key(info))
+        ikey, summary = self._names.of(shape.frame, shape.has_mac)
+        key = (shape.key, shape.runt, ikey)
         like = self._likes.get(key)
         if like is not None:
-            vals = like.holes.values(shape.vol, info)
+            vals = like.holes.values(shape.vol, summary)
             if vals is not None and self.correlator.closes_alone(
                     shape.rx, shape.ts, shape.end, shape.ctx, shape.skb, shape.head):
                 self.events += shape.events
@@ -110,7 +111,7 @@ class Pipeline:
         self._watch = None
         if short and self._seen is not None:
             counted, row = self._seen
-            like = like_of(row, evs, shape, info, counted, self._lines, self.t0)
+            like = like_of(row, evs, shape, summary, counted, self._lines, self.t0)
             if like is not None:
                 if len(self._likes) >= _SHAPES_MAX:
                     self._likes.clear()

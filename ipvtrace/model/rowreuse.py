@@ -21,7 +21,6 @@ from __future__ import annotations
 from typing import Callable, Protocol, Sequence
 
 from ipvtrace.model.decode import Event, Shape
-from ipvtrace.model.packet import PacketInfo
 
 Path = tuple   # a value's place in a row: ("ts",), ("events", 2, "skb"), ...
 
@@ -37,14 +36,6 @@ class LineSink(Protocol):
     def template(self, row: dict, holes: Sequence[Path]) -> Callable[[Sequence], str] | None: ...
 
     def write(self, line: str) -> None: ...
-
-
-def info_key(info: PacketInfo) -> tuple:
-    """What a row shows of a frame, but its ICMP sequence number (only the
-    summary shows that: it is recomputed for every row)."""
-    return (info.eth_src, info.eth_dst, info.ethertype, info.proto, info.src, info.dst,
-            info.sport, info.dport, info.kind, info.icmp_id, info.nd_target, info.arp_sha,
-            info.frag_offset)
 
 
 class Holes:
@@ -82,14 +73,14 @@ class Holes:
             steps.append((dt, skb if "skb" in d else None))
         return cls(paths, steps, at, t0)
 
-    def values(self, vol: tuple, info: PacketInfo) -> list | None:
+    def values(self, vol: tuple, summary: str) -> list | None:
         """The values for `paths`, as to_row and event_json write them; None
         for a record whose time is 0 (its row has no time: not reused)."""
         ts = vol[self._ts]
         if not ts:
             return None
         cpu = vol[self._cpu]
-        out = [round((ts - self._t0) / 1e9, 6), ts, info.summary()]
+        out = [round((ts - self._t0) / 1e9, 6), ts, summary]
         for dt, skb in self._steps:
             out.append(cpu)
             out.append(ts if dt is None else ts + vol[dt])
@@ -109,7 +100,7 @@ class Like:
         self.fill = fill
 
 
-def like_of(row: dict, evs: list[Event], shape: Shape, info: PacketInfo, counted: tuple,
+def like_of(row: dict, evs: list[Event], shape: Shape, summary: str, counted: tuple,
             sink: LineSink, t0: int) -> Like | None:
     """A Like from a packet that just went the whole way, or None when its
     row cannot be reused (see the module's docstring)."""
@@ -119,7 +110,7 @@ def like_of(row: dict, evs: list[Event], shape: Shape, info: PacketInfo, counted
     if holes is None:
         return None
     fill = sink.template(row, holes.paths)
-    vals = holes.values(shape.vol, info)
+    vals = holes.values(shape.vol, summary)
     if fill is None or vals is None or fill(vals) != sink.encode(row):
         return None
     return Like(counted, holes, fill)
