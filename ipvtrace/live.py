@@ -101,6 +101,7 @@ def run_live(opts: LiveOptions) -> dict:
                     opts.ready_file.write_text(f"{os.getpid()}\n")
                 deadline = time.monotonic() + opts.duration if opts.duration else None
                 kstats: dict[str, int] = {}
+                read_at = 0    # when kstats was read: any loss it shows happened before
                 next_stats = 0.0
                 while stop.why is None:
                     if deadline is not None and time.monotonic() >= deadline:
@@ -118,14 +119,15 @@ def run_live(opts: LiveOptions) -> dict:
                     # tick is all the file needs
                     if time.monotonic() >= next_stats:
                         kstats = tracer.kernel_stats(fresh=False)
+                        read_at = ktime_ns()
                         next_stats = time.monotonic() + TICK_MS / 1000
-                    src.tick(now, kstats)
+                    src.tick(now, kstats, read_at)
                 now = ktime_ns()
                 tracer.drain()
                 src.check()
                 src.settle()
                 kstats = tracer.kernel_stats()
-                src.tick(now, kstats)
+                src.tick(now, kstats, ktime_ns())
                 src.name_free_sites(tracer.free_sites())
             summary = src.close(ended_by=stop.why or "duration", kstats=kstats)
         except recording.WriteError as exc:
@@ -361,7 +363,12 @@ class _LiveStream:
         if self.error is not None:
             raise self.error
 
-    def tick(self, now: int, kstats: dict[str, int]) -> None:
+    def tick(self, now: int, kstats: dict[str, int], read_at: int) -> None:
+        """Every event before *now* is in; *kstats* were read at *read_at*
+        (after the ring was). A loss they show is marked at *read_at*: it
+        happened at or before then, after the previous reading. (Recorders
+        before 2026-12-03 marked it at *now*, read before the tick's poll,
+        up to a tick earlier than the loss: crossnode.MARK_EARLY_NS.)"""
         # a kprobe miss, or a hit the kernel skipped (bpf_prog_active held), is
         # evidence that never existed: the same effect as a lost event
         self._collect(block=False)
@@ -372,11 +379,11 @@ class _LiveStream:
             self.lost_seen = lost
         if self._held:   # behind records that wait for a read: in order
             if delta > 0:
-                self._hold(("lost", now, delta))
+                self._hold(("lost", read_at, delta))
             self._hold(("tick", now))
             return
         if delta > 0:
-            self._lost(now, delta)
+            self._lost(read_at, delta)
         self._tick(now)
 
     def _lost(self, now: int, delta: int) -> None:

@@ -60,7 +60,7 @@ def test_live_rows_equal_replay_rows(tmp_path, monkeypatch):
         elif isinstance(item, tuple):
             lost += item[1]
         else:
-            src.tick(item, {"lost.xmit": lost})
+            src.tick(item, {"lost.xmit": lost}, item)
     src.check()
     summary = src.close("SIGINT", {"lost.xmit": lost})
     assert summary["packets"] == len(live_rows) == 2
@@ -97,7 +97,7 @@ def test_record_only_path_writes_the_same_file(tmp_path, monkeypatch):
             if isinstance(item, bytes):
                 src.raw(item)
             elif isinstance(item, int):
-                src.tick(item, {})
+                src.tick(item, {}, item)
         if sink is None:   # record: the kernel's free_sites map says where frees were
             src.name_free_sites([0xffffffff81000010])
         src.check()
@@ -134,7 +134,7 @@ def test_record_keeps_row_filters_for_replay(tmp_path, monkeypatch):
         if isinstance(item, bytes):
             src.raw(item)
         elif isinstance(item, int):
-            src.tick(item, {})
+            src.tick(item, {}, item)
     src.close("SIGINT", {})
     r = subprocess.run([sys.executable, "-m", "ipvtrace", "replay", "--json", str(out)],
                        capture_output=True, text=True, check=True)

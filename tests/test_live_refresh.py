@@ -77,7 +77,7 @@ def test_a_new_pods_read_does_not_stall_the_consumer(tmp_path, monkeypatch):
     # a known pod's packet goes straight through
     for r in packet(1_000, 1, pod_a(), pod_b(), "10.0.0.1", "10.0.0.2", 0x10):
         src.raw(r)
-    src.tick(10_000, {})
+    src.tick(10_000, {}, 10_000)
     assert w.events == 1
     # pod-c's first packet: its namespace is asked for, the consumer goes on
     t = time.monotonic()
@@ -86,7 +86,7 @@ def test_a_new_pods_read_does_not_stall_the_consumer(tmp_path, monkeypatch):
     # what follows it, even of known devices, waits behind it, in order
     for r in packet(30_000, 3, pod_a(), pod_b(), "10.0.0.1", "10.0.0.2", 0x30):
         src.raw(r)
-    src.tick(40_000, {"lost.xmit": 2})
+    src.tick(40_000, {"lost.xmit": 2}, 45_000)   # the counters read at 45,000
     assert time.monotonic() - t < 5, "raw() waited for the netlink read"
     assert reading.wait(10) and asked == [POD_C]
     assert w.events == 1 and rows and len(rows) == 1, "held records were written early"
@@ -108,6 +108,9 @@ def test_a_new_pods_read_does_not_stall_the_consumer(tmp_path, monkeypatch):
             kinds.append(("tick",))
         elif ftype == recording.F_LOST:
             kinds.append(("lost",))
+            # marked when the counters that showed it were read: the loss
+            # happened before then (crossnode's window counts on that)
+            assert recording.LOST.unpack(payload) == (45_000, 2)
     # the snapshot that names pod-c before pod-c's record; ticks and the
     # loss mark after the records the ring gave before them
     assert kinds[:6] == [("event", "a"), ("tick",), ("snapshot", ["eth0"]), ("event", "c"),

@@ -84,17 +84,19 @@ def test_join_aligns_clocks_from_both_ways_and_pairs_by_identity():
 
 def test_a_packet_the_destination_may_have_missed_is_not_known_not_lost():
     """Node b's recorder noted lost evidence (a loss mark, on its clock) in
-    the seconds after a packet to it left: that packet is not known, not
-    lost. A mark from before the packet left, or long after, changes nothing."""
+    the seconds after a packet to it left, or just before (an older
+    recorder stamped its mark with the tick's start, before the poll that
+    brought the loss): that packet is not known, not lost. A mark from well
+    before the packet left, or long after, changes nothing."""
     s = 1_000_000_000
-    a = [seen(0, 0, 1 * s, b"soon", leaves=True), seen(0, 1, 5 * s, b"before", leaves=True),
-         seen(0, 2, 10 * s, b"clean", leaves=True)]
+    a = [seen(0, 0, 1 * s, b"soon", leaves=True), seen(0, 1, 5 * s, b"well before", leaves=True),
+         seen(0, 2, 10 * s, b"clean", leaves=True), seen(0, 3, 20 * s, b"tick before", leaves=True)]
     b = [seen(1, 0, 30 * s, b"late", arrives=True)]
     spans = [(0, 40 * s), (0, 40 * s)]
-    marks = [[], [int(1.4 * s), int(4.9 * s)]]
+    marks = [[], [int(1.4 * s), int(3.5 * s), int(19.809 * s)]]
     j = crossnode.join([a, b], [0, 0], [{"10.1.1.11"}, {"10.1.2.21"}], spans, marks)
     assert {c.left.ident: c.unseen for c in j.crossings} == {
-        b"soon": True, b"before": False, b"clean": False}
+        b"soon": True, b"well before": False, b"clean": False, b"tick before": True}
     j = crossnode.join([a, b], [0, 0], [{"10.1.1.11"}, {"10.1.2.21"}], spans, [[], []])
     assert not any(c.unseen for c in j.crossings)
 
@@ -255,6 +257,29 @@ def test_a_node_that_skipped_a_hit_leaves_the_dropped_flow_not_known(tmp_path):
     text = run_cli("replay", out).stdout
     check_text(text, rows)
     assert "never reached" not in text
+
+
+def test_a_loss_marked_before_the_packet_it_lost_leaves_that_packet_not_known(tmp_path):
+    """Recorded by the CI's two guests (2026-12-03, failed there): node-b's
+    kretprobe on ipvlan_handle_frame missed once, as node-a's first echo
+    request arrived (node-b's reply to it is there, incomplete). Its
+    recorder stamped the loss with the clock read before the tick's poll:
+    191 ms before the request left node-a. The merge says that request is
+    not known, not lost; the three packets a's wire drops stay lost."""
+    a, b = FIX / "two-nodes-l2-early-mark-a.ipvt", FIX / "two-nodes-l2-early-mark-b.ipvt"
+    out = tmp_path / "both.ipvt"
+    summary = run_merge([a, b], out, ["node-a", "node-b"])
+    assert recording.read(b).trailer["kernel_stats"] == {"kept_out": 1,
+                                                          "kprobe_missed.rx_ret": 1}
+    assert summary["crossings"]["node-a -> node-b"] == {"arrived": 18, "lost": 3, "unknown": 1}
+    rows: list = []
+    replay_merged(out, rows.append)
+    flows = json.loads((FIX / "two-nodes-flows.json").read_text())
+    check_merged(rows, flows, "l2", summary)
+    first = [r for r in rows if r["node"] == "node-a" and r["kind"] == "echo-request"
+             and r["dst"] == "10.99.0.21" and r["summary"].endswith(" seq 1")]
+    assert [r["crossing"]["arrived"] for r in first] == [None]
+    check_text(run_cli("replay", out).stdout, rows)
 
 
 def test_replay_of_a_merged_file_selects_a_node(tmp_path):

@@ -175,7 +175,7 @@ def record_file(out: Path, monkeypatch, runs: bool, known: bool = True) -> recor
         for r in recs:
             src.raw(r)
     src.settle()
-    src.tick(90_000, {})
+    src.tick(90_000, {}, 90_000)
     src.check()
     src.close("SIGINT", {})
     return recording.read(out)

@@ -10,6 +10,7 @@ element commands do), so reading never blinds a probe.
 from __future__ import annotations
 
 import ctypes
+import errno
 import platform
 import struct
 
@@ -23,6 +24,10 @@ BPF_ENABLE_STATS = 32
 BPF_STATS_RUN_TIME = 0
 BPF_PROG_TYPE_TRACING = 26
 BPF_TRACE_FENTRY, BPF_TRACE_FEXIT = 24, 25
+# the verifier gives up with EAGAIN when a signal is pending (a tracer's
+# ptrace stop, py-spy's sample: every load of on_xmit_done failed under a
+# 20 Hz py-spy in a 6.12 guest); as libbpf, a load is tried this often
+PROG_LOAD_ATTEMPTS = 5
 
 # __NR_bpf per machine (asm/unistd*.h); elsewhere the callers fall back
 _NR_BPF = {"x86_64": 321, "aarch64": 280, "i686": 357, "i386": 357, "ppc64le": 361,
@@ -190,16 +195,28 @@ def load_tracing(insns: bytes, name: str, fexit: bool, btf_id: int, btf_obj_fd: 
                          expected_attach_type=BPF_TRACE_FEXIT if fexit else BPF_TRACE_FENTRY,
                          attach_btf_id=btf_id, attach_btf_obj_fd=btf_obj_fd)
     try:
-        return _bpf(BPF_PROG_LOAD, attr)
+        return _prog_load(attr)
     except OSError as exc:
         log = ctypes.create_string_buffer(1 << 20)
         attr.log_level, attr.log_size, attr.log_buf = 1, len(log), ctypes.addressof(log)
         try:
-            return _bpf(BPF_PROG_LOAD, attr)   # (refused again: now with the log)
+            return _prog_load(attr)   # (refused again: now with the log)
         except OSError:
             tail = log.value.decode(errors="replace").strip().splitlines()[-3:]
             raise OSError(exc.errno, f"loading {name}: {exc.strerror or exc}: "
                           + " / ".join(tail)) from None
+
+
+def _prog_load(attr: ctypes.Structure) -> int:
+    """BPF_PROG_LOAD, again while the verifier was interrupted (EAGAIN)."""
+    attempt = 1
+    while True:
+        try:
+            return _bpf(BPF_PROG_LOAD, attr)
+        except OSError as exc:
+            if exc.errno != errno.EAGAIN or attempt >= PROG_LOAD_ATTEMPTS:
+                raise
+            attempt += 1
 
 
 def attach_tracing(prog_fd: int) -> int:

@@ -40,6 +40,12 @@ WINDOW_NS = 1_000_000_000   # after alignment, a hop takes less than this
 # little later when its consumer is busy): a mark this long after a packet
 # could have arrived may be for that packet
 MARK_LAG_NS = 2_000_000_000
+# ... and before 2026-12-03 it stamped the mark with the clock read *before*
+# the tick's poll, whose counters, read after the poll (up to 200 ms) and the
+# batch it brought, showed the loss: such a mark may precede its loss. One
+# from node-b on 6.12 came 191 ms before the echo request whose arrival it
+# lost (CI, two-node test). Marks this long before a departure count too.
+MARK_EARLY_NS = 1_000_000_000
 
 
 @dataclass
@@ -169,7 +175,8 @@ def join(nodes: list[list[Seen]], wall_ns: list[int], addresses: list[set[str]],
                     if there < lo or there > hi - WINDOW_NS:
                         continue   # that node was not recording (or stopped before it could arrive)
                 unseen = loss_marks is not None and any(
-                    there <= m <= there + WINDOW_NS + MARK_LAG_NS for m in loss_marks[to])
+                    there - MARK_EARLY_NS <= m <= there + WINDOW_NS + MARK_LAG_NS
+                    for m in loss_marks[to])
                 cx = Crossing(id=len(result.crossings) + 1, left=s, arrived=None, to_node=to,
                               unseen=unseen)
             result.crossings.append(cx)

@@ -29,19 +29,43 @@ def pods():
     yield from two_pods(NS, "10.77.0")
 
 
+def lines_while_running(proc: subprocess.Popen, want: int, timeout: float) -> bytes:
+    """What *proc* wrote to its stdout pipe until *want* lines are there,
+    read while it runs; fails if it exits or *timeout* passes first."""
+    import select
+
+    got, fd = b"", proc.stdout.fileno()
+    end = time.monotonic() + timeout
+    while got.count(b"\n") < want:
+        assert proc.poll() is None, f"exited before writing {want} lines: {got!r}"
+        left = end - time.monotonic()
+        assert left > 0, f"{want} lines not written in {timeout} s: {got!r}"
+        if select.select([fd], [], [], min(left, 0.5))[0]:
+            got += os.read(fd, 1 << 16)
+    return got
+
+
 def test_live_json_duration(pods, tmp_path):
+    """Rows reach a reader of the pipe while live runs (each line is
+    flushed: a pipe would otherwise hold them until the end), and the
+    duration ends it with nothing attached."""
     ready = tmp_path / "ready"
     # with a tcpdump-style filter, run in the kernel: ARP and the other
     # direction's traffic of other hosts never reach user space
     proc = subprocess.Popen([sys.executable, "-m", "ipvtrace", "live", "--json",
-                             "--duration", "8", "--ready-file", str(ready),
+                             "--duration", "20", "--ready-file", str(ready),
                              "icmp", "and", "dst", "host", "10.77.0.2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    early = b""
     try:
         wait_ready(ready, proc)
+        t0 = time.monotonic()
         assert pods.ping(NS[1], "10.77.0.2", 3)
+        # the duration runs from the ready file: what is left of it, less a margin
+        early = lines_while_running(proc, 3, 20 - (time.monotonic() - t0) - 3)
     finally:
-        out, err = proc.communicate(timeout=300)
+        rest, err_b = proc.communicate(timeout=300)
+    out, err = (early + rest).decode(), err_b.decode()
     assert proc.returncode == 0, err
     assert "ipvtrace: tracing (" in err and " probes)" in err
     rows = [json.loads(l) for l in out.splitlines()]
