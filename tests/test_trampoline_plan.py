@@ -244,3 +244,20 @@ def test_the_preemption_model_in_use(tmp_path, monkeypatch):
     monkeypatch.setattr(probes, "preempt_rt", lambda: True)
     assert probes.preempt_model(rel, tmp_path / "0") == "rt"
     assert probes.trampolines_preemptible(rel, tmp_path / "0")
+
+
+def test_a_symbol_resolves_to_itself_or_its_first_gcc_clone():
+    """What a kprobe goes on: the symbol, else its lowest-sorted .isra /
+    .constprop / .part clone; never a longer name it is a prefix of, nor a
+    .cold part."""
+    avail = {"ipvlan_queue_xmit", "ipvlan_rcv_frame.isra.1", "ipvlan_rcv_frame.isra.0",
+             "ipvlan_rcv_frame_x.isra.0", "dev_forward_skb.cold", "netif_rx_internal.part.0",
+             "ipvlan_rcv.constprop.0"}
+    r = probes.resolve_symbol
+    assert r("ipvlan_queue_xmit", avail) == "ipvlan_queue_xmit"
+    assert r("ipvlan_rcv_frame", avail) == "ipvlan_rcv_frame.isra.0"
+    assert r("netif_rx_internal", avail) == "netif_rx_internal.part.0"
+    assert r("ipvlan_rcv", avail) == "ipvlan_rcv.constprop.0"
+    assert r("dev_forward_skb", avail) is None
+    assert r("ipvlan_rcv_fram", avail) is None
+    assert r("ipvlan_rcv_frame.isra", avail) is None
