@@ -48,8 +48,7 @@ class Holes:
 
     values() picks them from the record with three C-level gets (the time
     offsets, the skbs, then all of them into the row's order), not a
-    Python step per event: this is the whole per-row cost of a flood's
-    reused rows besides the line itself."""
+    Python step per event."""
 
     def __init__(self, paths: list[Path], steps: list[tuple[int | None, int | None]],
                  at: dict, t0: int) -> None:
