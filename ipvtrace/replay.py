@@ -64,14 +64,7 @@ def replay_recording(rec: recording.Recording, path: Path | str,
     counting = sink is None and row_filter is None and packet_sink is None
     feed = pipe.count if counting else pipe.record
     try:
-        # rec.frames(), with a RING frame's records fed as they are read
-        ring, payload_of = recording.ring_payloads, recording.payload
-        for ftype, data, off, n in rec.raw_frames():
-            if ftype == recording.F_RING:
-                for raw in ring(data, off, off + n):
-                    feed(raw)
-                continue
-            payload = payload_of(ftype, data, off, n)
+        for ftype, payload in rec.frames():
             if ftype == recording.F_EVENT:
                 feed(payload)
             elif ftype == recording.F_TICK:

@@ -220,7 +220,7 @@ _HIT_VOLATILE = frozenset(("skb", "head", "dt", "len"))
 _SHAPE_FORMATS_MAX = 256
 
 
-def tuple_getter(idx: list[int]):
+def _getter(idx: list[int]):
     """itemgetter that always returns a tuple (itemgetter(i) returns the item)."""
     if len(idx) == 1:
         i = idx[0]
@@ -317,9 +317,9 @@ class _ShapeKeys:
         at = {name: i for i, name in enumerate(vol_names)}
         fixed = operator.itemgetter(*(at[x] for x in ("ts", "ret_dt", "ctx", "skb", "head", "len",
                                                       "flags")))
-        ptrs = tuple_getter([at["skb"], at["head"]]
+        ptrs = _getter([at["skb"], at["head"]]
                        + [at[f"{v}.{i}"] for i in range(nhits) for v in ("skb", "head")])
-        dts = tuple_getter([at[f"dt.{i}"] for i in range(nhits)])
+        dts = _getter([at[f"dt.{i}"] for i in range(nhits)])
         f = self._formats[(n, nhits, hdr_len)] = (
             int.from_bytes(rec_mask, "little"), self._rs + room, int.from_bytes(hits_mask, "little"),
             struct.Struct(vol_fmt), fixed, ptrs, dts, at)

@@ -18,10 +18,9 @@ both ways and compares the output byte for byte.
 """
 from __future__ import annotations
 
-import operator
 from typing import Callable, Protocol, Sequence
 
-from ipvtrace.model.decode import Event, Shape, tuple_getter
+from ipvtrace.model.decode import Event, Shape
 
 Path = tuple   # a value's place in a row: ("ts",), ("events", 2, "skb"), ...
 
@@ -34,8 +33,7 @@ class LineSink(Protocol):
 
     def encode(self, row: dict) -> str: ...
 
-    def template(self, row: dict, holes: Sequence[Path],
-                 hex_holes: frozenset[int] = frozenset()) -> Callable[[tuple], str] | None: ...
+    def template(self, row: dict, holes: Sequence[Path]) -> Callable[[Sequence], str] | None: ...
 
     def write(self, line: str) -> None: ...
 
@@ -43,37 +41,14 @@ class LineSink(Protocol):
 class Holes:
     """Where a context record's row differs from its like's, and how each
     value comes from the record (`Shape.vol`): the time, the summary, and
-    each event's CPU, timestamp and skb (an int, which the row writes in
-    hex: `hex_holes`).
-
-    values() picks them from the record with three C-level gets (the time
-    offsets, the skbs, then all of them into the row's order), not a
-    Python step per event."""
+    each event's CPU, timestamp and skb."""
 
     def __init__(self, paths: list[Path], steps: list[tuple[int | None, int | None]],
                  at: dict, t0: int) -> None:
         self.paths = paths
+        self._steps = steps                # per event: (its time offset's index, its skb's)
         self._ts, self._cpu = at["ts"], at["cpu"]
         self._t0 = t0
-        # values() builds (time, ts, summary, cpu, *ts+dt, *skb) and reorders
-        # it to the paths' order (events: cpu, ts[, skb] each)
-        dts = [dt for dt, _ in steps if dt is not None]
-        skbs = [skb for _, skb in steps if skb is not None]
-        order, hexes, n_dt, n_skb = [0, 1, 2], [], 0, 0
-        for dt, skb in steps:
-            order.append(3)
-            if dt is None:
-                order.append(1)
-            else:
-                order.append(4 + n_dt)
-                n_dt += 1
-            if skb is not None:
-                hexes.append(len(order))
-                order.append(4 + len(dts) + n_skb)
-                n_skb += 1
-        self.hex_holes = frozenset(hexes)
-        self._dts, self._skbs = tuple_getter(dts), tuple_getter(skbs)
-        self._order = operator.itemgetter(*order)
 
     @classmethod
     def of(cls, row: dict, evs: list[Event], shape: Shape, t0: int) -> "Holes | None":
@@ -98,15 +73,20 @@ class Holes:
             steps.append((dt, skb if "skb" in d else None))
         return cls(paths, steps, at, t0)
 
-    def values(self, vol: tuple, summary: str) -> tuple | None:
-        """The values for `paths`, as to_row and event_json write them (an
-        skb as its int); None for a record whose time is 0 (its row has no
-        time: not reused)."""
+    def values(self, vol: tuple, summary: str) -> list | None:
+        """The values for `paths`, as to_row and event_json write them; None
+        for a record whose time is 0 (its row has no time: not reused)."""
         ts = vol[self._ts]
         if not ts:
             return None
-        return self._order((round((ts - self._t0) / 1e9, 6), ts, summary, vol[self._cpu])
-                           + tuple(map(ts.__add__, self._dts(vol))) + self._skbs(vol))
+        cpu = vol[self._cpu]
+        out = [round((ts - self._t0) / 1e9, 6), ts, summary]
+        for dt, skb in self._steps:
+            out.append(cpu)
+            out.append(ts if dt is None else ts + vol[dt])
+            if skb is not None:
+                out.append(f"{vol[skb]:#x}")
+        return out
 
 
 class Like:
@@ -129,7 +109,7 @@ def like_of(row: dict, evs: list[Event], shape: Shape, summary: str, counted: tu
     holes = Holes.of(row, evs, shape, t0)
     if holes is None:
         return None
-    fill = sink.template(row, holes.paths, holes.hex_holes)
+    fill = sink.template(row, holes.paths)
     vals = holes.values(shape.vol, summary)
     if fill is None or vals is None or fill(vals) != sink.encode(row):
         return None

@@ -210,10 +210,11 @@ class Recording:
         are opened: their frames and records come as the frames they hold."""
         for ftype, data, off, n in self.raw_frames():
             if ftype == F_RING:
-                for raw in ring_payloads(data, off, off + n):
-                    yield F_EVENT, raw
+                yield from _ring_records(data, off, off + n)
+            elif ftype == F_SNAPSHOT:
+                yield ftype, _json(data[off:off + n], schema.snapshot, f"snapshot at byte {off}")
             else:
-                yield ftype, payload(ftype, data, off, n)
+                yield ftype, bytes(data[off:off + n])
 
     def raw_frames(self) -> Iterator[tuple[int, bytes | mmap.mmap, int, int]]:
         """(type, buffer, offset, length) of every frame, with ZSTD blocks
@@ -299,34 +300,18 @@ def _inflate(z, off: int) -> bytes:
     return block
 
 
-def payload(ftype: int, data, off: int, n: int):
-    """A frame's payload as frames() gives it: a SNAPSHOT's JSON read and
-    checked, any other frame's bytes (a RING frame's: ring_payloads)."""
-    if ftype == F_SNAPSHOT:
-        return _json(data[off:off + n], schema.snapshot, f"snapshot at byte {off}")
-    return bytes(data[off:off + n])
-
-
-def ring_payloads(data, off: int, end: int) -> Iterator[bytes]:
-    """The EVENT payloads of one RING frame (data[off:end]), each header
-    checked: replay feeds them on without a frame tuple each."""
-    unpack = RING_HDR.unpack_from
-    hdr = RING_HDR.size
-    while off < end:
-        if off + hdr > end:
-            raise RecordingError(f"corrupted: ring record header cut at byte {off}")
-        length, _ = unpack(data, off)
-        step = (length + hdr + 7) & ~7
-        if length & RING_FLAGS or off + step > end:
-            raise RecordingError(f"corrupted: bad ring record ({length:#x}) at byte {off}")
-        yield bytes(data[off + hdr:off + hdr + length])
-        off += step
-
-
 def _ring_records(data, off: int, end: int) -> Iterator[tuple[int, bytes]]:
     """The EVENTs of one RING frame (data[off:end]), each header checked."""
-    for raw in ring_payloads(data, off, end):
-        yield F_EVENT, raw
+    unpack = RING_HDR.unpack_from
+    while off < end:
+        if off + RING_HDR.size > end:
+            raise RecordingError(f"corrupted: ring record header cut at byte {off}")
+        length, _ = unpack(data, off)
+        step = (length + RING_HDR.size + 7) & ~7
+        if length & RING_FLAGS or off + step > end:
+            raise RecordingError(f"corrupted: bad ring record ({length:#x}) at byte {off}")
+        yield F_EVENT, bytes(data[off + RING_HDR.size:off + RING_HDR.size + length])
+        off += step
 
 
 def _json(raw: bytes, check, what: str):

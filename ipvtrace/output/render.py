@@ -118,14 +118,12 @@ class JsonSink:
         if self.flush:
             self.out.flush()
 
-    def template(self, row: dict, holes: Sequence[tuple],
-                 hex_holes: frozenset[int] = frozenset()) -> Callable[[tuple], str] | None:
+    def template(self, row: dict, holes: Sequence[tuple]) -> Callable[[Sequence], str] | None:
         """For rows that differ from *row* only at *holes* (paths into it):
         fill(values) gives the line encode() gives for *row* with those
         values there, encoding only them (model/rowreuse.py). Each hole's
-        value keeps the type it has in *row* (int, float or str), but a
-        hole in *hex_holes* (by index) takes an int that *row* shows as a
-        "0x..." string. None when *row* cannot be cut so."""
+        value keeps the type it has in *row*: int, float or str. None when
+        *row* cannot be cut so."""
         marked = copy.deepcopy(row)
         kinds = []
         for i, path in enumerate(holes):
@@ -133,7 +131,7 @@ class JsonSink:
             for step in path[:-1]:
                 at = at[step]
             value = at[path[-1]]
-            kinds.append("hex" if i in hex_holes and isinstance(value, str) else type(value))
+            kinds.append(type(value))
             at[path[-1]] = f"\0{i}\0"
         text = self._dumps(marked)
         pieces, rest = [], text
@@ -146,11 +144,8 @@ class JsonSink:
         fmt = "".join(pieces) + rest.replace("%", "%%")
         strings = [i for i, kind in enumerate(kinds) if kind is str]
         quote = json.encoder.encode_basestring_ascii   # what the encoder writes a str with
-        if len(strings) == 1:   # a reused row's summary: the one str to encode
-            (k,) = strings
-            return lambda values: fmt % (values[:k] + (quote(values[k]),) + values[k + 1:])
 
-        def fill(values: tuple) -> str:
+        def fill(values: Sequence) -> str:
             values = list(values)
             for i in strings:
                 values[i] = quote(values[i])
@@ -159,9 +154,8 @@ class JsonSink:
 
 
 # how a hole's value is written: as the JSON encoder writes an int (int.__repr__),
-# a float (float.__repr__) and a str (already quoted and escaped by fill()); an
-# skb pointer's int as event_json's "0x..." string
-_HOLE_FORMATS = {int: "%d", float: "%r", str: "%s", "hex": '"%#x"'}
+# a float (float.__repr__) and a str (already quoted and escaped by fill())
+_HOLE_FORMATS = {int: "%d", float: "%r", str: "%s"}
 
 
 def print_stats(summary: dict, console: Console, as_json: bool = False) -> None:
