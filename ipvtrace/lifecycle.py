@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 import time
+from typing import Callable, Generic, TypeVar
 
 from ipvtrace.capture import probes
+
+T = TypeVar("T")
 
 
 def ktime_ns() -> int:
@@ -48,3 +52,32 @@ def announce(plan: probes.ProbePlan, headline: str) -> None:
     print(f"ipvtrace: {headline}; Ctrl-C to end", file=sys.stderr, flush=True)
     for line in probes.what_this_kernel_shows(plan):
         print(f"ipvtrace: note: {line}", file=sys.stderr)
+
+
+class Beside(Generic[T]):
+    """*fn* run in a thread while the main thread compiles the BPF program.
+
+    bcc's compile is a ctypes call, which releases the GIL, so Python work
+    that does not need the compiled program (pyroute2's import and the
+    netlink snapshot: 3-7 s of a guest's start-up) costs no wall time beside
+    it. The thread only reads; it attaches nothing, so a Ctrl-C or a failed
+    compile need not wait for it (daemon). Its exception, if any, is raised
+    by result() in the caller's thread."""
+
+    def __init__(self, fn: Callable[[], T], name: str) -> None:
+        self._out: dict = {}
+
+        def run() -> None:
+            try:
+                self._out["value"] = fn()
+            except BaseException as exc:  # handed to the caller's thread
+                self._out["error"] = exc
+
+        self._thread = threading.Thread(target=run, name=name, daemon=True)
+        self._thread.start()
+
+    def result(self) -> T:
+        self._thread.join()
+        if "error" in self._out:
+            raise self._out["error"]
+        return self._out["value"]

@@ -17,7 +17,7 @@ from typing import Callable
 from ipvtrace import __version__
 from ipvtrace.capture import probes, refresher, ringbuf, snapshot
 from ipvtrace.capture.symbols import Kallsyms, drop_reasons
-from ipvtrace.lifecycle import StopFlag, announce, ktime_ns
+from ipvtrace.lifecycle import Beside, StopFlag, announce, ktime_ns
 from ipvtrace.model import layout
 from ipvtrace.model.decode import field_offsets
 from ipvtrace.model.evidence import KernelFacts
@@ -55,13 +55,22 @@ def run_live(opts: LiveOptions) -> dict:
     plan = probes.build()
     lay = layout.current()
     reasons = drop_reasons(plan.tracefs)
-    snap0 = snapshot.take()
+    kallsyms = Kallsyms()
 
+    def before_tracing() -> dict:
+        if opts.sink is not None:   # rows name drop locations as they go:
+            kallsyms.resolve(0)     # read kallsyms now, not under the first drop
+        return snapshot.take()
+
+    # read while the program compiles; taken before the probes are armed,
+    # like every start snapshot (devices that come later are read as they show)
+    snap_beside = Beside(before_tracing, "ipvtrace-snapshot")
     writer: recording.Writer | None = None
     with StopFlag() as stop:
         try:
             with loader.Tracer(plan, ringbuf_pages=opts.ringbuf_pages,
                                filter_c=opts.filter_c) as tracer:
+                snap0 = snap_beside.result()
                 t0 = ktime_ns()
                 tracer.arm()   # every event from here on is at or after t0
                 header = {
@@ -84,9 +93,8 @@ def run_live(opts: LiveOptions) -> dict:
                 if opts.output is not None:
                     writer = recording.Writer(opts.output, header)
                 src = _LiveStream(lay, writer, snap0, reasons, t0, opts.sink, opts.row_filter,
-                                  kernel=KernelFacts.from_plan(header["plan"]))
-                if opts.sink is not None:   # rows name drop locations as they go:
-                    src.kallsyms.resolve(0)   # read kallsyms now, not under the first drop
+                                  kernel=KernelFacts.from_plan(header["plan"]),
+                                  kallsyms=kallsyms)
                 # record, on the mapped ring: records whose devices are known
                 # go to the file in whole runs (no Python per record beyond a peek)
                 tracer.on_event(src.raw, runs=(src.plain, src.ring_run, src.known)
@@ -149,9 +157,9 @@ class _LiveStream:
     """Turns polled raw events into pipeline calls and recording frames."""
 
     def __init__(self, lay, writer, snap0, reasons, t0, sink, row_filter=None,
-                 kernel: KernelFacts | None = None) -> None:
+                 kernel: KernelFacts | None = None, kallsyms: Kallsyms | None = None) -> None:
         self.writer: recording.Writer | None = writer
-        self.kallsyms = Kallsyms()
+        self.kallsyms = kallsyms or Kallsyms()
         self.symbols: dict[int, str] = {}
         self.error: BaseException | None = None
         self.lost_seen = 0

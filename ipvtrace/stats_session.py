@@ -18,7 +18,7 @@ from typing import Callable
 from ipvtrace.model import classify as cls
 from ipvtrace.model import counting, layout
 from ipvtrace.capture import probes, snapshot
-from ipvtrace.lifecycle import StopFlag, announce
+from ipvtrace.lifecycle import Beside, StopFlag, announce
 from ipvtrace.capture.symbols import drop_reasons
 from ipvtrace.model.evidence import KernelFacts
 from ipvtrace.model.topology import Topology
@@ -77,14 +77,16 @@ def run_stats(opts: StatsOptions) -> Report:
     loader.require_root()
     loader.import_bcc()
     plan = probes.build()
-    ctx = cls.Context(topo=Topology.from_snapshots([snapshot.take()]),
-                      drop_reasons=drop_reasons(plan.tracefs), symbols={},
-                      flags=layout.current().flags,
-                      kernel=KernelFacts.from_plan(plan.to_json()))
-    tally = counting.Tally(ctx)
+    # read while the program compiles (lifecycle.Beside)
+    snap_beside = Beside(snapshot.take, "ipvtrace-snapshot")
     sl = layout.sig_layout()
     report: Report | None = None
     with StopFlag() as stop, loader.Tracer(plan, count_only=True) as tracer:
+        ctx = cls.Context(topo=Topology.from_snapshots([snap_beside.result()]),
+                          drop_reasons=drop_reasons(plan.tracefs), symbols={},
+                          flags=layout.current().flags,
+                          kernel=KernelFacts.from_plan(plan.to_json()))
+        tally = counting.Tally(ctx)
         stop.install()
         t0 = time.monotonic()
         tracer.arm()

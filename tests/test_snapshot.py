@@ -91,3 +91,35 @@ def test_a_namespace_is_read_without_leaving_ours():
     finally:
         subprocess.run(["ip", "netns", "del", name], check=True)
 
+
+
+def test_a_snapshot_taken_beside_the_compile_is_the_callers():
+    """live, record and stats take the start snapshot in a thread while bcc
+    compiles (lifecycle.Beside): the caller gets that thread's snapshot,
+    and a failure there is raised in the caller's thread, not lost with
+    the thread. Needs root (CI runs as root)."""
+    import os
+    import threading
+
+    import pytest
+
+    from ipvtrace.capture import snapshot
+    from ipvtrace.lifecycle import Beside
+
+    own = os.stat("/proc/thread-self/ns/net").st_ino
+    names = []
+
+    def take() -> dict:
+        names.append(threading.current_thread().name)
+        return snapshot.take()
+
+    snap = Beside(take, "ipvtrace-snapshot").result()
+    assert names == ["ipvtrace-snapshot"]
+    assert any(d["netns"] == own and d["name"] == "lo" for d in snap["devices"])
+    assert os.stat("/proc/thread-self/ns/net").st_ino == own
+
+    def gone() -> dict:
+        raise FileNotFoundError("/run/netns/x")
+
+    with pytest.raises(FileNotFoundError, match="/run/netns/x"):
+        Beside(gone, "ipvtrace-snapshot").result()
