@@ -76,21 +76,35 @@ class BTF:
     def __init__(self, data: bytes) -> None:
         t0, type_len, self._strs = sections(data)
         self._data = data
-        self._starts = self._index(memoryview(data)[t0:t0 + type_len], t0)
+        self._structs: dict[int, int] = {}   # a struct definition's name offset -> its id
+        self._funcs: set[int] = set()         # functions' name offsets
+        self._struct_ids: dict[str, int] = {}  # struct_id's answers
+        self._starts = self._index(memoryview(data)[t0:t0 + type_len], t0,
+                                   self._structs, self._funcs)
 
     @staticmethod
-    def _index(types: memoryview, base: int) -> list[int]:
-        """Where each type id starts (id 0 is void: no entry)."""
+    def _index(types: memoryview, base: int, structs: dict[int, int] | None = None,
+               funcs: set[int] | None = None) -> list[int]:
+        """Where each type id starts (id 0 is void: no entry). In the same
+        pass (a scan per lookup was most of the plan's BTF time): into
+        *structs* each struct definition's id by its name's offset, the
+        first one; into *funcs* the functions' name offsets."""
         starts = [0]
         off, end = 0, len(types)
-        unpack = struct.Struct("<I").unpack_from
+        unpack = struct.Struct("<II").unpack_from
         extra = _EXTRA
+        keep = structs if structs is not None else {}
+        fns = funcs if funcs is not None else set()
         while off + 12 <= end:
-            info = unpack(types, off + 4)[0]
+            name_off, info = unpack(types, off)
             kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
             fixed, per = extra.get(kind, (-1, 0))
             if fixed < 0:
                 raise BTFError(f"unknown BTF kind {kind} at type {len(starts)}")
+            if kind == FUNC:
+                fns.add(name_off)
+            elif kind == STRUCT and vlen and name_off not in keep:
+                keep[name_off] = len(starts)
             starts.append(base + off)
             off += 12 + fixed + per * vlen
         if off != end:
@@ -110,39 +124,31 @@ class BTF:
         name_off, info, st = struct.unpack_from("<III", self._data, self._starts[tid])
         return name_off, (info >> 24) & 0x1F, info & 0xFFFF, info >> 31, st
 
+    def _name_offs(self, name: str) -> set[int]:
+        """Where *name* is in the string section (stored once, as a rule,
+        but be sure); the empty name is never a type's or member's here."""
+        offs: set[int] = set()
+        pat = b"\0" + name.encode() + b"\0"
+        want = self._strs.find(pat)
+        while want >= 0:
+            offs.add(want + 1)
+            want = self._strs.find(pat, want + 1)
+        return offs
+
     def struct_id(self, name: str) -> int:
         """The id of `struct NAME` (a definition, not a forward declaration)."""
-        want = self._strs.find(b"\0" + name.encode() + b"\0")
-        offs = set()
-        while want >= 0:   # the same string may be stored once only, but be sure
-            offs.add(want + 1)
-            want = self._strs.find(b"\0" + name.encode() + b"\0", want + 1)
-        for tid in range(1, len(self._starts)):
-            name_off = struct.unpack_from("<I", self._data, self._starts[tid])[0]
-            if name_off in offs:
-                _, kind, vlen, _, _ = self._type(tid)
-                if kind == STRUCT and vlen:
-                    return tid
-        raise BTFError(f"struct {name} is not in this kernel's BTF")
+        tid = self._struct_ids.get(name)
+        if tid is None:   # (the plan asks for sk_buff's members one by one)
+            found = [self._structs[o] for o in self._name_offs(name) if o in self._structs]
+            if not found:
+                raise BTFError(f"struct {name} is not in this kernel's BTF")
+            tid = self._struct_ids[name] = min(found)
+        return tid
 
     def funcs(self, names: set[str]) -> set[str]:
         """Which of *names* are functions (BTF FUNC) here: what an fentry or
-        fexit program can be attached to. One pass over the types."""
-        offs: dict[int, str] = {}
-        for name in names:
-            want = self._strs.find(b"\0" + name.encode() + b"\0")
-            while want >= 0:
-                offs[want + 1] = name
-                want = self._strs.find(b"\0" + name.encode() + b"\0", want + 1)
-        if not offs:
-            return set()
-        found: set[str] = set()
-        unpack, data = struct.Struct("<II").unpack_from, self._data
-        for start in self._starts[1:]:
-            name_off, info = unpack(data, start)
-            if name_off in offs and (info >> 24) & 0x1F == FUNC:
-                found.add(offs[name_off])
-        return found
+        fexit program can be attached to."""
+        return {n for n in names if self._name_offs(n) & self._funcs}
 
     def size(self, tid: int, depth: int = 0) -> int:
         if depth > 32:
