@@ -253,6 +253,7 @@ def test_a_symbol_resolves_to_itself_or_its_first_gcc_clone():
     avail = {"ipvlan_queue_xmit", "ipvlan_rcv_frame.isra.1", "ipvlan_rcv_frame.isra.0",
              "ipvlan_rcv_frame_x.isra.0", "dev_forward_skb.cold", "netif_rx_internal.part.0",
              "ipvlan_rcv.constprop.0"}
+    avail = probes.Available.of(sorted(avail)[::-1])   # as a file lists them, any order
     r = probes.resolve_symbol
     assert r("ipvlan_queue_xmit", avail) == "ipvlan_queue_xmit"
     assert r("ipvlan_rcv_frame", avail) == "ipvlan_rcv_frame.isra.0"
@@ -261,3 +262,19 @@ def test_a_symbol_resolves_to_itself_or_its_first_gcc_clone():
     assert r("dev_forward_skb", avail) is None
     assert r("ipvlan_rcv_fram", avail) is None
     assert r("ipvlan_rcv_frame.isra", avail) is None
+
+
+def test_available_filter_functions_as_the_kernel_writes_them(tmp_path):
+    """A module's functions carry ` [module]`; the first line and a last
+    line without its newline are names like the others."""
+    (tmp_path / "available_filter_functions").write_text(
+        "ipvlan_rcv_frame.isra.0 [ipvlan]\n__dev_queue_xmit\nipvlan_queue_xmit [ipvlan]\n"
+        "ipvlan_l3_rcv.constprop.0 [ipvlan]")
+    avail = probes.read_available(tmp_path)
+    assert avail.names == {"ipvlan_rcv_frame.isra.0", "__dev_queue_xmit", "ipvlan_queue_xmit",
+                           "ipvlan_l3_rcv.constprop.0"}
+    r = probes.resolve_symbol
+    assert r("ipvlan_rcv_frame", avail) == "ipvlan_rcv_frame.isra.0"
+    assert r("ipvlan_l3_rcv", avail) == "ipvlan_l3_rcv.constprop.0"
+    assert r("ipvlan_queue_xmit", avail) == "ipvlan_queue_xmit"
+    assert "__dev_queue_xmit" in avail and "dev_queue_xmit" not in avail

@@ -13,7 +13,7 @@ import re
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Container
 
 from ipvtrace.capture import btf, kcode
 from ipvtrace.model.evidence import WORKER_RX_FNS
@@ -209,15 +209,41 @@ def find_tracefs() -> Path:
     )
 
 
-def resolve_symbol(symbol: str, available: set[str]) -> str | None:
+class Available:
+    """available_filter_functions: the functions a kprobe can go on. Its
+    text is kept beside the names: a GCC clone (`name.isra.0`) is found by
+    a substring search in C, where a test of each of the ~60k names cost
+    1-2 s of a TCG guest's start-up per symbol not there as it is."""
+
+    def __init__(self, text: str) -> None:
+        self._text = "\n" + text   # every name follows a newline
+        self.names = {line.partition(" ")[0] for line in text.splitlines()}
+
+    @classmethod
+    def of(cls, names: "set[str] | list[str]") -> "Available":
+        return cls("\n".join(names) + "\n")
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names
+
+    def starting(self, prefix: str) -> list[str]:
+        """The names that start with *prefix*."""
+        out: list[str] = []
+        text, pat = self._text, "\n" + prefix
+        i = text.find(pat)
+        while i >= 0:
+            end = text.find("\n", i + 1)
+            out.append(text[i + 1:end if end >= 0 else len(text)].partition(" ")[0])
+            i = text.find(pat, i + 1)
+        return out
+
+
+def resolve_symbol(symbol: str, available: Available) -> str | None:
     """The attachable name for *symbol*: itself or a GCC clone of it."""
     if symbol in available:
         return symbol
-    # (a regex per name of the ~60k was 1-2 s a symbol in a TCG guest's
-    # start-up: the prefix test first, in C, leaves a handful)
-    prefix = symbol + "."
     clone = re.compile(re.escape(symbol) + r"\.(isra|constprop|part)\.\d+")
-    clones = sorted(s for s in available if s.startswith(prefix) and clone.fullmatch(s))
+    clones = sorted(s for s in available.starting(symbol + ".") if clone.fullmatch(s))
     return clones[0] if clones else None
 
 
@@ -226,12 +252,9 @@ def tracepoint_exists(tracefs: Path, event: str) -> bool:
     return any((tracefs / "events").glob(f"*/{event}/format"))
 
 
-def read_available(tracefs: Path) -> set[str]:
-    names: set[str] = set()
+def read_available(tracefs: Path) -> Available:
     with open(tracefs / "available_filter_functions") as f:
-        for line in f:
-            names.add(line.split(" ", 1)[0].strip())
-    return names
+        return Available(f.read())
 
 
 def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
@@ -467,7 +490,7 @@ MARKED_KINDS = ("fentry", "fexit", "raw_tracepoint")
 
 
 def keepout_cflags(ksyms: "kcode.Symbols | kcode.KcodeError", kbtf: "btf.BTF | None",
-                   softirq_check: str, available: set[str], fentry_xmit: bool,
+                   softirq_check: str, available: Container[str], fentry_xmit: bool,
                    keeps_out_one: bool, marked: int = 0,
                    preemptible: bool = True) -> tuple[list[str], str]:
     """-D flags for bpf/'s opened_kept_out(), and a note when it cannot
@@ -507,7 +530,7 @@ def keepout_cflags(ksyms: "kcode.Symbols | kcode.KcodeError", kbtf: "btf.BTF | N
     return flags, (KEEPOUT_NOTE.format(why=why) if why and keeps_out_one else "")
 
 
-def worker_rx_fn(available: set[str], ksyms: "kcode.Symbols | kcode.KcodeError") -> tuple[str, str]:
+def worker_rx_fn(available: Container[str], ksyms: "kcode.Symbols | kcode.KcodeError") -> tuple[str, str]:
     """The function ipvlan_process_multicast calls for a frame from outside
     (WORKER_RX_FNS), and a note when it is not netif_rx or cannot be read."""
     try:
