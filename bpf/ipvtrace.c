@@ -317,7 +317,7 @@ static __always_inline void stat_inc(int idx)
 		__sync_fetch_and_add(v, 1);
 }
 
-/* Before 6.7 (IPVT_COUNT_RUNS) every program counts its runs first thing:
+/* Before 6.7 (IPVT_COUNT_RUNS) every kprobe's program counts its runs first thing:
  * the kernel skips a kprobe's program while another holds this CPU's
  * bpf_prog_active (a softirq that came in while a program ran, on its way
  * out of an interrupt), and only the kprobe's hit count (tracefs
@@ -331,6 +331,17 @@ static __always_inline void ran(int probe)
 #ifdef IPVT_COUNT_RUNS
 	stat_inc(IPVT_S_RUNS_BASE + probe);
 #endif
+}
+
+/* Only a kprobe's runs are read (loader.skipped: its hits in
+ * kprobe_profile minus its runs); the kernel counts a trampoline's skips
+ * itself and a raw tracepoint's are not known, so their programs count no
+ * runs. The helpers shared by a kprobe and an fentry/fexit program pass
+ * their `tail`, 1 in the kprobe's (a constant once inlined). */
+static __always_inline void kprobe_ran(int probe, int kprobe)
+{
+	if (kprobe)
+		ran(probe);
 }
 
 static __always_inline __u64 new_ctx_id(void)
@@ -1496,7 +1507,6 @@ static __always_inline int entry_ret(struct pt_regs *ctx, __u16 probe)
 /* ipvlan_queue_xmit(skb, dev): dev is the slave */
 static __always_inline int do_xmit(struct sk_buff *skb, struct net_device *dev, __u64 sp)
 {
-	ran(IPVT_P_XMIT);
 	/* an xmit context of this device still open was not closed by
 	 * net_dev_xmit (see on_xmit_done): a device's xmit nests in its own
 	 * only in a routing loop, which the kernel ends as a dead loop */
@@ -1522,6 +1532,7 @@ int on_xmit(__u64 *ctx)
 #else
 int on_xmit(struct pt_regs *ctx)
 {
+	ran(IPVT_P_XMIT);
 	return do_xmit((struct sk_buff *)PT_REGS_PARM1(ctx), (struct net_device *)PT_REGS_PARM2(ctx),
 		       PT_REGS_SP(ctx));
 }
@@ -1563,7 +1574,6 @@ static __always_inline int xmit_close(__u64 skb, __u64 dev, int rc)
 	}
 	if (!at)
 		return 0;
-	ran(IPVT_P_XMIT_RET);
 	/* contexts above it missed their close (as ctx_pop_at counts them) */
 #pragma unroll
 	for (int n = 0; n < IPVT_STACK_MAX; n++)
@@ -1702,7 +1712,7 @@ int on_rcv_frame(struct pt_regs *ctx)
 
 static __always_inline int do_lookup_ret(void *ctx, int tail, void *addr)
 {
-	ran(IPVT_P_LOOKUP_RET);
+	kprobe_ran(IPVT_P_LOOKUP_RET, tail);
 	struct ipvt_rec *r = 0;
 	__u64 w = 0;
 	struct ipvt_hit *h = hit_begin(IPVT_P_LOOKUP_RET, &r, &w);
@@ -1738,7 +1748,7 @@ int on_lookup_ret(struct pt_regs *ctx)
 static __always_inline int do_fwd(void *ctx, int tail, struct net_device *dev,
 				  struct sk_buff *skb)
 {
-	ran(IPVT_P_FWD);
+	kprobe_ran(IPVT_P_FWD, tail);
 	struct ipvt_rec *r = 0;
 	__u64 w = 0;
 	struct ipvt_hit *h = hit_begin(IPVT_P_FWD, &r, &w);
@@ -1759,7 +1769,7 @@ static __always_inline int do_fwd(void *ctx, int tail, struct net_device *dev,
 
 static __always_inline int do_fwd_ret(void *ctx, int tail, int ret)
 {
-	ran(IPVT_P_FWD_RET);
+	kprobe_ran(IPVT_P_FWD_RET, tail);
 	/* Inside a context, dev_forward_skb returns in the context it was
 	 * called from, and nothing opens one inside it: both callers hold BH
 	 * off (a softirq cannot nest; a hard interrupt does not enter ipvlan),
@@ -1850,7 +1860,6 @@ int name(struct pt_regs *ctx)								\
 #define SKB_DEV_FENTRY(fn, probe, arg, use_dst)						\
 int kfunc__##fn(__u64 *ctx)								\
 {											\
-	ran(probe);									\
 	return report_skb_dev(ctx, 0, probe, (struct sk_buff *)ctx[arg], use_dst, 0);	\
 }
 
