@@ -253,7 +253,7 @@ def test_a_symbol_resolves_to_itself_or_its_first_gcc_clone():
     avail = {"ipvlan_queue_xmit", "ipvlan_rcv_frame.isra.1", "ipvlan_rcv_frame.isra.0",
              "ipvlan_rcv_frame_x.isra.0", "dev_forward_skb.cold", "netif_rx_internal.part.0",
              "ipvlan_rcv.constprop.0"}
-    avail = probes.Available.of(sorted(avail)[::-1])   # as a file lists them, any order
+    avail = probes.Available("\n".join(sorted(avail)[::-1]) + "\n")   # a file's text, any order
     r = probes.resolve_symbol
     assert r("ipvlan_queue_xmit", avail) == "ipvlan_queue_xmit"
     assert r("ipvlan_rcv_frame", avail) == "ipvlan_rcv_frame.isra.0"

@@ -219,10 +219,6 @@ class Available:
         self._text = "\n" + text   # every name follows a newline
         self.names = {line.partition(" ")[0] for line in text.splitlines()}
 
-    @classmethod
-    def of(cls, names: "set[str] | list[str]") -> "Available":
-        return cls("\n".join(names) + "\n")
-
     def __contains__(self, name: object) -> bool:
         return name in self.names
 
