@@ -16,26 +16,29 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import synth  # noqa: E402
+from ipvtrace.capture import ringbuf
 from ipvtrace.model import layout
 from ipvtrace.output import recording  # noqa: E402
 
 
 def make(path: Path, packets: int) -> int:
     """A recording of *packets* pod-to-pod packets (one context record of 6
-    events each, as tx.l2.local shows on the real kernels), with clock ticks
-    as live writes them."""
+    events each, as tx.l2.local shows on the real kernels), written as
+    `record` writes a flood: RING frames of up to ringbuf.RUN_MAX_RECORDS
+    records, with clock ticks between them as live writes them."""
     lay = layout.current()
     w = recording.Writer(path, {"format": "ipvtrace-recording", "format_version": 1,
                                 "start_ktime": 0, "start_wall": 0, "layout": lay.to_json(),
                                 "drop_reasons": {}, "snapshot": synth.snapshot("l2")})
     pod_a, pod_b = synth.pod_a(), synth.pod_b()
     ts = 1_000
+    run: list[bytes] = []
     for i in range(packets):
         skb = 0xffff000000000000 + (i % 512) * 256        # pointers get reused
         ctx = i + 1
         hdr = synth.ipv4_icmp("10.0.0.1", "10.0.0.2", seq=i & 0xFFFF)   # a ping flood: each frame its own
         # one record per packet, as the kernel sends a closed context (format 3)
-        w.event(synth.context(
+        run.append(synth.context(
             synth.raw("xmit", ts, ctx, skb=skb, head=skb + 1, hdr=hdr, **pod_a),
             [synth.raw("lookup_ret", ts + 1, ctx, aux=0xA, aux2=0xB, **pod_b),
              synth.raw("rcv_frame", ts + 2, ctx, skb=skb, head=skb + 1, aux2=0xB, flags=1),
@@ -43,6 +46,9 @@ def make(path: Path, packets: int) -> int:
              synth.raw("fwd_ret", ts + 4, ctx, ret=0)],
             synth.raw("xmit_ret", ts + 5, ctx, ret=0)))
         ts += 10_000
+        if len(run) == ringbuf.RUN_MAX_RECORDS or i % 2000 == 0 or i == packets - 1:
+            w.ring(synth.ring_span(run), len(run))
+            run = []
         if i % 2000 == 0:
             w.tick(ts)
     w.close({"ended_by": "synthetic", "lost_events": 0, "symbols": {}})

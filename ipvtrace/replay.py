@@ -64,9 +64,14 @@ def replay_recording(rec: recording.Recording, path: Path | str,
     counting = sink is None and row_filter is None and packet_sink is None
     feed = pipe.count if counting else pipe.record
     try:
-        for ftype, payload in rec.frames():
+        for ftype, payload in rec.frames(runs=counting):
             if ftype == recording.F_EVENT:
                 feed(payload)
+            elif ftype == recording.F_RING:   # a whole run of records of one length
+                done = pipe.count_alike(payload.blob, recording.RING_HDR.size, payload.length,
+                                        payload.step, payload.count)
+                for raw in payload.records(done):
+                    feed(raw)
             elif ftype == recording.F_TICK:
                 pipe.tick(recording.TICK.unpack(payload)[0])
             elif ftype == recording.F_LOST:

@@ -100,3 +100,13 @@ def context(entry: bytes, hits: list[bytes], ret: bytes) -> bytes:
                   probe=PROBE_ID[h.probe], flags=h.flags, pad=0, ifname=h.ifname.encode())
         out += HIT.pack(*(hv[f] for f in LAY.hit.fields))
     return out
+
+
+def ring_span(records: list[bytes], page_off: int = 7) -> bytes:
+    """*records* framed as the BPF ring buffer frames them, and as `record`
+    writes them in a RING frame: u32 length, u32 page offset, the record,
+    zeros to 8 bytes."""
+    out = bytearray()
+    for r in records:
+        out += struct.pack("<II", len(r), page_off) + r + bytes(-len(r) % 8)
+    return bytes(out)

@@ -119,7 +119,8 @@ def test_a_run_is_handed_on_before_its_space_is_given_back():
     (HDR.pack(64, 0) + bytes(8), "bad ring record"),
     (HDR.pack(8, 0) + bytes(8) + b"\0\0\0", "header cut"),
 ])
-def test_a_bad_ring_frame_is_one_error(tmp_path, bad, why):
+@pytest.mark.parametrize("runs", [False, True], ids=["record-by-record", "as-runs"])
+def test_a_bad_ring_frame_is_one_error(tmp_path, bad, why, runs):
     path = tmp_path / "bad.ipvt"
     w = recording.Writer(path, {"format": "ipvtrace-recording", "format_version": 3,
                                 "start_ktime": 0, "layout": current().to_json(),
@@ -127,7 +128,7 @@ def test_a_bad_ring_frame_is_one_error(tmp_path, bad, why):
     w.ring(bad, 1)
     w.close({})
     with pytest.raises(recording.RecordingError, match=why):
-        list(recording.read(path).frames())
+        list(recording.read(path).frames(runs=runs))
 
 
 def records_of_churn() -> list[bytes]:

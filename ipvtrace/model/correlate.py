@@ -224,6 +224,21 @@ class Correlator:
         self._expire()
         return True
 
+    def all_close_alone(self, rx: bool, min_ts: int, max_end: int, ctxs) -> bool:
+        """closes_alone for a run of records alike (model/alike.py) at once:
+        True when each would take the short way in turn (time moves to the
+        last return, as it would one by one). *ctxs* are their context ids.
+        Stricter than one by one: an RX run while any echo waits goes the
+        long way, and the oldest entry is held against the newest return."""
+        now = max_end if max_end > self.now else self.now
+        if (min_ts < now - 3 * self.wait_ns or now >= self._next_sweep
+                or (self.open and not self.open.keys().isdisjoint(ctxs))
+                or (rx and self.await_rx)):
+            return False
+        self.now = now
+        self._expire()
+        return True
+
     def tick(self, ktime: int) -> None:
         if ktime > self.now:
             self.now = ktime

@@ -13,6 +13,7 @@ import re
 import struct
 from dataclasses import dataclass
 
+from ipvtrace.model.alike import Plan
 from ipvtrace.model.layout import Layout
 
 
@@ -157,6 +158,13 @@ class Decoder:
             return None
         return self._shapes.shape(raw)
 
+    def alike_plan(self, raw: bytes) -> Plan | None:
+        """Where a context record like *raw* keeps what its Shape keys on and
+        what the correlator reads (alike.check); None where shape() is."""
+        if self.shape(raw) is None:
+            return None
+        return self._shapes.alike_plan(raw)
+
     def decode(self, raw: bytes) -> Event:
         """An event is its fixed part and then only the captured bytes of the
         frame (hdr_len of them, at most hdr_max); older recordings padded
@@ -265,6 +273,11 @@ class _ShapeKeys:
         if not (_REC_VOLATILE | {"flags"} <= set(tok) and _HIT_VOLATILE <= set(hit.fields)):
             raise KeyError("a field the keys need")
         self._formats: dict[tuple[int, int, int], tuple] = {}
+        self._offs = offs
+        self._hit_offs, at = {}, 0
+        for name, _, size in self._hit:
+            self._hit_offs[name], at = at, at + size
+        self._plans: dict[tuple[int, int, int], Plan | None] = {}
 
     def shape(self, raw: bytes) -> Shape | None:
         n = len(raw)
@@ -291,6 +304,34 @@ class _ShapeKeys:
                      raw[self._rs:self._rs + hdr_len], not flags & self._no_mac,
                      0 < hdr_len < 14 and length < 14, kind in self._rx, ts, ts + ret_dt,
                      ctx, skb, head, nhits + 2, vol, at)
+
+    def alike_plan(self, raw: bytes) -> Plan | None:
+        """The alike.Plan of records of raw's length, hits and frame length
+        (raw has a shape: its format is known). The key bytes are Shape's
+        (the frame's aside) and the frame's length."""
+        nhits, _, hdr_len = self._counts_order(self._counts.unpack_from(raw))
+        fkey = (len(raw), nhits, hdr_len)
+        if fkey in self._plans:
+            return self._plans[fkey]
+        f = self._formats.get(fkey)
+        if f is None:
+            return None
+        rec_mask, hits_at, hits_mask = f[0], f[1], f[2]
+        mask = bytearray(rec_mask.to_bytes(self._rs, "little"))
+        at = self._offs["hdr_len"]
+        mask[at:at + 2] = b"\xff\xff"
+        mask += bytes(hits_at - self._rs) + hits_mask.to_bytes(nhits * self._hs, "little")
+        ho = self._hit_offs
+        hit = [hits_at + i * self._hs for i in range(nhits)]
+        ptrs = [self._offs["skb"], self._offs["head"]]
+        for h in hit:
+            ptrs += [h + ho["skb"], h + ho["head"]]
+        if len(self._plans) >= _SHAPE_FORMATS_MAX:
+            self._plans.clear()
+        plan = self._plans[fkey] = Plan.of(
+            len(raw), bytes(mask), self._rs, ts=self._offs["ts"], ctx=self._offs["ctx"],
+            ret_dt=self._offs["ret_dt"], dts=tuple(h + ho["dt"] for h in hit), ptrs=tuple(ptrs))
+        return plan
 
     def _format(self, n: int, nhits: int, hdr_len: int) -> tuple | None:
         room = (hdr_len + 7) & ~7

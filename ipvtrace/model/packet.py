@@ -152,6 +152,21 @@ def rule_facts(hdr: bytes, has_mac: bool = True) -> tuple[bool, str]:
     return bool(has_mac and hdr[0] & 1), proto_of(where[0], hdr[where[1]:])[0]
 
 
+def rule_fact_bytes(hdr: bytes, has_mac: bool = True) -> tuple[int, ...] | None:
+    """The offsets of the bytes rule_facts reads of *hdr*: another frame of
+    the same length with the same bytes there has the same rule facts (and
+    the same offsets). None where rule_facts reads more than a few fixed
+    bytes (tags, other protocols, short frames). Lets replay --stats check
+    a run of records by a few bytes each (model/alike.py)."""
+    n = len(hdr)
+    if has_mac and n >= 34:
+        if hdr[12] == 0x08 and hdr[13] == 0x00:
+            return (0, 12, 13, 23)
+        if hdr[12] == 0x86 and hdr[13] == 0xDD and n >= 54:
+            return (0, 12, 13, 20, 54) if hdr[20] == 0 and n >= 62 else (0, 12, 13, 20)
+    return None
+
+
 def _arp(p: PacketInfo, b: bytes) -> None:
     p.proto = "arp"
     if len(b) < 28:

@@ -9,18 +9,20 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable
 
+from ipvtrace.model import alike
 from ipvtrace.model import classify as cls
 from ipvtrace.model import evidence
 from ipvtrace.model.correlate import Correlator, Packet
 from ipvtrace.model.decode import Decoder, Event
 from ipvtrace.model.evidence import KernelFacts
 from ipvtrace.model.layout import Layout
-from ipvtrace.model.packet import FrameNames, rule_facts
+from ipvtrace.model.packet import FrameNames, rule_fact_bytes, rule_facts
 from ipvtrace.model.rowreuse import Like, like_of
 from ipvtrace.model.topology import Topology
 
 Row = dict
 _SHAPES_MAX = 4096   # shapes count() remembers: a flood has a few, a stranger's file any number
+_ALIKE_MIN = 8       # shorter runs are counted one by one: checking them at once costs more
 
 
 class Pipeline:
@@ -148,6 +150,42 @@ class Pipeline:
             self._shapes[key] = self._seen[0]
         self._watch = None
 
+    def count_alike(self, blob: bytes, at: int, length: int, step: int, count: int) -> int:
+        """*count* records of *length* bytes at blob[at + i*step] (a ring run:
+        replay --stats). When all are like the first (model/alike.py) and
+        the first's like already finished alone, they are counted as that one
+        was, with a few operations per field, not a step per record. Returns
+        how many it took, from the first (the first alone when its shape was
+        new); the caller counts the rest one by one (count())."""
+        if count < _ALIKE_MIN or self.resolver is not None:
+            return 0
+        first = blob[at:at + length]
+        shape = self.decoder.shape(first)
+        if shape is None:
+            return 0
+        key = (shape.key, shape.runt, rule_facts(shape.frame, shape.has_mac))
+        done = 0
+        if key not in self._shapes:
+            self.count(first)
+            done = 1
+            if key not in self._shapes:
+                return done
+        plan = self.decoder.alike_plan(first)
+        frame_bytes = rule_fact_bytes(shape.frame, shape.has_mac)
+        if plan is None or frame_bytes is None or shape.runt:
+            return done
+        # all are checked against the first, the rest are counted
+        found = alike.check(blob, at, step, count, plan, shape.key[3:], frame_bytes)
+        if found is None:
+            return done
+        ctxs = found.ctxs[done:]
+        if not self.correlator.all_close_alone(shape.rx, found.min_ts, found.max_end, ctxs):
+            return done
+        n = count - done
+        self.events += shape.events * n
+        self._add(*self._shapes[key], times=n)
+        return count
+
     def tick(self, ktime: int) -> None:
         self.correlator.tick(ktime)
 
@@ -195,13 +233,13 @@ class Pipeline:
         if self.packet_sink is not None:
             self.packet_sink(row, pkt)
 
-    def _add(self, branch: str, mcast: tuple[str, ...], drop: str | None) -> None:
-        self.packets += 1
-        self.branches[branch] += 1
+    def _add(self, branch: str, mcast: tuple[str, ...], drop: str | None, times: int = 1) -> None:
+        self.packets += times
+        self.branches[branch] += times
         for m in mcast:
-            self.branches[m] += 1
+            self.branches[m] += times
         if drop is not None:
-            self.drops[drop] += 1
+            self.drops[drop] += times
 
     def summary(self) -> dict:
         return {

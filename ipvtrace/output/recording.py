@@ -204,13 +204,19 @@ class Recording:
     size: int = 0
     frames_before_cut: int = field(default=0)
 
-    def frames(self) -> Iterator[tuple[int, bytes]]:
+    def frames(self, runs: bool = False) -> Iterator[tuple[int, bytes | RingRun]]:
         """(type, payload) for every frame between header and trailer, each
         checked: type, size per type, JSON shape. ZSTD blocks and RING runs
-        are opened: their frames and records come as the frames they hold."""
+        are opened: their frames and records come as the frames they hold,
+        except, with *runs*, a RING frame whose records all have one length,
+        which comes whole as (F_RING, RingRun)."""
         for ftype, data, off, n in self.raw_frames():
             if ftype == F_RING:
-                yield from _ring_records(data, off, off + n)
+                run = _ring_run(data, off, n) if runs else None
+                if run is not None:
+                    yield ftype, run
+                else:
+                    yield from _ring_records(data, off, off + n)
             elif ftype == F_SNAPSHOT:
                 yield ftype, _json(data[off:off + n], schema.snapshot, f"snapshot at byte {off}")
             else:
@@ -312,6 +318,40 @@ def _ring_records(data, off: int, end: int) -> Iterator[tuple[int, bytes]]:
             raise RecordingError(f"corrupted: bad ring record ({length:#x}) at byte {off}")
         yield F_EVENT, bytes(data[off + RING_HDR.size:off + RING_HDR.size + length])
         off += step
+
+
+@dataclass(slots=True)
+class RingRun:
+    """A RING frame whose records all have one length, kept in one piece:
+    record i is blob[i*step + RING_HDR.size:][:length]. replay --stats
+    counts the records of such a run together (Pipeline.count_alike)."""
+
+    blob: bytes
+    length: int
+    step: int
+    count: int
+
+    def records(self, start: int = 0) -> Iterator[bytes]:
+        blob, length = self.blob, self.length
+        for at in range(start * self.step + RING_HDR.size, len(blob), self.step):
+            yield blob[at:at + length]
+
+
+def _ring_run(data, off: int, n: int) -> RingRun | None:
+    """The RING frame data[off:off+n] as a RingRun when every record's
+    header gives the first's length (no flags) and they fill it exactly;
+    None otherwise: _ring_records reads it, checking each."""
+    if n < RING_HDR.size:
+        return None
+    length, _ = RING_HDR.unpack_from(data, off)
+    step = (length + RING_HDR.size + 7) & ~7
+    if length & RING_FLAGS or n % step:
+        return None
+    blob = bytes(data[off:off + n])
+    lengths = memoryview(blob).cast("I")[::step // 4]
+    if lengths[1:] != lengths[:-1]:
+        return None
+    return RingRun(blob, length, step, n // step)
 
 
 def _json(raw: bytes, check, what: str):

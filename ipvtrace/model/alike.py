@@ -1,0 +1,133 @@
+"""Many context records at once: are they all like the first, and what does
+the correlator need of them? Answered with a few C-level operations on
+strided views of the records (one per field, not one per record), so that
+replay --stats counts a flood without a Python step per packet.
+
+"Like the first" is decode.Shape's key: every byte of the record and its
+hits but the volatile fields, the same pointer pattern (which pointers are
+equal, which are zero), the same frame length, and the frame bytes the rules
+read (packet.rule_fact_bytes). Two records that agree there count as the
+same branch (pipeline.count). The volatile fields the correlator reads
+(times, context ids) come back as views, one value per record.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Where the fields are in records of one (length, hits, frame length),
+    as decode._ShapeKeys lays them out. Offsets are from a record's start."""
+
+    length: int
+    words: tuple[int, ...]    # 8-aligned u64s wholly in the key
+    dwords: tuple[int, ...]   # 4-aligned u32s wholly in the key, in words that are not
+    bytes: tuple[int, ...]    # every other key byte (the frame's not included)
+    frame: int                # where the frame's bytes start
+    ts: int                   # u64
+    ctx: int                  # u64
+    ret_dt: int               # u32, from ts
+    dts: tuple[int, ...]      # u32 each, the hits' times from ts
+    ptrs: tuple[int, ...]     # u64 each: the pointers of Shape's pattern, in its order
+
+    @classmethod
+    def of(cls, length: int, key_mask: bytes, frame: int, **fields) -> "Plan | None":
+        """A plan when every field is aligned as the views need (it is in
+        the layouts ipvtrace writes); None for a stranger's layout that is not."""
+        words, dwords, single = [], [], []
+        for w in range(0, length - length % 8, 8):
+            if key_mask[w:w + 8] == b"\xff" * 8:
+                words.append(w)
+                continue
+            for d in (w, w + 4):
+                m = key_mask[d:d + 4]
+                if m == b"\xff" * 4:
+                    dwords.append(d)
+                else:
+                    single += [d + i for i, b in enumerate(m) if b]
+        single += [i for i in range(length - length % 8, length) if key_mask[i]]
+        aligned = (fields["ts"] % 8 == 0 and fields["ctx"] % 8 == 0 and fields["ret_dt"] % 4 == 0
+                   and all(d % 4 == 0 for d in fields["dts"])
+                   and all(p % 8 == 0 for p in fields["ptrs"]))
+        if not aligned or length % 8:
+            return None
+        return cls(length, tuple(words), tuple(dwords), tuple(single), frame, **fields)
+
+
+@dataclass(slots=True)
+class Alike:
+    """What the correlator needs of records found alike: closes_alone's
+    inputs for all of them at once."""
+
+    min_ts: int
+    max_end: int
+    ctxs: memoryview
+
+
+def check(blob: bytes, at: int, step: int, count: int, plan: Plan, pattern: tuple[int, ...],
+          frame_bytes: tuple[int, ...]) -> Alike | None:
+    """Records at blob[at + i*step] for i < count: Alike when all are like
+    the first (its pointer *pattern* as Shape keys it, its frame's
+    *frame_bytes*), and no hit of any is timed after its return (decode's
+    shape() sends those the long way); else None. *step* and *at* are
+    multiples of 8 (ring records are 8-byte aligned), and len(blob) too."""
+    if step % 8 or at % 8 or len(blob) % 8 or count < 2 or at + (count - 1) * step + plan.length > len(blob):
+        return None
+    end = at + (count - 1) * step + 1
+    for o in plan.bytes:
+        p = blob[at + o:end + o:step]
+        if p.count(p[0]) != count:
+            return None
+    for o in frame_bytes:
+        p = blob[at + plan.frame + o:end + plan.frame + o:step]
+        if p.count(p[0]) != count:
+            return None
+    view = memoryview(blob)
+    q, s8 = view.cast("Q"), step // 8
+    a8, last8 = at // 8, (at + (count - 1) * step) // 8 + 1
+
+    def u64(o: int) -> memoryview:
+        return q[a8 + o // 8:last8 + o // 8:s8]
+
+    for o in plan.words:
+        p = u64(o)
+        if p[1:] != p[:-1]:
+            return None
+    d = view.cast("I")
+    a4, s4, last4 = at // 4, step // 4, (at + (count - 1) * step) // 4 + 1
+
+    def u32(o: int) -> memoryview:
+        return d[a4 + o // 4:last4 + o // 4:s4]
+
+    for o in plan.dwords:
+        p = u32(o)
+        if p[1:] != p[:-1]:
+            return None
+    # the pointer pattern: each pointer equal to its class's first (zero is class 0),
+    # and the classes' firsts nonzero and unequal in every record
+    zero = memoryview(bytes(8 * count)).cast("Q")
+    reps: list[memoryview] = []
+    for i, cls in enumerate(pattern[1:], 1):
+        p = u64(plan.ptrs[i - 1])
+        if cls == 0:
+            if p != zero:
+                return None
+        elif cls != i:
+            if p != u64(plan.ptrs[cls - 1]):
+                return None
+        else:
+            if 0 in p or any(any(map(operator.eq, p, r)) for r in reps):
+                return None
+            reps.append(p)
+
+    ret_dt = u32(plan.ret_dt)
+    if plan.dts:
+        low = min(ret_dt)
+        for o in plan.dts:
+            dt = u32(o)
+            if max(dt) > low and any(map(operator.gt, dt, ret_dt)):
+                return None
+    ts = u64(plan.ts)
+    return Alike(min(ts), max(map(operator.add, ts, ret_dt)), u64(plan.ctx))
