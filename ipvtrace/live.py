@@ -181,7 +181,9 @@ class _LiveStream:
         self._peek = self._win.unpack_from
         # windows plain() accepted since the last hold: ringbuf.walk passes
         # those records on without calling it
-        self.known = ringbuf.Known(self._peek, self._win.size, set())
+        self.known = ringbuf.Known(self._peek, self._win.size, set(), tuple(
+            [*range(roffs["kind"], roffs["kind"] + 4), *range(roffs["netns"], roffs["netns"] + 8),
+             roffs["probe"], roffs["probe"] + 1]))
         ids = {v: k for k, v in lay.probes.items()}
         self._context_id = ids["context"]
         self._entry_ids = {ids[p] for p in ENTRY_PROBES}

@@ -92,6 +92,83 @@ def test_walk_hands_on_every_committed_record_once_in_order(lens, plain_bits, di
     assert gave[-1] == stop and gave == sorted(gave) and all(g <= stop for g in gave)
 
 
+@settings(max_examples=300, deadline=None)
+@given(groups=st.lists(st.tuples(st.integers(0, 3), st.sampled_from([8, 20, 40]),
+                                 st.integers(1, 40)), min_size=1, max_size=12),
+       plain_bits=st.integers(0, 15), discard_at=st.integers(0, 300),
+       busy_at=st.integers(0, 300), start=st.integers(0, 4095))
+def test_records_known_alike_are_walked_as_one_by_one(groups, plain_bits, discard_at, busy_at,
+                                                      start):
+    """With Known's offsets, stretches of records alike behind a known one
+    are taken at once (_alike_behind): the records handed on, how (run or
+    alone), and the space given back are those of a walk without it."""
+    size = 1 << 15
+    recs = []
+    for value, n, repeat in groups:
+        for _ in range(repeat):
+            flags = 0
+            if len(recs) == discard_at:
+                flags = ringbuf.DISCARD
+            if len(recs) == busy_at:
+                flags = ringbuf.BUSY
+            recs.append((bytes([value]) + bytes([len(recs) % 251]) * (n - 1), flags))
+    start = start * 8 + (size - 2048 if start & 1 else 0)
+    # behind the producer: a lap's stale records, alike the last (never read)
+    mem, _ = ring_of(recs + [(recs[-1][0], 0)] * 20, size, start)
+    prod = start + sum((len(p) + 8 + 7) & ~7 for p, _ in recs)
+
+    def walked(at):
+        keys: set = set()
+        known = ringbuf.Known(lambda data, off: (data[off],), 1, keys, at)
+        asked = []
+
+        def plain(data, off, length):
+            asked.append(off)
+            if plain_bits >> data[off] & 1:
+                keys.add((data[off],))
+                return True
+            return False
+
+        got, gave, runs = [], [], []
+
+        def run(span, n):
+            recs = [p for _, p in recording._ring_records(span, 0, len(span))]
+            assert len(recs) == n
+            runs.append(n)
+            got.extend(("run", p) for p in recs)
+
+        n = ringbuf.walk(memoryview(mem), PAGE, size - 1, start, prod, plain, run,
+                         lambda p: got.append(("one", bytes(p))), gave.append, known)
+        return n, got, gave, asked, runs
+
+    n, got, gave, asked, runs = walked((0,))
+    n1, got1, gave1, _, _ = walked(())
+    assert (n, got, gave[-1]) == (n1, got1, gave1[-1])
+    assert all(r <= ringbuf.RUN_MAX_RECORDS for r in runs)
+    # give-backs stay behind what was handed on, and in order
+    assert gave == sorted(gave)
+
+
+def test_a_flood_of_alike_records_is_walked_in_stretches():
+    """256 records alike, their key known: walked with a handful of Python
+    steps, not 256 (peek is asked once a stretch)."""
+    size = 1 << 19
+    recs = [(bytes([1]) + bytes([i % 200]) * 500, 0) for i in range(600)]
+    mem, prod = ring_of(recs, size, 0)
+    peeks = []
+
+    def peek(data, off):
+        peeks.append(off)
+        return (data[off],)
+
+    runs = []
+    n = ringbuf.walk(memoryview(mem), PAGE, size - 1, 0, prod, lambda *a: False,
+                     lambda span, k: runs.append(k), lambda p: None, lambda pos: None,
+                     ringbuf.Known(peek, 1, {(1,)}, (0,)))
+    assert n == 600 and sum(runs) == 600 and max(runs) == ringbuf.RUN_MAX_RECORDS
+    assert len(peeks) <= 2 * 3   # two peeks (known? then alike?) for each of three stretches
+
+
 def test_a_run_is_handed_on_before_its_space_is_given_back():
     """The producer may reuse given-back space at once: every record behind
     a given-back position must already be copied out."""

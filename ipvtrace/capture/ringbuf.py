@@ -38,11 +38,34 @@ class Known(NamedTuple):
     record's first *size* bytes: one unpack and a set lookup in place of a
     Python call per record (2.7x faster a record on the build machine).
     *keys* is the caller's: it adds what plain() accepts and empties it
-    whenever plain()'s answer for a key may change."""
+    whenever plain()'s answer for a key may change. *at* are the offsets of
+    the bytes peek reads (the others are padding to it): records behind a
+    known one with the same ring header and the same bytes there are known
+    too, and walk() checks a stretch of them at once (_alike_behind)."""
 
     peek: Callable[[object, int], tuple]
     size: int
     keys: set
+    at: tuple[int, ...] = ()
+
+
+ALIKE_MIN = 8   # a shorter stretch is walked record by record: checking it at once costs more
+
+
+def _alike_behind(data, off: int, step: int, most: int, at: tuple[int, ...]) -> int:
+    """How many records from data[off] on (at most *most*), each *step*
+    bytes, have the first's ring header (so: its length, committed, not
+    discarded) and its bytes at HDR + *at*: one strided slice per byte
+    compared, not a Python step per record. Reads nothing past off +
+    most*step. The header's last byte (BUSY, DISCARD) is read first: a
+    record behind one still being written is never looked at."""
+    n = most
+    for k in (3, 0, 1, 2, *(HDR + a for a in at)):
+        plane = bytes(data[off + k:off + k + n * step:step])
+        n -= len(plane.lstrip(plane[:1]))
+        if n <= 1:
+            return 1
+    return n
 
 
 def walk(data, base: int, mask: int, cons_pos: int, prod_pos: int, plain: Plain, run: Run,
@@ -55,9 +78,10 @@ def walk(data, base: int, mask: int, cons_pos: int, prod_pos: int, plain: Plain,
     are mapped twice in a row, so a run never wraps: at most the ring's
     size, it starts in the first copy. Space is given back only behind
     what was handed on. A record whose key is in *known* is plain without
-    asking. Returns how many records were handed on."""
+    asking, and so are the records behind it that _alike_behind finds
+    alike. Returns how many records were handed on."""
     u32 = _U32.unpack_from
-    peek, size, keys = known if known is not None else (None, 1 << 62, set())
+    peek, size, keys, at = known if known is not None else (None, 1 << 62, set(), ())
     n = run_n = since = 0
     run_at = run_end = 0
     while cons_pos < prod_pos:
@@ -67,12 +91,16 @@ def walk(data, base: int, mask: int, cons_pos: int, prod_pos: int, plain: Plain,
             break
         length = hdr & ~(BUSY | DISCARD)
         step = (length + HDR + 7) & ~7
+        took = 1
         if not hdr & DISCARD and ((length >= size and peek(data, off + HDR) in keys)
                                   or plain(data, off + HDR, length)):
             if not run_n:
                 run_at = run_end = off
-            run_end += step
-            run_n += 1
+            most = min(RUN_MAX_RECORDS - since, (prod_pos - cons_pos) // step)
+            if at and most >= ALIKE_MIN and length >= size and peek(data, off + HDR) in keys:
+                took = _alike_behind(data, off, step, most, at)
+            run_end += step * took
+            run_n += took
         else:
             if run_n:
                 run(data[run_at:run_end], run_n)
@@ -80,8 +108,8 @@ def walk(data, base: int, mask: int, cons_pos: int, prod_pos: int, plain: Plain,
             if not hdr & DISCARD:
                 one(data[off + HDR:off + HDR + length])
                 n += 1
-        cons_pos += step
-        since += 1
+        cons_pos += step * took
+        since += took
         if since >= RUN_MAX_RECORDS:   # hand on and give the space back as we go
             if run_n:
                 run(data[run_at:run_end], run_n)
