@@ -118,12 +118,7 @@ def test_check_finds_a_run_alike_only_when_each_record_keys_as_the_first(what, a
     record has a shape, the first's Shape key, rule facts and frame length,
     and its times and context id are the ones it reports."""
     recs = flood(12)
-    odd = bytearray(recs[at])
-    if what == "any byte":
-        odd[where % len(odd)] = value
-    else:
-        MUTATIONS[what](odd)
-    recs[at] = bytes(odd)
+    recs[at] = mutated(recs[at], what, where, value)
     if len(set(map(len, recs))) > 1:
         return   # another length: not one run
     span = synth.ring_span(recs)
@@ -159,6 +154,16 @@ NOT_KEYED = ("entry ten seconds older", "the previous record's context id",
              "another dst IP (not read by the rules)", "another CPU and skb len (volatile)")
 
 
+def mutated(rec: bytes, what: str, where: int, value: int) -> bytes:
+    """*rec* with one of MUTATIONS, or with its byte at *where* set to *value*."""
+    odd = bytearray(rec)
+    if what == "any byte":
+        odd[where % len(odd)] = value
+    else:
+        MUTATIONS[what](odd)
+    return bytes(odd)
+
+
 def write(path: Path, runs: list[list[bytes]], tick_every: int = 0) -> None:
     w = recording.Writer(path, {"format": "ipvtrace-recording", "format_version": 3,
                                 "start_ktime": 0, "start_wall": 0, "layout": LAY.to_json(),
@@ -191,12 +196,7 @@ def outcome(path: Path, how: str):
 def test_a_run_counts_as_its_records_one_by_one(tmp_path_factory, what, at, where,
                                                 value, gap, runs):
     recs = flood(40 * runs, gap=gap)
-    odd = bytearray(recs[at])
-    if what == "any byte":
-        odd[where % len(odd)] = value
-    else:
-        MUTATIONS[what](odd)
-    recs[at] = bytes(odd)
+    recs[at] = mutated(recs[at], what, where, value)
     path = tmp_path_factory.mktemp("alike") / "run.ipvt"
     write(path, [recs[i:i + 40] for i in range(0, len(recs), 40)], tick_every=2)
     counted = outcome(path, "runs")

@@ -13,6 +13,7 @@ same branch (pipeline.count). The volatile fields the correlator reads
 from __future__ import annotations
 
 import operator
+import struct
 from dataclasses import dataclass
 
 
@@ -66,6 +67,14 @@ class Alike:
     ctxs: memoryview
 
 
+def _columns(view: memoryview, fmt: str, at: int, step: int, count: int):
+    """o -> the *fmt* field at offset o of every record, as one strided view."""
+    width = struct.calcsize(fmt)
+    v = view.cast(fmt)
+    first, stride, stop = at // width, step // width, (at + (count - 1) * step) // width + 1
+    return lambda o: v[first + o // width:stop + o // width:stride]
+
+
 def check(blob: bytes, at: int, step: int, count: int, plan: Plan, pattern: tuple[int, ...],
           frame_bytes: tuple[int, ...]) -> Alike | None:
     """Records at blob[at + i*step] for i < count: Alike when all are like
@@ -73,38 +82,21 @@ def check(blob: bytes, at: int, step: int, count: int, plan: Plan, pattern: tupl
     *frame_bytes*), and no hit of any is timed after its return (decode's
     shape() sends those the long way); else None. *step* and *at* are
     multiples of 8 (ring records are 8-byte aligned), and len(blob) too."""
-    if step % 8 or at % 8 or len(blob) % 8 or count < 2 or at + (count - 1) * step + plan.length > len(blob):
+    last = at + (count - 1) * step
+    if step % 8 or at % 8 or len(blob) % 8 or count < 2 or last + plan.length > len(blob):
         return None
-    end = at + (count - 1) * step + 1
-    for o in plan.bytes:
-        p = blob[at + o:end + o:step]
-        if p.count(p[0]) != count:
-            return None
-    for o in frame_bytes:
-        p = blob[at + plan.frame + o:end + plan.frame + o:step]
+    for o in (*plan.bytes, *(plan.frame + f for f in frame_bytes)):
+        p = blob[at + o:last + o + 1:step]
         if p.count(p[0]) != count:
             return None
     view = memoryview(blob)
-    q, s8 = view.cast("Q"), step // 8
-    a8, last8 = at // 8, (at + (count - 1) * step) // 8 + 1
-
-    def u64(o: int) -> memoryview:
-        return q[a8 + o // 8:last8 + o // 8:s8]
-
-    for o in plan.words:
-        p = u64(o)
-        if p[1:] != p[:-1]:
-            return None
-    d = view.cast("I")
-    a4, s4, last4 = at // 4, step // 4, (at + (count - 1) * step) // 4 + 1
-
-    def u32(o: int) -> memoryview:
-        return d[a4 + o // 4:last4 + o // 4:s4]
-
-    for o in plan.dwords:
-        p = u32(o)
-        if p[1:] != p[:-1]:
-            return None
+    u64 = _columns(view, "Q", at, step, count)
+    u32 = _columns(view, "I", at, step, count)
+    for column, offsets in ((u64, plan.words), (u32, plan.dwords)):
+        for o in offsets:
+            p = column(o)
+            if p[1:] != p[:-1]:
+                return None
     # the pointer pattern: each pointer equal to its class's first (zero is class 0),
     # and the classes' firsts nonzero and unequal in every record
     zero = memoryview(bytes(8 * count)).cast("Q")
@@ -121,7 +113,6 @@ def check(blob: bytes, at: int, step: int, count: int, plan: Plan, pattern: tupl
             if 0 in p or any(any(map(operator.eq, p, r)) for r in reps):
                 return None
             reps.append(p)
-
     ret_dt = u32(plan.ret_dt)
     if plan.dts:
         low = min(ret_dt)
