@@ -77,9 +77,30 @@ def as_blocks(base: tuple[dict, list[tuple[int, bytes]], dict], per_block: int =
     return header, out, trailer
 
 
+def flood_base() -> tuple[dict, list[tuple[int, bytes]], dict]:
+    """A flood as `record` writes it: RING frames of 20 records alike, which
+    replay --stats counts at once (Pipeline.count_alike), ticks between."""
+    import synth
+    from ipvtrace.model import layout
+    from test_count_alike import flood
+
+    recs = flood(60)
+    frames: list[tuple[int, bytes]] = []
+    for i in range(0, 60, 20):
+        frames.append((recording.F_RING, synth.ring_span(recs[i:i + 20])))
+        frames.append((recording.F_TICK, recording.TICK.pack(10**12 + (i + 20) * 10_000)))
+    header = {"format": "ipvtrace-recording", "format_version": 3, "start_ktime": 0,
+              "start_wall": 0, "layout": layout.current().to_json(), "drop_reasons": {},
+              "snapshot": synth.snapshot("l2")}
+    return header, frames, {"ended_by": "synthetic", "lost_events": 0, "events": 60,
+                            "symbols": {}}
+
+
 BASES = {k: frames_of(FIX / f"{k}.ipvt") for k in ("article-6.12", "topologies-6.1")}
 BASES["article-6.12-ring"] = as_ring(BASES["article-6.12"])
 BASES["article-6.12-zstd"] = as_blocks(BASES["article-6.12-ring"])
+BASES["flood-ring"] = flood_base()
+BASES["flood-zstd"] = as_blocks(BASES["flood-ring"], per_block=2)
 
 
 def test_a_ring_framed_recording_replays_as_its_events(tmp_path):
@@ -191,15 +212,16 @@ def test_frames_of_any_type_and_size(tmp_path_factory, base, ftype, payload, at)
 
 
 @SETTINGS
-@given(block=st.integers(min_value=0),
+@given(base=st.sampled_from(["article-6.12-zstd", "flood-zstd"]), block=st.integers(min_value=0),
        edits=st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), min_size=1, max_size=8),
        cut=st.none() | st.integers(min_value=0))
-def test_frames_inside_a_block_flipped_and_cut(tmp_path_factory, block, edits, cut):
+def test_frames_inside_a_block_flipped_and_cut(tmp_path_factory, base, block, edits, cut):
     """Flipped compressed bytes mostly fail to decompress; these flips are
-    made before compression, so the frames a block holds are checked too."""
+    made before compression, so the frames a block holds are checked too
+    (in the flood's, the records of runs counted at once)."""
     import zstandard
 
-    header, frames, trailer = BASES["article-6.12-zstd"]
+    header, frames, trailer = BASES[base]
     i = block % len(frames)
     raw = bytearray(zstandard.ZstdDecompressor().decompress(frames[i][1]))
     for pos, val in edits:
