@@ -28,8 +28,9 @@ _U64 = struct.Struct("<Q")
 
 # plain(data, offset, length): may this record go on as it is (in a run)?
 Plain = Callable[[object, int, int], bool]
-# run(ring_bytes, records): committed records as the ring frames them
-Run = Callable[[bytes, int], None]
+# run(ring_bytes, records): committed records as the ring frames them; in a
+# view of the ring that is valid only during the call (copy what is kept)
+Run = Callable[[memoryview, int], None]
 RUN_MAX_RECORDS = 256   # a run is handed on (and its space given back) at least this often
 
 
@@ -70,17 +71,20 @@ def _alike_behind(data, off: int, step: int, most: int, at: tuple[int, ...]) -> 
 
 def walk(data, base: int, mask: int, cons_pos: int, prod_pos: int, plain: Plain, run: Run,
          one: Callable[[bytes], None], give_back: Callable[[int], None],
-         known: Known | None = None) -> int:
+         known: Known | None = None, view: memoryview | None = None) -> int:
     """Hand the committed records between *cons_pos* and *prod_pos* on:
-    consecutive ones that *plain* accepts as one *run* (their bytes copied
-    once, 8-byte ring headers included: u32 length, u32 page offset), every
-    other one to *one* alone; discarded records to neither. The data pages
+    consecutive ones that *plain* accepts as one *run* (a slice of *view*,
+    a memoryview of *data*, when given: valid until the space is given back,
+    i.e. during the call; else of *data*; 8-byte ring headers included: u32
+    length, u32 page offset), every other one to *one* alone, copied;
+    discarded records to neither. The data pages
     are mapped twice in a row, so a run never wraps: at most the ring's
     size, it starts in the first copy. Space is given back only behind
     what was handed on. A record whose key is in *known* is plain without
     asking, and so are the records behind it that _alike_behind finds
     alike. Returns how many records were handed on."""
     u32 = _U32.unpack_from
+    spans = view if view is not None else data
     peek, size, keys, at = known if known is not None else (None, 1 << 62, set(), ())
     n = run_n = since = 0
     run_at = run_end = 0
@@ -103,21 +107,21 @@ def walk(data, base: int, mask: int, cons_pos: int, prod_pos: int, plain: Plain,
             run_n += took
         else:
             if run_n:
-                run(data[run_at:run_end], run_n)
+                run(spans[run_at:run_end], run_n)
                 n, run_n = n + run_n, 0
             if not hdr & DISCARD:
-                one(data[off + HDR:off + HDR + length])
+                one(bytes(data[off + HDR:off + HDR + length]))
                 n += 1
         cons_pos += step * took
         since += took
         if since >= RUN_MAX_RECORDS:   # hand on and give the space back as we go
             if run_n:
-                run(data[run_at:run_end], run_n)
+                run(spans[run_at:run_end], run_n)
                 n, run_n = n + run_n, 0
             give_back(cons_pos)
             since = 0
     if run_n:
-        run(data[run_at:run_end], run_n)
+        run(spans[run_at:run_end], run_n)
         n += run_n
     give_back(cons_pos)
     return n
@@ -172,8 +176,12 @@ class MappedRing:
         def give_back(pos: int) -> None:
             _U64.pack_into(self._cons, 0, pos)
 
-        return walk(self._prod, self._page, self._mask, cons_pos, prod_pos, plain, run, one,
-                    give_back, known)
+        # runs are handed on as views of the ring, not copies: the writer
+        # copies them once, into its block (the mmap itself is read: its
+        # strided slices are a plain loop, a memoryview's a call per byte)
+        with memoryview(self._prod) as view:
+            return walk(self._prod, self._page, self._mask, cons_pos, prod_pos, plain, run, one,
+                        give_back, known, view)
 
     def close(self) -> None:
         self._ep.close()

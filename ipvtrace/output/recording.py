@@ -94,7 +94,11 @@ class Writer:
         self.events = 0
         import zstandard   # here, not at the top: a missing bcc is reported before it
 
-        self._block = bytearray()   # frames not yet sealed into a ZSTD block
+        # frames not yet sealed into a ZSTD block: _block[:_used], in room
+        # taken once (appending to a growing bytearray copied it again and
+        # again; under emulation every copied byte is a step of `rep movsb`)
+        self._block = memoryview(bytearray(2 * BLOCK_BYTES))
+        self._used = 0
         self._zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL)   # one-shot: states the size
         self._guard(lambda: self._f.write(MAGIC + struct.pack("<H", CONTAINER_VERSION)))
         self._raw_frame(F_HEADER, json.dumps(header).encode())
@@ -112,22 +116,26 @@ class Writer:
         self._guard(lambda: self._f.write(FRAME.pack(ftype, len(payload)) + payload))
         return FRAME.size + len(payload)
 
-    def _frame(self, ftype: int, payload: bytes) -> None:
+    def _frame(self, ftype: int, payload: bytes | memoryview) -> None:
         if FRAME.size + len(payload) > BLOCK_BYTES:   # a huge snapshot: on its own
             self._seal()
             self._raw_frame(ftype, payload)
             return
-        self._block += FRAME.pack(ftype, len(payload))
-        self._block += payload
-        if len(self._block) >= BLOCK_BYTES:
+        at, n = self._used, len(payload)
+        FRAME.pack_into(self._block, at, ftype, n)
+        # into a memoryview: one copy (a bytearray's slice assignment copies
+        # anything but a bytearray first)
+        self._block[at + FRAME.size:at + FRAME.size + n] = payload
+        self._used = at + FRAME.size + n   # below 2 * BLOCK_BYTES: sealed at BLOCK_BYTES
+        if self._used >= BLOCK_BYTES:
             self._seal()
 
     def _seal(self) -> None:
         """Compress the gathered frames into one ZSTD block and write it."""
-        if not self._block:
+        if not self._used:
             return
-        z = self._zstd.compress(self._block)
-        self._block.clear()   # written or not (a full disk), these frames are done
+        z = self._zstd.compress(self._block[:self._used])
+        self._used = 0   # written or not (a full disk), these frames are done
         self._raw_frame(F_ZSTD, z)
 
     def event(self, raw: bytes) -> None:
@@ -138,9 +146,9 @@ class Writer:
         if not self.events & 63 and time.monotonic() - self._flushed >= FLUSH_EVERY_S:
             self.flush()
 
-    def ring(self, span: bytes, records: int) -> None:
+    def ring(self, span: bytes | memoryview, records: int) -> None:
         """*records* committed ring records, framed as the ring framed them
-        (ringbuf.walk): one write for all of them."""
+        (ringbuf.walk): copied once, into the open block."""
         self._frame(F_RING, span)
         self.events += records
         if time.monotonic() - self._flushed >= FLUSH_EVERY_S:
