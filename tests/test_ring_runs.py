@@ -169,6 +169,35 @@ def test_a_flood_of_alike_records_is_walked_in_stretches():
     assert len(peeks) <= 2 * 3   # two peeks (known? then alike?) for each of three stretches
 
 
+def test_an_error_while_a_run_is_written_leaves_the_ring_closable():
+    """A run is a view of the ring; the writer failing on it (a full disk)
+    keeps it in the traceback while the tracer closes and detaches:
+    closing the ring must not fail then."""
+    import mmap
+    import select
+
+    size = 1 << 16
+    mem, prod = ring_of([(bytes([1]) * 40, 0)] * 20, size, 0)
+    ring = ringbuf.MappedRing.__new__(ringbuf.MappedRing)
+    ring._cons = mmap.mmap(-1, PAGE)
+    ring._prod = mmap.mmap(-1, len(mem))
+    ring._prod[:] = bytes(mem)
+    ring._page, ring._mask, ring._ep = PAGE, size - 1, select.epoll()
+    struct.pack_into("<Q", ring._prod, 0, prod)   # the producer page's position
+
+    def full(span, n):
+        raise OSError(28, "No space left on device")
+
+    try:
+        ring.consume_runs(lambda *a: True, full, lambda p: None)
+    except OSError as exc:
+        held = exc   # its traceback holds the run, a view of the ring
+        ring.close()
+        assert held.__traceback__ is not None
+    else:
+        raise AssertionError("the writer's error was not raised")
+
+
 def test_a_run_is_handed_on_before_its_space_is_given_back():
     """The producer may reuse given-back space at once: every record behind
     a given-back position must already be copied out."""

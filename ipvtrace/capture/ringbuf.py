@@ -186,4 +186,11 @@ class MappedRing:
     def close(self) -> None:
         self._ep.close()
         self._cons.close()
-        self._prod.close()
+        try:
+            self._prod.close()
+        except BufferError:
+            # a view of the ring is still referenced: an error raised while
+            # a run was handed on (a full disk) keeps that run in its
+            # traceback. The pages are unmapped when it goes; the caller
+            # goes on detaching
+            pass
