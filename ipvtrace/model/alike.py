@@ -25,7 +25,7 @@ class Plan:
     length: int
     words: tuple[int, ...]    # 8-aligned u64s wholly in the key
     dwords: tuple[int, ...]   # 4-aligned u32s wholly in the key, in words that are not
-    bytes: tuple[int, ...]    # every other key byte (the frame's not included)
+    single: tuple[int, ...]   # every other key byte (the frame's not included)
     frame: int                # where the frame's bytes start
     ts: int                   # u64
     ctx: int                  # u64
@@ -85,7 +85,7 @@ def check(blob: bytes, at: int, step: int, count: int, plan: Plan, pattern: tupl
     last = at + (count - 1) * step
     if step % 8 or at % 8 or len(blob) % 8 or count < 2 or last + plan.length > len(blob):
         return None
-    for o in (*plan.bytes, *(plan.frame + f for f in frame_bytes)):
+    for o in (*plan.single, *(plan.frame + f for f in frame_bytes)):
         p = blob[at + o:last + o + 1:step]
         if p.count(p[0]) != count:
             return None

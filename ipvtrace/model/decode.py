@@ -160,10 +160,10 @@ class Decoder:
 
     def alike_plan(self, raw: bytes) -> Plan | None:
         """Where a context record like *raw* keeps what its Shape keys on and
-        what the correlator reads (alike.check); None where shape() is."""
-        if self.shape(raw) is None:
-            return None
-        return self._shapes.alike_plan(raw)
+        what the correlator reads (alike.check). *raw* is a record shape()
+        gave a Shape for (its format is known); None for a layout the views
+        cannot read."""
+        return self._shapes.alike_plan(raw) if self._shapes is not None else None
 
     def decode(self, raw: bytes) -> Event:
         """An event is its fixed part and then only the captured bytes of the
