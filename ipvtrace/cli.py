@@ -277,9 +277,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _sink(args):
-    from ipvtrace.output.render import JsonSink, LineSink
+    from ipvtrace.output.jsonlines import JsonSink
 
-    return JsonSink(flush=args.cmd != "replay") if args.json else LineSink(why=args.why)
+    if args.json:
+        return JsonSink(flush=args.cmd != "replay")
+    from ipvtrace.output.render import LineSink
+
+    return LineSink(why=args.why)
 
 
 def cmd_merge(args) -> int:
@@ -332,11 +336,8 @@ def _replay_merged(args, row_filter) -> int:
 
 
 def cmd_replay(args) -> int:
-    from rich.console import Console
-
     from ipvtrace.output import merged
     from ipvtrace.output.recording import RecordingError
-    from ipvtrace.output.render import print_stats
     from ipvtrace.replay import run_replay
 
     rf = filters.RowFilter.from_args(args)
@@ -389,8 +390,16 @@ def cmd_replay(args) -> int:
     if out is not None:
         out.close()
         print(f"ipvtrace: wrote {writer.count} packets to {args.pcapng}", file=sys.stderr)
-    if args.stats:
-        print_stats(summary, Console(highlight=False), as_json=args.json)
+    if args.stats and args.json:
+        from ipvtrace.output.jsonlines import stats_line
+
+        print(stats_line(summary))
+    elif args.stats:
+        from rich.console import Console
+
+        from ipvtrace.output.render import print_stats
+
+        print_stats(summary, Console(highlight=False))
     lost = summary["trailer"].get("lost_events", 0)
     if lost:
         print(f"ipvtrace: {lost} events were lost while recording: packets around them are "

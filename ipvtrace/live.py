@@ -21,13 +21,14 @@ from ipvtrace.lifecycle import Beside, StopFlag, announce, ktime_ns
 from ipvtrace.model import layout
 from ipvtrace.model.decode import field_offsets
 from ipvtrace.model.evidence import KernelFacts
-from ipvtrace.model.pipeline import Pipeline, Row
+from ipvtrace.model.pipeline import Pipeline, Row, feed_run
 from ipvtrace.output import recording
 
 TICK_MS = 200
 HOLD_MAX_BYTES = 64 << 20   # records held while a new device's namespace is read
 KNOWN_MAX = 4096            # distinct plain record windows remembered (ringbuf.Known)
 ENTRY_PROBES = ("xmit", "rx")
+_U32 = struct.Struct("<I")
 
 
 @dataclass
@@ -97,8 +98,13 @@ def run_live(opts: LiveOptions) -> dict:
                                   kallsyms=kallsyms)
                 # record, on the mapped ring: records whose devices are known
                 # go to the file in whole runs (no Python per record beyond a peek)
-                tracer.on_event(src.raw, runs=(src.plain, src.ring_run, src.known)
-                                if writer is not None and opts.sink is None else None)
+                # live --json likewise: runs of records alike get their rows at once
+                runs = None
+                if writer is not None and opts.sink is None:
+                    runs = (src.plain, src.ring_run, src.known)
+                elif src.pipe.writes_lines:
+                    runs = (src.plain, src.line_run, src.known)
+                tracer.on_event(src.raw, runs=runs)
                 stop.install()
                 announce(plan, f"tracing ({plan.probe_count} probes)"
                          + (f", writing {opts.output}" if opts.output else ""))
@@ -229,6 +235,9 @@ class _LiveStream:
             return
         if self.writer is not None:
             self.writer.event(data)
+        self._classify(data)
+
+    def _classify(self, data: bytes) -> None:
         for ev in self.pipe.record(data):
             # named for the trailer even when no row shows the free (the
             # rows themselves are named as their packet closes: Pipeline)
@@ -262,6 +271,26 @@ class _LiveStream:
         """Records plain() accepted, framed as the ring framed them."""
         self.writer.ring(span, records)
         self.pipe.events += records
+
+    def line_run(self, span, records: int) -> None:
+        """live --json (and -o), on the mapped ring: records plain()
+        accepted, framed as the ring framed them (a view of it, valid
+        during the call). Each stretch of one length goes to
+        Pipeline.rows_alike, which writes the rows of records alike at once;
+        the others are classified one by one, in stream order."""
+        if self.writer is not None:
+            self.writer.ring(span, records)
+        blob = bytes(span)   # (alike.check reads strided slices: of bytes, not a view)
+        u32, hdr, at, end = _U32.unpack_from, ringbuf.HDR, 0, len(blob)
+        while at < end:
+            length = u32(blob, at)[0]
+            step = (length + hdr + 7) & ~7
+            stop, count = at + step, 1
+            while stop < end and u32(blob, stop)[0] == length:
+                stop += step
+                count += 1
+            feed_run(self.pipe.rows_alike, self._classify, blob, at + hdr, length, step, count)
+            at = stop
 
     def name_free_sites(self, addrs: list[int]) -> None:
         """Where the kernel saw kept hits' skbs freed: named for the trailer

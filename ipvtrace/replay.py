@@ -7,7 +7,7 @@ from typing import Callable
 
 from ipvtrace.model import layout
 from ipvtrace.model.evidence import KernelFacts
-from ipvtrace.model.pipeline import Pipeline, Row
+from ipvtrace.model.pipeline import Pipeline, Row, feed_run
 from ipvtrace.output import recording
 
 
@@ -63,15 +63,15 @@ def replay_recording(rec: recording.Recording, path: Path | str,
     # no rows wanted (--stats): records are counted by shape where they can be
     counting = sink is None and row_filter is None and packet_sink is None
     feed = pipe.count if counting else pipe.record
+    # ... and their lines written together where the rows are JSON lines alone
+    alike = pipe.count_alike if counting else pipe.rows_alike
     try:
-        for ftype, payload in rec.frames(runs=counting):
+        for ftype, payload in rec.frames(runs=counting or pipe.writes_lines):
             if ftype == recording.F_EVENT:
                 feed(payload)
             elif ftype == recording.F_RING:   # a whole run of records of one length
-                done = pipe.count_alike(payload.blob, recording.RING_HDR.size, payload.length,
-                                        payload.step, payload.count)
-                for raw in payload.records(done):
-                    feed(raw)
+                feed_run(alike, feed, payload.blob, recording.RING_HDR.size, payload.length,
+                         payload.step, payload.count)
             elif ftype == recording.F_TICK:
                 pipe.tick(recording.TICK.unpack(payload)[0])
             elif ftype == recording.F_LOST:

@@ -280,3 +280,20 @@ def test_an_echo_in_a_run_joins_its_packet(tmp_path):
     counted = outcome(tmp_path / "echo.ipvt", "runs")
     assert counted["branches"] == {"rx.to_host": 39, "tx.l2.to_parent": 1}
     assert counted == outcome(tmp_path / "echo.ipvt", "rows")
+
+
+def test_a_run_that_reaches_the_sweep_is_counted_at_once_around_it(tmp_path, monkeypatch):
+    """Sweeps inside runs (a packet every 3 ms, a sweep each second): only
+    the first record (its shape new) and the two that reach a sweep are
+    counted one by one."""
+    recs = flood(1000, gap=3_000_000)
+    write(tmp_path / "f.ipvt", [recs[i:i + 250] for i in range(0, 1000, 250)])
+    one_by_one = []
+    real = Pipeline.count
+    monkeypatch.setattr(Pipeline, "count", lambda self, raw: (one_by_one.append(raw),
+                                                                real(self, raw))[1])
+    got = replay.run_replay(tmp_path / "f.ipvt", sink=None)
+    assert got["branches"] == {"tx.l2.local": 1000}
+    assert len(one_by_one) == 3
+    monkeypatch.undo()
+    assert {k: got[k] for k in COUNTED} == outcome(tmp_path / "f.ipvt", "each")

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from ipvtrace import replay
 from ipvtrace.output import recording
-from ipvtrace.output.render import JsonSink
+from ipvtrace.output.jsonlines import JsonSink
 from article_checks import pack_recording as pack
 
 FIX = Path(__file__).parent / "fixtures"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from ipvtrace import replay
 from ipvtrace.model import layout
 from ipvtrace.model.pipeline import Pipeline
-from ipvtrace.output.render import JsonSink
+from ipvtrace.output.jsonlines import JsonSink
 
 import synth
 from synth import context, parent, pod_a, pod_b, raw

@@ -32,6 +32,29 @@ class Plan:
     ret_dt: int               # u32, from ts
     dts: tuple[int, ...]      # u32 each, the hits' times from ts
     ptrs: tuple[int, ...]     # u64 each: the pointers of Shape's pattern, in its order
+    cpu: int | None = None    # u32; None when the layout's CPU is not one
+
+    def vol(self, name: str, pattern: tuple[int, ...] = ()) -> tuple[int, str]:
+        """Where the volatile field Shape.at calls *name* is ("ts", "cpu",
+        "skb", "ret_dt", "dt.1", "skb.1"), and its struct code; KeyError for
+        another. With the records' pointer *pattern* (Shape.key[3:]), a
+        pointer's place is the first one equal to it in every record: equal
+        values share one place."""
+        base, _, i = name.partition(".")
+        if name == "ts":
+            return self.ts, "Q"
+        if name == "ret_dt":
+            return self.ret_dt, "I"
+        if name == "cpu" and self.cpu is not None:
+            return self.cpu, "I"
+        if base == "skb":
+            j = 2 + 2 * int(i) if i else 0
+            if pattern and pattern[1 + j]:
+                j = pattern[1 + j] - 1
+            return self.ptrs[j], "Q"
+        if base == "dt" and i:
+            return self.dts[int(i)], "I"
+        raise KeyError(name)
 
     @classmethod
     def of(cls, length: int, key_mask: bytes, frame: int, **fields) -> "Plan | None":
@@ -50,6 +73,7 @@ class Plan:
                     single += [d + i for i, b in enumerate(m) if b]
         single += [i for i in range(length - length % 8, length) if key_mask[i]]
         aligned = (fields["ts"] % 8 == 0 and fields["ctx"] % 8 == 0 and fields["ret_dt"] % 4 == 0
+                   and (fields.get("cpu") or 0) % 4 == 0
                    and all(d % 4 == 0 for d in fields["dts"])
                    and all(p % 8 == 0 for p in fields["ptrs"]))
         if not aligned or length % 8:
@@ -73,6 +97,14 @@ def _columns(view: memoryview, fmt: str, at: int, step: int, count: int):
     v = view.cast(fmt)
     first, stride, stop = at // width, step // width, (at + (count - 1) * step) // width + 1
     return lambda o: v[first + o // width:stop + o // width:stride]
+
+
+def column(blob: bytes, at: int, step: int, count: int, where: tuple[int, str]) -> memoryview:
+    """The field *where* (offset, struct code: Plan.vol) of the records at
+    blob[at + i*step], i < count, one value per record: for runs check()
+    found alike (its alignment holds)."""
+    off, fmt = where
+    return _columns(memoryview(blob), fmt, at, step, count)(off)
 
 
 def check(blob: bytes, at: int, step: int, count: int, plan: Plan, pattern: tuple[int, ...],

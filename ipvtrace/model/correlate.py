@@ -224,6 +224,11 @@ class Correlator:
         self._expire()
         return True
 
+    @property
+    def next_sweep(self) -> int:
+        """When the next sweep of unfinished packets is due (stream time)."""
+        return self._next_sweep
+
     def all_close_alone(self, rx: bool, min_ts: int, max_end: int, ctxs) -> bool:
         """closes_alone for a run of records alike (model/alike.py) at once:
         True when each would take the short way in turn (time moves to the

@@ -261,7 +261,7 @@ class _ShapeKeys:
         offs, at = {}, 0
         for name, _, size in self._rec:
             offs[name], at = at, at + size
-        tok = {name: t for name, t, _ in self._rec}
+        tok = self._tok = {name: t for name, t, _ in self._rec}
         # nhits, kind and hdr_len in one unpack: the fields between are pad bytes to it
         fmt, at, order = "<", 0, sorted(("nhits", "kind", "hdr_len"), key=offs.__getitem__)
         for name in order:
@@ -330,7 +330,8 @@ class _ShapeKeys:
             self._plans.clear()
         plan = self._plans[fkey] = Plan.of(
             len(raw), bytes(mask), self._rs, ts=self._offs["ts"], ctx=self._offs["ctx"],
-            ret_dt=self._offs["ret_dt"], dts=tuple(h + ho["dt"] for h in hit), ptrs=tuple(ptrs))
+            ret_dt=self._offs["ret_dt"], dts=tuple(h + ho["dt"] for h in hit), ptrs=tuple(ptrs),
+            cpu=self._offs["cpu"] if self._tok["cpu"] == "I" else None)
         return plan
 
     def _format(self, n: int, nhits: int, hdr_len: int) -> tuple | None:

@@ -245,6 +245,53 @@ class FrameNames:
             return ikey, f"{base} seq {hdr[seq_at] << 8 | hdr[seq_at + 1]}"
         return ikey, base
 
+    def of_run(self, hdr: bytes, has_mac: bool) -> tuple[tuple, tuple[int, ...], str, int] | None:
+        """For frames of hdr's length equal to it at the returned offsets:
+        (their `info_key`, those offsets, their summary without the
+        sequence number, where that number is in each frame (0: the summary
+        shows none)). The summary of such a frame is the one of() gives,
+        with `seq N` added where it shows one. None for a frame whose
+        summary is not made so (no flow key, or not remembered)."""
+        offsets = flow_byte_offsets(hdr, has_mac)
+        if offsets is None:
+            return None
+        self.of(hdr, has_mac)
+        key, seq_at = _flow_bytes(hdr, has_mac)
+        got = self._memo.get(key)
+        if got is None:
+            return None
+        ikey, base, with_seq = got
+        return ikey, offsets, base, seq_at if with_seq else 0
+
+
+def flow_byte_offsets(hdr: bytes, has_mac: bool) -> tuple[int, ...] | None:
+    """The offsets of the bytes _flow_bytes keys *hdr* by (its echo
+    sequence number not among them): a frame of the same length with the
+    same bytes there has the same key, so the same row names and summary
+    but the sequence number. None where _flow_bytes keys nothing. Lets
+    replay --json check a run of records by a few bytes each."""
+    n = len(hdr)
+    if not has_mac or n < 34:
+        return None
+    if hdr[12] == 0x08 and hdr[13] == 0x00:
+        l4, proto = 14 + (hdr[14] & 0x0F) * 4, hdr[23]
+        head = (*range(15), 20, 21, 23, *range(26, 34))
+        echo = proto == 1 and n - l4 >= 8 and hdr[l4] in (0, 8)
+    elif hdr[12] == 0x86 and hdr[13] == 0xDD and n >= 54 and hdr[20] != 0:
+        l4, proto = 54, hdr[20]
+        head = (*range(14), 20, *range(22, 54))
+        echo = n - l4 >= 8 and ((proto == 1 and hdr[l4] in (0, 8))
+                                or (proto == 58 and hdr[l4] in (128, 129)))
+    else:
+        return None
+    if proto in (6, 17):
+        tail = range(l4, min(n, l4 + 4))
+    elif echo:
+        tail = (l4, l4 + 4, l4 + 5)
+    else:
+        tail = range(l4, min(n, l4 + 24))
+    return head + tuple(tail)
+
 
 def _flow_bytes(hdr: bytes, has_mac: bool) -> tuple[tuple | None, int]:
     """The bytes parse() reads of an untagged IPv4/IPv6 frame, but an echo's

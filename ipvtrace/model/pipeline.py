@@ -6,6 +6,7 @@ replay prints exactly what live printed.
 """
 from __future__ import annotations
 
+import operator
 from collections import Counter
 from typing import Callable
 
@@ -73,6 +74,12 @@ class Pipeline:
         self.reused = 0                        # rows record() wrote from a like's
 
     # -- source side -------------------------------------------------------
+    @property
+    def writes_lines(self) -> bool:
+        """Rows go to a sink of JSON lines alone: record() reuses rows and
+        rows_alike() writes runs of them."""
+        return self._lines is not None
+
     def knows_device(self, ev: Event) -> bool:
         return self.ctx.topo.device(ev.netns, ev.ifindex) is not None
 
@@ -175,7 +182,9 @@ class Pipeline:
         if plan is None or frame_bytes is None or shape.runt:
             return done
         # all are checked against the first, the rest are counted
-        found = alike.check(blob, at, step, count, plan, shape.key[3:], frame_bytes)
+        count = self._until_sweep(plan, blob, at, step, count)
+        found = alike.check(blob, at, step, count, plan, shape.key[3:], frame_bytes) \
+            if count >= _ALIKE_MIN else None
         if found is None:
             return done
         ctxs = found.ctxs[done:]
@@ -185,6 +194,75 @@ class Pipeline:
         self.events += shape.events * n
         self._add(*self._shapes[key], times=n)
         return count
+
+    def rows_alike(self, blob: bytes, at: int, length: int, step: int, count: int) -> int:
+        """*count* records of *length* bytes at blob[at + i*step] (a ring run:
+        replay --json). When all are like the first (model/alike.py) and
+        show the same flow, and the first's like (record()) would be reused
+        for each, their rows are its row with their own values, written
+        together: read a field at a time, formatted in C. Returns how many
+        it took, from the first (the first alone when it had no like yet);
+        the caller feeds the rest to record()."""
+        if self._lines is None or count < _ALIKE_MIN:
+            return 0
+        first = blob[at:at + length]
+        shape = self.decoder.shape(first)
+        if shape is None or shape.runt:
+            return 0
+        flow = self._names.of_run(shape.frame, shape.has_mac)
+        if flow is None:
+            return 0
+        ikey, offsets, base, seq_at = flow
+        key = (shape.key, shape.runt, ikey)
+        done = 0
+        if key not in self._likes:
+            self.record(first)
+            done = 1
+            if key not in self._likes:
+                return done
+        like = self._likes[key]
+        plan = self.decoder.alike_plan(first)
+        facts = rule_fact_bytes(shape.frame, shape.has_mac)
+        if plan is None or facts is None:
+            return done
+        count = self._until_sweep(plan, blob, at, step, count)
+        found = alike.check(blob, at, step, count, plan, shape.key[3:],
+                            tuple(sorted({*offsets, *facts}))) if count >= _ALIKE_MIN else None
+        if found is None or found.min_ts == 0:
+            return done
+        n = count - done
+        start = at + done * step
+        summary: str | list[str] = base
+        if seq_at:
+            seq = start + plan.frame + seq_at
+            summary = [f"{base} seq {hi << 8 | lo}" for hi, lo in
+                       zip(blob[seq:seq + (n - 1) * step + 1:step],
+                           blob[seq + 1:seq + (n - 1) * step + 2:step])]
+        text = like.holes.text(like.fill, plan, shape.key[3:], blob, start, step, n, summary)
+        if text is None or not self.correlator.all_close_alone(
+                shape.rx, found.min_ts, found.max_end, found.ctxs[done:]):
+            return done
+        self._lines.write_text(text)
+        self.events += shape.events * n
+        self._add(*like.counted, times=n)
+        self.reused += n
+        return count
+
+    def _until_sweep(self, plan: alike.Plan, blob: bytes, at: int, step: int, count: int) -> int:
+        """How many of the records at blob[at + i*step], from the first,
+        return before the correlator's next sweep: what a sweep does depends
+        on the time of each event, so the record that reaches it goes the
+        whole way (all_close_alone says no to a run that reaches it). 0 when
+        the records are not laid out as alike.check reads them."""
+        last = at + (count - 1) * step
+        if step % 8 or at % 8 or len(blob) % 8 or count < 1 or last + plan.length > len(blob):
+            return 0
+        ends = list(map(operator.add, alike.column(blob, at, step, count, plan.vol("ts")),
+                        alike.column(blob, at, step, count, plan.vol("ret_dt"))))
+        sweep = self.correlator.next_sweep
+        if max(ends) < sweep:
+            return count
+        return next(i for i, end in enumerate(ends) if end >= sweep)
 
     def tick(self, ktime: int) -> None:
         self.correlator.tick(ktime)
@@ -251,6 +329,26 @@ class Pipeline:
             "evicted": self.correlator.evicted,
             "filtered_out": self.filtered_out,
         }
+
+
+def feed_run(at_once: Callable[[bytes, int, int, int, int], int], one: Callable[[bytes], None],
+             blob: bytes, at: int, length: int, step: int, count: int) -> None:
+    """A run of *count* records of *length* bytes at blob[at + i*step]:
+    those *at_once* (Pipeline.count_alike or rows_alike) takes together,
+    each other through *one*, in order. A run *at_once* cut short where it
+    reached the correlator's sweep goes on after the record that reached
+    it; one it did not take at least _ALIKE_MIN of goes one by one."""
+    i = 0
+    while i < count:
+        took = at_once(blob, at + i * step, length, step, count - i)
+        i += took
+        if i < count:
+            one(blob[at + i * step:at + i * step + length])
+            i += 1
+        if took < _ALIKE_MIN:
+            for rec in range(at + i * step, at + count * step, step):
+                one(blob[rec:rec + length])
+            return
 
 
 def to_row(pkt: Packet, v: cls.Verdict, ctx: cls.Context, t0: int) -> Row:

@@ -18,24 +18,38 @@ both ways and compares the output byte for byte.
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+import itertools
+import operator
+from typing import Iterable, Protocol, Sequence
 
+from ipvtrace.model import alike
 from ipvtrace.model.decode import Event, Shape
 
 Path = tuple   # a value's place in a row: ("ts",), ("events", 2, "skb"), ...
 
 
+class Template(Protocol):
+    """A row's line with holes (jsonlines.LineTemplate)."""
+
+    def __call__(self, values: Sequence) -> str: ...
+
+    def text(self, columns: Sequence[Iterable], as_hex: frozenset[int],
+             same: dict[int, object]) -> str: ...
+
+
 class LineSink(Protocol):
-    """A sink that writes each row as one line (render.JsonSink) and can
+    """A sink that writes each row as one line (jsonlines.JsonSink) and can
     keep a row's constant parts, filling in only what differs."""
 
     def __call__(self, row: dict) -> None: ...
 
     def encode(self, row: dict) -> str: ...
 
-    def template(self, row: dict, holes: Sequence[Path]) -> Callable[[Sequence], str] | None: ...
+    def template(self, row: dict, holes: Sequence[Path]) -> Template | None: ...
 
     def write(self, line: str) -> None: ...
+
+    def write_text(self, text: str) -> None: ...
 
 
 class Holes:
@@ -43,10 +57,12 @@ class Holes:
     value comes from the record (`Shape.vol`): the time, the summary, and
     each event's CPU, timestamp and skb."""
 
-    def __init__(self, paths: list[Path], steps: list[tuple[int | None, int | None]],
+    def __init__(self, paths: list[Path], steps: list[tuple[str | None, str | None]],
                  at: dict, t0: int) -> None:
         self.paths = paths
-        self._steps = steps                # per event: (its time offset's index, its skb's)
+        self._names = steps                # per event: (its time offset's name in Shape.at, its skb's)
+        self._steps = [(None if dt is None else at[dt], None if skb is None else at[skb])
+                       for dt, skb in steps]   # ... and their indexes in Shape.vol
         self._ts, self._cpu = at["ts"], at["cpu"]
         self._t0 = t0
 
@@ -59,12 +75,12 @@ class Holes:
             return None
         at, last = shape.at, len(evs) - 1
         paths: list[Path] = [("time",), ("ts",), ("summary",)]
-        steps: list[tuple[int | None, int | None]] = []
+        steps: list[tuple[str | None, str | None]] = []
         for i, d in enumerate(shown):
             if "cpu" not in d or "ts" not in d:
                 return None
-            dt, skb = ((None, at["skb"]) if i == 0 else (at["ret_dt"], None) if i == last
-                       else (at[f"dt.{i - 1}"], at[f"skb.{i - 1}"]))
+            dt, skb = ((None, "skb") if i == 0 else ("ret_dt", None) if i == last
+                       else (f"dt.{i - 1}", f"skb.{i - 1}"))
             paths += [("events", i, "cpu"), ("events", i, "ts")]
             if "skb" in d:
                 if skb is None:
@@ -88,13 +104,61 @@ class Holes:
                 out.append(f"{vol[skb]:#x}")
         return out
 
+    def text(self, fill: Template, plan: alike.Plan, pattern: tuple[int, ...], blob: bytes,
+             at: int, step: int, count: int, summary: str | list[str]) -> str | None:
+        """The lines of the records at blob[at + i*step], i < count, all
+        like the one *fill* was made for (alike.check said so, with their
+        pointer *pattern* and no time of 0), each with the values values()
+        gives it; *summary* is theirs, one or one each. Read a field at a
+        time across the records (alike.column), converted and joined a
+        column at a time. None when the plan does not say where a value is."""
+        try:
+            where = {name: plan.vol(name, pattern)
+                     for name in {"ts", "cpu", *(n for pair in self._names for n in pair if n)}}
+        except KeyError:
+            return None
+        cols = {w: alike.column(blob, at, step, count, w) for w in set(where.values())}
+        col = {name: cols[w] for name, w in where.items()}   # (equal pointers: one column)
+        ts, cpu = col["ts"], col["cpu"]
+        columns: list[Iterable] = [times(ts, self._t0), ts, summary]
+        as_hex, same = [], {}
+        if isinstance(summary, str):
+            same[2] = summary
+        for dt, skb in self._names:
+            columns.append(cpu)
+            columns.append(ts if dt is None else map(operator.add, ts, col[dt]))
+            if skb is not None:
+                as_hex.append(len(columns))
+                columns.append(col[skb])
+        return fill.text(columns, frozenset(as_hex), same)
+
+
+_EXACT_NS = 10**14   # below this many ns (27 hours), d / 1e9 is within 0.02 ns of d ns
+
+
+def times(ts: Sequence[int], t0: int) -> Iterable[float]:
+    """round((t - t0) / 1e9, 6) for each t of *ts*, as to_row writes a row's
+    time, with a few C-level maps for the lot. The double round() gives is
+    the one nearest to k/10**6, k the microseconds it rounded to, which is
+    what k / 1e6 gives; k is (d + 500) // 1000 for d = t - t0 ns, except on
+    a tie (d % 1000 == 500), where round() follows the binary value of d /
+    1e9, where d is so large that this value can stray by a nanosecond, and
+    below zero (round() may give -0.0): those runs are computed as to_row
+    does."""
+    rep = itertools.repeat
+    d = list(map(operator.sub, ts, rep(t0)))
+    if max(d) >= _EXACT_NS or min(d) < 0 or 500 in map(operator.mod, d, rep(1000)):
+        return [round(x / 1e9, 6) for x in d]
+    return map(operator.truediv, map(operator.floordiv, map(operator.add, d, rep(500)), rep(1000)),
+               rep(1e6))
+
 
 class Like:
     """A packet whose row later records like it reuse."""
 
     __slots__ = ("counted", "holes", "fill")
 
-    def __init__(self, counted: tuple, holes: Holes, fill: Callable[[Sequence], str]) -> None:
+    def __init__(self, counted: tuple, holes: Holes, fill: Template) -> None:
         self.counted = counted     # what it added to the counts (Pipeline._add)
         self.holes = holes
         self.fill = fill

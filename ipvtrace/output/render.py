@@ -1,17 +1,15 @@
-"""Rows -> terminal lines (rich) or JSON lines. Never touches the kernel.
+"""Rows -> terminal lines (rich); JSON lines are output/jsonlines.py. Never
+touches the kernel.
 
 Live and replay print rows one by one with fixed column widths, so the two
 outputs are the same text.
 """
 from __future__ import annotations
 
-import copy
-import json
-import sys
-from typing import Callable, Sequence, TextIO
-
 from rich.console import Console
 from rich.text import Text
+
+from ipvtrace.output.jsonlines import stats_line
 
 COLUMNS = (("TIME", 10), ("FROM", 20), ("TO", 20), ("PACKET", 58), ("BRANCH", 20), ("DELIVERY", 10))
 
@@ -97,74 +95,11 @@ class LineSink:
             self.console.print(Text(f"{'':<{pad}} why: {row['why']}", style="dim"))
 
 
-class JsonSink:
-    """One JSON object per line. Live flushes each line (a reader may be
-    waiting on it); replay lets the stream buffer (one write call per row
-    was a third of `replay --json`'s time)."""
-
-    def __init__(self, out: TextIO | None = None, flush: bool = True) -> None:
-        self.out = out or sys.stdout
-        self.flush = flush
-        self._dumps = json.JSONEncoder(separators=(",", ":")).encode
-
-    def __call__(self, row: dict) -> None:
-        self.write(self._dumps(row))
-
-    def encode(self, row: dict) -> str:
-        return self._dumps(row)
-
-    def write(self, line: str) -> None:
-        self.out.write(line + "\n")
-        if self.flush:
-            self.out.flush()
-
-    def template(self, row: dict, holes: Sequence[tuple]) -> Callable[[Sequence], str] | None:
-        """For rows that differ from *row* only at *holes* (paths into it):
-        fill(values) gives the line encode() gives for *row* with those
-        values there, encoding only them (model/rowreuse.py). Each hole's
-        value keeps the type it has in *row*: int, float or str. None when
-        *row* cannot be cut so."""
-        marked = copy.deepcopy(row)
-        kinds = []
-        for i, path in enumerate(holes):
-            at = marked
-            for step in path[:-1]:
-                at = at[step]
-            value = at[path[-1]]
-            kinds.append(type(value))
-            at[path[-1]] = f"\0{i}\0"
-        text = self._dumps(marked)
-        pieces, rest = [], text
-        for i, kind in enumerate(kinds):
-            mark = self._dumps(f"\0{i}\0")
-            if rest.count(mark) != 1 or kind not in _HOLE_FORMATS:
-                return None
-            before, rest = rest.split(mark)
-            pieces.append(before.replace("%", "%%") + _HOLE_FORMATS[kind])
-        fmt = "".join(pieces) + rest.replace("%", "%%")
-        strings = [i for i, kind in enumerate(kinds) if kind is str]
-        quote = json.encoder.encode_basestring_ascii   # what the encoder writes a str with
-
-        def fill(values: Sequence) -> str:
-            values = list(values)
-            for i in strings:
-                values[i] = quote(values[i])
-            return fmt % tuple(values)
-        return fill
-
-
-# how a hole's value is written: as the JSON encoder writes an int (int.__repr__),
-# a float (float.__repr__) and a str (already quoted and escaped by fill())
-_HOLE_FORMATS = {int: "%d", float: "%r", str: "%s"}
-
-
 def print_stats(summary: dict, console: Console, as_json: bool = False) -> None:
     """Packets per branch, drops by reason, lost events: live's Ctrl-C
     summary and `replay --stats`."""
-    keys = ("packets", "branches", "drops", "lost_events", "unattributed_events", "evicted",
-            "filtered_out")
     if as_json:
-        console.file.write(json.dumps({k: summary.get(k) for k in keys}) + "\n")
+        console.file.write(stats_line(summary) + "\n")
         return
     from rich.table import Table
 

@@ -245,6 +245,35 @@ def test_record_under_a_flood_wakes_its_consumer_in_batches(pods, tmp_path):
           f"{rec.trailer['lost_events']} lost")
 
 
+def test_live_json_under_a_flood_prints_what_its_recording_replays(pods, tmp_path):
+    """live --json -o under a ping flood, on the mapped ring: records alike
+    reach the rows in runs (written a run at once; their RING frames reach
+    the file), and the lines live printed are the lines its recording
+    replays to, every complete pod-to-pod row with its branch."""
+    from ipvtrace.output import recording
+
+    out, printed, ready = tmp_path / "live.ipvt", tmp_path / "live.json", tmp_path / "ready"
+    with open(printed, "w") as rows:
+        proc = subprocess.Popen([sys.executable, "-m", "ipvtrace", "live", "--json", "-o", str(out),
+                                 "--ready-file", str(ready)], stdout=rows,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            wait_ready(ready, proc)
+            flood(NS[1], "10.78.0.2", 4).wait()
+        finally:
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    r = replay(out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout == printed.read_text()
+    rec = recording.read(out)
+    assert recording.F_RING in [ftype for ftype, _, _, _ in art.raw_frames(rec)]
+    complete = [x for x in (json.loads(l) for l in r.stdout.splitlines()) if x["complete"]]
+    assert sum(x["branch"] == "tx.l2.local" for x in complete) > 1000, len(complete)
+    check_two_pods_rows(complete)
+
+
 def check_two_pods_rows(complete: list[dict]) -> None:
     """The branch two L2 pods on one parent dictate for each complete row."""
     for x in complete:
