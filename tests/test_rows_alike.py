@@ -271,3 +271,22 @@ def test_a_run_that_reaches_the_sweep_goes_on_at_once_after_it(tmp_path):
     # sweep each half wait (1 s), reached by a record 3 ms after it is due
     sweeps = 999 * 3_000_000 // (Correlator(lambda pkt: None).wait_ns // 2)
     assert sweeps == 2 and taken == 1000 - 1 - sweeps
+
+
+def test_a_template_keeps_percent_signs_and_fills_each_way_alike():
+    """A device may be named with '%': the line is the encoder's, filled one
+    row at a time or many at once."""
+    sink = JsonSink(io.StringIO(), flush=False)
+    row = {"time": 0.5, "ts": 7, "from": {"dev": "eth%d%%s"}, "summary": "a % b",
+           "events": [{"cpu": 1, "skb": "0x10"}]}
+    holes = [("time",), ("ts",), ("summary",), ("events", 0, "cpu"), ("events", 0, "skb")]
+    fill = sink.template(row, holes)
+    assert fill is not None and fill([0.5, 7, "a % b", 1, "0x10"]) == sink.encode(row)
+    rows = [dict(row, time=t / 10, ts=t, summary=f"s%{t}",
+                 events=[{"cpu": t % 2, "skb": f"{t * 256:#x}"}]) for t in range(1, 6)]
+    text = fill.text([[r["time"] for r in rows], [r["ts"] for r in rows],
+                      [r["summary"] for r in rows], [r["events"][0]["cpu"] for r in rows],
+                      [t * 256 for t in range(1, 6)]], frozenset({4}))
+    assert text == "".join(sink.encode(r) + "\n" for r in rows)
+    assert fill.text([[0.5], [7], ["ignored"], [1], [16]], frozenset({4}), {2: "a % b"}) \
+        == sink.encode(row) + "\n"

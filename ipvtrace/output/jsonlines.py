@@ -60,8 +60,8 @@ class JsonSink:
             if rest.count(mark) != 1 or kind not in _HOLE_FORMATS:
                 return None
             before, rest = rest.split(mark)
-            pieces.append(before.replace("%", "%%"))
-        return LineTemplate(pieces, rest.replace("%", "%%"), kinds)
+            pieces.append(before)
+        return LineTemplate(pieces, rest, kinds)
 
 
 # how a hole's value is written: as the JSON encoder writes an int (int.__repr__),
@@ -78,10 +78,9 @@ class LineTemplate:
     __slots__ = ("_pieces", "_tail", "_kinds", "_fmt", "_strings")
 
     def __init__(self, pieces: list[str], tail: str, kinds: list[type]) -> None:
-        self._pieces = [p.replace("%%", "%") for p in pieces]   # (given with '%' doubled)
-        self._tail = tail.replace("%%", "%")
-        self._kinds = kinds
-        self._fmt = "".join(p + _HOLE_FORMATS[k] for p, k in zip(pieces, kinds)) + tail
+        self._pieces, self._tail, self._kinds = pieces, tail, kinds   # (the text around hole i)
+        self._fmt = "".join(p.replace("%", "%%") + _HOLE_FORMATS[k]
+                            for p, k in zip(pieces, kinds)) + tail.replace("%", "%%")
         self._strings = [i for i, kind in enumerate(kinds) if kind is str]
 
     def __call__(self, values: Sequence) -> str:
