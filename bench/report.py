@@ -97,7 +97,9 @@ def main() -> int:
                  f"--json {rp['replay_json_packets_per_s']:,.0f} packets/s, "
                  f"--stats {rp['replay_stats_packets_per_s']:,.0f} packets/s; "
                  f"reading the bytes alone {rp['read_bytes_s']:.2f} s vs {rp['replay_json_s']:.1f} s; "
-                 f"peak RSS {rp['replay_json_peak_rss_kib'] / 1024:.0f} MiB")
+                 f"peak RSS {rp['replay_json_peak_rss_kib'] / 1024:.0f} MiB"
+                 + (f"; the start (Python, imports, a small recording) {rp['start_s']:.2f} s, "
+                    "in each figure" if "start_s" in rp else ""))
     if rp.get("own"):
         o = rp["own"]
         lines.append(f"replay of this run's own recording ({o['packets']:,} packets, "
