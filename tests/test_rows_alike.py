@@ -284,9 +284,13 @@ def test_a_template_keeps_percent_signs_and_fills_each_way_alike():
     assert fill is not None and fill([0.5, 7, "a % b", 1, "0x10"]) == sink.encode(row)
     rows = [dict(row, time=t / 10, ts=t, summary=f"s%{t}",
                  events=[{"cpu": t % 2, "skb": f"{t * 256:#x}"}]) for t in range(1, 6)]
-    text = fill.text([[r["time"] for r in rows], [r["ts"] for r in rows],
+    text = fill.text(5, [[r["time"] for r in rows], [r["ts"] for r in rows],
                       [r["summary"] for r in rows], [r["events"][0]["cpu"] for r in rows],
                       [t * 256 for t in range(1, 6)]], frozenset({4}))
     assert text == "".join(sink.encode(r) + "\n" for r in rows)
-    assert fill.text([[0.5], [7], ["ignored"], [1], [16]], frozenset({4}), {2: "a % b"}) \
+    assert fill.text(1, [[0.5], [7], ["ignored"], [1], [16]], frozenset({4}), {2: "a % b"}) \
         == sink.encode(row) + "\n"
+    with pytest.raises(ValueError):   # a column short of a row: no line is dropped
+        fill.text(2, [[0.5, 0.6], [7, 8], ["a", "b"], [1], [16, 17]], frozenset({4}))
+    with pytest.raises(ValueError):   # a hole without its column
+        fill.text(1, [[0.5], [7], ["a"], [1]], frozenset())

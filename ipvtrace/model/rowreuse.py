@@ -33,7 +33,7 @@ class Template(Protocol):
 
     def __call__(self, values: Sequence) -> str: ...
 
-    def text(self, columns: Sequence[Iterable], as_hex: frozenset[int],
+    def text(self, rows: int, columns: Sequence[Iterable], as_hex: frozenset[int],
              same: dict[int, object]) -> str: ...
 
 
@@ -130,7 +130,7 @@ class Holes:
             if skb is not None:
                 as_hex.append(len(columns))
                 columns.append(col[skb])
-        return fill.text(columns, frozenset(as_hex), same)
+        return fill.text(count, columns, frozenset(as_hex), same)
 
 
 _EXACT_NS = 10**14   # below this many ns (27 hours), d / 1e9 is within 0.02 ns of d ns

@@ -89,24 +89,26 @@ class LineTemplate:
             values[i] = _quote(values[i])
         return self._fmt % tuple(values)
 
-    def text(self, columns: Sequence[Iterable], as_hex: frozenset[int],
+    def text(self, rows: int, columns: Sequence[Iterable], as_hex: frozenset[int],
              same: dict[int, object] | None = None) -> str:
-        """The lines of many rows, each ended by a newline: row j's hole i
+        """The lines of *rows* rows, each ended by a newline: row j's hole i
         is columns[i]'s j-th value, as fill() takes it, or same[i] in every
         row (its column is not read); except that the str holes in *as_hex*
         take ints, written as f"{value:#x}" is (a pointer's hex, which JSON
         writes unescaped). A column given more than once (the same object)
-        is converted once."""
+        is converted once. ValueError unless each column read holds *rows*
+        values (no row is dropped or made up)."""
         same = same or {}
         done: dict[int, list[str]] = {}
         parts: list[Iterable[str]] = []
         piece = ""
-        for i, (before, kind, col) in enumerate(zip(self._pieces, self._kinds, columns)):
+        for i, (before, kind, col) in enumerate(zip(self._pieces, self._kinds, columns,
+                                                    strict=True)):
             piece += before
             if i in same:
                 piece += _CONVERT[kind](same[i])
                 continue
-            parts.append(itertools.repeat(piece))
+            parts.append(itertools.repeat(piece, rows))
             piece = ""
             if i in as_hex:
                 if kind is not str:
@@ -121,8 +123,8 @@ class LineTemplate:
                 parts.append(got)
             else:
                 parts.append(map(conv, col))
-        parts.append(itertools.repeat(piece + self._tail + "\n"))
-        return "".join(itertools.chain.from_iterable(zip(*parts)))
+        parts.append(itertools.repeat(piece + self._tail + "\n", rows))
+        return "".join(itertools.chain.from_iterable(zip(*parts, strict=True)))
 
 
 # a value as fill() writes it: int.__repr__, float.__repr__ (what the JSON
