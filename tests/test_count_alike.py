@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import struct
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -189,16 +190,27 @@ def outcome(path: Path, how: str):
     return {k: got[k] for k in COUNTED}
 
 
+# one record of runs of 40 changed: which, the byte and value for "any byte",
+# the time between packets (40 ms: a sweep every 25) and how many runs
+ONE_CHANGED = dict(at=st.integers(0, 39), where=st.integers(0, 10_000), value=st.integers(0, 255),
+                   gap=st.sampled_from([10_000, 40_000_000]), runs=st.integers(1, 3))
+
+
+def one_changed(factory, change: Callable[[bytes], bytes], at: int, gap: int, runs: int,
+                flood_of: Callable[..., list[bytes]] = flood) -> Path:
+    """A file of *runs* RING frames of a flood with record *at* changed, ticks between."""
+    recs = flood_of(40 * runs, gap=gap)
+    recs[at] = change(recs[at])
+    path = factory.mktemp("alike") / "run.ipvt"
+    write(path, [recs[i:i + 40] for i in range(0, len(recs), 40)], tick_every=2)
+    return path
+
+
 @settings(max_examples=150, deadline=None, database=None)
-@given(what=st.sampled_from(sorted(MUTATIONS) + ["any byte"]), at=st.integers(0, 39),
-       where=st.integers(0, 10_000), value=st.integers(0, 255),
-       gap=st.sampled_from([10_000, 40_000_000]), runs=st.integers(1, 3))
+@given(what=st.sampled_from(sorted(MUTATIONS) + ["any byte"]), **ONE_CHANGED)
 def test_a_run_counts_as_its_records_one_by_one(tmp_path_factory, what, at, where,
                                                 value, gap, runs):
-    recs = flood(40 * runs, gap=gap)
-    recs[at] = mutated(recs[at], what, where, value)
-    path = tmp_path_factory.mktemp("alike") / "run.ipvt"
-    write(path, [recs[i:i + 40] for i in range(0, len(recs), 40)], tick_every=2)
+    path = one_changed(tmp_path_factory, lambda r: mutated(r, what, where, value), at, gap, runs)
     counted = outcome(path, "runs")
     assert counted == outcome(path, "each")
     assert counted == outcome(path, "rows")
@@ -268,15 +280,21 @@ def test_all_close_alone_only_when_each_would_in_turn(now, sweep_in, open_ctx, w
         assert c.now == now
 
 
-def test_an_echo_in_a_run_joins_its_packet(tmp_path):
-    """A run of RX frames from the parent (rx.to_host, alike), one of them
-    the echo a to_parent TX waits for: it joins that packet, as one by one."""
+def echo_in_a_run(path: Path) -> Path:
+    """Runs of RX frames from the parent (rx.to_host, alike), the second's
+    tenth the echo a to_parent TX between them waits for."""
     ts = 10**12
     first = [parent_rx(i + 1, ts + i * 10_000, 0x5000 + i * 0x100) for i in range(20)]
     tx = [to_parent(100, ts + 300_000, 0x6000)]
     then = [parent_rx(200 + i, ts + 400_000 + i * 10_000,
                       0x6000 if i == 9 else 0x7000 + i * 0x100) for i in range(20)]
-    write(tmp_path / "echo.ipvt", [first, tx, then])
+    write(path, [first, tx, then])
+    return path
+
+
+def test_an_echo_in_a_run_joins_its_packet(tmp_path):
+    """The echo joins its packet, as one by one."""
+    echo_in_a_run(tmp_path / "echo.ipvt")
     counted = outcome(tmp_path / "echo.ipvt", "runs")
     assert counted["branches"] == {"rx.to_host": 39, "tx.l2.to_parent": 1}
     assert counted == outcome(tmp_path / "echo.ipvt", "rows")

@@ -23,8 +23,8 @@ from ipvtrace.model.rowreuse import times
 from ipvtrace.output.jsonlines import JsonSink
 
 import synth
-from test_count_alike import MUTATIONS, frame_at, mutated, write
-from test_count_by_shape import parent_rx, to_parent
+from test_count_alike import (MUTATIONS, ONE_CHANGED, echo_in_a_run, frame_at, mutated,
+                              one_changed, write)
 from test_row_reuse import PlainJson, local_tx
 
 
@@ -81,13 +81,7 @@ def test_a_run_that_shows_two_flows_goes_one_by_one(tmp_path):
 
 
 def test_an_echo_in_a_run_joins_its_packet(tmp_path):
-    ts = 10**12
-    first = [parent_rx(i + 1, ts + i * 10_000, 0x5000 + i * 0x100) for i in range(20)]
-    tx = [to_parent(100, ts + 300_000, 0x6000)]
-    then = [parent_rx(200 + i, ts + 400_000 + i * 10_000,
-                      0x6000 if i == 9 else 0x7000 + i * 0x100) for i in range(20)]
-    write(tmp_path / "echo.ipvt", [first, tx, then])
-    same_three_ways(tmp_path / "echo.ipvt")
+    same_three_ways(echo_in_a_run(tmp_path / "echo.ipvt"))
 
 
 # what one record may differ in, beyond test_count_alike's: what the row shows of the frame
@@ -104,22 +98,20 @@ ROW_MUTATIONS = {
 }
 
 
+def changed(rec: bytes, what: str, where: int, value: int) -> bytes:
+    if what in MUTATIONS or what == "any byte":
+        return mutated(rec, what, where, value)
+    odd = bytearray(rec)
+    ROW_MUTATIONS[what](odd)
+    return bytes(odd)
+
+
 @settings(max_examples=150, deadline=None, database=None)
-@given(what=st.sampled_from(sorted(ROW_MUTATIONS) + ["any byte"]), at=st.integers(0, 39),
-       where=st.integers(0, 10_000), value=st.integers(0, 255),
-       gap=st.sampled_from([10_000, 40_000_000]), runs=st.integers(1, 3))
+@given(what=st.sampled_from(sorted(ROW_MUTATIONS) + ["any byte"]), **ONE_CHANGED)
 def test_a_run_writes_the_lines_of_its_records_one_by_one(tmp_path_factory, what, at, where,
                                                           value, gap, runs):
-    recs = flood(40 * runs, gap=gap)
-    if what in ROW_MUTATIONS and what not in MUTATIONS:
-        odd = bytearray(recs[at])
-        ROW_MUTATIONS[what](odd)
-        recs[at] = bytes(odd)
-    else:
-        recs[at] = mutated(recs[at], what, where, value)
-    path = tmp_path_factory.mktemp("alike") / "run.ipvt"
-    write(path, [recs[i:i + 40] for i in range(0, len(recs), 40)], tick_every=2)
-    same_three_ways(path)
+    same_three_ways(one_changed(tmp_path_factory, lambda r: changed(r, what, where, value),
+                                at, gap, runs, flood_of=flood))
 
 
 def test_the_runs_are_taken_when_nothing_differs_but_the_volatile(tmp_path):

@@ -14,7 +14,7 @@ from ipvtrace.model import alike
 from ipvtrace.model import classify as cls
 from ipvtrace.model import evidence
 from ipvtrace.model.correlate import Correlator, Packet
-from ipvtrace.model.decode import Decoder, Event
+from ipvtrace.model.decode import Decoder, Event, Shape
 from ipvtrace.model.evidence import KernelFacts
 from ipvtrace.model.layout import Layout
 from ipvtrace.model.packet import FrameNames, rule_fact_bytes, rule_facts
@@ -171,22 +171,18 @@ class Pipeline:
         if shape is None:
             return 0
         key = (shape.key, shape.runt, rule_facts(shape.frame, shape.has_mac))
-        done = 0
-        if key not in self._shapes:
-            self.count(first)
-            done = 1
-            if key not in self._shapes:
-                return done
+        done = _first_like(key, self._shapes, self.count, first)
+        if done is None:
+            return 1
         plan = self.decoder.alike_plan(first)
         frame_bytes = rule_fact_bytes(shape.frame, shape.has_mac)
         if plan is None or frame_bytes is None or shape.runt:
             return done
         # all are checked against the first, the rest are counted
-        count = self._until_sweep(plan, blob, at, step, count)
-        found = alike.check(blob, at, step, count, plan, shape.key[3:], frame_bytes) \
-            if count >= _ALIKE_MIN else None
-        if found is None:
+        got = self._alike_run(shape, plan, blob, at, step, count, frame_bytes)
+        if got is None:
             return done
+        count, found = got
         ctxs = found.ctxs[done:]
         if not self.correlator.all_close_alone(shape.rx, found.min_ts, found.max_end, ctxs):
             return done
@@ -214,22 +210,19 @@ class Pipeline:
             return 0
         ikey, offsets, base, seq_at = flow
         key = (shape.key, shape.runt, ikey)
-        done = 0
-        if key not in self._likes:
-            self.record(first)
-            done = 1
-            if key not in self._likes:
-                return done
+        done = _first_like(key, self._likes, self.record, first)
+        if done is None:
+            return 1
         like = self._likes[key]
         plan = self.decoder.alike_plan(first)
         facts = rule_fact_bytes(shape.frame, shape.has_mac)
         if plan is None or facts is None:
             return done
-        count = self._until_sweep(plan, blob, at, step, count)
-        found = alike.check(blob, at, step, count, plan, shape.key[3:],
-                            tuple(sorted({*offsets, *facts}))) if count >= _ALIKE_MIN else None
-        if found is None or found.min_ts == 0:
+        got = self._alike_run(shape, plan, blob, at, step, count,
+                              tuple(sorted({*offsets, *facts})))
+        if got is None or got[1].min_ts == 0:
             return done
+        count, found = got
         n = count - done
         start = at + done * step
         summary: str | list[str] = base
@@ -247,6 +240,18 @@ class Pipeline:
         self._add(*like.counted, times=n)
         self.reused += n
         return count
+
+    def _alike_run(self, shape: Shape, plan: alike.Plan, blob: bytes, at: int, step: int, count: int,
+                   frame_bytes: tuple[int, ...]) -> tuple[int, alike.Alike] | None:
+        """How many of the records at blob[at + i*step], from the first, can
+        be taken together (those before the sweep: _until_sweep), and what
+        alike.check found of them; None when fewer than _ALIKE_MIN, or when
+        they are not all like the first, *shape*, and its *frame_bytes*."""
+        count = self._until_sweep(plan, blob, at, step, count)
+        if count < _ALIKE_MIN:
+            return None
+        found = alike.check(blob, at, step, count, plan, shape.key[3:], frame_bytes)
+        return None if found is None else (count, found)
 
     def _until_sweep(self, plan: alike.Plan, blob: bytes, at: int, step: int, count: int) -> int:
         """How many of the records at blob[at + i*step], from the first,
@@ -329,6 +334,16 @@ class Pipeline:
             "evicted": self.correlator.evicted,
             "filtered_out": self.filtered_out,
         }
+
+
+def _first_like(key: tuple, likes: dict, feed: Callable[[bytes], object], first: bytes) -> int | None:
+    """Of a run whose first record keys as *key*: 0 when *likes* holds its
+    like already, 1 when feeding the first (one by one) made it, None when
+    that did not (then the rest goes one by one too)."""
+    if key in likes:
+        return 0
+    feed(first)
+    return 1 if key in likes else None
 
 
 def feed_run(at_once: Callable[[bytes, int, int, int, int], int], one: Callable[[bytes], None],
