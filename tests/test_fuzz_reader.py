@@ -151,7 +151,8 @@ COUNTED = ("packets", "events", "branches", "drops", "lost_events", "unattribute
 def survives(tmp_path: Path, data: bytes) -> None:
     """Replays or fails in one line; counting alone (replay --stats, which
     counts records by shape) ends as the rows do; and JSON lines with rows
-    reused (pipeline.record, model/rowreuse.py) are the lines without."""
+    reused (pipeline.record, model/rowreuse.py; a ring run's together,
+    Pipeline.rows_alike) are the lines without."""
     p = tmp_path / "fuzz.ipvt"
     p.write_bytes(data)
     ends = []
