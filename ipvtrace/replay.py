@@ -71,7 +71,7 @@ def replay_recording(rec: recording.Recording, path: Path | str,
                 feed(payload)
             elif ftype == recording.F_RING:   # a whole run of records of one length
                 feed_run(alike, feed, payload.blob, recording.RING_HDR.size, payload.length,
-                         payload.step, payload.count)
+                         payload.step, payload.count, payload.ticks, pipe.tick)
             elif ftype == recording.F_TICK:
                 pipe.tick(recording.TICK.unpack(payload)[0])
             elif ftype == recording.F_LOST:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ipvtrace import replay
@@ -254,28 +254,50 @@ def test_floods_have_rule_fact_bytes(frame):
     assert rule_fact_bytes(whole) is not None
 
 
-@settings(max_examples=300, deadline=None, database=None)
+@settings(max_examples=400, deadline=None, database=None)
 @given(now=st.integers(0, 10**10), sweep_in=st.integers(-10**9, 2 * 10**9),
        open_ctx=st.sets(st.integers(0, 300), max_size=3), waiting=st.booleans(), rx=st.booleans(),
-       recs=st.lists(st.tuples(st.integers(-7 * 10**9, 10**9), st.integers(0, 10**6),
-                               st.integers(0, 300)), min_size=2, max_size=12))
-def test_all_close_alone_only_when_each_would_in_turn(now, sweep_in, open_ctx, waiting, rx, recs):
+       recs=st.lists(st.tuples(st.integers(-7 * 10**9, 10**9) | st.integers(-2 * 10**6, 10**6),
+                               st.integers(0, 10**6), st.integers(0, 300)),
+                     min_size=2, max_size=12),
+       deadline_in=st.none() | st.integers(-10**6, 2 * 10**6),
+       ticks=st.lists(st.tuples(st.integers(1, 11), st.integers(-10**6, 3 * 10**6)), max_size=3))
+# a tick after the last return moves the clock; one past a waiting packet's deadline lets it out
+@example(now=10**9, sweep_in=10**9, open_ctx=set(), waiting=False, rx=False,
+         recs=[(0, 10, 1), (100, 10, 2)], deadline_in=None, ticks=[(1, 5_000)])
+@example(now=10**9, sweep_in=10**9, open_ctx=set(), waiting=False, rx=False,
+         recs=[(0, 10, 1), (100, 10, 2)], deadline_in=1_000, ticks=[(1, 2_000)])
+def test_all_close_alone_only_when_each_would_in_turn(now, sweep_in, open_ctx, waiting, rx, recs,
+                                                       deadline_in, ticks):
     """Correlator.all_close_alone says yes only when closes_alone would,
-    record after record, and leaves the clock where they would."""
-    c = Correlator(lambda pkt: None)
+    record after record, with the clock *ticks* (before record i, at now +
+    a time) given between them, no packet coming out on the way (a waiting
+    one whose deadline is *deadline_in* from now); and leaves the clock
+    where they would."""
+    out: list = []
+    c = Correlator(out.append)
     c.now, c._next_sweep = now, now + sweep_in
     for ctx in open_ctx:
         c.open[ctx] = Packet(entry=synth.ev("xmit", now, ctx), events=[])
     if waiting:
         c.await_rx[(0x6000, 0x6001)] = Packet(entry=synth.ev("xmit", now, 99), events=[])
+    if deadline_in is not None:
+        c.pending.append(Packet(entry=synth.ev("xmit", now, 98), events=[],
+                                deadline=now + deadline_in))
     rows = [(now + dts, now + dts + dur, ctx) for dts, dur, ctx in recs]
+    ticks = sorted((i, now + k) for i, k in ticks if i < len(rows))
     one = copy.deepcopy(c)
+    one.emit = out.append
     ok = c.all_close_alone(rx, min(ts for ts, _, _ in rows), max(end for _, end, _ in rows),
-                           [ctx for _, _, ctx in rows])
+                           [ctx for _, _, ctx in rows], max((k for _, k in ticks), default=0))
     if ok:
         # an RX record's pointers are its own; these are none of the waiting echo's
-        assert all(one.closes_alone(rx, ts, end, ctx, 0x1000, 0x1001) for ts, end, ctx in rows)
-        assert c.now == one.now
+        for i, (ts, end, ctx) in enumerate(rows):
+            for _ in range(sum(1 for at, _ in ticks if at == i)):
+                one.tick(ticks.pop(0)[1])
+            assert one.closes_alone(rx, ts, end, ctx, 0x1000, 0x1001)
+        assert c.now == one.now and not out
+        assert [p.entry.ctx for p in one.pending] == [p.entry.ctx for p in c.pending]
     else:
         assert c.now == now
 

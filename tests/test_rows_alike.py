@@ -26,7 +26,7 @@ from ipvtrace.output.jsonlines import JsonSink
 import synth
 from test_count_alike import (MUTATIONS, ONE_CHANGED, echo_in_a_run, frame_at, mutated,
                               one_changed, write)
-from test_row_reuse import PlainJson, local_tx
+from test_row_reuse import PlainJson, local_tx, to_parent
 
 
 def flood(n: int, first_ctx: int = 1, ts0: int = 10**12, gap: int = 10_000,
@@ -293,3 +293,23 @@ def test_a_template_keeps_percent_signs_and_fills_each_way_alike():
         fill.text(2, [[0.5, 0.6], [7, 8], ["a", "b"], [1], [16, 17]], frozenset({4}))
     with pytest.raises(ValueError):   # a hole without its column
         fill.text(1, [[0.5], [7], ["a"], [1]], frozenset())
+
+
+def test_a_packet_that_expires_inside_a_run_keeps_its_place(tmp_path):
+    """A TX to the parent waits 2 s for its echo, which never comes; a
+    flood run crosses that deadline between two sweeps (a sweep at 1.5 s
+    puts the next at 2.5 s). One by one, the waiting packet's row comes
+    out where the stream passed its deadline: the run must not write the
+    rows after it first."""
+    t0 = 10**12
+    lone = [to_parent(1, t0, 0x6000)]
+    late = [local_tx(2, t0 + 1_500_000_000, 0x10000, seq=0)]   # its like (and the sweep)
+    run = [local_tx(3 + i, t0 + 1_600_000_000 + i * 10_000_000, 0x10000 + (i % 7) * 0x100,
+                    seq=i + 1) for i in range(80)]             # 1.6 s to 2.39 s
+    write(tmp_path / "f.ipvt", [lone, late, run])
+    same_three_ways(tmp_path / "f.ipvt")
+    rows = lines(tmp_path / "f.ipvt", "runs")[0].splitlines()
+    at = [i for i, r in enumerate(rows) if '"10.0.0.254"' in r]
+    # time moves to a record's return before its row is written: the waiting
+    # packet's row comes just before that of the record at 2.0 s (run[40])
+    assert len(rows) == 82 and at == [1 + 40], at

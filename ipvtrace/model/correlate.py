@@ -215,9 +215,12 @@ class Correlator:
         return, as feed_context moves it, and True: the caller counts the
         packet as its like was counted (replay --stats). What a sweep does
         depends on the time of each event, so a record that reaches the
-        next sweep goes the whole way."""
+        next sweep goes the whole way; so does one that reaches a waiting
+        packet's deadline (whether that packet's row comes out before or
+        after this one's depends on the time of each of its events)."""
         now = end if end > self.now else self.now
         if (ts < now - 3 * self.wait_ns or now >= self._next_sweep or ctx in self.open
+                or (self.pending and self.pending[0].deadline <= now)
                 or (rx and (skb, head) in self.await_rx)):
             return False
         self.now = now
@@ -225,18 +228,28 @@ class Correlator:
         return True
 
     @property
-    def next_sweep(self) -> int:
-        """When the next sweep of unfinished packets is due (stream time)."""
+    def next_due(self) -> int:
+        """When the correlator next acts on its own (stream time): the next
+        sweep of unfinished packets, or the first waiting packet's deadline."""
+        if self.pending and self.pending[0].deadline < self._next_sweep:
+            return self.pending[0].deadline
         return self._next_sweep
 
-    def all_close_alone(self, rx: bool, min_ts: int, max_end: int, ctxs) -> bool:
+    def all_close_alone(self, rx: bool, min_ts: int, max_end: int, ctxs, ticked: int = 0) -> bool:
         """closes_alone for a run of records alike (model/alike.py) at once:
         True when each would take the short way in turn (time moves to the
-        last return, as it would one by one). *ctxs* are their context ids.
+        last return, as it would one by one). *ctxs* are their context ids;
+        *ticked* the latest clock tick among them (0: none), which moves
+        time as a return does.
         Stricter than one by one: an RX run while any echo waits goes the
-        long way, and the oldest entry is held against the newest return."""
-        now = max_end if max_end > self.now else self.now
+        long way, and the oldest entry is held against the newest return.
+        A run that reaches a waiting packet's deadline goes the long way
+        too, as closes_alone's record does: that packet's row comes out
+        where the stream passes it, not after the run (pending is in
+        deadline order)."""
+        now = max(max_end, self.now, ticked)
         if (min_ts < now - 3 * self.wait_ns or now >= self._next_sweep
+                or (self.pending and self.pending[0].deadline <= now)
                 or (self.open and not self.open.keys().isdisjoint(ctxs))
                 or (rx and self.await_rx)):
             return False

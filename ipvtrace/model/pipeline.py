@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import operator
 from collections import Counter
-from typing import Callable
+from typing import Callable, Sequence
 
 from ipvtrace.model import alike
 from ipvtrace.model import classify as cls
@@ -157,9 +157,11 @@ class Pipeline:
             self._shapes[key] = self._seen[0]
         self._watch = None
 
-    def count_alike(self, blob: bytes, at: int, length: int, step: int, count: int) -> int:
+    def count_alike(self, blob: bytes, at: int, length: int, step: int, count: int,
+                    ticks: Sequence[tuple[int, int]] = ()) -> int:
         """*count* records of *length* bytes at blob[at + i*step] (a ring run:
-        replay --stats). When all are like the first (model/alike.py) and
+        replay --stats), the clock *ticks* (i, ktime) of the file before
+        record i among them. When all are like the first (model/alike.py) and
         the first's like already finished alone, they are counted as that one
         was, with a few operations per field, not a step per record. Returns
         how many it took, from the first (the first alone when its shape was
@@ -179,22 +181,25 @@ class Pipeline:
         if plan is None or frame_bytes is None or shape.runt:
             return done
         # all are checked against the first, the rest are counted
-        got = self._alike_run(shape, plan, blob, at, step, count, frame_bytes)
+        got = self._alike_run(shape, plan, blob, at, step, count, frame_bytes, ticks)
         if got is None:
             return done
-        count, found = got
+        count, found, ticked = got
         ctxs = found.ctxs[done:]
-        if not self.correlator.all_close_alone(shape.rx, found.min_ts, found.max_end, ctxs):
+        if not self.correlator.all_close_alone(shape.rx, found.min_ts, found.max_end, ctxs,
+                                               ticked):
             return done
         n = count - done
         self.events += shape.events * n
         self._add(*self._shapes[key], times=n)
         return count
 
-    def rows_alike(self, blob: bytes, at: int, length: int, step: int, count: int) -> int:
+    def rows_alike(self, blob: bytes, at: int, length: int, step: int, count: int,
+                   ticks: Sequence[tuple[int, int]] = ()) -> int:
         """*count* records of *length* bytes at blob[at + i*step] (a ring run:
-        replay --json). When all are like the first (model/alike.py) and
-        show the same flow, and the first's like (record()) would be reused
+        replay --json), with *ticks* as count_alike takes them. When all
+        are like the first (model/alike.py) and show the same flow, and the
+        first's like (record()) would be reused
         for each, their rows are its row with their own values, written
         together: read a field at a time, formatted in C. Returns how many
         it took, from the first (the first alone when it had no like yet);
@@ -219,10 +224,10 @@ class Pipeline:
         if plan is None or facts is None:
             return done
         got = self._alike_run(shape, plan, blob, at, step, count,
-                              tuple(sorted({*offsets, *facts})))
+                              tuple(sorted({*offsets, *facts})), ticks)
         if got is None or got[1].min_ts == 0:
             return done
-        count, found = got
+        count, found, ticked = got
         n = count - done
         start = at + done * step
         summary: str | list[str] = base
@@ -233,7 +238,7 @@ class Pipeline:
                            blob[seq + 1:seq + (n - 1) * step + 2:step])]
         text = like.holes.text(like.fill, plan, shape.key[3:], blob, start, step, n, summary)
         if text is None or not self.correlator.all_close_alone(
-                shape.rx, found.min_ts, found.max_end, found.ctxs[done:]):
+                shape.rx, found.min_ts, found.max_end, found.ctxs[done:], ticked):
             return done
         self._lines.write_text(text)
         self.events += shape.events * n
@@ -242,32 +247,43 @@ class Pipeline:
         return count
 
     def _alike_run(self, shape: Shape, plan: alike.Plan, blob: bytes, at: int, step: int, count: int,
-                   frame_bytes: tuple[int, ...]) -> tuple[int, alike.Alike] | None:
+                   frame_bytes: tuple[int, ...], ticks: Sequence[tuple[int, int]]
+                   ) -> tuple[int, alike.Alike, int] | None:
         """How many of the records at blob[at + i*step], from the first, can
-        be taken together (those before the sweep: _until_sweep), and what
-        alike.check found of them; None when fewer than _ALIKE_MIN, or when
-        they are not all like the first, *shape*, and its *frame_bytes*."""
-        count = self._until_sweep(plan, blob, at, step, count)
+        be taken together (those before the correlator acts: _until_due),
+        what alike.check found of them, and the latest of the *ticks* among
+        them (0 for none); None when fewer than _ALIKE_MIN, or when they are
+        not all like the first, *shape*, and its *frame_bytes*."""
+        count = self._until_due(plan, blob, at, step, count, ticks)
         if count < _ALIKE_MIN:
             return None
         found = alike.check(blob, at, step, count, plan, shape.key[3:], frame_bytes)
-        return None if found is None else (count, found)
+        ticked = max((k for i, k in ticks if i < count), default=0)
+        return None if found is None else (count, found, ticked)
 
-    def _until_sweep(self, plan: alike.Plan, blob: bytes, at: int, step: int, count: int) -> int:
+    def _until_due(self, plan: alike.Plan, blob: bytes, at: int, step: int, count: int,
+                   ticks: Sequence[tuple[int, int]] = ()) -> int:
         """How many of the records at blob[at + i*step], from the first,
-        return before the correlator's next sweep: what a sweep does depends
-        on the time of each event, so the record that reaches it goes the
-        whole way (all_close_alone says no to a run that reaches it). 0 when
-        the records are not laid out as alike.check reads them."""
+        return before the correlator next acts on its own (a sweep, a
+        waiting packet's deadline: Correlator.next_due), and come before any
+        of the clock *ticks* (i, ktime) among them that reaches it. What the
+        correlator does then depends on the time of each event, so the
+        record (or tick) that reaches it goes the whole way, and the records
+        after it can be taken at once again (all_close_alone says no to a
+        run that reaches it). 0 when the records are not laid out as
+        alike.check reads them."""
         last = at + (count - 1) * step
         if step % 8 or at % 8 or len(blob) % 8 or count < 1 or last + plan.length > len(blob):
             return 0
+        due = self.correlator.next_due
+        count = min((i for i, k in ticks if k >= due), default=count)
+        if count < 1:
+            return 0
         ends = list(map(operator.add, alike.column(blob, at, step, count, plan.vol("ts")),
                         alike.column(blob, at, step, count, plan.vol("ret_dt"))))
-        sweep = self.correlator.next_sweep
-        if max(ends) < sweep:
+        if max(ends) < due:
             return count
-        return next(i for i, end in enumerate(ends) if end >= sweep)
+        return next(i for i, end in enumerate(ends) if end >= due)
 
     def tick(self, ktime: int) -> None:
         self.correlator.tick(ktime)
@@ -346,24 +362,47 @@ def _first_like(key: tuple, likes: dict, feed: Callable[[bytes], object], first:
     return 1 if key in likes else None
 
 
-def feed_run(at_once: Callable[[bytes, int, int, int, int], int], one: Callable[[bytes], None],
-             blob: bytes, at: int, length: int, step: int, count: int) -> None:
+def feed_run(at_once: Callable[..., int], one: Callable[[bytes], None],
+             blob: bytes, at: int, length: int, step: int, count: int,
+             ticks: Sequence[tuple[int, int]] = (),
+             tick: Callable[[int], None] | None = None) -> None:
     """A run of *count* records of *length* bytes at blob[at + i*step]:
     those *at_once* (Pipeline.count_alike or rows_alike) takes together,
     each other through *one*, in order. A run *at_once* cut short where it
-    reached the correlator's sweep goes on after the record that reached
-    it; one it did not take at least _ALIKE_MIN of goes one by one."""
-    i = 0
+    reached the time the correlator acts on its own (Pipeline._until_due)
+    goes on after the record that reached it; one it did not take at least
+    _ALIKE_MIN of goes one by one.
+
+    *ticks* are the clock ticks (i, ktime) the file had before record i,
+    0 < i < count, in order (recording.RingRun): each goes to *tick* before
+    record i is fed one by one, and *at_once* is told of those among the
+    records it is offered (it takes them only when the ticks change nothing
+    there: Correlator.all_close_alone). A tick among records taken at once
+    is still given to *tick*, after them: the clock it sets is passed."""
+    i = t = 0
+
+    def ticks_upto(rec: int) -> None:
+        nonlocal t
+        while t < len(ticks) and ticks[t][0] <= rec:
+            tick(ticks[t][1])
+            t += 1
+
     while i < count:
-        took = at_once(blob, at + i * step, length, step, count - i)
+        ticks_upto(i)
+        took = at_once(blob, at + i * step, length, step, count - i,
+                       [(p - i, k) for p, k in ticks[t:]])
         i += took
         if i < count:
+            ticks_upto(i)
             one(blob[at + i * step:at + i * step + length])
             i += 1
         if took < _ALIKE_MIN:
-            for rec in range(at + i * step, at + count * step, step):
-                one(blob[rec:rec + length])
+            for rec in range(i, count):
+                ticks_upto(rec)
+                one(blob[at + rec * step:at + rec * step + length])
+            ticks_upto(count)
             return
+    ticks_upto(count)
 
 
 def to_row(pkt: Packet, v: cls.Verdict, ctx: cls.Context, t0: int) -> Row:

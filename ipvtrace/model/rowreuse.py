@@ -124,7 +124,12 @@ class Holes:
         as_hex, same = [], {}
         if isinstance(summary, str):
             same[2] = summary
+        # one CPU for the whole run (a flood's sender stays on one): written
+        # into the constant text, a third fewer pieces a row to join
+        one_cpu = cpu[0] if min(cpu) == max(cpu) else None
         for dt, skb in self._names:
+            if one_cpu is not None:
+                same[len(columns)] = one_cpu
             columns.append(cpu)
             columns.append(ts if dt is None else map(operator.add, ts, col[dt]))
             if skb is not None:
@@ -136,21 +141,29 @@ class Holes:
 _EXACT_NS = 10**14   # below this many ns (27 hours), d / 1e9 is within 0.02 ns of d ns
 
 
-def times(ts: Sequence[int], t0: int) -> Iterable[float]:
+def times(ts: Sequence[int], t0: int) -> list[float]:
     """round((t - t0) / 1e9, 6) for each t of *ts*, as to_row writes a row's
     time, with a few C-level maps for the lot. The double round() gives is
     the one nearest to k/10**6, k the microseconds it rounded to, which is
     what k / 1e6 gives; k is (d + 500) // 1000 for d = t - t0 ns, except on
     a tie (d % 1000 == 500), where round() follows the binary value of d /
-    1e9, where d is so large that this value can stray by a nanosecond, and
-    below zero (round() may give -0.0): those runs are computed as to_row
-    does."""
+    1e9: those times (one in a thousand) are computed as to_row does. So
+    are all of a run where d is so large that this value can stray by a
+    nanosecond, or below zero (round() may give -0.0)."""
     rep = itertools.repeat
     d = list(map(operator.sub, ts, rep(t0)))
-    if max(d) >= _EXACT_NS or min(d) < 0 or 500 in map(operator.mod, d, rep(1000)):
+    if max(d) >= _EXACT_NS or min(d) < 0:
         return [round(x / 1e9, 6) for x in d]
-    return map(operator.truediv, map(operator.floordiv, map(operator.add, d, rep(500)), rep(1000)),
-               rep(1e6))
+    out = list(map(operator.truediv, map(operator.floordiv, map(operator.add, d, rep(500)),
+                                         rep(1000)), rep(1e6)))
+    sub_us = list(map(operator.mod, d, rep(1000)))
+    i = -1
+    try:
+        while True:
+            i = sub_us.index(500, i + 1)
+            out[i] = round(d[i] / 1e9, 6)
+    except ValueError:
+        return out
 
 
 class Like:

@@ -108,14 +108,14 @@ class LineTemplate:
             if i in same:
                 piece += _CONVERT[kind](same[i])
                 continue
-            parts.append(itertools.repeat(piece, rows))
-            piece = ""
-            if i in as_hex:
+            conv: Callable = _CONVERT[kind]
+            if i in as_hex:   # the quotes go with the text around it; hex() is f"{v:#x}"
                 if kind is not str:
                     raise ValueError("only a str hole can be written as hex")
-                conv: Callable = '"%#x"'.__mod__
-            else:
-                conv = _CONVERT[kind]
+                piece += '"'
+                conv = hex
+            parts.append(itertools.repeat(piece, rows))
+            piece = '"' if i in as_hex else ""
             if isinstance(col, (list, memoryview)):
                 got = done.get(id(col))
                 if got is None:

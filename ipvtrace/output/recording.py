@@ -216,19 +216,34 @@ class Recording:
         """(type, payload) for every frame between header and trailer, each
         checked: type, size per type, JSON shape. ZSTD blocks and RING runs
         are opened: their frames and records come as the frames they hold,
-        except, with *runs*, a RING frame whose records all have one length,
-        which comes whole as (F_RING, RingRun)."""
-        for ftype, data, off, n in self.raw_frames():
-            if ftype == F_RING:
-                run = _ring_run(data, off, n) if runs else None
-                if run is not None:
-                    yield ftype, run
-                else:
+        except, with *runs*, a RING frame's records, which come as
+        (F_RING, RingRun), one for each stretch of records of one length.
+        Stretches one after the other, with one record length and nothing
+        but clock ticks between them, come as one RingRun that holds those
+        ticks (up to RUN_JOIN_BYTES and RUN_JOIN_TICKS): the recorder hands a
+        flood on in runs of at most 256 records, a tick after each poll, and
+        replay takes a run's records together."""
+        joined = _RunJoiner()
+        try:
+            for ftype, data, off, n in self.raw_frames():
+                if runs and ftype == F_RING:
+                    run = _ring_run(data, off, n)
+                    for run in ((run,) if run is not None else _ring_stretches(data, off, off + n)):
+                        yield from joined.add(run)
+                    continue
+                elif ftype == F_TICK and joined.held(data[off:off + n]):
+                    continue
+                yield from joined.flush()
+                if ftype == F_RING:
                     yield from _ring_records(data, off, off + n)
-            elif ftype == F_SNAPSHOT:
-                yield ftype, _json(data[off:off + n], schema.snapshot, f"snapshot at byte {off}")
-            else:
-                yield ftype, bytes(data[off:off + n])
+                elif ftype == F_SNAPSHOT:
+                    yield ftype, _json(data[off:off + n], schema.snapshot, f"snapshot at byte {off}")
+                else:
+                    yield ftype, bytes(data[off:off + n])
+        except RecordingError:
+            yield from joined.flush()   # what came before a bad frame is replayed, as one by one
+            raise
+        yield from joined.flush()
 
     def raw_frames(self) -> Iterator[tuple[int, bytes | mmap.mmap, int, int]]:
         """(type, buffer, offset, length) of every frame, with ZSTD blocks
@@ -319,25 +334,37 @@ def _ring_records(data, off: int, end: int) -> Iterator[tuple[int, bytes]]:
     unpack = RING_HDR.unpack_from
     while off < end:
         if off + RING_HDR.size > end:
-            raise RecordingError(f"corrupted: ring record header cut at byte {off}")
+            raise _bad_ring_record(data, off, end)
         length, _ = unpack(data, off)
         step = (length + RING_HDR.size + 7) & ~7
         if length & RING_FLAGS or off + step > end:
-            raise RecordingError(f"corrupted: bad ring record ({length:#x}) at byte {off}")
+            raise _bad_ring_record(data, off, end)
         yield F_EVENT, bytes(data[off + RING_HDR.size:off + RING_HDR.size + length])
         off += step
 
 
+def _bad_ring_record(data, off: int, end: int) -> RecordingError:
+    """The error for the ring record header at data[off:] (one that is cut
+    short, flagged or longer than the frame's rest)."""
+    if off + RING_HDR.size > end:
+        return RecordingError(f"corrupted: ring record header cut at byte {off}")
+    return RecordingError(f"corrupted: bad ring record ({RING_HDR.unpack_from(data, off)[0]:#x}) "
+                          f"at byte {off}")
+
+
 @dataclass(slots=True)
 class RingRun:
-    """A RING frame whose records all have one length, kept in one piece:
-    record i is blob[i*step + RING_HDR.size:][:length]. replay --stats
-    counts the records of such a run together (Pipeline.count_alike)."""
+    """Ring records of one length, kept in one piece: record i is
+    blob[i*step + RING_HDR.size:][:length] (a RING frame, a stretch of one,
+    or such stretches joined, with the clock ticks the file had between
+    them). replay counts or writes the records of such a run together
+    (Pipeline.count_alike, rows_alike)."""
 
     blob: bytes
     length: int
     step: int
     count: int
+    ticks: tuple[tuple[int, int], ...] = ()   # clock ticks (i, ktime) of the file before record i
 
     def records(self, start: int = 0) -> Iterator[bytes]:
         blob, length = self.blob, self.length
@@ -345,10 +372,64 @@ class RingRun:
             yield blob[at:at + length]
 
 
+RUN_JOIN_BYTES = 1 << 20   # adjacent RING runs joined into one: at most this much
+RUN_JOIN_TICKS = 256       # ... and this many clock ticks among them
+
+
+class _RunJoiner:
+    """RING runs of one record length with only TICK frames between them,
+    gathered into one RingRun (Recording.frames)."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._runs: list[RingRun] = []
+        self._ticks: list[tuple[int, int]] = []   # absorbed: (records before it, ktime)
+        self._held: list[bytes] = []              # ticks after the last run: not yet absorbed
+        self._records = self._bytes = 0
+
+    def add(self, run: RingRun) -> Iterator[tuple[int, bytes | RingRun]]:
+        if self._runs:
+            first = self._runs[0]
+            if ((run.length, run.step) != (first.length, first.step)
+                    or self._bytes + len(run.blob) > RUN_JOIN_BYTES
+                    or len(self._ticks) + len(self._held) > RUN_JOIN_TICKS):
+                yield from self.flush()
+        self._ticks += [(self._records, TICK.unpack(t)[0]) for t in self._held]
+        self._held.clear()
+        self._runs.append(run)
+        self._records += run.count
+        self._bytes += len(run.blob)
+
+    def held(self, tick) -> bool:
+        """Keep a TICK frame after a run, until the next frame says where
+        it goes: False when there is no run to join."""
+        if not self._runs:
+            return False
+        self._held.append(bytes(tick))
+        return True
+
+    def flush(self) -> Iterator[tuple[int, bytes | RingRun]]:
+        """The joined run, then the ticks that came after it."""
+        if not self._runs:
+            return
+        runs, held = self._runs, self._held
+        if len(runs) == 1:
+            yield F_RING, runs[0]
+        else:
+            first = runs[0]
+            yield F_RING, RingRun(b"".join(r.blob for r in runs), first.length, first.step,
+                                  self._records, tuple(self._ticks))
+        self._reset()
+        for t in held:
+            yield F_TICK, t
+
+
 def _ring_run(data, off: int, n: int) -> RingRun | None:
     """The RING frame data[off:off+n] as a RingRun when every record's
     header gives the first's length (no flags) and they fill it exactly;
-    None otherwise: _ring_records reads it, checking each."""
+    None otherwise: _ring_stretches reads it, checking each."""
     if n < RING_HDR.size:
         return None
     length, _ = RING_HDR.unpack_from(data, off)
@@ -360,6 +441,35 @@ def _ring_run(data, off: int, n: int) -> RingRun | None:
     if lengths[1:] != lengths[:-1]:
         return None
     return RingRun(blob, length, step, n // step)
+
+
+def _ring_stretches(data, off: int, end: int) -> Iterator[RingRun]:
+    """The records of the RING frame data[off:end] as RingRuns, one for
+    each stretch of records of one length (a frame _ring_run does not take
+    whole: another kind of record among a flood's), each header checked
+    as _ring_records checks it; the stretches before a bad header come
+    first, then its error."""
+    unpack = RING_HDR.unpack_from
+    start, first = off, -1
+    while off < end:
+        length = unpack(data, off)[0] if off + RING_HDR.size <= end else RING_FLAGS
+        step = (length + RING_HDR.size + 7) & ~7
+        if length & RING_FLAGS or off + step > end:
+            break
+        if length != first:
+            if off > start:
+                yield _stretch(data, start, off, first)
+            start, first = off, length
+        off += step
+    if off > start:
+        yield _stretch(data, start, off, first)
+    if off < end:
+        raise _bad_ring_record(data, off, end)
+
+
+def _stretch(data, start: int, stop: int, length: int) -> RingRun:
+    step = (length + RING_HDR.size + 7) & ~7
+    return RingRun(bytes(data[start:stop]), length, step, (stop - start) // step)
 
 
 def _json(raw: bytes, check, what: str):
