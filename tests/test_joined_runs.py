@@ -125,6 +125,26 @@ def test_a_flood_in_polls_is_one_run_with_its_ticks(tmp_path, monkeypatch):
                    (recording.F_RING, (1, ())), (recording.F_TICK, tick(10))]
 
 
+def test_ticks_after_a_run_are_not_held_past_run_join_ticks(tmp_path, monkeypatch):
+    """A run followed by many ticks comes out once RUN_JOIN_TICKS of them
+    are read, not at the end of the ticks."""
+    monkeypatch.setattr(recording, "RUN_JOIN_TICKS", 4)
+    rec = recording.read(write(tmp_path / "f.ipvt", [("ring", [LENGTHS[0]])]
+                               + [("tick", k) for k in range(1000)] + [("ring", [LENGTHS[0]])]))
+    read = 0
+    raw = rec.raw_frames
+
+    def counted():
+        nonlocal read
+        for f in raw():
+            read += 1
+            yield f
+    monkeypatch.setattr(rec, "raw_frames", counted)
+    got = rec.frames(runs=True)
+    assert next(got)[0] == recording.F_RING and read <= 1 + 4 + 1
+    assert [t for t, _ in got] == [recording.F_TICK] * 1000 + [recording.F_RING]
+
+
 def test_a_joined_run_is_at_most_run_join_bytes(tmp_path, monkeypatch):
     monkeypatch.setattr(recording, "RUN_JOIN_BYTES", 32 * 10)
     rec = recording.read(write(tmp_path / "f.ipvt", [("ring", [LENGTHS[0]] * 4)] * 5))

@@ -393,8 +393,7 @@ class _RunJoiner:
         if self._runs:
             first = self._runs[0]
             if ((run.length, run.step) != (first.length, first.step)
-                    or self._bytes + len(run.blob) > RUN_JOIN_BYTES
-                    or len(self._ticks) + len(self._held) > RUN_JOIN_TICKS):
+                    or self._bytes + len(run.blob) > RUN_JOIN_BYTES):
                 yield from self.flush()
         self._ticks += [(self._records, TICK.unpack(t)[0]) for t in self._held]
         self._held.clear()
@@ -404,8 +403,9 @@ class _RunJoiner:
 
     def held(self, tick) -> bool:
         """Keep a TICK frame after a run, until the next frame says where
-        it goes: False when there is no run to join."""
-        if not self._runs:
+        it goes: False when there is no run to join, or when the run has
+        RUN_JOIN_TICKS already (a file of ticks is not held in memory)."""
+        if not self._runs or len(self._ticks) + len(self._held) >= RUN_JOIN_TICKS:
             return False
         self._held.append(bytes(tick))
         return True
