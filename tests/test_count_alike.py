@@ -114,6 +114,8 @@ DEC = synth.DEC
 @settings(max_examples=300, deadline=None, database=None)
 @given(what=st.sampled_from(sorted(MUTATIONS) + ["any byte"]), at=st.integers(0, 11),
        where=st.integers(0, 10_000), value=st.integers(0, 255))
+# the first frame's IP header length byte zeroed: no fact bytes (a test error ~1 run in 20)
+@example(what="any byte", at=0, where=588, value=0)
 def test_check_finds_a_run_alike_only_when_each_record_keys_as_the_first(what, at, where, value):
     """alike.check's contract, record by record: when it says alike, every
     record has a shape, the first's Shape key, rule facts and frame length,
@@ -129,8 +131,10 @@ def test_check_finds_a_run_alike_only_when_each_record_keys_as_the_first(what, a
         return   # the first has no shape: count_alike counts nothing at once
     plan = DEC.alike_plan(recs[0])
     assert plan is not None
-    found = alike.check(run.blob, 8, run.step, run.count, plan, first.key[3:],
-                        rule_fact_bytes(first.frame, first.has_mac))
+    facts = rule_fact_bytes(first.frame, first.has_mac)
+    if facts is None:
+        return   # a first frame its fact bytes cannot name: count_alike takes nothing at once
+    found = alike.check(run.blob, 8, run.step, run.count, plan, first.key[3:], facts)
     shapes = [DEC.shape(r) for r in recs]
     hdr_len = [struct.unpack_from("<H", r, REC["hdr_len"])[0] for r in recs]
     if found is None:
