@@ -219,8 +219,7 @@ class Correlator:
         packet's deadline (whether that packet's row comes out before or
         after this one's depends on the time of each of its events)."""
         now = end if end > self.now else self.now
-        if (ts < now - 3 * self.wait_ns or now >= self._next_sweep or ctx in self.open
-                or (self.pending and self.pending[0].deadline <= now)
+        if (ts < now - 3 * self.wait_ns or now >= self.next_due or ctx in self.open
                 or (rx and (skb, head) in self.await_rx)):
             return False
         self.now = now
@@ -248,8 +247,7 @@ class Correlator:
         where the stream passes it, not after the run (pending is in
         deadline order)."""
         now = max(max_end, self.now, ticked)
-        if (min_ts < now - 3 * self.wait_ns or now >= self._next_sweep
-                or (self.pending and self.pending[0].deadline <= now)
+        if (min_ts < now - 3 * self.wait_ns or now >= self.next_due
                 or (self.open and not self.open.keys().isdisjoint(ctxs))
                 or (rx and self.await_rx)):
             return False

@@ -227,8 +227,8 @@ class Recording:
         try:
             for ftype, data, off, n in self.raw_frames():
                 if runs and ftype == F_RING:
-                    run = _ring_run(data, off, n)
-                    for run in ((run,) if run is not None else _ring_stretches(data, off, off + n)):
+                    whole = _ring_run(data, off, n)
+                    for run in ([whole] if whole is not None else _ring_stretches(data, off, off + n)):
                         yield from joined.add(run)
                     continue
                 elif ftype == F_TICK and joined.held(data[off:off + n]):
@@ -329,6 +329,12 @@ def _inflate(z, off: int) -> bytes:
     return block
 
 
+def ring_step(length: int) -> int:
+    """How far a ring record of *length* bytes reaches: its header, itself,
+    padded to 8 bytes (as the BPF ring buffer lays records out)."""
+    return (length + RING_HDR.size + 7) & ~7
+
+
 def _ring_records(data, off: int, end: int) -> Iterator[tuple[int, bytes]]:
     """The EVENTs of one RING frame (data[off:end]), each header checked."""
     unpack = RING_HDR.unpack_from
@@ -336,7 +342,7 @@ def _ring_records(data, off: int, end: int) -> Iterator[tuple[int, bytes]]:
         if off + RING_HDR.size > end:
             raise _bad_ring_record(data, off, end)
         length, _ = unpack(data, off)
-        step = (length + RING_HDR.size + 7) & ~7
+        step = ring_step(length)
         if length & RING_FLAGS or off + step > end:
             raise _bad_ring_record(data, off, end)
         yield F_EVENT, bytes(data[off + RING_HDR.size:off + RING_HDR.size + length])
@@ -433,7 +439,7 @@ def _ring_run(data, off: int, n: int) -> RingRun | None:
     if n < RING_HDR.size:
         return None
     length, _ = RING_HDR.unpack_from(data, off)
-    step = (length + RING_HDR.size + 7) & ~7
+    step = ring_step(length)
     if length & RING_FLAGS or n % step:
         return None
     blob = bytes(data[off:off + n])
@@ -453,7 +459,7 @@ def _ring_stretches(data, off: int, end: int) -> Iterator[RingRun]:
     start, first = off, -1
     while off < end:
         length = unpack(data, off)[0] if off + RING_HDR.size <= end else RING_FLAGS
-        step = (length + RING_HDR.size + 7) & ~7
+        step = ring_step(length)
         if length & RING_FLAGS or off + step > end:
             break
         if length != first:
@@ -468,7 +474,7 @@ def _ring_stretches(data, off: int, end: int) -> Iterator[RingRun]:
 
 
 def _stretch(data, start: int, stop: int, length: int) -> RingRun:
-    step = (length + RING_HDR.size + 7) & ~7
+    step = ring_step(length)
     return RingRun(bytes(data[start:stop]), length, step, (stop - start) // step)
 
 
