@@ -69,7 +69,7 @@ def as_blocks(base: tuple[dict, list[tuple[int, bytes]], dict], per_block: int =
     import zstandard
 
     header, frames, trailer = base
-    z = zstandard.ZstdCompressor(level=recording.ZSTD_LEVEL)
+    z = zstandard.ZstdCompressor(level=recording.ZSTD_LEVEL, write_checksum=True)
     out = []
     for i in range(0, len(frames), per_block):
         raw = b"".join(recording.FRAME.pack(t, len(p)) + p for t, p in frames[i:i + per_block])

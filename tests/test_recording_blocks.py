@@ -85,6 +85,38 @@ def test_a_killed_recorder_keeps_every_block_it_flushed(tmp_path):
     assert events_of(w.tmp) == events[:80]
 
 
+def test_a_byte_changed_in_a_written_block_is_refused_never_read_as_other_frames(tmp_path):
+    """Recordings travel: a block the writer sealed carries its content
+    checksum, so one changed bit anywhere in it (the literals included,
+    which zstd alone would decode into other bytes) is a one-line error,
+    never other frames replayed with exit 0. (A few bits of a zstd block
+    are slack, e.g. in its entropy tables: changed, they decode to the same
+    frames, which is no harm.)"""
+    w = recording.Writer(tmp_path / "r.ipvt", header())
+    for e in fixture_events():
+        w.event(e)
+    w.close({"stopped_by": "SIGINT"})
+    data = (tmp_path / "r.ipvt").read_bytes()
+    rec = recording.parse(data, "r.ipvt")
+    [(ftype, n)] = outer_frames(rec)
+    assert ftype == recording.F_ZSTD
+    body = rec.start + recording.FRAME.size
+    want = list(rec.frames())
+    refused = 0
+    for pos in range(body, body + n):
+        for bit in (0, 5):
+            changed = bytearray(data)
+            changed[pos] ^= 1 << bit
+            try:
+                got = list(recording.parse(bytes(changed), "c.ipvt").frames())
+            except recording.RecordingError as exc:
+                assert "compressed block" in str(exc), exc
+                refused += 1
+            else:
+                assert got == want, f"bit {bit} of block byte {pos - body} read as other frames"
+    assert refused > 0.95 * 2 * n, (refused, n)
+
+
 def file_with(blocks: list[bytes]) -> bytes:
     return pack_recording(header(), [(recording.F_ZSTD, b) for b in blocks], {"stopped_by": "SIGINT"})
 

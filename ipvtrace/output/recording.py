@@ -99,7 +99,10 @@ class Writer:
         # again; under emulation every copied byte is a step of `rep movsb`)
         self._block = memoryview(bytearray(2 * BLOCK_BYTES))
         self._used = 0
-        self._zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL)   # one-shot: states the size
+        # one-shot: states the size; the checksum (4 bytes a block) makes a
+        # byte changed on the way an error where it would silently be other
+        # rows (zstd verifies it when a block has one; older blocks have none)
+        self._zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
         self._guard(lambda: self._f.write(MAGIC + struct.pack("<H", CONTAINER_VERSION)))
         self._raw_frame(F_HEADER, json.dumps(header).encode())
         self.flush()   # a recorder killed at once still leaves a readable header
