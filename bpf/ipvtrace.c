@@ -1591,6 +1591,15 @@ int on_xmit_done(__u64 *ctx)
 {
 	return xmit_close(ctx[0], ctx[1], (int)ctx[2]);
 }
+#elif defined(IPVT_KRETPROBE_XMIT_RET)
+/* A kretprobe on ipvlan_queue_xmit where a raw tracepoint's program can be
+ * preempted (PREEMPT_RT from 6.13, probes.py): the innermost xmit context
+ * of this task closes with the return value, as an RX one does. */
+int on_xmit_done(struct pt_regs *ctx)
+{
+	ran(IPVT_P_XMIT_RET);
+	return entry_ret(ctx, IPVT_P_XMIT);
+}
 #else
 int on_xmit_done(struct bpf_raw_tracepoint_args *ctx)
 {

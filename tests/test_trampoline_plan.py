@@ -107,6 +107,31 @@ def test_preempt_rt_keeps_kprobes_and_says_why():
     assert got == {} and "PREEMPT_RT" in why and "kprobes" in why
 
 
+def test_where_a_raw_tracepoints_program_can_be_preempted_tx_closes_by_a_return_probe():
+    """PREEMPT_RT 7.2 calls tracepoint probes under SRCU only (6.12: with
+    preemption off): a raw tracepoint's program can be preempted there, and
+    another task's hit on net_dev_xmit meanwhile is skipped, leaving its TX
+    context open (seen in the 7.2 RT guest). There the TX close is a
+    kretprobe on ipvlan_queue_xmit, the same program built for it; nothing
+    else changes, and nothing anywhere else."""
+    spec = next(s for s in probes.SPECS if s.name == "xmit_ret")
+    assert (spec.kind, spec.symbol) == ("raw_tracepoint", "net_dev_xmit")
+    for kernel, rt, kind in [("7.2.13+deb14-rt-amd64", True, "kretprobe"),
+                             ("6.13.0-1-rt-amd64", True, "kretprobe"),
+                             ("6.12.118+deb12-rt-amd64", True, "raw_tracepoint"),
+                             ("6.1.0-57-rt-amd64", True, "raw_tracepoint"),
+                             ("7.2.13+deb14-amd64", False, "raw_tracepoint")]:
+        got = probes.xmit_close_spec(spec, kernel, rt)
+        assert got.kind == kind, kernel
+        assert probes.xmit_closes_by_kretprobe(kernel, rt) == (kind == "kretprobe")
+        if kind == "kretprobe":
+            assert (got.symbol, got.fn, got.trampoline) == ("ipvlan_queue_xmit", spec.fn, None)
+        else:
+            assert got is spec
+    assert all(probes.xmit_close_spec(s, "7.2.13+deb14-rt-amd64", True) is s
+               for s in probes.SPECS if s.name != "xmit_ret")
+
+
 def test_no_btf_keeps_kprobes_and_says_so():
     got, why = probes.trampolines("6.1.0-57-amd64", None, rt=False)
     assert got == {} and "BTF" in why

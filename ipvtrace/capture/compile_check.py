@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     bcc = loader.import_bcc()
     plan = probes.ProbePlan(kernel="compile-check", tracefs="")
     image_btf = vmlinuz_btf(a.vmlinuz) if a.vmlinuz else None
-    plan.cflags += probes.version_cflags(a.vmlinuz.name.removeprefix("vmlinuz-") if a.vmlinuz
-                                         else os.uname().release)
+    kver = a.vmlinuz.name.removeprefix("vmlinuz-") if a.vmlinuz else os.uname().release
+    plan.cflags += probes.version_cflags(kver)
     if image_btf is not None:
         # the tracepoint fields of the kernel compiled for (5.10 has no drop
         # reason), not of this machine's
@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
                             print(f"compile_check: this kernel does not load fentry/fexit "
                                   f"programs ({exc}): they are compiled, not verified, here")
                     continue
+                # (the TX close: a kretprobe in an RT build of a kernel whose
+                # raw tracepoints can be preempted, as probes.build makes it)
+                spec = probes.xmit_close_spec(spec, kver, probes.XMIT_KRETPROBE_FLAG in extra)
                 b.load_func(spec.fn.encode(), loader.PROG_TYPES[spec.kind](bcc))
             if any(f.startswith("-DIPVT_WATCH_ACTIVE=") for f in extra):   # (the loader's)
                 b.load_func(b"on_prog_info", bcc.BPF.KPROBE)
@@ -159,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     # filtered build without it, as on a kernel where it cannot be made
     softirq = ["-DIPVT_PERCPU_OFFSETS=0xffffffff82a19b60", "-DIPVT_PREEMPT_COUNT=0x1fbc0"]
     softirq_rt = ["-DIPVT_RT_SOFTIRQ_CNT_OFF=2952"]
+    if probes.xmit_closes_by_kretprobe(kver, rt=True):
+        softirq_rt.append(probes.XMIT_KRETPROBE_FLAG)
     # ... with fentry/fexit programs where they can be, as probes.trampolines
     # chooses by default, and with kprobes only, as IPVTRACE_TRAMPOLINES=0
     # (or a kernel without BTF, or PREEMPT_RT) builds them

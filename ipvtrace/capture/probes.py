@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Container
 
@@ -123,6 +123,23 @@ TRACEPOINTS = (("skb", "kfree_skb"), ("skb", "consume_skb"))
 # recursion_misses, kprobes and tracepoints alike); before, the tracer
 # estimates them for kprobes only (the kprobe's hits minus the program's runs).
 COUNTS_SKIPPED_SINCE = (6, 7)
+# PREEMPT_RT kernels whose tracepoints call their probes without turning
+# preemption off: Debian's 6.12 wraps the call in preempt_disable_notrace,
+# 7.2 (tracepoint.h: guard(srcu_fast_notrace)) in SRCU only, so a raw
+# tracepoint's BPF program runs with migration off but can be preempted;
+# another task that hits the tracepoint on that CPU meanwhile is skipped
+# (prog->active). Seen in the 7.2 RT guest: net_dev_xmit's program skipped,
+# TX contexts left open, their packets missing or a to-parent frame's RX row
+# complete without its TX. Where that would close a TX context, a kretprobe
+# on ipvlan_queue_xmit does (its program runs with preemption off). Kernels
+# between the two are taken as 7.2 (unverified; the return probe is correct
+# on both).
+RAW_TP_PREEMPTIBLE_RT_SINCE = (6, 13)
+XMIT_KRETPROBE_FLAG = "-DIPVT_KRETPROBE_XMIT_RET"
+XMIT_CLOSE_NOTE = ("PREEMPT_RT kernel whose tracepoints can be preempted: TX contexts close by a "
+                   "return probe on ipvlan_queue_xmit, not the net_dev_xmit tracepoint (another "
+                   "task's hit on it would be skipped); the skb frees stay tracepoints, and a "
+                   "free skipped that way is counted as lost")
 # BPF trampolines (fentry/fexit) exist from 5.5 (bcc attaches them on x86-64
 # only), but a trampoline keeps a program from running inside itself on one
 # CPU only from 5.12 (prog->active, counted as recursion_misses): before, a
@@ -276,7 +293,13 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
     tramp, why = trampolines(kernel, kbtf, preempt_rt(), lambda: module_btf("ipvlan"))
     if why:
         plan.notes.append(why)
+    rt = preempt_rt()
     for spec in SPECS:
+        closes = xmit_close_spec(spec, kernel, rt)
+        if closes is not spec:
+            spec = closes
+            plan.cflags.append(XMIT_KRETPROBE_FLAG)
+            plan.notes.append(XMIT_CLOSE_NOTE)
         if spec.kind == "raw_tracepoint":
             sym = spec.symbol if tracepoint_exists(tracefs, spec.symbol) else None
         else:
@@ -636,6 +659,21 @@ def preempt_model(release: str, root: Path = Path("/")) -> str:
         except (OSError, UnicodeDecodeError):
             pass
     return next((name for opt, name in _PREEMPT_CONFIG if opt in on), "")
+
+
+def xmit_closes_by_kretprobe(kernel: str, rt: bool) -> bool:
+    """A PREEMPT_RT kernel whose raw tracepoints' programs can be preempted
+    (RAW_TP_PREEMPTIBLE_RT_SINCE): TX contexts close by a kretprobe there
+    (bpf/: XMIT_KRETPROBE_FLAG)."""
+    return rt and kernel_version(kernel) >= RAW_TP_PREEMPTIBLE_RT_SINCE
+
+
+def xmit_close_spec(spec: ProbeSpec, kernel: str, rt: bool) -> ProbeSpec:
+    """*spec* as this kernel attaches it: the TX close (xmit_ret) a kretprobe
+    on ipvlan_queue_xmit where xmit_closes_by_kretprobe, else *spec* itself."""
+    if spec.name != "xmit_ret" or not xmit_closes_by_kretprobe(kernel, rt):
+        return spec
+    return replace(spec, kind="kretprobe", symbol="ipvlan_queue_xmit", trampoline=None)
 
 
 def trampolines_preemptible(release: str, root: Path = Path("/")) -> bool:
