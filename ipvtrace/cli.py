@@ -468,7 +468,8 @@ def cmd_trace(args) -> int:
     if missed or skipped:
         parts = [f"{missed} kprobe misses"] * bool(missed) + [
             f"{skipped} probe hits the kernel skipped (another BPF program or a map "
-            "syscall held the CPU)"] * bool(skipped)
+            "syscall held the CPU, or on PREEMPT_RT another task's preempted run of the "
+            "same program)"] * bool(skipped)
         tail += f" ({' and '.join(parts)} among them)"
     if args.cmd == "record":
         print(f"ipvtrace: wrote {summary.get('events', 0)} records to {summary.get('output')}{tail}",

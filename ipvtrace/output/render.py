@@ -128,7 +128,8 @@ def print_stats(summary: dict, console: Console, as_json: bool = False) -> None:
     skipped = {k.split(".", 1)[1]: v for k, v in kstats.items() if k.startswith("skipped.")}
     if skipped:
         console.print(Text("probe hits the kernel skipped, a BPF program or map syscall holding "
-                           "the CPU (counted as lost): "
+                           "the CPU, or on PREEMPT_RT another task's preempted run of the same "
+                           "program (counted as lost): "
                            + ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())), style="red"))
     if summary.get("evicted"):
         console.print(f"evicted unfinished (a return probe missed or lost): {summary['evicted']}")
