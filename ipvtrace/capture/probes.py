@@ -290,10 +290,10 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
         kbtf = btf.BTF(btf.read())
     except btf.BTFError as exc:
         plan.notes.append(f"struct offsets come from the kernel headers ({exc}): a slower start")
-    tramp, why = trampolines(kernel, kbtf, preempt_rt(), lambda: module_btf("ipvlan"))
+    rt = preempt_rt()   # (read once: the plan needs it four times)
+    tramp, why = trampolines(kernel, kbtf, rt, lambda: module_btf("ipvlan"))
     if why:
         plan.notes.append(why)
-    rt = preempt_rt()
     for spec in SPECS:
         closes = xmit_close_spec(spec, kernel, rt)
         if closes is not spec:
@@ -345,7 +345,7 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
             plan.notes.append(f"struct offsets come from the kernel headers ({exc}): "
                               "a slower start")
     plan.cflags += version_cflags(kernel)
-    flags, plan.softirq_check, why = softirq_cflags(ksyms, kbtf, preempt_rt())
+    flags, plan.softirq_check, why = softirq_cflags(ksyms, kbtf, rt)
     plan.cflags += flags
     if why:
         plan.notes.append(SOFTIRQ_NOTE.format(why=why))
@@ -357,7 +357,7 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
     plan.cflags += flags
     if why:
         plan.notes.append(why)
-    if preempt_rt():
+    if rt:
         # softirqs run in threads and a task can be preempted inside a probed
         # function: another task's contexts must not land on its stack
         plan.cflags.append("-DIPVT_STACK_PER_TASK")
