@@ -154,7 +154,20 @@ BPF_PERCPU_ARRAY(s2a_ctx, __u64, 1);          /* ctx of the running skb_to_addr 
  * no context opens before that (no row from partial evidence) */
 BPF_ARRAY(armed, __u32, 1);
 BPF_PERCPU_ARRAY(seq, __u64, 1);
-BPF_PERCPU_ARRAY(scratch, struct ipvt_event, 1);
+/* Events outside any record (ev_init) and the worker's hits (hit_begin) are
+ * built in per-CPU scratch, one slot per program that may be stopped
+ * half-way while another program runs on the CPU: a raw tracepoint's or
+ * trampoline's program is entered with the kprobes' bpf_prog_active free,
+ * so a kprobe's program in an interrupt's softirq may run inside it, and on
+ * PREEMPT_RT from 6.13 (probes.RAW_TP_PREEMPTIBLE_RT_SINCE) another task's
+ * program may run while it is preempted. Each program has its own slot
+ * (its probe id); the kernel never runs a program twice at once on a CPU
+ * except a pre-6.7 raw tracepoint's inside a softirq, and a worker's hit
+ * is not made there (hit_begin). The kprobes' programs keep each other out
+ * (bpf_prog_active) and cannot be preempted: their hits share slot 0, where
+ * the on_worker_hit they tail-call finds them. */
+#define IPVT_KPROBE_SLOT 0
+BPF_PERCPU_ARRAY(scratch, struct ipvt_event, IPVT_P_MAX);
 /* Counters user space reads through mapped pages, never with a syscall: a
  * map syscall holds this CPU's bpf_prog_active while it copies, and every
  * kprobe and tracepoint program that fires on that CPU meanwhile (a softirq
@@ -371,8 +384,8 @@ static __always_inline void ev_fill(struct ipvt_event *e, __u16 probe, __u64 ctx
 /* An event outside any record (the worker's, the L3S path's), in scratch. */
 static __always_inline struct ipvt_event *ev_init(__u16 probe, __u64 ctx_id, __u8 depth)
 {
-	int zero = 0;
-	struct ipvt_event *e = scratch.lookup(&zero);
+	int slot = probe;
+	struct ipvt_event *e = scratch.lookup(&slot);
 	if (!e)
 		return 0;
 	ev_fill(e, probe, ctx_id, depth);
@@ -837,9 +850,9 @@ static __always_inline __u64 ctx_current(__u8 *depth_out, __u8 *flags,
  * 0: outside any context, in a packet the filter rejected, or the record is
  * full (then the context is marked lossy: its packet will be incomplete).
  * Only hit_end keeps it: a handler that returns before leaves no trace. */
-BPF_PERCPU_ARRAY(scratch_hit, struct ipvt_hit, 1);
+BPF_PERCPU_ARRAY(scratch_hit, struct ipvt_hit, IPVT_P_MAX);
 
-static __always_inline struct ipvt_hit *hit_begin(__u16 probe, struct ipvt_rec **rec_out,
+static __always_inline struct ipvt_hit *hit_begin(__u16 probe, int tail, struct ipvt_rec **rec_out,
 						  __u64 *worker_out)
 {
 	__u8 depth = 0, flags = 0;
@@ -870,8 +883,13 @@ static __always_inline struct ipvt_hit *hit_begin(__u16 probe, struct ipvt_rec *
 		}
 		*rec_out = r;
 	} else {
-		int zero = 0;
-		h = scratch_hit.lookup(&zero);
+		/* a softirq its task serves is not the worker's; and checked
+		 * before the scratch: a free there may be inside this program's
+		 * run in the task (a pre-6.7 raw tracepoint's, unguarded) */
+		if (serving_softirq())
+			return 0;
+		int slot = tail ? IPVT_KPROBE_SLOT : probe;   /* see scratch */
+		h = scratch_hit.lookup(&slot);
 		if (!h)
 			return 0;
 		__builtin_memset(h, 0, sizeof(*h));
@@ -1353,11 +1371,11 @@ BPF_PROG_ARRAY(worker_tail, 1);
 
 int on_worker_hit(struct pt_regs *ctx)
 {
-	int zero = 0;
-	struct ipvt_hit *h = scratch_hit.lookup(&zero);
+	int slot = IPVT_KPROBE_SLOT;
+	struct ipvt_hit *h = scratch_hit.lookup(&slot);
 	__u32 tid = bpf_get_current_pid_tgid();
 	__u64 *w = workers.lookup(&tid);
-	if (h && w && !serving_softirq())
+	if (h && w)
 		worker_event(h->probe, h, *w & ~IPVT_WORKER_LOSSY);
 	return 0;
 }
@@ -1373,8 +1391,7 @@ static __always_inline void hit_end(void *ctx, int tail, __u16 probe, struct ipv
 		return;
 	}
 	if (!tail) {
-		if (!serving_softirq())
-			worker_event(probe, h, worker);
+		worker_event(probe, h, worker);
 		return;
 	}
 	worker_tail.call(ctx, 0);
@@ -1691,7 +1708,7 @@ int on_rcv_frame(struct pt_regs *ctx)
 	ran(IPVT_P_RCV_FRAME);
 	struct ipvt_rec *r = 0;
 	__u64 w = 0;
-	struct ipvt_hit *h = hit_begin(IPVT_P_RCV_FRAME, &r, &w);
+	struct ipvt_hit *h = hit_begin(IPVT_P_RCV_FRAME, 1, &r, &w);
 	if (!h)
 		return 0;
 	struct sk_buff **pskb = (struct sk_buff **)PT_REGS_PARM2(ctx);
@@ -1724,7 +1741,7 @@ static __always_inline int do_lookup_ret(void *ctx, int tail, void *addr)
 	kprobe_ran(IPVT_P_LOOKUP_RET, tail);
 	struct ipvt_rec *r = 0;
 	__u64 w = 0;
-	struct ipvt_hit *h = hit_begin(IPVT_P_LOOKUP_RET, &r, &w);
+	struct ipvt_hit *h = hit_begin(IPVT_P_LOOKUP_RET, tail, &r, &w);
 	if (!h)
 		return 0;
 	FILL_OWNER(h, addr);
@@ -1760,11 +1777,11 @@ static __always_inline int do_fwd(void *ctx, int tail, struct net_device *dev,
 	kprobe_ran(IPVT_P_FWD, tail);
 	struct ipvt_rec *r = 0;
 	__u64 w = 0;
-	struct ipvt_hit *h = hit_begin(IPVT_P_FWD, &r, &w);
+	struct ipvt_hit *h = hit_begin(IPVT_P_FWD, tail, &r, &w);
 	if (!h)
 		return 0;
 	if (w) {
-		if (serving_softirq() || head_filtered(skb_head(skb)))
+		if (head_filtered(skb_head(skb)))
 			return 0;
 		/* reported: its return will be too (see do_fwd_ret) */
 		__u64 key = task_cpu_key();
@@ -1789,12 +1806,12 @@ static __always_inline int do_fwd_ret(void *ctx, int tail, int ret)
 	 * and neither is its return: only a reported one left its key. */
 	struct ipvt_rec *r = 0;
 	__u64 w = 0;
-	struct ipvt_hit *h = hit_begin(IPVT_P_FWD_RET, &r, &w);
+	struct ipvt_hit *h = hit_begin(IPVT_P_FWD_RET, tail, &r, &w);
 	if (!h)
 		return 0;
 	if (w) {
 		__u64 key = task_cpu_key();
-		if (serving_softirq() || !fwd_ctx.lookup(&key))
+		if (!fwd_ctx.lookup(&key))
 			return 0;
 		fwd_ctx.delete(&key);
 	}
@@ -1836,7 +1853,7 @@ static __always_inline int report_skb_dev(void *ctx, int tail, __u16 probe,
 {
 	struct ipvt_rec *r = 0;
 	__u64 w = 0;
-	struct ipvt_hit *h = hit_begin(probe, &r, &w);
+	struct ipvt_hit *h = hit_begin(probe, tail, &r, &w);
 	if (!h || (worker_only && !w))
 		return 0;
 	if (w && head_filtered(skb_head(skb)))
@@ -1906,7 +1923,7 @@ int on_mc_enqueue(struct pt_regs *ctx)
 	struct ipvt_rec *r = 0;
 	__u64 w = 0;
 	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM2(ctx);
-	struct ipvt_hit *h = hit_begin(IPVT_P_MC_ENQUEUE, &r, &w);
+	struct ipvt_hit *h = hit_begin(IPVT_P_MC_ENQUEUE, 1, &r, &w);
 	if (!h) {
 		/* inside a rejected packet's context: the worker's run of
 		 * this frame is not reported either */
@@ -1929,7 +1946,7 @@ static __always_inline int report_free(__u16 probe, void *skbaddr, void *locatio
 {
 	struct ipvt_rec *r = 0;
 	__u64 w = 0;
-	struct ipvt_hit *h = hit_begin(probe, &r, &w);
+	struct ipvt_hit *h = hit_begin(probe, 0, &r, &w);
 	if (!h)
 		return 0;
 	/* the worker freeing the original of a frame the filter rejected

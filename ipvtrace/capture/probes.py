@@ -410,8 +410,9 @@ def trampolines(kernel: str, kbtf: "btf.BTF | None", rt: bool,
         return {}, ""   # asked for: not news (the plan names each probe's kind)
     if rt:
         # a trampoline's program runs with migration off but preemptible
-        # there: another task's program could run in between on this CPU and
-        # reuse its per-CPU scratch; a kprobe's runs with preemption off
+        # there: another task's programs could run in between on this CPU,
+        # and what the kernel keeps out then is not read on PREEMPT_RT
+        # (bpf/: opened_kept_out); a kprobe's runs with preemption off
         return {}, ("PREEMPT_RT kernel: kprobes, not fentry/fexit (a trampoline's BPF program "
                     "can be preempted there)")
     if os.uname().machine != "x86_64" or kernel_version(kernel) < TRAMPOLINES_SINCE:
