@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import subprocess
 
-from article_checks import l3s_rx, requires
+from article_checks import S2A_PROBES, l3s_not_shown, l3s_rx, requires
 from ipvtrace.lab.netlab import Lab, LabError
 
 H, O = "ipvt-s-host", "ipvt-s-out"
@@ -177,7 +177,14 @@ def check_l3_ipv6(rows):
     _rx_from(rows, "fd00:60::fe", "fd00:61::1", "l6", L6A)
 
 
-@requires("l3_rcv", "nf_input", "s2a", "s2a_ret")
+def _l3s_ipv6_not_shown(rows):
+    got = of(rows, "fd00:70::fe", "fd00:71::1")
+    assert len(got) == 2, [(r["branch"], r["why"]) for r in got]
+    l3s_not_shown(got)
+
+
+@requires("l3_rcv", "nf_input", "s2a", "s2a_ret", otherwise=_l3s_ipv6_not_shown,
+          covers=S2A_PROBES)
 def check_l3s_ipv6_from_outside(rows):
     got = of(rows, "fd00:70::fe", "fd00:71::1")
     assert len(got) == 2 and {(r["branch"], r["delivery"], r["complete"], _dev(r["to"]))
@@ -209,7 +216,11 @@ def check_nothing_unknown(rows):
     assert rows and not bad, bad
 
 
-@requires("l3_rcv", "nf_input", "s2a", "s2a_ret")
+def _l3s_rx_not_shown(rows):
+    l3s_not_shown([r for r in rows if l3s_rx(r)])
+
+
+@requires("l3_rcv", "nf_input", "s2a", "s2a_ret", otherwise=_l3s_rx_not_shown, covers=S2A_PROBES)
 def check_l3s_rx_named(rows):
     """An L3S port's RX rows too, where the kernel shows its lookup (5.10
     inlines ipvlan_skb_to_addr: there they are incomplete `unknown`, by design)."""

@@ -27,7 +27,7 @@ vepa), L3S, IPv6, and the L3 drops. Expectations from ipvlan_core.c:
 """
 from __future__ import annotations
 
-from article_checks import l3s_rx, requires
+from article_checks import S2A_PROBES, l3s_not_shown, l3s_rx, requires
 from ipvtrace.lab.netlab import Lab
 
 
@@ -134,11 +134,23 @@ def check_vepa_out_parent(rows):
     assert all(r["to"]["dev"] == "v0" for r in got)
 
 
-@requires("l3_rcv", "nf_input", "s2a", "s2a_ret")
-def check_l3s_tx_local_and_rx_pass(rows):
+def _l3s_tx_local(rows):
     got = of(rows, "10.4.0.1", "10.5.0.1")
     assert len(got) == 2 and {(r["branch"], r["mode"], r["delivery"]) for r in got} == {
         ("tx.l3.local", "l3s", "delivered")}, got
+
+
+def _l3s_tx_local_rx_not_shown(rows):
+    """Without ipvlan_skb_to_addr: the TX side as everywhere, the RX side
+    said to be not shown."""
+    _l3s_tx_local(rows)
+    l3s_not_shown(of(rows, "10.3.0.254", "10.4.0.1"))
+
+
+@requires("l3_rcv", "nf_input", "s2a", "s2a_ret", otherwise=_l3s_tx_local_rx_not_shown,
+          covers=S2A_PROBES)
+def check_l3s_tx_local_and_rx_pass(rows):
+    _l3s_tx_local(rows)
     rx = of(rows, "10.3.0.254", "10.4.0.1")
     assert rx and {(r["branch"], r["delivery"], r["complete"]) for r in rx} == {
         ("rx.l3s.local", "delivered", True)}, [(r["branch"], r["why"]) for r in rx]
@@ -175,7 +187,11 @@ def check_nothing_unknown(rows):
     assert not unknown, unknown
 
 
-@requires("l3_rcv", "nf_input", "s2a", "s2a_ret")
+def _l3s_rx_not_shown(rows):
+    l3s_not_shown([r for r in rows if l3s_rx(r)])
+
+
+@requires("l3_rcv", "nf_input", "s2a", "s2a_ret", otherwise=_l3s_rx_not_shown, covers=S2A_PROBES)
 def check_l3s_rx_named(rows):
     """An L3S port's RX rows have a branch where the kernel shows its lookup
     (5.10 inlines ipvlan_skb_to_addr: there they are `unknown`, by design)."""

@@ -1,5 +1,6 @@
-"""In-guest suite: what this kernel cannot show is skipped with the reason
-(guest_helpers.skip_unless_probed)."""
+"""In-guest suite: where this kernel cannot show what a check needs, the
+check asserts that ipvtrace says so, or is skipped with the reason
+(guest_helpers.probed_or_said)."""
 import pytest
 
 from ipvtrace.capture import probes

@@ -10,12 +10,17 @@ from ipvtrace.capture import probes
 from ipvtrace.lab.netlab import Lab
 
 
-def skip_unless_probed(plan: probes.ProbePlan, check) -> None:
-    """Skip *check* with the reason when a probe it needs is missing here."""
+def probed_or_said(plan: probes.ProbePlan, check):
+    """*check*, or where a probe it needs is missing here, what it checks
+    instead (article_checks.requires: what ipvtrace says it cannot show);
+    skipped with the reason when it has nothing for the probes missing."""
     missing = [m for m in plan.missing if m["name"] in getattr(check, "needs", ())]
-    if missing:
-        pytest.skip("; ".join(f"{m['symbol']} is not probe-able on {plan.kernel}: {m['why']}"
-                              for m in missing))
+    if not missing:
+        return check
+    if check.otherwise and {m["name"] for m in missing} <= set(check.covers):
+        return check.otherwise
+    pytest.skip("; ".join(f"{m['symbol']} is not probe-able on {plan.kernel}: {m['why']}"
+                          for m in missing))
 
 
 def trampolines_expected() -> bool:
