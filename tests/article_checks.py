@@ -34,6 +34,18 @@ def requires(*probe_names: str, otherwise=None, covers: tuple[str, ...] = ()):
     return mark
 
 
+def as_shown(check, missing: set[str]):
+    """*check* on a recording or kernel whose plan lacks the probes named in
+    *missing*: the check itself, its `otherwise` where that covers them
+    (what ipvtrace says it cannot show), or None (nothing to check there)."""
+    lacking = missing & set(getattr(check, "needs", ()))
+    if not lacking:
+        return check
+    if check.otherwise and lacking <= set(check.covers):
+        return check.otherwise
+    return None
+
+
 # ipvlan_skb_to_addr, which 5.10 inlines: an L3S port's owner is not shown
 S2A_PROBES = ("s2a", "s2a_ret")
 

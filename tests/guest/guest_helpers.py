@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import article_checks
 from ipvtrace.capture import probes
 from ipvtrace.lab.netlab import Lab
 
@@ -14,13 +15,11 @@ def probed_or_said(plan: probes.ProbePlan, check):
     """*check*, or where a probe it needs is missing here, what it checks
     instead (article_checks.requires: what ipvtrace says it cannot show);
     skipped with the reason when it has nothing for the probes missing."""
-    missing = [m for m in plan.missing if m["name"] in getattr(check, "needs", ())]
-    if not missing:
-        return check
-    if check.otherwise and {m["name"] for m in missing} <= set(check.covers):
-        return check.otherwise
+    run = article_checks.as_shown(check, {m["name"] for m in plan.missing})
+    if run is not None:
+        return run
     pytest.skip("; ".join(f"{m['symbol']} is not probe-able on {plan.kernel}: {m['why']}"
-                          for m in missing))
+                          for m in plan.missing if m["name"] in check.needs))
 
 
 def trampolines_expected() -> bool:
