@@ -61,6 +61,11 @@ def l3s_not_shown(rx_rows: list) -> None:
     assert not bad, bad
 
 
+def l3s_rx_not_shown(rows: list) -> None:
+    """Every L3S port's RX row of a recording: l3s_not_shown."""
+    l3s_not_shown([r for r in rows if l3s_rx(r)])
+
+
 def l3s_rx(row: dict) -> bool:
     """A row of a frame an L3S port received: named only where the kernel
     shows ipvlan_skb_to_addr (5.10 inlines it: `unknown` there, by design)."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import subprocess
 
-from article_checks import S2A_PROBES, l3s_not_shown, l3s_rx, requires
+from article_checks import S2A_PROBES, l3s_not_shown, l3s_rx, l3s_rx_not_shown, requires
 from ipvtrace.lab.netlab import Lab, LabError
 
 H, O = "ipvt-s-host", "ipvt-s-out"
@@ -216,11 +216,7 @@ def check_nothing_unknown(rows):
     assert rows and not bad, bad
 
 
-def _l3s_rx_not_shown(rows):
-    l3s_not_shown([r for r in rows if l3s_rx(r)])
-
-
-@requires("l3_rcv", "nf_input", "s2a", "s2a_ret", otherwise=_l3s_rx_not_shown, covers=S2A_PROBES)
+@requires("l3_rcv", "nf_input", "s2a", "s2a_ret", otherwise=l3s_rx_not_shown, covers=S2A_PROBES)
 def check_l3s_rx_named(rows):
     """An L3S port's RX rows too, where the kernel shows its lookup (5.10
     inlines ipvlan_skb_to_addr: there they are incomplete `unknown`, by design)."""

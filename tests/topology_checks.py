@@ -27,7 +27,7 @@ vepa), L3S, IPv6, and the L3 drops. Expectations from ipvlan_core.c:
 """
 from __future__ import annotations
 
-from article_checks import S2A_PROBES, l3s_not_shown, l3s_rx, requires
+from article_checks import S2A_PROBES, l3s_not_shown, l3s_rx, l3s_rx_not_shown, requires
 from ipvtrace.lab.netlab import Lab
 
 
@@ -187,11 +187,7 @@ def check_nothing_unknown(rows):
     assert not unknown, unknown
 
 
-def _l3s_rx_not_shown(rows):
-    l3s_not_shown([r for r in rows if l3s_rx(r)])
-
-
-@requires("l3_rcv", "nf_input", "s2a", "s2a_ret", otherwise=_l3s_rx_not_shown, covers=S2A_PROBES)
+@requires("l3_rcv", "nf_input", "s2a", "s2a_ret", otherwise=l3s_rx_not_shown, covers=S2A_PROBES)
 def check_l3s_rx_named(rows):
     """An L3S port's RX rows have a branch where the kernel shows its lookup
     (5.10 inlines ipvlan_skb_to_addr: there they are `unknown`, by design)."""
