@@ -153,10 +153,10 @@ def test_a_kernel_that_inlines_rcv_frame_on_rx_replays_as_it_ran():
 
 
 def test_fixtures_of_every_container_replay():
-    """Container 3 (frames in zstd blocks, as `record` writes now), container
-    2 (RING frames, uncompressed) and container 1 (one EVENT frame per
-    record) all come from real kernels here, and all are read by the tests
-    above."""
+    """Container 4 (frames in LZ4 blocks, as `record` writes now), container
+    3 (zstd blocks), container 2 (RING frames, uncompressed) and container 1
+    (one EVENT frame per record) all come from real kernels here, and all
+    are read by the tests above."""
     from ipvtrace.output import recording
 
     by_version: dict[int, list[str]] = {}
@@ -166,7 +166,8 @@ def test_fixtures_of_every_container_replay():
         by_version.setdefault(version, []).append(path.stem)
         if version >= 2:
             assert checks.ring_record_lengths(rec), path
-        blocks = [t for t, _ in checks.outer_frames(rec) if t == recording.F_ZSTD]
-        assert bool(blocks) == (version == 3), (path, version)
-    assert {1, 2, 3} <= by_version.keys(), by_version
+        blocks = {t for t, _ in checks.outer_frames(rec) if t in recording.BLOCKS}
+        assert blocks == {3: {recording.F_ZSTD}, 4: {recording.F_LZ4}}.get(version, set()), \
+            (path, version)
+    assert {1, 2, 3, 4} <= by_version.keys(), by_version
 

@@ -18,6 +18,7 @@ import os
 import resource
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -63,17 +64,39 @@ def as_ring(base: tuple[dict, list[tuple[int, bytes]], dict]):
     return header, out, trailer
 
 
-def as_blocks(base: tuple[dict, list[tuple[int, bytes]], dict], per_block: int = 16):
-    """The same recording in ZSTD blocks of *per_block* frames (container 3),
-    as the writer seals them."""
+def seal(ftype: int, raw: bytes) -> bytes:
+    """*raw* as a block of *ftype*: LZ4 as the writer seals it now
+    (container 4), ZSTD as it did (container 3)."""
+    if ftype == recording.F_LZ4:
+        import lz4.block
+
+        z = lz4.block.compress(raw, store_size=False)
+        return recording.LZ4_HDR.pack(len(raw), zlib.crc32(z)) + z
     import zstandard
 
+    return zstandard.ZstdCompressor(level=1, write_checksum=True).compress(raw)
+
+
+def unseal(ftype: int, block: bytes) -> bytes:
+    if ftype == recording.F_LZ4:
+        import lz4.block
+
+        size, _ = recording.LZ4_HDR.unpack_from(block)
+        return lz4.block.decompress(block[recording.LZ4_HDR.size:], uncompressed_size=size)
+    import zstandard
+
+    return zstandard.ZstdDecompressor().decompress(block)
+
+
+def as_blocks(base: tuple[dict, list[tuple[int, bytes]], dict], per_block: int = 16,
+              ftype: int = recording.F_LZ4):
+    """The same recording in blocks of *per_block* frames, as the writer
+    seals them (LZ4) or sealed them (ZSTD)."""
     header, frames, trailer = base
-    z = zstandard.ZstdCompressor(level=recording.ZSTD_LEVEL, write_checksum=True)
     out = []
     for i in range(0, len(frames), per_block):
         raw = b"".join(recording.FRAME.pack(t, len(p)) + p for t, p in frames[i:i + per_block])
-        out.append((recording.F_ZSTD, z.compress(raw)))
+        out.append((ftype, seal(ftype, raw)))
     return header, out, trailer
 
 
@@ -98,21 +121,24 @@ def flood_base() -> tuple[dict, list[tuple[int, bytes]], dict]:
 
 BASES = {k: frames_of(FIX / f"{k}.ipvt") for k in ("article-6.12", "topologies-6.1")}
 BASES["article-6.12-ring"] = as_ring(BASES["article-6.12"])
-BASES["article-6.12-zstd"] = as_blocks(BASES["article-6.12-ring"])
+BASES["article-6.12-zstd"] = as_blocks(BASES["article-6.12-ring"], ftype=recording.F_ZSTD)
+BASES["article-6.12-lz4"] = as_blocks(BASES["article-6.12-ring"])
 BASES["flood-ring"] = flood_base()
-BASES["flood-zstd"] = as_blocks(BASES["flood-ring"], per_block=2)
+BASES["flood-zstd"] = as_blocks(BASES["flood-ring"], per_block=2, ftype=recording.F_ZSTD)
+BASES["flood-lz4"] = as_blocks(BASES["flood-ring"], per_block=2)
+BLOCKED = ["article-6.12-zstd", "article-6.12-lz4", "flood-zstd", "flood-lz4"]
 
 
 def test_a_ring_framed_recording_replays_as_its_events(tmp_path):
     """The fuzz base of RING frames is itself the same recording."""
     rows = []
-    for name in ("article-6.12", "article-6.12-ring", "article-6.12-zstd"):
+    for name in ("article-6.12", "article-6.12-ring", "article-6.12-zstd", "article-6.12-lz4"):
         p = tmp_path / f"{name}.ipvt"
         p.write_bytes(pack(*BASES[name]))
         got: list[dict] = []
         replay.run_replay(p, sink=got.append)
         rows.append(got)
-    assert rows[0] == rows[1] == rows[2] and rows[0]
+    assert rows[0] == rows[1] == rows[2] == rows[3] and rows[0]
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70)
@@ -213,24 +239,23 @@ def test_frames_of_any_type_and_size(tmp_path_factory, base, ftype, payload, at)
 
 
 @SETTINGS
-@given(base=st.sampled_from(["article-6.12-zstd", "flood-zstd"]), block=st.integers(min_value=0),
+@given(base=st.sampled_from(BLOCKED), block=st.integers(min_value=0),
        edits=st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), min_size=1, max_size=8),
        cut=st.none() | st.integers(min_value=0))
 def test_frames_inside_a_block_flipped_and_cut(tmp_path_factory, base, block, edits, cut):
     """Flipped compressed bytes mostly fail to decompress; these flips are
     made before compression, so the frames a block holds are checked too
     (in the flood's, the records of runs counted at once)."""
-    import zstandard
-
     header, frames, trailer = BASES[base]
     i = block % len(frames)
-    raw = bytearray(zstandard.ZstdDecompressor().decompress(frames[i][1]))
+    ftype = frames[i][0]
+    raw = bytearray(unseal(ftype, frames[i][1]))
     for pos, val in edits:
         raw[pos % len(raw)] = val
     if cut is not None:
         raw = raw[: cut % (len(raw) + 1)]
     frames = list(frames)
-    frames[i] = (recording.F_ZSTD, zstandard.ZstdCompressor().compress(bytes(raw)))
+    frames[i] = (ftype, seal(ftype, bytes(raw)))
     survives(tmp_path_factory.mktemp("z"), pack(header, frames, trailer))
 
 

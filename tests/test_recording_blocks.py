@@ -1,13 +1,16 @@
-"""Recordings in compressed blocks (container 3): what the writer seals, when,
-and what the reader refuses before it spends memory on a block."""
+"""Recordings in compressed blocks (LZ4 from container 4, zstd in container
+3): what the writer seals, when, and what the reader refuses before it
+spends memory on a block."""
 from __future__ import annotations
 
 import json
 import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
+import lz4.block
 import pytest
 import zstandard
 
@@ -39,7 +42,7 @@ def test_a_recording_is_written_in_blocks_and_reads_back_the_same(tmp_path):
     w.tick(123)
     w.close({"stopped_by": "SIGINT"})
     rec = recording.read(tmp_path / "r.ipvt")
-    assert [t for t, _ in outer_frames(rec)] == [recording.F_ZSTD]
+    assert [t for t, _ in outer_frames(rec)] == [recording.F_LZ4]
     assert [p for t, p in rec.frames() if t == recording.F_EVENT] == events
     assert [t for t, _ in rec.frames()][-1] == recording.F_TICK
     raw = sum(recording.FRAME.size + len(e) for e in events)
@@ -61,8 +64,8 @@ def test_blocks_are_sealed_at_their_size_and_a_huge_frame_goes_alone(tmp_path, m
     rec = recording.read(tmp_path / "r.ipvt")
     frames = outer_frames(rec)
     assert frames.count((recording.F_SNAPSHOT, len(json.dumps(big)))) == 1
-    blocks = [n for t, n in frames if t == recording.F_ZSTD]
-    assert len(blocks) >= 3 and all(t in (recording.F_ZSTD, recording.F_SNAPSHOT) for t, _ in frames)
+    blocks = [n for t, n in frames if t == recording.F_LZ4]
+    assert len(blocks) >= 3 and all(t in (recording.F_LZ4, recording.F_SNAPSHOT) for t, _ in frames)
     got = [t for t, _ in rec.frames()]
     assert got.index(recording.F_SNAPSHOT) == 60 and len(got) == 121
     assert [p for t, p in rec.frames() if t == recording.F_EVENT] == events[:120]
@@ -86,12 +89,11 @@ def test_a_killed_recorder_keeps_every_block_it_flushed(tmp_path):
 
 
 def test_a_byte_changed_in_a_written_block_is_refused_never_read_as_other_frames(tmp_path):
-    """Recordings travel: a block the writer sealed carries its content
-    checksum, so one changed bit anywhere in it (the literals included,
-    which zstd alone would decode into other bytes) is a one-line error,
-    never other frames replayed with exit 0. (A few bits of a zstd block
-    are slack, e.g. in its entropy tables: changed, they decode to the same
-    frames, which is no harm.)"""
+    """Recordings travel: a block the writer sealed carries its checksum,
+    so one changed bit anywhere in it (the literals included, which LZ4
+    alone would decode into other bytes) is a one-line error, never other
+    frames replayed with exit 0. (A few bits of a block may be slack:
+    changed, they decode to the same frames, which is no harm.)"""
     w = recording.Writer(tmp_path / "r.ipvt", header())
     for e in fixture_events():
         w.event(e)
@@ -99,7 +101,7 @@ def test_a_byte_changed_in_a_written_block_is_refused_never_read_as_other_frames
     data = (tmp_path / "r.ipvt").read_bytes()
     rec = recording.parse(data, "r.ipvt")
     [(ftype, n)] = outer_frames(rec)
-    assert ftype == recording.F_ZSTD
+    assert ftype == recording.F_LZ4
     body = rec.start + recording.FRAME.size
     want = list(rec.frames())
     refused = 0
@@ -163,6 +165,58 @@ def test_blocks_a_reader_refuses(tmp_path):
     refused(tmp_path, file_with([z(tick()[:-1])]), "in the block")
 
 
+def lz4_block(raw: bytes, size: int | None = None, crc: int | None = None) -> bytes:
+    """An LZ4 block as the writer seals it, or stating another size or checksum."""
+    z = lz4.block.compress(raw, store_size=False)
+    return recording.LZ4_HDR.pack(len(raw) if size is None else size,
+                                  zlib.crc32(z) if crc is None else crc) + z
+
+
+def test_lz4_blocks_a_reader_refuses(tmp_path):
+    def lz4_file(blocks: list[bytes]) -> bytes:
+        return pack_recording(header(), [(recording.F_LZ4, b) for b in blocks],
+                              {"stopped_by": "SIGINT"})
+
+    big = tick() * 8192
+    assert list(recording.parse(lz4_file([lz4_block(big)]), "ok").frames())   # the baseline reads
+    refused(tmp_path, lz4_file([b"\x01\x00"]), "no size")
+    refused(tmp_path, lz4_file([lz4_block(b"")]), "0 bytes")
+    refused(tmp_path, lz4_file([lz4_block(big, size=recording.BLOCK_MAX + 1)]), "at most")
+    refused(tmp_path, lz4_file([lz4_block(big, size=70_000)]), "does not decompress")
+    refused(tmp_path, lz4_file([lz4_block(big, size=len(big) + 8)]), f"holds {len(big)} bytes")
+    trailing = lz4.block.compress(tick(), store_size=False) + b"xyz"
+    refused(tmp_path, lz4_file([recording.LZ4_HDR.pack(len(tick()), zlib.crc32(trailing)) + trailing]),
+            "does not decompress")
+    refused(tmp_path, lz4_file([lz4_block(big, crc=1)]), "checksum")
+    refused(tmp_path, lz4_file([recording.LZ4_HDR.pack(100, zlib.crc32(b"garbage")) + b"garbage"]),
+            "block at byte")
+    nested = recording.FRAME.pack(recording.F_LZ4, len(lz4_block(tick()))) + lz4_block(tick())
+    refused(tmp_path, lz4_file([lz4_block(nested)]), "type 9", "in the block")
+    refused(tmp_path, lz4_file([lz4_block(tick()[:-1])]), "in the block")
+
+
+def test_an_lz4_block_that_lies_about_its_size_costs_no_memory(tmp_path):
+    """An LZ4 block stating 4 KiB that holds 64 MiB of zeros is refused
+    with no more room taken than it states."""
+    bomb = lz4_block(bytes(64 << 20), size=4096)
+    p = tmp_path / "bomb.ipvt"
+    p.write_bytes(pack_recording(header(), [(recording.F_LZ4, bomb)], {"stopped_by": "SIGINT"}))
+    probe = ("import resource, sys\n"
+             "from ipvtrace.output import recording\n"
+             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+             "try:\n"
+             "    list(recording.read(sys.argv[1]).frames())\n"
+             "except recording.RecordingError as exc:\n"
+             "    print(str(exc))\n"
+             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n")
+    r = subprocess.run([sys.executable, "-c", probe, str(p)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    msg, grew_kib = r.stdout.splitlines()
+    assert "does not decompress" in msg
+    assert int(grew_kib) < 16 * 1024, f"the reader grew by {grew_kib} KiB"
+
+
 def test_a_block_that_lies_about_its_size_costs_no_memory(tmp_path):
     """A block stating 4 KiB that holds 1 GiB of zeros (32 KiB compressed)
     is refused before the reader holds more than a few of its blocks."""
@@ -196,4 +250,4 @@ def test_a_newer_container_is_named_in_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "ipvtrace", "replay", str(p)], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
-    assert f"container version {newer}; this ipvtrace reads versions 1, 2 and 3" in r.stderr
+    assert f"container version {newer}; this ipvtrace reads versions 1, 2, 3 and 4" in r.stderr

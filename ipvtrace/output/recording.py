@@ -20,16 +20,23 @@ Layout (little endian)::
                    BPF program submits 8-byte multiples, so the padding is
                    never bytes the ring held before
         8 ZSTD     (container 3) a block of the frames above (never HEADER,
-                   TRAILER or another ZSTD), as one zstd frame that states its
-                   decompressed size (at most BLOCK_MAX). The writer gathers
+                   TRAILER or a block), as one zstd frame that states its
+                   decompressed size (at most BLOCK_MAX). Read, no longer
+                   written
+        9 LZ4      (container 4) a block of the frames above, as u32 its
+                   decompressed size (at most BLOCK_MAX), u32 the CRC-32 of
+                   the compressed bytes that follow, one LZ4 block. The writer gathers
                    frames into blocks of up to BLOCK_BYTES and seals one at
-                   every flush; a frame larger than a block goes on its own
+                   every flush; a frame larger than a block goes on its own.
+                   LZ4, not zstd: under emulation zstd took half of
+                   `record`'s consumer, LZ4 half as much (README, bench)
     u32 length of the trailer frame, b"IPVTEND\\0"
 
 The header and the trailer are never compressed: a file names its kernel and
 why it ended without decompressing anything. A block is decompressed only
-after its stated size is checked against BLOCK_MAX, and must decompress to
-exactly that size and end where its frame ends.
+after its stated size is checked against BLOCK_MAX, into no more than that,
+and must decompress to exactly that size, end where its frame ends and (LZ4;
+a zstd block that has one) match its checksum.
 
 The file is written as NAME.partial (readable by its owner only: it holds
 addresses, headers and namespace names), flushed at least once a second,
@@ -49,6 +56,7 @@ import mmap
 import os
 import struct
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -58,16 +66,17 @@ from ipvtrace.output.files import private_open
 
 MAGIC = b"IPVTREC\0"
 END_MAGIC = b"IPVTEND\0"
-CONTAINER_VERSION = 3
-READS_CONTAINERS = (1, 2, 3)   # 1: no RING frames; 2: no ZSTD blocks
+CONTAINER_VERSION = 4
+READS_CONTAINERS = (1, 2, 3, 4)   # 1: no RING frames; 2: no blocks; 3: ZSTD blocks; 4: LZ4
 FRAME = struct.Struct("<BI")
 TICK = struct.Struct("<Q")
 END = struct.Struct("<I8s")
 
-F_HEADER, F_EVENT, F_TICK, F_SNAPSHOT, F_TRAILER, F_LOST, F_RING, F_ZSTD = 1, 2, 3, 4, 5, 6, 7, 8
+F_HEADER, F_EVENT, F_TICK, F_SNAPSHOT, F_TRAILER, F_LOST, F_RING, F_ZSTD, F_LZ4 = range(1, 10)
+BLOCKS = (F_ZSTD, F_LZ4)
 BLOCK_BYTES = 1 << 20   # the writer seals a block when its frames reach this size
 BLOCK_MAX = 4 << 20     # the reader refuses blocks that say they are larger
-ZSTD_LEVEL = 1          # records of one flood are alike: level 1 already gives ~6x
+LZ4_HDR = struct.Struct("<II")   # an LZ4 block's decompressed size, its compressed bytes' CRC-32
 RING_HDR = struct.Struct("<II")
 RING_FLAGS = (1 << 31) | (1 << 30)   # BUSY, DISCARD: never in a written record
 LOST = struct.Struct("<QQ")
@@ -92,17 +101,16 @@ class Writer:
         self.tmp = path.with_name(path.name + ".partial")
         self._f: BinaryIO = private_open(self.tmp, buffering=1 << 20)
         self.events = 0
-        import zstandard   # here, not at the top: a missing bcc is reported before it
+        import lz4.block   # here, not at the top: a missing bcc is reported before it
 
         # frames not yet sealed into a ZSTD block: _block[:_used], in room
         # taken once (appending to a growing bytearray copied it again and
         # again; under emulation every copied byte is a step of `rep movsb`)
         self._block = memoryview(bytearray(2 * BLOCK_BYTES))
         self._used = 0
-        # one-shot: states the size; the checksum (4 bytes a block) makes a
-        # byte changed on the way an error where it would silently be other
-        # rows (zstd verifies it when a block has one; older blocks have none)
-        self._zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
+        # the checksum (4 bytes a block) makes a byte changed on the way an
+        # error where it would silently be other rows
+        self._lz4 = lz4.block.compress
         self._guard(lambda: self._f.write(MAGIC + struct.pack("<H", CONTAINER_VERSION)))
         self._raw_frame(F_HEADER, json.dumps(header).encode())
         self.flush()   # a recorder killed at once still leaves a readable header
@@ -134,12 +142,16 @@ class Writer:
             self._seal()
 
     def _seal(self) -> None:
-        """Compress the gathered frames into one ZSTD block and write it."""
+        """Compress the gathered frames into one LZ4 block and write it."""
         if not self._used:
             return
-        z = self._zstd.compress(self._block[:self._used])
+        z = self._lz4(self._block[:self._used], store_size=False)
+        # the checksum is of the compressed bytes: a sixth as many to read
+        # as the block's (zlib's CRC-32 of the block took half as long as
+        # its compression in the guest), and they are what travels
+        z = LZ4_HDR.pack(self._used, zlib.crc32(z)) + z
         self._used = 0   # written or not (a full disk), these frames are done
-        self._raw_frame(F_ZSTD, z)
+        self._raw_frame(F_LZ4, z)
 
     def event(self, raw: bytes) -> None:
         self._frame(F_EVENT, raw)   # appended to the open block
@@ -249,7 +261,7 @@ class Recording:
         yield from joined.flush()
 
     def raw_frames(self) -> Iterator[tuple[int, bytes | mmap.mmap, int, int]]:
-        """(type, buffer, offset, length) of every frame, with ZSTD blocks
+        """(type, buffer, offset, length) of every frame, with blocks
         opened (each decompressed once, into a buffer of its own) and RING
         frames as they are; type and size per type checked."""
         data, off, end = self.data, self.start, self.end
@@ -264,8 +276,9 @@ class Recording:
             if off + FRAME.size > end:
                 raise RecordingError(f"corrupted: frame header cut at byte {off}")
             ftype, n = unpack(data, off)
-            if ftype == F_ZSTD and off + FRAME.size + n <= end:
-                block = _inflate(data[off + FRAME.size:off + FRAME.size + n], off)
+            if ftype in BLOCKS and off + FRAME.size + n <= end:
+                body = data[off + FRAME.size:off + FRAME.size + n]
+                block = _inflate(body, off) if ftype == F_ZSTD else _inflate_lz4(body, off)
                 yield from _block_frames(block, 0, len(block), f" in the block at byte {off}")
                 off += FRAME.size + n
                 continue
@@ -329,6 +342,31 @@ def _inflate(z, off: int) -> bytes:
         raise RecordingError(f"corrupted: compressed block at byte {off} does not decompress ({exc})") from None
     if not d.eof or d.unused_data or len(block) != size:
         raise RecordingError(f"corrupted: compressed block at byte {off} does not end where its frame ends")
+    return block
+
+
+def _inflate_lz4(z, off: int) -> bytes:
+    """The frames of one LZ4 block: its stated size and its checksum
+    checked before any memory is taken for it, the decoder given no more
+    room than that size, and the result's size checked."""
+    import lz4.block
+
+    size, crc = LZ4_HDR.unpack_from(z) if len(z) >= LZ4_HDR.size else (-1, 0)
+    if not 0 < size <= BLOCK_MAX:
+        what = "no size" if size < 0 else f"{size} bytes"
+        raise RecordingError(f"corrupted: bad compressed block at byte {off} ({what}; at most {BLOCK_MAX})")
+    body = memoryview(z)[LZ4_HDR.size:]
+    if zlib.crc32(body) != crc:
+        raise RecordingError(f"corrupted: compressed block at byte {off} does not match its checksum")
+    try:
+        # the safe decoder: it never writes past *size* nor reads past the input
+        block = lz4.block.decompress(body, uncompressed_size=size)
+    except lz4.block.LZ4BlockError:
+        raise RecordingError(f"corrupted: compressed block at byte {off} does not decompress "
+                             "(or does not end where its frame ends)") from None
+    if len(block) != size:
+        raise RecordingError(f"corrupted: compressed block at byte {off} holds {len(block)} bytes, "
+                             f"not the {size} it states")
     return block
 
 
