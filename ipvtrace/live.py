@@ -53,6 +53,11 @@ def run_live(opts: LiveOptions) -> dict:
 
     loader.require_root()
     loader.import_bcc()
+    if opts.output is not None:   # what writing the file needs, before anything is attached
+        try:
+            recording.lz4_block()
+        except recording.RecordingError as exc:
+            raise loader.LoadError(str(exc)) from None
     plan = probes.build()
     lay = layout.current()
     reasons = drop_reasons(plan.tracefs)

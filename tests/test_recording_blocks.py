@@ -247,3 +247,32 @@ def test_a_newer_container_is_named_in_one_line(tmp_path):
                        text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert f"container version {newer}; this ipvtrace reads versions 1, 2, 3 and 4" in r.stderr
+
+
+def without(module: str, *args: str) -> subprocess.CompletedProcess:
+    """`ipvtrace ARGS` in a Python where *module* cannot be imported (a
+    venv made without the project's dependencies)."""
+    code = (f"import sys; sys.modules[{module!r}] = None\n"
+            "from ipvtrace.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_a_missing_codec_package_is_named_in_one_line(tmp_path):
+    """Without lz4, replay of a recording in LZ4 blocks and `record -o` (before
+    anything is attached) each say which package to install; without
+    zstandard, so does replay of a container-3 recording. One line, no
+    traceback."""
+    w = recording.Writer(tmp_path / "r.ipvt", header())
+    for e in fixture_events():
+        w.event(e)
+    w.close({"stopped_by": "SIGINT"})
+    cases = [("lz4", ["replay", str(tmp_path / "r.ipvt")], 2),
+             ("lz4", ["record", "-o", str(tmp_path / "new.ipvt"), "--duration", "1"], 1),
+             ("zstandard", ["replay", str(FIX / "topologies-6.1.ipvt")], 2)]   # container 3
+    for module, args, code in cases:
+        r = without(module, *args)
+        assert r.returncode == code and r.stderr.count("\n") == 1, (args, r.stderr)
+        assert f"package {module} is missing: pip install" in r.stderr, r.stderr
+    assert not list(tmp_path.glob("new.ipvt*"))   # nothing written, nothing attached

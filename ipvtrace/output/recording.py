@@ -101,16 +101,12 @@ class Writer:
         self.tmp = path.with_name(path.name + ".partial")
         self._f: BinaryIO = private_open(self.tmp, buffering=1 << 20)
         self.events = 0
-        import lz4.block   # here, not at the top: a missing bcc is reported before it
-
-        # frames not yet sealed into a ZSTD block: _block[:_used], in room
+        self._lz4 = lz4_block().compress
+        # frames not yet sealed into a block: _block[:_used], in room
         # taken once (appending to a growing bytearray copied it again and
         # again; under emulation every copied byte is a step of `rep movsb`)
         self._block = memoryview(bytearray(2 * BLOCK_BYTES))
         self._used = 0
-        # the checksum (4 bytes a block) makes a byte changed on the way an
-        # error where it would silently be other rows
-        self._lz4 = lz4.block.compress
         self._guard(lambda: self._f.write(MAGIC + struct.pack("<H", CONTAINER_VERSION)))
         self._raw_frame(F_HEADER, json.dumps(header).encode())
         self.flush()   # a recorder killed at once still leaves a readable header
@@ -146,9 +142,11 @@ class Writer:
         if not self._used:
             return
         z = self._lz4(self._block[:self._used], store_size=False)
-        # the checksum is of the compressed bytes: a sixth as many to read
-        # as the block's (zlib's CRC-32 of the block took half as long as
-        # its compression in the guest), and they are what travels
+        # the checksum makes a byte changed on the way an error where it
+        # would silently be other rows. It is of the compressed bytes: a
+        # sixth as many to read as the block's (zlib's CRC-32 of the block
+        # took half as long as its compression in the guest), and they are
+        # what travels
         z = LZ4_HDR.pack(self._used, zlib.crc32(z)) + z
         self._used = 0   # written or not (a full disk), these frames are done
         self._raw_frame(F_LZ4, z)
@@ -322,18 +320,39 @@ def _block_frames(data, off: int, end: int, where: str, one: bool = False):
             return
 
 
-def _inflate(z, off: int) -> bytes:
-    """The frames of one ZSTD block, its stated size checked before any
-    memory is taken for it."""
-    import zstandard
+def lz4_block():
+    """The lz4.block module, or a RecordingError naming what to install
+    (imported when needed, not at the top: a missing bcc is reported
+    before it; `record` asks right after, before it attaches anything)."""
+    try:
+        import lz4.block
+    except ImportError:
+        raise RecordingError("recordings are in LZ4 blocks and the Python package lz4 is "
+                             "missing: pip install 'lz4>=4'") from None
+    return lz4.block
 
+
+def _stated_size(size: int, off: int) -> None:
+    """A block's stated size (negative: none), checked before any memory
+    is taken for it."""
+    if not 0 < size <= BLOCK_MAX:
+        what = "no size" if size < 0 else f"{size} bytes"
+        raise RecordingError(f"corrupted: bad compressed block at byte {off} ({what}; at most {BLOCK_MAX})")
+
+
+def _inflate(z, off: int) -> bytes:
+    """The frames of one ZSTD block (container 3), its stated size checked
+    before any memory is taken for it."""
+    try:
+        import zstandard
+    except ImportError:
+        raise RecordingError("this recording is in zstd blocks (container 3) and the Python "
+                             "package zstandard is missing: pip install 'zstandard>=0.20'") from None
     try:
         size = zstandard.frame_content_size(z)
     except zstandard.ZstdError:
         size = -2
-    if not 0 < size <= BLOCK_MAX:
-        what = "no size" if size < 0 else f"{size} bytes"
-        raise RecordingError(f"corrupted: bad compressed block at byte {off} ({what}; at most {BLOCK_MAX})")
+    _stated_size(size, off)
     # a window no larger than a block: a frame cannot make the decoder reserve more
     d = zstandard.ZstdDecompressor(max_window_size=BLOCK_MAX).decompressobj()
     try:
@@ -349,19 +368,16 @@ def _inflate_lz4(z, off: int) -> bytes:
     """The frames of one LZ4 block: its stated size and its checksum
     checked before any memory is taken for it, the decoder given no more
     room than that size, and the result's size checked."""
-    import lz4.block
-
+    lz4 = lz4_block()
     size, crc = LZ4_HDR.unpack_from(z) if len(z) >= LZ4_HDR.size else (-1, 0)
-    if not 0 < size <= BLOCK_MAX:
-        what = "no size" if size < 0 else f"{size} bytes"
-        raise RecordingError(f"corrupted: bad compressed block at byte {off} ({what}; at most {BLOCK_MAX})")
+    _stated_size(size, off)
     body = memoryview(z)[LZ4_HDR.size:]
     if zlib.crc32(body) != crc:
         raise RecordingError(f"corrupted: compressed block at byte {off} does not match its checksum")
     try:
         # the safe decoder: it never writes past *size* nor reads past the input
-        block = lz4.block.decompress(body, uncompressed_size=size)
-    except lz4.block.LZ4BlockError:
+        block = lz4.decompress(body, uncompressed_size=size)
+    except lz4.LZ4BlockError:
         raise RecordingError(f"corrupted: compressed block at byte {off} does not decompress "
                              "(or does not end where its frame ends)") from None
     if len(block) != size:
