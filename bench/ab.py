@@ -19,6 +19,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -38,8 +39,10 @@ def traced(lab: Lab, checkout: Path, args: list[str], ready: Path) -> dict[str, 
     """Both paths' packet rates while `ipvtrace ARGS` from *checkout* is attached."""
     ready.unlink(missing_ok=True)
     env = dict(os.environ, PYTHONPATH=str(checkout))
+    # stdout to a file, as bench/run sends it (`live --json` pays for its writes)
+    out_f = tempfile.TemporaryFile("w")
     proc = subprocess.Popen([sys.executable, "-m", "ipvtrace", *args, "--ready-file", str(ready)],
-                            cwd=checkout, env=env, stdout=subprocess.DEVNULL,
+                            cwd=checkout, env=env, stdout=out_f,
                             stderr=subprocess.PIPE, text=True)
     try:
         datapath.wait_file(ready, proc)
@@ -47,6 +50,7 @@ def traced(lab: Lab, checkout: Path, args: list[str], ready: Path) -> dict[str, 
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=900)
+        out_f.close()
         if proc.returncode not in (0, 130):
             raise RuntimeError(f"{checkout}: exit {proc.returncode}: {err[-1000:]}")
 

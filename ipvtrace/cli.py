@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from ipvtrace import __version__
+from ipvtrace import __version__, heap
 from ipvtrace.model import catalogue, filters
 
 EXAMPLES = {
@@ -248,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             args.expression = list(args.expression or []) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    heap.keep_batches()
     try:
         if args.cmd == "branches":
             return cmd_branches(args)
