@@ -28,6 +28,10 @@ SPY = Path(sys.executable).parent / "py-spy"
 
 
 def main() -> int:
+    if not SPY.exists():   # a bench tool, not a dependency of ipvtrace: installed by hand
+        print(f"profile_record: {SPY} missing: {Path(sys.executable).parent}/pip install py-spy",
+              file=sys.stderr)
+        return 2
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     native = "--native" in sys.argv

@@ -6,10 +6,10 @@ ring run (up to RUN_MAX_RECORDS records, and ~1 KB of `--json` text a row),
 a recording block (up to 4 MiB, compressed or not). glibc's malloc serves a
 buffer above its mmap threshold (128 KiB at first) with a fresh mapping and
 trims a free heap top above its trim threshold, so the next batch faults the
-same pages in again, each zero-filled by the kernel: on 2026-12-04,
-`replay --json` of 170,000 packets took 86,900 page faults (0.12 s of its
-0.52 s in the kernel) on the build machine, 6,100 with the thresholds
-below; the emulated guests pay far more a fault. The cost: up to
+same pages in again, each zero-filled by the kernel: on 2026-12-05,
+`replay --json` of 170,000 packets took about 86,000 page faults (0.07–0.14
+s of its 0.52 s in the kernel) on the build machine, 6,200 with the
+thresholds below (0.43 s). The cost: up to
 TRIM_THRESHOLD of freed heap stays with the process.
 
 Only glibc has mallopt(); elsewhere (musl) nothing changes, and a threshold
