@@ -17,6 +17,9 @@
  * Options come as -D cflags from ipvtrace/capture/probes.py (the probe plan):
  *   IPVT_HAVE_CONSUME_LOCATION  skb:consume_skb has a location field (6.3+)
  *   IPVT_HAVE_DROP_REASON       skb:kfree_skb has a reason field (5.17+)
+ *   IPVT_TP_FREES,              the skb frees are classic tracepoints (not
+ *   IPVT_TP_<EVENT>_<FIELD>     raw), and where their records hold skbaddr,
+ *                               location and reason (PREEMPT_RT 6.13+)
  *   IPVT_RINGBUF_PAGES          ring buffer size in pages
  *   IPVT_FILTER_EXPR            a C expression over `struct ipvt_pkt p`, made
  *                               by ipvtrace/model/filterexpr.py from a tcpdump-style
@@ -2041,6 +2044,7 @@ int on_s2a_ret(struct pt_regs *ctx)
  * argument the tracepoint does not have must not be read (the attach
  * refuses a program that reads beyond them): the fields the format file
  * shows decide (probes.py). */
+#ifndef IPVT_TP_FREES
 int on_kfree(struct bpf_raw_tracepoint_args *ctx)
 {
 #ifdef IPVT_HAVE_DROP_REASON
@@ -2059,3 +2063,30 @@ int on_consume(struct bpf_raw_tracepoint_args *ctx)
 	return report_free(IPVT_P_CONSUME, (void *)ctx->args[0], 0, 0);
 #endif
 }
+#else
+/* With IPVT_TP_FREES, where a raw tracepoint's program can be preempted
+ * (PREEMPT_RT from 6.13, probes.py): the classic tracepoints, whose
+ * programs perf's handler runs with preemption off, so that another task's
+ * free on this CPU never finds the program running (and is never skipped
+ * for it). They read the trace record the kernel filled, at the offsets of
+ * its format file (IPVT_TP_<EVENT>_<FIELD>). */
+int on_kfree(void *ctx)
+{
+	void *skb = 0, *location = 0;
+	__u32 reason = 0;
+	KREAD(skb, ctx, IPVT_TP_KFREE_SKB_SKBADDR);
+	KREAD(location, ctx, IPVT_TP_KFREE_SKB_LOCATION);
+#ifdef IPVT_TP_KFREE_SKB_REASON
+	KREAD(reason, ctx, IPVT_TP_KFREE_SKB_REASON);
+#endif
+	return report_free(IPVT_P_KFREE, skb, location, reason);
+}
+
+int on_consume(void *ctx)
+{
+	void *skb = 0, *location = 0;
+	KREAD(skb, ctx, IPVT_TP_CONSUME_SKB_SKBADDR);
+	KREAD(location, ctx, IPVT_TP_CONSUME_SKB_LOCATION);
+	return report_free(IPVT_P_CONSUME, skb, location, 0);
+}
+#endif

@@ -107,29 +107,84 @@ def test_preempt_rt_keeps_kprobes_and_says_why():
     assert got == {} and "PREEMPT_RT" in why and "kprobes" in why
 
 
-def test_where_a_raw_tracepoints_program_can_be_preempted_tx_closes_by_a_return_probe():
+def test_where_a_raw_tracepoints_program_can_be_preempted_no_raw_tracepoint_is_attached():
     """PREEMPT_RT 7.2 calls tracepoint probes under SRCU only (6.12: with
     preemption off): a raw tracepoint's program can be preempted there, and
-    another task's hit on net_dev_xmit meanwhile is skipped, leaving its TX
-    context open (seen in the 7.2 RT guest). There the TX close is a
-    kretprobe on ipvlan_queue_xmit, the same program built for it; nothing
-    else changes, and nothing anywhere else."""
-    spec = next(s for s in probes.SPECS if s.name == "xmit_ret")
-    assert (spec.kind, spec.symbol) == ("raw_tracepoint", "net_dev_xmit")
-    for kernel, rt, kind in [("7.2.13+deb14-rt-amd64", True, "kretprobe"),
-                             ("6.13.0-1-rt-amd64", True, "kretprobe"),
-                             ("6.12.118+deb12-rt-amd64", True, "raw_tracepoint"),
-                             ("6.1.0-57-rt-amd64", True, "raw_tracepoint"),
-                             ("7.2.13+deb14-amd64", False, "raw_tracepoint")]:
-        got = probes.xmit_close_spec(spec, kernel, rt)
-        assert got.kind == kind, kernel
-        assert probes.xmit_closes_by_kretprobe(kernel, rt) == (kind == "kretprobe")
-        if kind == "kretprobe":
-            assert (got.symbol, got.fn, got.trampoline) == ("ipvlan_queue_xmit", spec.fn, None)
-        else:
-            assert got is spec
-    assert all(probes.xmit_close_spec(s, "7.2.13+deb14-rt-amd64", True) is s
-               for s in probes.SPECS if s.name != "xmit_ret")
+    another task's hit meanwhile is skipped (seen in the 7.2 RT guest: TX
+    contexts left open by a skipped net_dev_xmit; L3S RX rows incomplete by a
+    skipped consume_skb). There the TX close is a kretprobe on
+    ipvlan_queue_xmit, the same program built for it, and the skb frees are
+    the classic tracepoints of the same events (perf's handler runs their
+    programs with preemption off); nothing else changes, and nowhere else."""
+    raw = {s.name: s for s in probes.SPECS if s.kind == "raw_tracepoint"}
+    assert {n: s.symbol for n, s in raw.items()} == {
+        "xmit_ret": "net_dev_xmit", "kfree": "kfree_skb", "consume": "consume_skb"}
+    for kernel, rt, preemptible in [("7.2.13+deb14-rt-amd64", True, True),
+                                    ("6.13.0-1-rt-amd64", True, True),
+                                    ("6.12.118+deb12-rt-amd64", True, False),
+                                    ("6.1.0-57-rt-amd64", True, False),
+                                    ("7.2.13+deb14-amd64", False, False)]:
+        assert probes.raw_tp_preemptible(kernel, rt) == preemptible, kernel
+        got = {n: probes.attach_spec(s, kernel, rt) for n, s in raw.items()}
+        if not preemptible:
+            assert all(got[n] is s for n, s in raw.items()), kernel
+            continue
+        assert (got["xmit_ret"].kind, got["xmit_ret"].symbol, got["xmit_ret"].trampoline) == \
+            ("kretprobe", "ipvlan_queue_xmit", None)
+        assert {n: (g.kind, g.symbol) for n, g in got.items() if n != "xmit_ret"} == {
+            "kfree": ("tracepoint", "skb:kfree_skb"), "consume": ("tracepoint", "skb:consume_skb")}
+        assert all(g.fn == raw[n].fn for n, g in got.items())
+    assert all(probes.attach_spec(s, "7.2.13+deb14-rt-amd64", True) is s
+               for s in probes.SPECS if s.name not in raw)
+
+
+# skb:kfree_skb's format file as Debian 12's 6.12 writes it (rx_sk before
+# protocol and reason), cut after the fields
+KFREE_FORMAT_6_12 = """name: kfree_skb
+ID: 1442
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:void * location;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:void * rx_sk;\toffset:24;\tsize:8;\tsigned:0;
+\tfield:unsigned short protocol;\toffset:32;\tsize:2;\tsigned:0;
+\tfield:enum skb_drop_reason reason;\toffset:36;\tsize:4;\tsigned:0;
+
+print fmt: "skbaddr=%p rx_sk=%p protocol=%u location=%pS reason: %s", REC->skbaddr
+"""
+
+
+def test_a_classic_free_tracepoint_reads_its_record_where_the_format_file_says():
+    assert probes.format_offsets(KFREE_FORMAT_6_12) == {"skbaddr": 8, "location": 16, "reason": 36}
+    assert probes.free_tp_cflags("kfree_skb", probes.format_offsets(KFREE_FORMAT_6_12)) == [
+        "-DIPVT_TP_KFREE_SKB_LOCATION=16", "-DIPVT_TP_KFREE_SKB_REASON=36",
+        "-DIPVT_TP_KFREE_SKB_SKBADDR=8"]
+    # a field at a size bpf/ does not read is as good as absent; without
+    # skbaddr or location there is nothing to attach
+    odd = KFREE_FORMAT_6_12.replace("reason;\toffset:36;\tsize:4", "reason;\toffset:36;\tsize:2")
+    assert probes.format_offsets(odd) == {"skbaddr": 8, "location": 16}
+    assert probes.free_tp_cflags("kfree_skb", {"skbaddr": 8}) == []
+
+
+def test_the_format_files_offsets_are_the_btf_ones_the_compile_check_uses():
+    """The running kernel's format files (what `ipvtrace` reads) and its
+    BTF's trace_event_raw_* structs (what the compile check reads for
+    another kernel) give the same offsets: two sources, one record."""
+    tracefs = probes.TRACEFS_CANDIDATES[0] / "events"
+    try:
+        kb = btf.BTF(btf.read())
+        texts = {ev: (tracefs / sys_ / ev / "format").read_text() for sys_, ev in probes.TRACEPOINTS}
+    except (btf.BTFError, OSError) as exc:
+        pytest.skip(f"this machine's kernel does not show both: {exc}")
+    for ev, text in texts.items():
+        from_btf = {name: btf.optional_offset(kb, f"trace_event_raw_{ev}", name, size)
+                    for name, size in probes.FREE_TP_FIELDS.items()}
+        assert probes.format_offsets(text) == {k: v for k, v in from_btf.items() if v is not None}
+        assert {"skbaddr", "location"} <= set(probes.format_offsets(text)), ev
 
 
 def test_no_btf_keeps_kprobes_and_says_so():

@@ -68,6 +68,27 @@ def vmlinuz_btf(path: Path) -> bytes:
     raise btf.BTFError(f"{path}: no xz, zstd or gzip payload holding an ELF vmlinux")
 
 
+def free_tp_flags(image_btf: bytes | None) -> list[str]:
+    """The classic skb free tracepoints' record offsets (probes.free_tp_cflags)
+    from the kernel's BTF, whose trace_event_raw_EVENT structs the format
+    files describe; without BTF, this machine's format files."""
+    out = []
+    kbtf = btf.BTF(image_btf) if image_btf is not None else None
+    for sys_, ev in probes.TRACEPOINTS:
+        if kbtf is not None:
+            offs = {name: btf.optional_offset(kbtf, f"trace_event_raw_{ev}", name, size)
+                    for name, size in probes.FREE_TP_FIELDS.items()}
+            offsets = {k: v for k, v in offs.items() if v is not None}
+        else:
+            offsets = probes.format_offsets(
+                open(f"/sys/kernel/tracing/events/{sys_}/{ev}/format").read())
+        flags = probes.free_tp_cflags(ev, offsets)
+        if not flags:
+            raise SystemExit(f"compile_check: no skbaddr and location in {ev}'s record")
+        out += flags
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ipvtrace.capture.compile_check")
     ap.add_argument("--vmlinuz", type=Path, help="the kernel image whose BTF gives the offsets")
@@ -114,9 +135,10 @@ def main(argv: list[str] | None = None) -> int:
                             print(f"compile_check: this kernel does not load fentry/fexit "
                                   f"programs ({exc}): they are compiled, not verified, here")
                     continue
-                # (the TX close: a kretprobe in an RT build of a kernel whose
-                # raw tracepoints can be preempted, as probes.build makes it)
-                spec = probes.xmit_close_spec(spec, kver, probes.XMIT_KRETPROBE_FLAG in extra)
+                # (an RT build of a kernel whose raw tracepoints can be
+                # preempted, as probes.build makes it: the TX close a
+                # kretprobe, the skb frees classic tracepoints)
+                spec = probes.attach_spec(spec, kver, probes.XMIT_KRETPROBE_FLAG in extra)
                 b.load_func(spec.fn.encode(), loader.PROG_TYPES[spec.kind](bcc))
             if any(f.startswith("-DIPVT_WATCH_ACTIVE=") for f in extra):   # (the loader's)
                 b.load_func(b"on_prog_info", bcc.BPF.KPROBE)
@@ -162,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     # filtered build without it, as on a kernel where it cannot be made
     softirq = ["-DIPVT_PERCPU_OFFSETS=0xffffffff82a19b60", "-DIPVT_PREEMPT_COUNT=0x1fbc0"]
     softirq_rt = ["-DIPVT_RT_SOFTIRQ_CNT_OFF=2952"]
-    if probes.xmit_closes_by_kretprobe(kver, rt=True):
-        softirq_rt.append(probes.XMIT_KRETPROBE_FLAG)
+    if probes.raw_tp_preemptible(kver, rt=True):
+        softirq_rt += [probes.XMIT_KRETPROBE_FLAG, probes.FREE_TP_FLAG]
+        softirq_rt += free_tp_flags(image_btf)
     # ... with fentry/fexit programs where they can be, as probes.trampolines
     # chooses by default, and with kprobes only, as IPVTRACE_TRAMPOLINES=0
     # (or a kernel without BTF, or PREEMPT_RT) builds them

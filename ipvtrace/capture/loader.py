@@ -92,6 +92,7 @@ PROG_TYPES = {
     "kprobe": lambda bcc: bcc.BPF.KPROBE,
     "kretprobe": lambda bcc: bcc.BPF.KPROBE,
     "raw_tracepoint": lambda bcc: bcc.BPF.RAW_TRACEPOINT,
+    "tracepoint": lambda bcc: bcc.BPF.TRACEPOINT,
     "fentry": lambda bcc: bcc.BPF.TRACING,
     "fexit": lambda bcc: bcc.BPF.TRACING,
 }
@@ -203,6 +204,8 @@ class Tracer:
                 elif p["kind"] == "raw_tracepoint":
                     self.bpf.attach_raw_tracepoint(tp=p["symbol"].encode(),
                                                    fn_name=p["fn"].encode())
+                elif p["kind"] == "tracepoint":   # ("system:event")
+                    self.bpf.attach_tracepoint(tp=p["symbol"].encode(), fn_name=p["fn"].encode())
                 elif p["kind"] in ("fentry", "fexit") and p.get("module"):
                     self._attach_module_tracing(p)
                 elif p["kind"] == "fentry":

@@ -42,12 +42,15 @@ class ProbeSpec:
 
     name: str            # stable name used in the plan and in messages
     fn: str              # BPF C function in bpf/ipvtrace.c
-    kind: str            # kprobe | kretprobe | raw_tracepoint
-    symbol: str          # source-level kernel symbol (a raw tracepoint: its event name)
+    kind: str            # kprobe | kretprobe | raw_tracepoint | tracepoint
+    symbol: str          # source-level kernel symbol (a raw tracepoint: its event
+                         # name; a classic one: "system:event")
     required: bool       # without it ipvtrace cannot run at all
     why: str             # what is lost without it
     trampoline: Trampoline | None = None
 
+
+TRACEPOINT_KINDS = ("raw_tracepoint", "tracepoint")
 
 # the per-CPU count of kprobe programs running (and map syscalls): while it
 # is above 0 the kernel keeps every kprobe program out on that CPU
@@ -131,15 +134,24 @@ COUNTS_SKIPPED_SINCE = (6, 7)
 # (prog->active). Seen in the 7.2 RT guest: net_dev_xmit's program skipped,
 # TX contexts left open, their packets missing or a to-parent frame's RX row
 # complete without its TX. Where that would close a TX context, a kretprobe
-# on ipvlan_queue_xmit does (its program runs with preemption off). Kernels
-# between the two are taken as 7.2 (unverified; the return probe is correct
-# on both).
+# on ipvlan_queue_xmit does (its program runs with preemption off); the skb
+# free tracepoints are classic ones there (perf's handler runs their programs
+# with preemption off: trace/perf.h, guard(preempt_notrace)), reading the
+# trace record at the format file's offsets (free_tp_cflags). Seen before:
+# the raw consume_skb program skipped twice in one 7.2 RT run, four L3S RX
+# rows incomplete. Kernels between the two are taken as 7.2
+# (unverified; both ways are correct on both).
 RAW_TP_PREEMPTIBLE_RT_SINCE = (6, 13)
 XMIT_KRETPROBE_FLAG = "-DIPVT_KRETPROBE_XMIT_RET"
-XMIT_CLOSE_NOTE = ("PREEMPT_RT kernel whose tracepoints can be preempted: TX contexts close by a "
-                   "return probe on ipvlan_queue_xmit, not the net_dev_xmit tracepoint (another "
-                   "task's hit on it would be skipped); the skb frees stay tracepoints, and a "
-                   "free skipped that way is counted as lost")
+FREE_TP_FLAG = "-DIPVT_TP_FREES"
+# the fields of a classic skb free tracepoint's record its program reads,
+# and their sizes (bpf/: on_kfree, on_consume with IPVT_TP_FREES)
+FREE_TP_FIELDS = {"skbaddr": 8, "location": 8, "reason": 4}
+RAW_TP_PREEMPTIBLE_NOTE = (
+    "PREEMPT_RT kernel whose raw tracepoints' programs can be preempted (another task's hit "
+    "meanwhile would be skipped): TX contexts close by a return probe on ipvlan_queue_xmit, not "
+    "the net_dev_xmit tracepoint, and the skb frees are classic tracepoints, whose programs run "
+    "with preemption off (each skb free on the node fills a trace record first)")
 # BPF trampolines (fentry/fexit) exist from 5.5 (bcc attaches them on x86-64
 # only), but a trampoline keeps a program from running inside itself on one
 # CPU only from 5.12 (prog->active, counted as recursion_misses): before, a
@@ -294,21 +306,21 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
     tramp, why = trampolines(kernel, kbtf, rt, lambda: module_btf("ipvlan"))
     if why:
         plan.notes.append(why)
+    if raw_tp_preemptible(kernel, rt):
+        plan.notes.append(RAW_TP_PREEMPTIBLE_NOTE)
     for spec in SPECS:
-        closes = xmit_close_spec(spec, kernel, rt)
-        if closes is not spec:
-            spec = closes
+        spec = attach_spec(spec, kernel, rt)
+        if spec.name == "xmit_ret" and spec.kind == "kretprobe":
             plan.cflags.append(XMIT_KRETPROBE_FLAG)
-            plan.notes.append(XMIT_CLOSE_NOTE)
-        if spec.kind == "raw_tracepoint":
-            sym = spec.symbol if tracepoint_exists(tracefs, spec.symbol) else None
+        if spec.kind in TRACEPOINT_KINDS:
+            event = spec.symbol.rpartition(":")[2]
+            sym = spec.symbol if tracepoint_exists(tracefs, event) else None
         else:
             sym = resolve_symbol(plan.worker_rx if spec.name == "netif_rx" else spec.symbol,
                                  available)
         if sym is None:
             if spec.required:
-                what = ("tracepoint" if spec.kind == "raw_tracepoint"
-                        else "kernel symbol")
+                what = "tracepoint" if spec.kind in TRACEPOINT_KINDS else "kernel symbol"
                 raise PlanError(
                     f"{what} {spec.symbol} is not probe-able on {kernel} "
                     f"({spec.why}); ipvtrace needs it"
@@ -373,6 +385,9 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
             "this kernel does not count the skb free tracepoint hits it skips while another "
             "BPF program or a map syscall holds the CPU (6.7+ does): a drop seen only there "
             "may be missing unreported (skipped kprobe hits are counted)")
+    classic = {a["symbol"] for a in plan.attach if a["kind"] == "tracepoint"}
+    if classic:
+        plan.cflags.append(FREE_TP_FLAG)
     for sys_, ev in TRACEPOINTS:
         fmt = tracefs / "events" / sys_ / ev / "format"
         if not fmt.exists():
@@ -384,7 +399,44 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
             plan.cflags.append("-DIPVT_HAVE_DROP_REASON")
         elif ev == "kfree_skb":
             plan.notes.append("skb:kfree_skb has no drop reason before 5.17: reasons are not shown")
+        if f"{sys_}:{ev}" in classic:
+            flags = free_tp_cflags(ev, format_offsets(text))
+            if flags:
+                plan.cflags += flags
+                continue
+            drop = next(a for a in plan.attach if a["symbol"] == f"{sys_}:{ev}")
+            plan.attach.remove(drop)
+            why = next(sp.why for sp in SPECS if sp.name == drop["name"])
+            plan.missing.append({"name": drop["name"], "symbol": drop["symbol"],
+                                 "why": f"{why} (its record has no skbaddr and location where "
+                                        "ipvtrace reads them)"})
     return plan
+
+
+_FORMAT_FIELD = re.compile(r"^\s*field:[^;]*?(\w+);\s*offset:(\d+);\s*size:(\d+);", re.M)
+
+
+def format_offsets(text: str) -> dict[str, int]:
+    """The offsets in a tracepoint's record (its tracefs format file,
+    *text*) of those FREE_TP_FIELDS it has at the size bpf/ reads: where
+    a classic tracepoint's program finds them."""
+    out = {}
+    for name, off, size in _FORMAT_FIELD.findall(text):
+        if FREE_TP_FIELDS.get(name) == int(size):
+            out[name] = int(off)
+    return out
+
+
+def free_tp_cflags(event: str, offsets: dict[str, int]) -> list[str]:
+    """-D flags giving bpf/'s classic skb free tracepoint program for
+    *event* (kfree_skb, consume_skb) its record's *offsets*: from the format
+    file where it runs (format_offsets), from the kernel's BTF (its
+    trace_event_raw_EVENT struct) in the compile check. [] when the record
+    lacks skbaddr or location: the probe cannot be attached."""
+    if "skbaddr" not in offsets or "location" not in offsets:
+        return []
+    return [f"-DIPVT_TP_{event.upper()}_{name.upper()}={off}"
+            for name, off in sorted(offsets.items())]
 
 
 def module_btf(module: str) -> bytes | None:
@@ -662,19 +714,22 @@ def preempt_model(release: str, root: Path = Path("/")) -> str:
     return next((name for opt, name in _PREEMPT_CONFIG if opt in on), "")
 
 
-def xmit_closes_by_kretprobe(kernel: str, rt: bool) -> bool:
+def raw_tp_preemptible(kernel: str, rt: bool) -> bool:
     """A PREEMPT_RT kernel whose raw tracepoints' programs can be preempted
-    (RAW_TP_PREEMPTIBLE_RT_SINCE): TX contexts close by a kretprobe there
-    (bpf/: XMIT_KRETPROBE_FLAG)."""
+    (RAW_TP_PREEMPTIBLE_RT_SINCE): no raw tracepoint there (attach_spec)."""
     return rt and kernel_version(kernel) >= RAW_TP_PREEMPTIBLE_RT_SINCE
 
 
-def xmit_close_spec(spec: ProbeSpec, kernel: str, rt: bool) -> ProbeSpec:
-    """*spec* as this kernel attaches it: the TX close (xmit_ret) a kretprobe
-    on ipvlan_queue_xmit where xmit_closes_by_kretprobe, else *spec* itself."""
-    if spec.name != "xmit_ret" or not xmit_closes_by_kretprobe(kernel, rt):
+def attach_spec(spec: ProbeSpec, kernel: str, rt: bool) -> ProbeSpec:
+    """*spec* as this kernel attaches it: where raw_tp_preemptible, the TX
+    close (xmit_ret) a kretprobe on ipvlan_queue_xmit (XMIT_KRETPROBE_FLAG)
+    and the skb frees classic tracepoints (FREE_TP_FLAG); else *spec* itself."""
+    if spec.kind != "raw_tracepoint" or not raw_tp_preemptible(kernel, rt):
         return spec
-    return replace(spec, kind="kretprobe", symbol="ipvlan_queue_xmit", trampoline=None)
+    if spec.name == "xmit_ret":
+        return replace(spec, kind="kretprobe", symbol="ipvlan_queue_xmit", trampoline=None)
+    system = next(sys_ for sys_, ev in TRACEPOINTS if ev == spec.symbol)
+    return replace(spec, kind="tracepoint", symbol=f"{system}:{spec.symbol}")
 
 
 def trampolines_preemptible(release: str, root: Path = Path("/")) -> bool:

@@ -111,8 +111,12 @@ def test_kprobe_misses_are_reported(both, plan):
         assert "rx_ret" in returns and {"xmit_ret", "fwd_ret", "lookup_ret"} <= fexits, plan.attach
     else:
         assert {"rx_ret", "fwd_ret", "lookup_ret"} <= returns and not fexits, plan.attach
-    assert ("xmit_ret" in returns) == probes.xmit_closes_by_kretprobe(plan.kernel,
-                                                                      probes.preempt_rt())
+    preemptible = probes.raw_tp_preemptible(plan.kernel, probes.preempt_rt())
+    assert ("xmit_ret" in returns) == preemptible
+    # ... and the skb frees are classic tracepoints there, raw ones elsewhere
+    frees = {p["name"]: p["kind"] for p in plan.attach if p["name"] in ("kfree", "consume")}
+    assert frees == dict.fromkeys(("kfree", "consume"),
+                                  "tracepoint" if preemptible else "raw_tracepoint"), plan.attach
     assert returns <= set(final["kprobe_misses"])
     assert not (fexits | ({"xmit_ret"} - returns)) & set(final["kprobe_misses"])
     assert final["kprobe_misses_total"] == sum(final["kprobe_misses"].values())
