@@ -109,6 +109,7 @@ struct ipvt_stack {
 	 * the probes its record kept so far, the skb it gave the multicast queue */
 	__u32 seen[IPVT_STACK_MAX];
 	__u64 enq_skb[IPVT_STACK_MAX];
+	__u64 echo_skb[IPVT_STACK_MAX];   /* its frame handed to the parent (echo_skbs) */
 	/* each open context's record: struct ipvt_rec, frame, hits (rec_open) */
 	__u8 rec[IPVT_STACK_MAX][IPVT_REC_MAX];
 };
@@ -192,6 +193,13 @@ BPF_TABLE("lru_hash", __u64, __u64, l3s_skbs, 4096);
  * Only those: an insert into an LRU map for every rejected packet cost more
  * than the filter itself (1.5-2.5 us a packet under emulation, 2026-12-03). */
 BPF_TABLE("lru_hash", __u64, __u8, filtered_heads, 4096);
+/* skb -> skb->head of frames a slave's TX handed to the parent
+ * (tx.l2.to_parent): their RX on the parent is the same packet, not another
+ * one. Kept at the dev_forward_skb hit, not when the TX context closes: the
+ * RX can close first where another task runs the softirq while the sender
+ * is preempted inside ipvlan_queue_xmit (PREEMPT_RT 7.2, which no longer
+ * serialises BH-disabled sections: seen), or on another CPU (RPS). */
+BPF_TABLE("lru_hash", __u64, __u64, echo_skbs, 4096);
 #ifdef IPVT_COUNT_ONLY
 /* Counted signatures, read by user space through mapped pages (never with a
  * map syscall: see `stats`). Each CPU fills its own range of `slots`
@@ -233,9 +241,6 @@ struct ipvt_l3s {
 	__s32 own_ifindex;
 };
 BPF_TABLE("lru_hash", __u64, struct ipvt_l3s, l3s_count, 4096);
-/* skbs a slave's TX forwarded to the parent (tx.l2.to_parent): their RX on
- * the parent is the same packet, not another one */
-BPF_TABLE("lru_hash", __u64, __u8, echo_skbs, 4096);
 /* data (skb->head) of frames given to the multicast queue -> the worker run
  * that claimed it (0: not yet), the queued skb and its origin. The worker's
  * deliveries are clones (same head); anything else its task does (a softirq
@@ -743,6 +748,7 @@ static __always_inline __u64 ctx_push(__u16 kind, __u8 *depth_out, __u64 sp)
 	}
 	st->seen[i] = 0;
 	st->enq_skb[i] = 0;
+	st->echo_skb[i] = 0;
 	st->depth = d + 1;
 	*depth_out = d + 1;
 	return id;
@@ -901,6 +907,63 @@ static __always_inline struct ipvt_hit *hit_begin(__u16 probe, int tail, struct 
 	h->probe = probe;
 	h->flags = flags;
 	return h;
+}
+
+/* An RX context that closes: is its frame one a slave's TX handed to the
+ * parent (echo_skbs)? Then it is that packet's second half. */
+static __always_inline int echo_of(struct ipvt_rec *r)
+{
+	if (r->kind != IPVT_P_RX)
+		return 0;
+	__u64 key = r->skb;
+	__u64 *head = echo_skbs.lookup(&key);
+	if (!head)
+		return 0;
+	int same = *head == r->head;
+	echo_skbs.delete(&key);
+	return same;
+}
+
+/* A TX context's hit: a frame handed to the parent (dev_forward_skb before
+ * any ipvlan_rcv_frame) is remembered for its RX there, and forgotten when
+ * dev_forward_skb says it dropped it (no RX will take the entry, which could
+ * then match a later frame in the same memory). */
+static __always_inline void echo_note(struct ipvt_stack *st, __u32 i, __u16 p,
+				      struct ipvt_hit *h, struct ipvt_rec *r)
+{
+	if (r->kind != IPVT_P_XMIT)
+		return;
+	if (p == IPVT_P_FWD && !(st->seen[i] & (1U << IPVT_P_RCV_FRAME))) {
+		__u64 key = h->skb, head = h->head;
+		echo_skbs.update(&key, &head);
+		st->echo_skb[i] = key;
+	} else if (p == IPVT_P_FWD_RET && h->ret != 0 && st->echo_skb[i]) {
+		__u64 key = st->echo_skb[i];
+		echo_skbs.delete(&key);
+		st->echo_skb[i] = 0;
+	}
+}
+
+static __always_inline void count_hit_kept(struct ipvt_stack *st, __u32 i, __u16 p,
+					   struct ipvt_hit *h, struct ipvt_rec *r);
+
+/* A hit just kept in a record: what another context needs of it before
+ * this one closes (the to-parent echo; in `stats`, the worker's runs). */
+static __always_inline void hit_kept(__u16 p, struct ipvt_hit *h, struct ipvt_rec *r)
+{
+#ifndef IPVT_COUNT_ONLY
+	/* the trace build needs only these of it: no stack lookup for others */
+	if (p != IPVT_P_RCV_FRAME && p != IPVT_P_FWD && p != IPVT_P_FWD_RET)
+		return;
+#endif
+	struct ipvt_stack *st = stack_get(0);
+	if (!st)
+		return;
+	__u32 i = stack_idx(r->depth - 1);   /* the record's own stack entry */
+	echo_note(st, i, p, h, r);
+	count_hit_kept(st, i, p, h, r);
+	if (p < 32)
+		st->seen[i] |= 1U << p;
 }
 
 /* ---- where the two builds differ: what becomes of the evidence ------- *
@@ -1092,13 +1155,8 @@ static __always_inline struct ipvt_sig *sig_of_rec(__u8 *buf, __s64 ret, __u8 lo
 		}
 		s->seen |= 1U << p;
 	}
-	if (r->kind == IPVT_P_RX) {
-		__u64 key = r->skb;
-		if (echo_skbs.lookup(&key)) {
-			s->hflags |= IPVT_H_ECHO;
-			echo_skbs.delete(&key);
-		}
-	}
+	if (echo_of(r))
+		s->hflags |= IPVT_H_ECHO;
 	return s;
 }
 
@@ -1110,21 +1168,12 @@ static __always_inline void rec_close(struct ipvt_stack *st, __u32 idx, __s64 re
 		count_sig(s);
 }
 
-/* A hit just kept in a record: what another context needs of it before
- * this one closes. */
-static __always_inline void hit_kept(__u16 p, struct ipvt_hit *h, struct ipvt_rec *r)
+/* A hit just kept in a record (hit_kept): what the worker's runs need of
+ * it before this context closes. */
+static __always_inline void count_hit_kept(struct ipvt_stack *st, __u32 i, __u16 p,
+					   struct ipvt_hit *h, struct ipvt_rec *r)
 {
-	struct ipvt_stack *st = stack_get(0);
-	if (!st)
-		return;
-	__u32 i = stack_idx(r->depth - 1);   /* the record's own stack entry */
-	if (p == IPVT_P_FWD && r->kind == IPVT_P_XMIT &&
-	    !(st->seen[i] & (1U << IPVT_P_RCV_FRAME))) {
-		/* to the parent: its RX there is this packet, not another */
-		__u64 key = h->skb;
-		__u8 one = 1;
-		echo_skbs.update(&key, &one);
-	} else if (p == IPVT_P_MC_ENQUEUE) {
+	if (p == IPVT_P_MC_ENQUEUE) {
 		/* the worker may run on another CPU before this context closes */
 		st->enq_skb[i] = h->skb;
 		__u64 head = h->head;
@@ -1142,8 +1191,6 @@ static __always_inline void hit_kept(__u16 p, struct ipvt_hit *h, struct ipvt_re
 		__u64 head = skb_head((struct sk_buff *)h->skb);
 		mc_heads.delete(&head);
 	}
-	if (p < 32)
-		st->seen[i] |= 1U << p;
 }
 
 /* An event outside any record: the multicast worker's deliveries and sends
@@ -1283,6 +1330,8 @@ static __always_inline void rec_close(struct ipvt_stack *st, __u32 idx, __s64 re
 	r->ret_dt = dt > 0xffffffffULL ? 0xffffffff : (__u32)dt;
 	if (lossy)
 		r->flags |= IPVT_F_LOST;
+	if (echo_of(r))
+		r->flags |= IPVT_F_ECHO;
 	/* echo_lost is filled only after a TX record was lost: until then an
 	 * RX context reads one array slot, not the hash */
 	int tx_lost = IPVT_S_LOST_BASE + IPVT_P_XMIT;
@@ -1306,7 +1355,8 @@ static __always_inline void rec_close(struct ipvt_stack *st, __u32 idx, __s64 re
 	}
 }
 
-static __always_inline void hit_kept(__u16 p, struct ipvt_hit *h, struct ipvt_rec *r) {}
+static __always_inline void count_hit_kept(struct ipvt_stack *st, __u32 i, __u16 p,
+					   struct ipvt_hit *h, struct ipvt_rec *r) {}
 
 static __always_inline void ev_submit(__u16 probe, struct ipvt_event *e)
 {

@@ -70,6 +70,8 @@ enum ipvt_stat {
 #define IPVT_F_NO_MAC 0x10   /* no MAC header: hdr[] starts at the L3 header */
 #define IPVT_F_LOST 0x20     /* on a return (or worker return) event: an event of
 				this context could not be reserved in the ring */
+#define IPVT_F_ECHO 0x40     /* on an RX context: its frame is one a slave's TX
+				handed to the parent (that packet's second half) */
 
 /* Stats mode (ipvtrace stats): instead of events, the kernel gathers what a
  * context saw into one signature and counts signatures in a hash map; user

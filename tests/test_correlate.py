@@ -98,6 +98,56 @@ def test_to_parent_joins_its_rx_echo():
     assert "PASS" in v.why
 
 
+def flagged_verdicts(events, wait_ns=2_000_000_000):
+    """As the pipeline correlates a recording whose layout has IPVT_F_ECHO."""
+    out = []
+    c = Correlator(out.append, wait_ns, lost_flag=F["lost"], echo_flag=F["echo"])
+    for item in events:
+        c.tick(item) if isinstance(item, int) else c.feed(item)
+    c.flush()
+    return [(p, classify.classify(from_packet(p, CTX))) for p in out]
+
+
+def echo_rx(ts, ctx_id, skb, flags=F["echo"], lost=0):
+    hdr = ipv4_icmp("10.0.0.1", "10.0.0.254")
+    return [ev("rx", ts, ctx_id, skb=skb, head=skb + 1, hdr=hdr, flags=flags, **parent()),
+            ev("lookup_ret", ts + 1, ctx_id, aux=0),
+            ev("rx_ret", ts + 2, ctx_id, ret=3, flags=lost)]
+
+
+def test_a_to_parent_frames_rx_that_closes_before_its_tx_waits_for_it():
+    """PREEMPT_RT 7.2: another task ran the parent's RX of the frame while
+    the sender was preempted inside ipvlan_queue_xmit, so the RX record
+    comes first. The kernel flags it (IPVT_F_ECHO): it is the TX packet's
+    second half, never an rx.to_host packet of its own (seen: a complete
+    rx.to_host row for a to-parent ping in the 7.2 RT guest)."""
+    tx = to_parent_tx(1, 1000, 0x3000)
+    [(pkt, v)] = flagged_verdicts(echo_rx(1004, 7, 0x3000) + tx)
+    assert (v.branch, v.delivery, v.complete) == ("tx.l2.to_parent", "delivered", True)
+    assert pkt.cont_ret.ret == 3 and pkt.cont[0].probe == "rx"
+    # in the usual order, the same packet
+    [(_, v2)] = flagged_verdicts(tx + echo_rx(2000, 7, 0x3000))
+    assert (v2.branch, v2.complete) == (v.branch, True)
+    # unflagged (a frame from outside that reuses the memory), it is its own
+    res = flagged_verdicts(echo_rx(1004, 7, 0x3000, flags=0) + tx + [10_000_000_000])
+    assert sorted((v.branch, v.complete) for _, v in res) == [
+        ("rx.to_host", True), ("tx.l2.to_parent", False)]
+
+
+def test_an_rx_echo_whose_tx_never_comes_is_incomplete():
+    """Its TX record was lost (or its context never closed): the RX alone
+    is half a packet, incomplete when its wait ends, and at once when the
+    kernel knew the TX was lost (echo_lost: IPVT_F_LOST)."""
+    [(pkt, v)] = flagged_verdicts(echo_rx(1000, 7, 0x3000) + [10_000_000_000])
+    assert v.complete is False and pkt.waiting_for == "tx"
+    out = []
+    c = Correlator(out.append, 1000, lost_flag=F["lost"], echo_flag=F["echo"])
+    for e in echo_rx(1000, 7, 0x3000, lost=F["lost"]):
+        c.feed(e)
+    [pkt] = out   # not held
+    assert classify.classify(from_packet(pkt, CTX)).complete is False
+
+
 def test_rx_on_other_device_is_not_the_echo():
     """Same skb pointer, but it arrives on another device: a packet of its own."""
     hdr = ipv4_icmp("10.0.0.1", "10.0.0.254")

@@ -9,7 +9,11 @@ Keys, from the strongest to the weakest:
   pointer starts a new context, hence a new packet.
 - a frame that ipvlan forwarded to the parent (dev_forward_skb(parent)) comes
   back through the parent's rx_handler later: that RX is the same packet when
-  skb pointer, skb->head and device all match, within a time window.
+  skb pointer, skb->head and device all match, within a time window. The
+  kernel flags such an RX context (IPVT_F_ECHO): its record may come before
+  the TX's (another task ran the parent's RX while the sender was preempted
+  inside ipvlan_queue_xmit, as PREEMPT_RT 7.2 lets it), and then waits for
+  it; one whose TX never comes is incomplete, never a packet of its own.
 - the multicast worker handles an enqueued skb later, maybe on another CPU:
   its clones share the enqueued skb's data (skb->head), which ties them back.
 - on an L3S port the rx_handler only passes the frame; ipvlan's l3mdev hook
@@ -65,7 +69,7 @@ class Packet:
     cont_ret: Event | None = None
     worker: list[Event] = field(default_factory=list)      # multicast worker, this packet's share
     worker_done: bool = False
-    waiting_for: str | None = None                         # "rx" | "worker" | None
+    waiting_for: str | None = None                         # "rx" | "worker" | "l3s" | "tx" | None
     deadline: int = 0
     lost_overlap: bool = False                             # events were lost while it was open
     evicted: bool = False                                  # its return never came: evicted
@@ -133,9 +137,11 @@ class Correlator:
     """Feed events and ticks in stream order; packets come out when finished."""
 
     def __init__(self, emit: Callable[[Packet], None], wait_ns: int = WAIT_NS,
-                 is_l3s: Callable[[Event], bool] | None = None, lost_flag: int = 0) -> None:
+                 is_l3s: Callable[[Event], bool] | None = None, lost_flag: int = 0,
+                 echo_flag: int = 0) -> None:
         self.emit = emit
         self.lost_flag = lost_flag   # IPVT_F_LOST, 0 for recordings without it
+        self.echo_flag = echo_flag   # IPVT_F_ECHO, 0 for recordings without it
         self.wait_ns = wait_ns
         self.is_l3s = is_l3s or (lambda ev: False)
         self.open: dict[int, Packet] = {}
@@ -146,6 +152,8 @@ class Correlator:
         # while the worker runs (a reflected frame) shares its original's head
         self.await_mc: dict[int, list[Packet]] = {}
         self.await_l3s: dict[tuple[int, int], Packet] = {}  # (skb, head) -> packet
+        # (skb, head) -> an RX echo (IPVT_F_ECHO) that closed before its TX
+        self.await_tx: dict[tuple[int, int], Packet] = {}
         self.pending: list[Packet] = []
         self.now = 0
         self.unattributed = 0
@@ -291,6 +299,7 @@ class Correlator:
         self.await_rx.clear()
         self.await_mc.clear()
         self.await_l3s.clear()
+        self.await_tx.clear()
 
     # -- stages -----------------------------------------------------------
     def _entry(self, ev: Event) -> None:
@@ -358,9 +367,19 @@ class Correlator:
             self.await_mc.setdefault(head, []).append(pkt)
             pkt.waits.append((self.await_mc, head))
         elif fwd_parent and pkt.direction == "tx":
-            pkt.waiting_for = "rx"
             f = fwd_parent[-1]
+            echo = self.await_tx.get((f.skb, f.head))
+            if echo is not None and echo.entry is not None and self._is_fwd_target(pkt, echo.entry):
+                self._release_echo(pkt, echo)   # its RX closed first
+                return
+            pkt.waiting_for = "rx"
             self._wait(self.await_rx, (f.skb, f.head), pkt)
+        elif (pkt.direction == "rx" and pkt.entry is not None and pkt.entry.flags & self.echo_flag
+              and not pkt.lost_overlap):
+            # the parent's RX of a to-parent frame whose TX has not closed
+            # yet: the TX's record joins it (a lost one leaves it incomplete)
+            pkt.waiting_for = "tx"
+            self._wait(self.await_tx, (pkt.entry.skb, pkt.entry.head), pkt)
         elif (pkt.direction == "rx" and pkt.entry is not None and pkt.ret is not None
               and pkt.ret.ret == RX_HANDLER_PASS and self.is_l3s(pkt.entry)):
             pkt.waiting_for = "l3s"
@@ -465,6 +484,18 @@ class Correlator:
                 self._forget(p)
                 return p
         return None
+
+    def _release_echo(self, pkt: Packet, echo: Packet) -> None:
+        """TX packet *pkt* and the RX of its frame on the parent, which closed
+        before it (*echo*, waiting for it): one packet, finished."""
+        if echo in self.pending:
+            self.pending.remove(echo)
+        self._forget(echo)
+        pkt.waiting_for = "rx"
+        pkt.cont = echo.events
+        pkt.cont_ret = echo.ret
+        pkt.lost_overlap = pkt.lost_overlap or echo.lost_overlap
+        self._finish(pkt)
 
     def _release(self, pkt: Packet) -> None:
         if pkt in self.pending:

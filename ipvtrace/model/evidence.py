@@ -165,6 +165,8 @@ def _base_complete(pkt: Packet) -> bool:
         return False
     if pkt.waiting_for == "rx" and (not pkt.cont or pkt.cont_ret is None):
         return False
+    if pkt.waiting_for == "tx":   # a to-parent frame's RX whose TX never came
+        return False
     return True
 
 

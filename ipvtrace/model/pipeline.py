@@ -55,7 +55,8 @@ class Pipeline:
         self.filtered_out = 0
         self.resolved: dict[int, str] = {}
         self.correlator = Correlator(self._packet, is_l3s=self._is_l3s,
-                                     lost_flag=lay.flags.get("lost", 0))
+                                     lost_flag=lay.flags.get("lost", 0),
+                                     echo_flag=lay.flags.get("echo", 0))
         self.branches: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
         self.lost_total = 0

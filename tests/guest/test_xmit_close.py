@@ -1,10 +1,12 @@
 """What closes a TX context on this real kernel: an fexit on
-ipvlan_queue_xmit where the kernel has trampolines (probes.trampolines),
-else the net:net_dev_xmit tracepoint that xmit_one fires after ipvlan's
-ndo_start_xmit returned. A frame sent past xmit_one (AF_PACKET with
-PACKET_QDISC_BYPASS, as pktgen and netpoll also do) fires no such
-tracepoint: its context must not swallow the packets after it, and the
-kernel must say it dropped it (stack_stale). The fexit closes it as any."""
+ipvlan_queue_xmit where the kernel has trampolines (probes.trampolines), a
+kretprobe on it where raw tracepoints' programs can be preempted
+(probes.attach_spec: PREEMPT_RT 6.13+), else the net:net_dev_xmit
+tracepoint that xmit_one fires after ipvlan's ndo_start_xmit returned. A
+frame sent past xmit_one (AF_PACKET with PACKET_QDISC_BYPASS, as pktgen and
+netpoll also do) fires no such tracepoint: its context must not swallow the
+packets after it, and the kernel must say it dropped it (stack_stale).
+ipvlan_queue_xmit's own return closes it as any."""
 import os
 import subprocess
 import sys
@@ -75,8 +77,8 @@ def test_a_bypassed_xmit_is_counted_and_the_next_packets_are_whole(pods):
                 and r["direction"] == "tx"]
     kstats = summary["trailer"]["kernel_stats"]
     plan = recording.read(rec).header["plan"]
-    if {"name": "xmit_ret", "kind": "fexit"}.items() <= next(
-            (a for a in plan["attach"] if a["name"] == "xmit_ret"), {}).items():
+    closes = next(a for a in plan["attach"] if a["name"] == "xmit_ret")
+    if closes["symbol"] == "ipvlan_queue_xmit":   # its fexit or kretprobe
         # ipvlan_queue_xmit's own return closed each, xmit_one or not: a
         # whole TX row each (6.12 delivers it to pod b; 6.1's TX lookup
         # misses pod b for such a frame and sends it to the parent), nothing stale
