@@ -105,11 +105,9 @@ struct ipvt_stack {
 #ifdef IPVT_STACK_PER_TASK
 	__u64 sp[IPVT_STACK_MAX];     /* the task's stack pointer at the entry probe */
 #endif
-	/* what `stats` joins across contexts before this one closes (hit_kept):
-	 * the probes its record kept so far, the skb it gave the multicast queue */
-	__u32 seen[IPVT_STACK_MAX];
+	/* what `stats` joins across contexts before this one closes
+	 * (count_hit_kept): the skb it gave the multicast queue */
 	__u64 enq_skb[IPVT_STACK_MAX];
-	__u64 echo_skb[IPVT_STACK_MAX];   /* its frame handed to the parent (echo_skbs) */
 	/* each open context's record: struct ipvt_rec, frame, hits (rec_open) */
 	__u8 rec[IPVT_STACK_MAX][IPVT_REC_MAX];
 };
@@ -746,9 +744,7 @@ static __always_inline __u64 ctx_push(__u16 kind, __u8 *depth_out, __u64 sp)
 		st->lossy[i] = 1;
 		stat_inc(IPVT_S_KEPT_OUT);
 	}
-	st->seen[i] = 0;
 	st->enq_skb[i] = 0;
-	st->echo_skb[i] = 0;
 	st->depth = d + 1;
 	*depth_out = d + 1;
 	return id;
@@ -925,45 +921,43 @@ static __always_inline int echo_of(struct ipvt_rec *r)
 }
 
 /* A TX context's hit: a frame handed to the parent (dev_forward_skb before
- * any ipvlan_rcv_frame) is remembered for its RX there, and forgotten when
- * dev_forward_skb says it dropped it (no RX will take the entry, which could
- * then match a later frame in the same memory). */
-static __always_inline void echo_note(struct ipvt_stack *st, __u32 i, __u16 p,
-				      struct ipvt_hit *h, struct ipvt_rec *r)
+ * any ipvlan_rcv_frame in the record) is remembered for its RX there, and
+ * forgotten when dev_forward_skb says it dropped it (no RX will take the
+ * entry, which could then match a later frame in the same memory). Read
+ * from the record's hits: no map lookup for the helpers of every packet. */
+static __always_inline void echo_note(__u16 p, struct ipvt_hit *h, struct ipvt_rec *r)
 {
-	if (r->kind != IPVT_P_XMIT)
+	if (r->kind != IPVT_P_XMIT || !(p == IPVT_P_FWD || (p == IPVT_P_FWD_RET && h->ret != 0)))
 		return;
-	if (p == IPVT_P_FWD && !(st->seen[i] & (1U << IPVT_P_RCV_FRAME))) {
+	__u8 *buf = (__u8 *)r;
+	__u64 fwd = 0;
+	/* the hits before this one (the last kept: r->nhits - 1) */
+#pragma clang loop unroll(disable)
+	for (__u32 n = 0; n < IPVT_HITS_MAX; n++) {
+		struct ipvt_hit *o = rec_hit(buf, n);
+		if (!o || n + 1 >= r->nhits)
+			break;
+		if (o->probe == IPVT_P_RCV_FRAME)
+			return;   /* to a slave: its RX is not the parent's */
+		if (o->probe == IPVT_P_FWD)
+			fwd = o->skb;
+	}
+	if (p == IPVT_P_FWD) {
 		__u64 key = h->skb, head = h->head;
 		echo_skbs.update(&key, &head);
-		st->echo_skb[i] = key;
-	} else if (p == IPVT_P_FWD_RET && h->ret != 0 && st->echo_skb[i]) {
-		__u64 key = st->echo_skb[i];
-		echo_skbs.delete(&key);
-		st->echo_skb[i] = 0;
+	} else if (fwd) {
+		echo_skbs.delete(&fwd);   /* NET_RX_DROP: never received */
 	}
 }
 
-static __always_inline void count_hit_kept(struct ipvt_stack *st, __u32 i, __u16 p,
-					   struct ipvt_hit *h, struct ipvt_rec *r);
+static __always_inline void count_hit_kept(__u16 p, struct ipvt_hit *h, struct ipvt_rec *r);
 
 /* A hit just kept in a record: what another context needs of it before
  * this one closes (the to-parent echo; in `stats`, the worker's runs). */
 static __always_inline void hit_kept(__u16 p, struct ipvt_hit *h, struct ipvt_rec *r)
 {
-#ifndef IPVT_COUNT_ONLY
-	/* the trace build needs only these of it: no stack lookup for others */
-	if (p != IPVT_P_RCV_FRAME && p != IPVT_P_FWD && p != IPVT_P_FWD_RET)
-		return;
-#endif
-	struct ipvt_stack *st = stack_get(0);
-	if (!st)
-		return;
-	__u32 i = stack_idx(r->depth - 1);   /* the record's own stack entry */
-	echo_note(st, i, p, h, r);
-	count_hit_kept(st, i, p, h, r);
-	if (p < 32)
-		st->seen[i] |= 1U << p;
+	echo_note(p, h, r);
+	count_hit_kept(p, h, r);
 }
 
 /* ---- where the two builds differ: what becomes of the evidence ------- *
@@ -1170,9 +1164,14 @@ static __always_inline void rec_close(struct ipvt_stack *st, __u32 idx, __s64 re
 
 /* A hit just kept in a record (hit_kept): what the worker's runs need of
  * it before this context closes. */
-static __always_inline void count_hit_kept(struct ipvt_stack *st, __u32 i, __u16 p,
-					   struct ipvt_hit *h, struct ipvt_rec *r)
+static __always_inline void count_hit_kept(__u16 p, struct ipvt_hit *h, struct ipvt_rec *r)
 {
+	if (p != IPVT_P_MC_ENQUEUE && p != IPVT_P_KFREE)
+		return;   /* (no stack lookup for the others) */
+	struct ipvt_stack *st = stack_get(0);
+	if (!st)
+		return;
+	__u32 i = stack_idx(r->depth - 1);   /* the record's own stack entry */
 	if (p == IPVT_P_MC_ENQUEUE) {
 		/* the worker may run on another CPU before this context closes */
 		st->enq_skb[i] = h->skb;
@@ -1355,8 +1354,7 @@ static __always_inline void rec_close(struct ipvt_stack *st, __u32 idx, __s64 re
 	}
 }
 
-static __always_inline void count_hit_kept(struct ipvt_stack *st, __u32 i, __u16 p,
-					   struct ipvt_hit *h, struct ipvt_rec *r) {}
+static __always_inline void count_hit_kept(__u16 p, struct ipvt_hit *h, struct ipvt_rec *r) {}
 
 static __always_inline void ev_submit(__u16 probe, struct ipvt_event *e)
 {
