@@ -2120,6 +2120,7 @@ int on_consume(struct bpf_raw_tracepoint_args *ctx)
  * its format file (IPVT_TP_<EVENT>_<FIELD>). */
 int on_kfree(void *ctx)
 {
+#ifdef IPVT_TP_KFREE_SKB_SKBADDR   /* (without it, not attached: probes.py) */
 	void *skb = 0, *location = 0;
 	__u32 reason = 0;
 	KREAD(skb, ctx, IPVT_TP_KFREE_SKB_SKBADDR);
@@ -2128,13 +2129,20 @@ int on_kfree(void *ctx)
 	KREAD(reason, ctx, IPVT_TP_KFREE_SKB_REASON);
 #endif
 	return report_free(IPVT_P_KFREE, skb, location, reason);
+#else
+	return 0;
+#endif
 }
 
 int on_consume(void *ctx)
 {
+#ifdef IPVT_TP_CONSUME_SKB_SKBADDR
 	void *skb = 0, *location = 0;
 	KREAD(skb, ctx, IPVT_TP_CONSUME_SKB_SKBADDR);
 	KREAD(location, ctx, IPVT_TP_CONSUME_SKB_LOCATION);
 	return report_free(IPVT_P_CONSUME, skb, location, 0);
+#else
+	return 0;
+#endif
 }
 #endif

@@ -211,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
                 "stats-kprobes": softirq + ["-DIPVT_COUNT_ONLY"] + interrupted,
                 "record-rt": softirq_rt + ["-DIPVT_STACK_PER_TASK"],
                 "stats-rt": softirq_rt + ["-DIPVT_STACK_PER_TASK", "-DIPVT_COUNT_ONLY"]}
+    if probes.FREE_TP_FLAG in softirq_rt:
+        # ... and with a free tracepoint whose record lacks the fields (not
+        # attached: probes.build), which must still compile and load
+        variants["record-rt-bare-frees"] = [f for f in variants["record-rt"]
+                                            if not f.startswith("-DIPVT_TP_CONSUME_SKB_")]
     times = {name: build(offs + extra) for name, extra in variants.items()}
     each = ", ".join(f"{name} {t:.2f}" for name, t in times.items())
     print(f"compile_check: compile CPU s{' with offsets from BTF' if offs else ''}: {each};"
