@@ -196,7 +196,8 @@ BPF_TABLE("lru_hash", __u64, __u8, filtered_heads, 4096);
  * one. Kept at the dev_forward_skb hit, not when the TX context closes: the
  * RX can close first where another task runs the softirq while the sender
  * is preempted inside ipvlan_queue_xmit (PREEMPT_RT 7.2, which no longer
- * serialises BH-disabled sections: seen), or on another CPU (RPS). */
+ * serialises BH-disabled sections: Debian's builds it without
+ * CONFIG_PREEMPT_RT_NEEDS_BH_LOCK; seen), or on another CPU (RPS). */
 BPF_TABLE("lru_hash", __u64, __u64, echo_skbs, 4096);
 #ifdef IPVT_COUNT_ONLY
 /* Counted signatures, read by user space through mapped pages (never with a

@@ -181,9 +181,7 @@ def test_the_format_files_offsets_are_the_btf_ones_the_compile_check_uses():
     except (btf.BTFError, OSError) as exc:
         pytest.skip(f"this machine's kernel does not show both: {exc}")
     for ev, text in texts.items():
-        from_btf = {name: btf.optional_offset(kb, f"trace_event_raw_{ev}", name, size)
-                    for name, size in probes.FREE_TP_FIELDS.items()}
-        assert probes.format_offsets(text) == {k: v for k, v in from_btf.items() if v is not None}
+        assert probes.format_offsets(text) == btf.tracepoint_offsets(kb, ev, probes.FREE_TP_FIELDS)
         assert {"skbaddr", "location"} <= set(probes.format_offsets(text)), ev
 
 

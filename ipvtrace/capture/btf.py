@@ -276,6 +276,15 @@ def tracepoint_cflags(data: bytes) -> list[str]:
     return out
 
 
+def tracepoint_offsets(btf: "BTF", event: str, fields: dict[str, int]) -> dict[str, int]:
+    """The offsets of those *fields* (name: size) a tracepoint's record has
+    at that size, from the kernel's trace_event_raw_EVENT struct: what its
+    tracefs format file says on the running kernel."""
+    offs = {name: optional_offset(btf, f"trace_event_raw_{event}", name, size)
+            for name, size in fields.items()}
+    return {k: v for k, v in offs.items() if v is not None}
+
+
 def read_offsets(path: Path = VMLINUX_BTF) -> dict[str, int]:
     """FIELDS' offsets from this kernel's BTF; BTFError when it has none."""
     return offsets(read(path))

@@ -68,6 +68,11 @@ def vmlinuz_btf(path: Path) -> bytes:
     raise btf.BTFError(f"{path}: no xz, zstd or gzip payload holding an ELF vmlinux")
 
 
+def this_machines_format(system: str, event: str) -> str:
+    """A tracepoint's format file on this machine (no --vmlinuz given)."""
+    return open(f"/sys/kernel/tracing/events/{system}/{event}/format").read()
+
+
 def free_tp_flags(image_btf: bytes | None) -> list[str]:
     """The classic skb free tracepoints' record offsets (probes.free_tp_cflags)
     from the kernel's BTF, whose trace_event_raw_EVENT structs the format
@@ -76,12 +81,9 @@ def free_tp_flags(image_btf: bytes | None) -> list[str]:
     kbtf = btf.BTF(image_btf) if image_btf is not None else None
     for sys_, ev in probes.TRACEPOINTS:
         if kbtf is not None:
-            offs = {name: btf.optional_offset(kbtf, f"trace_event_raw_{ev}", name, size)
-                    for name, size in probes.FREE_TP_FIELDS.items()}
-            offsets = {k: v for k, v in offs.items() if v is not None}
+            offsets = btf.tracepoint_offsets(kbtf, ev, probes.FREE_TP_FIELDS)
         else:
-            offsets = probes.format_offsets(
-                open(f"/sys/kernel/tracing/events/{sys_}/{ev}/format").read())
+            offsets = probes.format_offsets(this_machines_format(sys_, ev))
         flags = probes.free_tp_cflags(ev, offsets)
         if not flags:
             raise SystemExit(f"compile_check: no skbaddr and location in {ev}'s record")
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         plan.cflags += btf.tracepoint_cflags(image_btf)
     else:
         for sys_, ev in probes.TRACEPOINTS:
-            text = open(f"/sys/kernel/tracing/events/{sys_}/{ev}/format").read()
+            text = this_machines_format(sys_, ev)
             if ev == "consume_skb" and "location" in text:
                 plan.cflags.append("-DIPVT_HAVE_CONSUME_LOCATION")
             if ev == "kfree_skb" and " reason;" in text:

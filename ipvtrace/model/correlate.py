@@ -369,7 +369,7 @@ class Correlator:
         elif fwd_parent and pkt.direction == "tx":
             f = fwd_parent[-1]
             echo = self.await_tx.get((f.skb, f.head))
-            if echo is not None and echo.entry is not None and self._is_fwd_target(pkt, echo.entry):
+            if echo is not None and self._is_fwd_target(pkt, echo.entry):
                 self._release_echo(pkt, echo)   # its RX closed first
                 return
             pkt.waiting_for = "rx"
@@ -491,7 +491,7 @@ class Correlator:
         if echo in self.pending:
             self.pending.remove(echo)
         self._forget(echo)
-        pkt.waiting_for = "rx"
+        pkt.waiting_for = "rx"   # as a TX whose echo came after it: complete with its cont
         pkt.cont = echo.events
         pkt.cont_ret = echo.ret
         pkt.lost_overlap = pkt.lost_overlap or echo.lost_overlap
