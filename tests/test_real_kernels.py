@@ -3,6 +3,8 @@ QEMU (KVM when it works, software emulation otherwise), in parallel, and each
 runs the in-guest suite (tests/guest/run) as root on its own ipvlan driver.
 On PREEMPT_RT softirqs run in threads and a task can be preempted inside a
 probed function: the same suite shows the per-task context stack holds.
+Those guests have one vCPU each; the tests that need a second (marked
+cpus(2), deselected in them) run afterwards in a 6.12 guest with two.
 
 Nothing is skipped here: a guest that cannot boot, a probe that cannot attach
 or an in-guest test that is skipped is a failure of this tier.
@@ -30,6 +32,9 @@ RT_TESTS = ("tests/guest/test_prereq.py tests/guest/test_article.py "
             "tests/guest/test_topologies.py tests/guest/test_stacked.py "
             "tests/guest/test_stats.py tests/guest/test_survival.py")
 GUEST_TESTS = {"6.1-rt": RT_TESTS, "6.12-rt": RT_TESTS}
+# in-guest tests that need two CPUs (marked cpus(2); the one-vCPU guests above
+# deselect them): a guest of Debian 12's 6.12 with two, alone, after the others
+SMP_KERNEL, SMP_TESTS = "6.12", "tests/guest/test_rps.py"
 WORK = REPO / "build" / "vm-test"
 
 pytestmark = pytest.mark.vm
@@ -73,6 +78,19 @@ def guests():
     return out
 
 
+@pytest.fixture(scope="module")
+def smp_guest(guests):
+    """SMP_TESTS in a two-vCPU guest, once the one-vCPU guests are done (two
+    vCPUs each for a pair of guests on this 2-core machine slowed all)."""
+    work = WORK / "smp"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        return qemu.run(SMP_KERNEL, guest_script(f"IPVTRACE_GUEST_TESTS='{SMP_TESTS}' sh tests/guest/run"),
+                        work, cpus=2, timeout=1800)
+    except qemu.VMError as exc:
+        return exc
+
+
 def failures(junit: Path, cap: int = 4000) -> str:
     """What each failed in-guest test said (its assertion and the end of its
     traceback), from the guest's junit.xml: the tail of the guest's log holds
@@ -104,6 +122,22 @@ def test_in_guest_suite(guests, kernel):
     assert counts["tests"] >= 10 and counts["failures"] == counts["errors"] == 0, counts
     assert counts["skipped"] == 0, f"skipped in the guest: {counts}"
     print(f"{r.kernel}: {counts['tests']} in-guest tests passed in {r.seconds:.0f} s ({r.accel})")
+
+
+def test_two_cpu_guest_suite(smp_guest):
+    """The tests that need a second CPU (RPS: the parent's RX on another CPU
+    than the sender's TX) ran in a guest that has one, and passed."""
+    r = smp_guest
+    assert not isinstance(r, Exception), str(r)
+    assert "guest: " + r.kernel + ", 2 cpu" in r.log, r.log[-2000:]
+    assert r.rc == 0, f"{r.kernel}: two-CPU suite failed:\n{failures(WORK / 'smp' / 'junit.xml') or r.log[-3000:]}"
+    suite = ET.parse(WORK / "smp" / "junit.xml").getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    ran = {case.get("name") for case in suite.iter("testcase")}
+    assert "test_a_to_parent_frame_whose_rx_runs_on_another_cpu_is_one_row" in ran, ran
+    counts = {k: int(suite.get(k, 0)) for k in ("failures", "errors", "skipped")}
+    assert counts == {"failures": 0, "errors": 0, "skipped": 0}, counts
+    print(f"{r.kernel}: {len(ran)} two-CPU in-guest tests passed in {r.seconds:.0f} s ({r.accel})")
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
