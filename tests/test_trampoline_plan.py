@@ -342,6 +342,35 @@ def test_a_symbol_resolves_to_itself_or_its_first_gcc_clone():
     assert r("ipvlan_rcv_frame.isra", avail) is None
 
 
+def test_start_up_calls_a_probe_a_gcc_clone_only_when_it_sits_on_one():
+    """What the probe for a spec is asked of and the note about it. 7.2's
+    multicast worker hands frames to slaves by netif_receive_skb: the probe
+    asked of the worker's netif_rx goes there, and that is no GCC clone of
+    netif_rx (start-up said it was, in the 7.2 guest; worker_rx_fn's own
+    note says which function it is). Debian builds ipvlan_rcv_frame only as
+    .isra.0: that one is."""
+    spec = {s.name: s for s in probes.SPECS}
+    avail = probes.Available("netif_rx\nnetif_receive_skb\nipvlan_rcv_frame.isra.0 [ipvlan]\n")
+    for worker_rx in probes.WORKER_RX_FNS:
+        asked = probes.asked_function(spec["netif_rx"], worker_rx)
+        assert asked == worker_rx
+        assert probes.clone_note(asked, probes.resolve_symbol(asked, avail)) is None
+    asked = probes.asked_function(spec["rcv_frame"], "netif_receive_skb")
+    note = probes.clone_note(asked, probes.resolve_symbol(asked, avail))
+    assert note.startswith("ipvlan_rcv_frame is the GCC clone ipvlan_rcv_frame.isra.0 here")
+
+
+def test_what_the_kernel_shows_says_each_thing_once():
+    """An entry and its return missing for one reason (5.10 inlines
+    ipvlan_skb_to_addr: s2a and s2a_ret) are one sentence in the header and
+    doctor, not two."""
+    plan = probes.ProbePlan(kernel="5.10.0-32-amd64", tracefs="/sys/kernel/tracing")
+    why = "L3S: which slave owns the destination is not shown"
+    plan.missing += [{"name": n, "symbol": "ipvlan_skb_to_addr", "why": why} for n in ("s2a", "s2a_ret")]
+    plan.notes.append("a note")
+    assert probes.what_this_kernel_shows(plan) == [f"ipvlan_skb_to_addr not probe-able: {why}", "a note"]
+
+
 def test_available_filter_functions_as_the_kernel_writes_them(tmp_path):
     """A module's functions carry ` [module]`; the first line and a last
     line without its newline are names like the others."""

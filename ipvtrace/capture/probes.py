@@ -272,6 +272,25 @@ def resolve_symbol(symbol: str, available: Available) -> str | None:
     return clones[0] if clones else None
 
 
+def asked_function(spec: ProbeSpec, worker_rx: str) -> str:
+    """The kernel function a kprobe spec is put on here: its symbol, except
+    the worker's hand-off to a slave (netif_rx), which is the function this
+    kernel's ipvlan_process_multicast calls (worker_rx_fn)."""
+    return worker_rx if spec.name == "netif_rx" else spec.symbol
+
+
+def clone_note(asked: str, sym: str) -> str | None:
+    """What start-up says when the probe for *asked* sits on *sym*, a GCC
+    clone of it (resolve_symbol); None when it sits on *asked* itself (a
+    function the worker calls instead of netif_rx is no clone: it was asked
+    for, and worker_rx_fn says so)."""
+    if sym == asked:
+        return None
+    return (f"{asked} is the GCC clone {sym} here: a hit counts only when the skb it was "
+            "handed is the packet's and its slave is the one ipvlan_addr_lookup found "
+            "(otherwise the packet is incomplete)")
+
+
 def tracepoint_exists(tracefs: Path, event: str) -> bool:
     """Is there a tracepoint *event* (any subsystem) on this kernel?"""
     return any((tracefs / "events").glob(f"*/{event}/format"))
@@ -316,8 +335,7 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
             event = spec.symbol.rpartition(":")[2]
             sym = spec.symbol if tracepoint_exists(tracefs, event) else None
         else:
-            sym = resolve_symbol(plan.worker_rx if spec.name == "netif_rx" else spec.symbol,
-                                 available)
+            sym = resolve_symbol(asked_function(spec, plan.worker_rx), available)
         if sym is None:
             if spec.required:
                 what = "tracepoint" if spec.kind in TRACEPOINT_KINDS else "kernel symbol"
@@ -337,12 +355,9 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
             plan.cflags.append(f"-DIPVT_FENTRY_{spec.name.upper()}")
             continue
         plan.attach.append({"name": spec.name, "fn": spec.fn, "kind": spec.kind, "symbol": sym})
-        if sym != spec.symbol:
-            plan.notes.append(
-                f"{spec.symbol} is the GCC clone {sym} here: a hit counts only when the "
-                "skb it was handed is the packet's and its slave is the one "
-                "ipvlan_addr_lookup found (otherwise the packet is incomplete)"
-            )
+        note = clone_note(asked_function(spec, plan.worker_rx), sym)
+        if note:
+            plan.notes.append(note)
     rcv = next((a["symbol"] for a in plan.attach if a["name"] == "rcv_frame"), None)
     if rcv is not None:
         plan.rcv_frame_rx, why = rcv_frame_on_rx(rcv, ksyms)
@@ -764,4 +779,5 @@ def kernel_version(release: str) -> tuple[int, int]:
 def what_this_kernel_shows(plan: ProbePlan) -> list[str]:
     """Sentences for `doctor` and the recording header."""
     lines = [f"{m['symbol']} not probe-able: {m['why']}" for m in plan.missing]
-    return lines + list(plan.notes)
+    # once each: an entry and its return missing for one reason say it twice
+    return list(dict.fromkeys(lines + list(plan.notes)))

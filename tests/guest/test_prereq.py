@@ -1,5 +1,6 @@
 """A real kernel where the ipvlan module is not loaded: a one-line error that
 says what to do, before anything is compiled or attached."""
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -113,3 +114,21 @@ def test_softirqs_the_worker_serves_are_told_apart():
     assert not [n for n in plan.notes if "local_bh_enable" in n], plan.notes
     flags = [f for f in plan.cflags if "SOFTIRQ" in f or "PERCPU" in f or "PREEMPT_COUNT" in f]
     print(f"{os.uname().release}: softirq check by {plan.softirq_check}: {flags}")
+
+
+def test_each_gcc_clone_start_up_names_is_one_on_this_kernel(plan):
+    """Start-up (and the recording header) says where a probe sits on a GCC
+    clone instead of the function: true of each, read from this kernel's
+    available_filter_functions, and said once. (7.2 said so of
+    netif_receive_skb, which its multicast worker calls instead of netif_rx:
+    no clone.)"""
+    from ipvtrace.capture import probes
+
+    said = probes.what_this_kernel_shows(plan)
+    assert len(said) == len(set(said)), said
+    avail = probes.read_available(Path(plan.tracefs))
+    clones = [re.match(r"(\S+) is the GCC clone (\S+) here", n) for n in said]
+    for fn, clone in (m.groups() for m in clones if m):
+        assert re.fullmatch(re.escape(fn) + r"\.(isra|constprop|part)\.\d+", clone), (fn, clone)
+        assert clone in avail and fn not in avail, (fn, clone)
+        assert any(a["symbol"] == clone for a in plan.attach), (clone, plan.attach)
