@@ -213,6 +213,21 @@ def test_json_frames_of_any_shape(tmp_path_factory, base, where, pick, value, da
     survives(tmp_path_factory.mktemp("j"), pack(header, frames, trailer))
 
 
+def test_a_key_that_does_not_print_is_escaped_in_the_one_line_error(tmp_path):
+    """Found by the test above: a key of the file's own (layout.flags,
+    trailer.kernel_stats) named in the error came out as it was, so a
+    newline in it split the one-line error and a terminal escape in it
+    reached the terminal."""
+    header, frames, trailer = BASES["article-6.12"]
+    header = replace_at(header, ("layout", "flags", "\n\x1b[2J"), None)
+    p = tmp_path / "keys.ipvt"
+    p.write_bytes(pack(header, frames, trailer))
+    with pytest.raises(recording.RecordingError) as exc:
+        replay.run_replay(p, sink=None)
+    assert str(exc.value).endswith("corrupted header: layout.flags.\\n\\x1b[2J is not an integer")
+    survives(tmp_path, pack(header, frames, trailer))
+
+
 @SETTINGS
 @given(base=st.sampled_from(sorted(BASES)),
        edits=st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), min_size=1, max_size=8),

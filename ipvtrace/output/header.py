@@ -31,8 +31,12 @@ class BadFrame(ValueError):
 
 
 def _need(cond: bool, what: str) -> None:
+    """BadFrame(what) unless *cond*. *what* may hold a key from the file: its
+    characters that do not print (a newline, a terminal escape) are written
+    as escapes, so the error is one line and prints as it reads."""
     if not cond:
-        raise BadFrame(what)
+        raise BadFrame("".join(c if c.isprintable() else c.encode("unicode_escape").decode()
+                               for c in what))
 
 
 def _int(v: Any, what: str, lo: int | None = None, hi: int | None = None) -> int:
