@@ -18,6 +18,27 @@ BRANCH_STYLE = {
 }
 
 
+def printable(s: str) -> str:
+    """*s* with each character that does not print as U+FFFD, one for one.
+    A row's names come from the kernel (an interface name may hold an ESC)
+    or from a recording made elsewhere: on a terminal they must not move the
+    cursor, clear the screen or break a line. One for one, so the column
+    widths and rich's style spans stay where they were."""
+    return s if s.isprintable() else "".join(c if c.isprintable() else "\ufffd" for c in s)
+
+
+def printable_row(v):
+    """A row (or a part of it) with every string printable(); other values
+    as they are."""
+    if isinstance(v, str):
+        return printable(v)
+    if isinstance(v, dict):
+        return {printable(k): printable_row(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [printable_row(x) for x in v]
+    return v
+
+
 def _dev(ref: dict | None) -> str:
     return f"{ref['dev']}@{ref['netns']}" if ref else "-"
 
@@ -58,6 +79,7 @@ class LineSink:
         self._header = True
 
     def __call__(self, row: dict) -> None:
+        row = printable_row(row)
         node = row.get("node")
         if not self._header:
             self.header(node is not None)
@@ -102,6 +124,8 @@ def print_stats(summary: dict, console: Console, as_json: bool = False) -> None:
         console.file.write(stats_line(summary) + "\n")
         return
     from rich.table import Table
+
+    summary = printable_row(summary)   # (drop reasons and stat names come from the file)
 
     t = Table(title=f"{summary.get('packets', 0)} packets", title_justify="left")
     t.add_column("branch")
@@ -166,6 +190,7 @@ class Dashboard:
             self._lost = lost
 
     def __call__(self, row: dict) -> None:
+        row = printable_row(row)
         with self._lock:
             self.packets += 1
             self.branches[row["branch"]] += 1
