@@ -50,3 +50,13 @@ def test_printable_keeps_what_prints_and_the_length():
         p = render.printable(s)
         assert len(p) == len(s) and p.isprintable()
         assert (p == s) == s.isprintable()
+
+
+def test_the_dashboard_draws_names_printable():
+    console, out = terminal()
+    board = render.Dashboard(console=console)
+    board({"time": 1.5, "from": {"dev": "e\x1b[2Jth0", "netns": "n"}, "to": None,
+           "summary": "ICMP", "branch": "tx.l2.local", "delivery": "delivered", "complete": True})
+    console.print(board)
+    text = SGR.sub("", out.getvalue())
+    assert "\x1b" not in text and "e\ufffd[2Jth0@n" in text, repr(text)

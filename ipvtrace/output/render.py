@@ -79,7 +79,10 @@ class LineSink:
         self._header = True
 
     def __call__(self, row: dict) -> None:
-        row = printable_row(row)
+        # what the line shows made printable before rich sees it (rich drops
+        # some control characters, which would shift the columns); the
+        # events, which it does not show, are not copied
+        row = printable_row({k: v for k, v in row.items() if k != "events"})
         node = row.get("node")
         if not self._header:
             self.header(node is not None)
@@ -190,7 +193,6 @@ class Dashboard:
             self._lost = lost
 
     def __call__(self, row: dict) -> None:
-        row = printable_row(row)
         with self._lock:
             self.packets += 1
             self.branches[row["branch"]] += 1
@@ -206,6 +208,7 @@ class Dashboard:
             header, packets, lost_fn = self.header, self.packets, self._lost
             items = sorted(self.branches.items())
             rows = list(self.rows)
+        rows = [printable_row(r) for r in rows]   # (their names may not print; branch ids do)
         if lost_fn is not None:
             self.lost = lost_fn()
         head = Text(f"{header}   packets {packets}   ")
