@@ -1696,9 +1696,12 @@ int on_rx_ret(struct pt_regs *ctx)
 	return entry_ret(ctx, IPVT_P_RX);
 }
 
-int on_mc_work(struct pt_regs *ctx)
+/* ipvlan_process_multicast(work): the worker's run, by its task. With
+ * IPVT_FENTRY_MC_WORK(_RET) an fentry/fexit program (probes.py: a kprobe's
+ * program runs with current_kprobe set, softirqs enabled, and every kprobe
+ * hit in a softirq run at the end of an interrupt taken then is missed) */
+static __always_inline int mc_work_open(void)
 {
-	ran(IPVT_P_MC_WORK);
 	if (!is_armed())
 		return 0;
 	__u32 tid = bpf_get_current_pid_tgid();
@@ -1722,9 +1725,21 @@ int on_mc_work(struct pt_regs *ctx)
 	return 0;
 }
 
-int on_mc_work_ret(struct pt_regs *ctx)
+#ifdef IPVT_FENTRY_MC_WORK
+int on_mc_work(__u64 *ctx)
 {
-	ran(IPVT_P_MC_WORK_RET);
+	return mc_work_open();
+}
+#else
+int on_mc_work(struct pt_regs *ctx)
+{
+	ran(IPVT_P_MC_WORK);
+	return mc_work_open();
+}
+#endif
+
+static __always_inline int mc_work_close(void)
+{
 	__u32 tid = bpf_get_current_pid_tgid();
 	__u64 *w = workers.lookup(&tid);
 	if (!w)
@@ -1744,6 +1759,19 @@ int on_mc_work_ret(struct pt_regs *ctx)
 	ev_submit(IPVT_P_MC_WORK_RET, e);
 	return 0;
 }
+
+#ifdef IPVT_FENTRY_MC_WORK_RET
+int on_mc_work_ret(__u64 *ctx)
+{
+	return mc_work_close();
+}
+#else
+int on_mc_work_ret(struct pt_regs *ctx)
+{
+	ran(IPVT_P_MC_WORK_RET);
+	return mc_work_close();
+}
+#endif
 
 /* ---- helpers: reported only inside a context ------------------------- */
 
@@ -1961,12 +1989,21 @@ SKB_DEV_FENTRY(ip6_local_out, IPVT_P_LOCAL_OUT6, 2, 1)
 SKB_DEV_KPROBE(on_local_out6, IPVT_P_LOCAL_OUT6, PT_REGS_PARM3, 1)
 #endif
 
-/* netif_rx: a delivery only from the multicast worker, outside any context */
+/* netif_rx(skb): a delivery only from the multicast worker, outside any
+ * context. An fentry where it can be (probes.py: a task calls it with
+ * softirqs enabled, as the worker's entry is run) */
+#ifdef IPVT_FENTRY_NETIF_RX
+int kfunc__netif_rx(__u64 *ctx)
+{
+	return report_skb_dev(ctx, 0, IPVT_P_NETIF_RX, (struct sk_buff *)ctx[0], 0, 1);
+}
+#else
 int on_netif_rx(struct pt_regs *ctx)
 {
 	ran(IPVT_P_NETIF_RX);
 	return report_skb_dev(ctx, 1, IPVT_P_NETIF_RX, (struct sk_buff *)PT_REGS_PARM1(ctx), 0, 1);
 }
+#endif
 
 /* ipvlan_multicast_enqueue(port, skb, tx_pkt) */
 int on_mc_enqueue(struct pt_regs *ctx)

@@ -54,7 +54,7 @@ def _default(monkeypatch):
 
 
 def test_the_helpers_btf_names_as_functions():
-    _, kb = kernel_btf(["__dev_queue_xmit", "dev_forward_skb", "netif_rx"],
+    _, kb = kernel_btf(["__dev_queue_xmit", "dev_forward_skb", "netif_receive_skb"],
                        members=("ip_local_out",))   # a struct member of that name: no function
     got, why = probes.trampolines("6.12.117+deb12-amd64", kb, rt=False, ipvlan_btf=lambda: None)
     assert got == {"__dev_queue_xmit": 0, "dev_forward_skb": 0}
@@ -86,12 +86,18 @@ def test_a_damaged_module_btf_keeps_kprobes_for_it():
 def test_the_specs_with_a_trampoline():
     tramps = {sp.name: sp.trampoline for sp in probes.SPECS if sp.trampoline}
     vmlinux = {t.function for t in tramps.values() if not t.module}
-    assert vmlinux == {"__dev_queue_xmit", "ip_local_out", "ip6_local_out", "dev_forward_skb"}
+    assert vmlinux == {"__dev_queue_xmit", "ip_local_out", "ip6_local_out", "dev_forward_skb",
+                       "netif_rx"}
     # (ipvlan_handle_frame's struct sk_buff ** cannot be read by an fentry
     # program); the TX context closes on ipvlan_queue_xmit's own return there
     assert {n: (t.kind, t.function, t.nargs) for n, t in tramps.items() if t.module} == {
         "xmit": ("fentry", "ipvlan_queue_xmit", 2), "xmit_ret": ("fexit", "ipvlan_queue_xmit", 2),
-        "lookup_ret": ("fexit", "ipvlan_addr_lookup", 4)}
+        "lookup_ret": ("fexit", "ipvlan_addr_lookup", 4),
+        # the worker's run: a kprobe's program there left the CPU's
+        # current_kprobe set while softirqs could run (every kprobe hit in
+        # them missed: tests/guest/test_rps.py)
+        "mc_work": ("fentry", "ipvlan_process_multicast", 1),
+        "mc_work_ret": ("fexit", "ipvlan_process_multicast", 1)}
     for sp in probes.SPECS:
         t = sp.trampoline
         if t and not t.module:   # bcc's names, which name the function
@@ -264,6 +270,23 @@ def test_a_context_opened_inside_another_programs_run_reads_the_kernels_marks():
         assert said in why and "complete" in why, why
     # ... and not where nothing is kept out one by one (kprobes before 6.7)
     assert probes.keepout_cflags(ksyms, None, "none", avail, False, False) == ([], "")
+
+
+def test_the_worker_runs_trampolines_are_not_watched():
+    """ipvlan_process_multicast runs only as a work item, and netif_rx's
+    hits count only in its run: no context opened during their programs'
+    run (an interrupt's softirq, a task that preempted it) can hold a hit
+    of theirs, so reading their marks would flag contexts that lost
+    nothing. Every other trampoline and raw tracepoint program is watched;
+    kprobes never are (bpf_prog_active keeps them out)."""
+    entries = [{"name": sp.name, "kind": sp.trampoline.kind if sp.trampoline else sp.kind}
+               for sp in probes.SPECS]
+    assert {e["name"] for e in entries if probes.watched(e)} == {
+        "xmit", "xmit_ret", "lookup_ret", "fwd", "fwd_ret", "qxmit", "local_out", "local_out6",
+        "kfree", "consume"}
+    assert not probes.watched({"name": "mc_work", "kind": "fentry"})
+    assert probes.watched({"name": "qxmit", "kind": "fentry"})
+    assert not probes.watched({"name": "qxmit", "kind": "kprobe"})
 
 
 def test_the_marks_are_read_only_in_an_interrupt_where_no_program_can_be_preempted():

@@ -251,8 +251,7 @@ class Tracer:
         if not any(f.startswith("-DIPVT_WATCH_ACTIVE=") for f in self.plan.cflags):
             return
         fds = self._prog_fds()
-        watch = [fds[p["fn"]] for p in self.plan.attach
-                 if p["kind"] in probes.MARKED_KINDS and p["fn"] in fds]
+        watch = [fds[p["fn"]] for p in self.plan.attach if probes.watched(p) and p["fn"] in fds]
         event = probes.PROG_INFO_FN.encode()
         self.bpf.attach_kprobe(event=event, fn_name=b"on_prog_info")
         try:

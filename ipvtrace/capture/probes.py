@@ -97,12 +97,25 @@ SPECS: tuple[ProbeSpec, ...] = (
               _vmlinux("kfunc__ip6_local_out", "ip6_local_out")),
     ProbeSpec("mc_enqueue", "on_mc_enqueue", "kprobe", "ipvlan_multicast_enqueue", False,
               "multicast enqueue is inferred from the destination MAC"),
+    # the worker's run: a trampoline where the kernel has them. A kprobe's
+    # program runs with the CPU's current_kprobe set, and the worker's task
+    # runs it with softirqs enabled: an interrupt taken then (RPS's IPI) runs
+    # NET_RX on its way out, and every kprobe hit there, ipvlan_handle_frame's
+    # for each frame of the backlog, is missed by the kernel (re-entry;
+    # tests/guest/test_rps.py: 11 of 10,000 RX lost in one CI run, 107 with
+    # a busy worker on the RX CPU). A trampoline sets no current_kprobe.
     ProbeSpec("mc_work", "on_mc_work", "kprobe", "ipvlan_process_multicast", False,
-              "multicast worker deliveries (mcast.*) cannot be tied to their packet"),
+              "multicast worker deliveries (mcast.*) cannot be tied to their packet",
+              Trampoline("on_mc_work", "fentry", "ipvlan_process_multicast", "ipvlan", 1)),
     ProbeSpec("mc_work_ret", "on_mc_work_ret", "kretprobe", "ipvlan_process_multicast", False,
-              "multicast worker deliveries (mcast.*) cannot be tied to their packet"),
+              "multicast worker deliveries (mcast.*) cannot be tied to their packet",
+              Trampoline("on_mc_work_ret", "fexit", "ipvlan_process_multicast", "ipvlan", 1)),
+    # (a trampoline for the same reason: a task sending a broadcast calls it
+    # for the looped-back copy with softirqs enabled. Where the worker calls
+    # another function (7.2: netif_receive_skb), a kprobe there)
     ProbeSpec("netif_rx", "on_netif_rx", "kprobe", "netif_rx", False,
-              "mcast.deliver of frames from outside cannot be seen"),
+              "mcast.deliver of frames from outside cannot be seen",
+              _vmlinux("kfunc__netif_rx", "netif_rx")),
     ProbeSpec("l3_rcv", "on_l3_rcv", "kprobe", "ipvlan_l3_rcv", False,
               "L3S: rx.l3s.local cannot be told from rx.l3s.to_host"),
     ProbeSpec("nf_input", "on_nf_input", "kprobe", "ipvlan_nf_input", False,
@@ -379,7 +392,7 @@ def build(tracefs: Path | None = None, kernel: str | None = None) -> ProbePlan:
     flags, why = keepout_cflags(ksyms, kbtf, plan.softirq_check, available,
                                 "-DIPVT_FENTRY_XMIT" in plan.cflags,
                                 bool(tramp) or kernel_version(kernel) >= COUNTS_SKIPPED_SINCE,
-                                sum(a["kind"] in MARKED_KINDS for a in plan.attach),
+                                sum(map(watched, plan.attach)),
                                 bool(tramp) and trampolines_preemptible(kernel))
     plan.cflags += flags
     if why:
@@ -574,6 +587,22 @@ KEEPOUT_NOTE = ("a context opened while the kernel keeps some of its hits out (a
 
 # the programs whose prog->active the kernel sets while they run
 MARKED_KINDS = ("fentry", "fexit", "raw_tracepoint")
+# programs whose hits count only in the multicast worker's run (a work
+# item's task): its entry and return, and netif_rx, whose hits outside a
+# worker's run are not reported (bpf/: report_skb_dev's worker_only). No
+# context opened while one of them is marked (in an interrupt that came
+# during its run, or in a task that preempted it) can hold a hit of theirs,
+# so none loses one: not watched. (Where a trampoline's program can be
+# preempted, a worker run on that CPU meanwhile has its hit of that program
+# skipped: counted, `skipped.<probe>`, as a kprobe's miss is.)
+WORKER_ONLY = frozenset(("mc_work", "mc_work_ret", "netif_rx"))
+
+
+def watched(entry: dict) -> bool:
+    """Whether bpf/'s opened_kept_out reads the mark of this plan entry's
+    program: a trampoline or raw tracepoint program whose hits a context
+    opened during its run could need."""
+    return entry["kind"] in MARKED_KINDS and entry["name"] not in WORKER_ONLY
 
 
 def keepout_cflags(ksyms: "kcode.Symbols | kcode.KcodeError", kbtf: "btf.BTF | None",
@@ -588,7 +617,7 @@ def keepout_cflags(ksyms: "kcode.Symbols | kcode.KcodeError", kbtf: "btf.BTF | N
     opens while a kprobe's program runs (bpf_prog_active) loses its kprobe
     hits. Both read per-CPU data, at the per-CPU areas' offsets that
     softirq_cflags found (not on PREEMPT_RT). *marked*: how many of the
-    plan's programs have such a mark (MARKED_KINDS), each read once.
+    plan's programs have such a mark and are watched (watched()), each read once.
     *preemptible*: another task may run on a CPU while one of the plan's
     programs is marked there (trampolines_preemptible); where it cannot, the
     marks are read only in an interrupt (a softirq, hardirq or NMI in
