@@ -134,7 +134,8 @@ def test_two_cpu_guest_suite(smp_guest):
     suite = ET.parse(WORK / "smp" / "junit.xml").getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
     ran = {case.get("name") for case in suite.iter("testcase")}
-    assert "test_a_to_parent_frame_whose_rx_runs_on_another_cpu_is_one_row" in ran, ran
+    assert {"test_a_to_parent_frame_whose_rx_runs_on_another_cpu_is_one_row",
+            "test_a_busy_rx_cpu_loses_no_rx_hit_and_flags_each_row_it_could_not_see_whole"} <= ran, ran
     counts = {k: int(suite.get(k, 0)) for k in ("failures", "errors", "skipped")}
     assert counts == {"failures": 0, "errors": 0, "skipped": 0}, counts
     print(f"{r.kernel}: {len(ran)} two-CPU in-guest tests passed in {r.seconds:.0f} s ({r.accel})")
