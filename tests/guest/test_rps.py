@@ -115,15 +115,22 @@ def test_a_to_parent_frame_whose_rx_runs_on_another_cpu_is_one_row():
             flood()
     rows: list[dict] = []
     replayed = replay.run_replay(rec, sink=rows.append)
-    assert replayed["lost_events"] == 0, replayed["trailer"]["kernel_stats"]
-    joined = echo_checks.check_to_parent_rows(rows, echo_checks.SENT, TX_CPU, RX_CPU)
+    kstats = replayed["trailer"]["kernel_stats"]
+    assert replayed["lost_events"] == 0, kstats
+    # even with the lab quiet, a task on the RX CPU may free an skb (a raw
+    # tracepoint's program, with softirqs on) when RPS's interrupt comes: the
+    # RX contexts of that softirq are flagged, exactly those rows incomplete
+    # (10 consecutive rows in one run of three)
+    joined = echo_checks.check_to_parent_rows(rows, echo_checks.SENT, TX_CPU, RX_CPU,
+                                              kept_out=kstats.get("kept_out", 0))
     early = echo_checks.early_echoes(rec)
     final = [json.loads(line) for line in st.stdout.splitlines() if line.startswith("{")][-1]
     assert final.get("ended_by") == "SIGINT"
     assert final["branches"].get("tx.l2.to_parent", 0) >= echo_checks.SENT, final["branches"]
     assert_stats_equal_record(final, replayed)
     print(f"rps: {echo_checks.SENT} to-parent rows, {len(joined)} joined with their RX on "
-          f"CPU {RX_CPU}; {early} of those RX records came before their TX record")
+          f"CPU {RX_CPU} ({kstats.get('kept_out', 0)} incomplete, kept_out); {early} of those RX "
+          "records came before their TX record")
 
 
 BCAST_SRC = "192.168.100.102"   # the other pod (scenarios.L2_NS2)
