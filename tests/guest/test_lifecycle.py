@@ -76,18 +76,21 @@ def test_live_json_duration(pods, tmp_path):
 
 
 TRAMPOLINES = {"xmit": "fentry", "xmit_ret": "fexit", "lookup_ret": "fexit", "fwd": "fentry",
-               "fwd_ret": "fexit", "qxmit": "fentry", "local_out": "fentry"}
+               "fwd_ret": "fexit", "qxmit": "fentry", "local_out": "fentry",
+               "mc_work": "fentry", "mc_work_ret": "fexit"}
 
 
 KPROBES = {"xmit": "kprobe", "xmit_ret": "raw_tracepoint", "lookup_ret": "kretprobe",
-           "fwd": "kprobe", "fwd_ret": "kretprobe", "qxmit": "kprobe", "local_out": "kprobe"}
+           "fwd": "kprobe", "fwd_ret": "kretprobe", "qxmit": "kprobe", "local_out": "kprobe",
+           "mc_work": "kprobe", "mc_work_ret": "kretprobe"}
 
 
 @pytest.mark.parametrize("setting", ["default", "0"])
 def test_trampolines_by_default_kprobes_when_turned_off(pods, tmp_path, setting):
     """By default, where the kernel allows (5.12+, its BTF; not PREEMPT_RT),
-    the vmlinux helpers, ipvlan_queue_xmit's entry and return and
-    ipvlan_addr_lookup's return are fentry/fexit programs (the module's
+    the vmlinux helpers, ipvlan_queue_xmit's entry and return,
+    ipvlan_addr_lookup's return and the multicast worker's run and its
+    netif_rx are fentry/fexit programs (the module's
     loaded by ipvtrace itself), and a context opened inside one of their runs
     is flagged from the programs' marks. IPVTRACE_TRAMPOLINES=0 gives kprobes
     and the net_dev_xmit tracepoint instead. Either way the pods' pings get
@@ -113,8 +116,9 @@ def test_trampolines_by_default_kprobes_when_turned_off(pods, tmp_path, setting)
         assert {n: kinds.get(n) for n in TRAMPOLINES} == TRAMPOLINES, kinds
         # a context opened inside one of these programs' runs, or on_xmit's
         # under a kprobe's, is flagged (probes.keepout_cflags): every
-        # program's mark was found
-        marked = sum(a["kind"] in probes.MARKED_KINDS for a in plan["attach"])
+        # watched program's mark was found (not the multicast worker's
+        # three: their hits count only in its run, probes.WORKER_ONLY)
+        marked = sum(map(probes.watched, plan["attach"]))
         assert f"-DIPVT_WATCH_ACTIVE={marked}" in plan["cflags"], plan["cflags"]
         assert any(f.startswith("-DIPVT_BPF_PROG_ACTIVE=") for f in plan["cflags"])
         assert "programs are watched" not in err, err
@@ -124,6 +128,11 @@ def test_trampolines_by_default_kprobes_when_turned_off(pods, tmp_path, setting)
                 != probes.trampolines_preemptible(os.uname().release)), plan["cflags"]
     else:   # turned off; or PREEMPT_RT, before 5.12
         assert {n: kinds.get(n) for n in TRAMPOLINES} == KPROBES, kinds
+    # the worker's hand-off: an fentry on netif_rx with the others; where the
+    # worker calls another function (7.2's netif_receive_skb), a kprobe there
+    tramp = setting == "default" and trampolines_expected()
+    assert kinds["netif_rx"] == ("fentry" if tramp and plan["worker_rx"] == "netif_rx"
+                                 else "kprobe"), (kinds, plan["worker_rx"])
     # the programs count their runs only where the kernel does not count the
     # hits it skipped them for (before 6.7: hits minus runs, loader.skipped)
     assert ("-DIPVT_COUNT_RUNS" in plan["cflags"]) != plan["counts_skipped"], plan["cflags"]
