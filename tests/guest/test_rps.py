@@ -102,6 +102,20 @@ def flood() -> None:
 RING = ["--ring-pages", "4096"]
 
 
+def replayed_flood(rec: Path) -> tuple[list[dict], dict, list[dict]]:
+    """The recording's rows, run_replay's summary and the delivered rows,
+    once checked: nothing lost, every datagram a tx.l2.to_parent row joined
+    with its RX, exactly the RX contexts the kernel flagged as opened inside
+    another program's run (kept_out) incomplete."""
+    rows: list[dict] = []
+    replayed = replay.run_replay(rec, sink=rows.append)
+    kstats = replayed["trailer"]["kernel_stats"]
+    assert replayed["lost_events"] == 0, kstats
+    joined = echo_checks.check_to_parent_rows(rows, echo_checks.SENT, TX_CPU, RX_CPU,
+                                              kept_out=kstats.get("kept_out", 0))
+    return rows, replayed, joined
+
+
 @pytest.mark.cpus(2)
 def test_a_to_parent_frame_whose_rx_runs_on_another_cpu_is_one_row():
     """`record` shows every datagram as one joined row, and `stats`, attached
@@ -113,16 +127,11 @@ def test_a_to_parent_frame_whose_rx_runs_on_another_cpu_is_one_row():
         with scenarios.traced(["record", "-o", str(rec), *RING], OUT / "rps-record.ready"), \
                 rps_lab():
             flood()
-    rows: list[dict] = []
-    replayed = replay.run_replay(rec, sink=rows.append)
+    # (even with the lab quiet, a task on the RX CPU may free an skb, a raw
+    # tracepoint's program with softirqs on, when RPS's interrupt comes:
+    # 10 consecutive rows kept_out in one run of three)
+    rows, replayed, joined = replayed_flood(rec)
     kstats = replayed["trailer"]["kernel_stats"]
-    assert replayed["lost_events"] == 0, kstats
-    # even with the lab quiet, a task on the RX CPU may free an skb (a raw
-    # tracepoint's program, with softirqs on) when RPS's interrupt comes: the
-    # RX contexts of that softirq are flagged, exactly those rows incomplete
-    # (10 consecutive rows in one run of three)
-    joined = echo_checks.check_to_parent_rows(rows, echo_checks.SENT, TX_CPU, RX_CPU,
-                                              kept_out=kstats.get("kept_out", 0))
     early = echo_checks.early_echoes(rec)
     final = [json.loads(line) for line in st.stdout.splitlines() if line.startswith("{")][-1]
     assert final.get("ended_by") == "SIGINT"
@@ -177,12 +186,8 @@ def test_a_busy_rx_cpu_loses_no_rx_hit_and_flags_each_row_it_could_not_see_whole
         finally:
             bcast.kill()
             bcast.wait()
-    rows: list[dict] = []
-    replayed = replay.run_replay(rec, sink=rows.append)
+    rows, replayed, joined = replayed_flood(rec)
     kstats = replayed["trailer"]["kernel_stats"]
-    assert replayed["lost_events"] == 0, kstats
-    joined = echo_checks.check_to_parent_rows(rows, echo_checks.SENT, TX_CPU, RX_CPU,
-                                              kept_out=kstats.get("kept_out", 0))
     # the broadcasts went through the worker on RX_CPU (its hits: the
     # delivery to the other pod, the parent's xmit) while the flood's RX ran
     lo, hi = min(r["ts"] for r in joined), max(r["ts"] for r in joined)
