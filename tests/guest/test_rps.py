@@ -1,13 +1,15 @@
-"""A frame ipvlan hands to its parent (dev_forward_skb, then netif_rx) waits
+"""A frame ipvlan hands to its parent (dev_forward_skb) waits
 in a CPU's backlog for the parent's RX. With RPS on the parent's receive
 queue that backlog is another CPU's: while a flood keeps that CPU in its
 backlog loop, it takes the frame and runs the parent's RX of it (an ipvlan
 context of its own) while the sender may still be inside ipvlan_queue_xmit.
 The RX context then closes, and its record reaches the ring, before the
 TX's. The kernel flags such an RX (IPVT_F_ECHO) and the correlator waits
-for its TX: every frame to the parent is one complete tx.l2.to_parent row
-joined with its RX on the other CPU, never an rx.to_host row of its own
-(what the correlator made of it before the flag). On 6.12 under TCG, with
+for its TX: every frame to the parent is one tx.l2.to_parent row joined
+with its RX on the other CPU, never an rx.to_host row of its own (what the
+correlator made of it before the flag), complete unless the kernel flagged
+its RX context as opened inside another program's run (kept_out: exactly
+those rows incomplete). On 6.12 under TCG, with
 this machine busy, 11 of 10,000 RX records came first (the run kept as
 tests/fixtures/rps-6.12.ipvt); 7 of 10,000 and 8 of 20,000 without `stats`
 beside `record`. Needs two CPUs (tests/test_real_kernels.py boots a guest
