@@ -87,15 +87,17 @@ def profiled_flood(lab: Lab, out: Path) -> tuple[dict, dict[str, float]]:
     perf = subprocess.Popen(["perf", "record", "-q", "-k", "mono", "-e", "cpu-clock",
                              "-F", str(HZ), "-a", "-o", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(5)   # perf's start under emulation
-    began: list[float] = []
-    c0 = sched_counts()
-    res = dp.udp_rate(lab, during=lambda _cli: began.append(time.monotonic()))
-    c1 = sched_counts()
+    try:
+        time.sleep(5)   # perf's start under emulation
+        began: list[float] = []
+        c0 = sched_counts()
+        res = dp.udp_rate(lab, during=lambda _cli: began.append(time.monotonic()))
+        c1 = sched_counts()
+    finally:   # perf stopped, the flood done or not
+        perf.send_signal(signal.SIGINT)
+        perf.wait(timeout=300)
     packets = res["pps"] * dp.SECONDS
     res["per_packet"] = {k: (c1[k] - c0[k]) / packets if packets else 0.0 for k in c0}
-    perf.send_signal(signal.SIGINT)
-    perf.wait(timeout=300)
     t0 = began[0] + 2
     rep = subprocess.run(["perf", "report", "-i", str(out), "--stdio", "-q", "--sort", "dso,sym",
                           "-F", "sample,dso,sym", "--percent-limit", "0",
@@ -128,18 +130,29 @@ def main(argv: list[str]) -> int:
     for m in ("ipvlan", "veth"):
         subprocess.run(["modprobe", m])
     # JIT-ed programs by name; no lowering of the sample rate when a sample
-    # takes long (it does under emulation)
-    for kv in ("net.core.bpf_jit_kallsyms=1", "kernel.perf_cpu_time_max_percent=0",
-               "kernel.kptr_restrict=0"):
-        subprocess.run(["sysctl", "-qw", kv])
+    # takes long (it does under emulation); each put back as it was at the end
+    saved = {}
+    for key, value in (("net.core.bpf_jit_kallsyms", "1"),
+                       ("kernel.perf_cpu_time_max_percent", "0"), ("kernel.kptr_restrict", "0")):
+        path = Path("/proc/sys") / key.replace(".", "/")
+        try:
+            saved[path] = path.read_text()
+            path.write_text(value)
+        except OSError as e:
+            print(f"guest_profile: cannot set {key}: {e}", file=sys.stderr)
     # perf's binary and the kernel's symbols read once before the first flood
     subprocess.run(["perf", "record", "-q", "-a", "-o", "/dev/null", "--", "true"],
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     scratch = Path(tempfile.mkdtemp(prefix="ipvt-prof-"))
     try:
         return _profile(args, scratch)
+    except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+        print(f"guest_profile: {e}", file=sys.stderr)
+        return 1
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        for path, old in saved.items():
+            path.write_text(old)
 
 
 def _profile(args: list[str], scratch: Path) -> int:
@@ -152,10 +165,15 @@ def _profile(args: list[str], scratch: Path) -> int:
         proc = subprocess.Popen([sys.executable, "-m", "ipvtrace", *args, "--ready-file",
                                  str(ready)], stdout=out_f, stderr=subprocess.PIPE)
         try:
-            dp.wait_file(ready, proc)
+            try:
+                dp.wait_file(ready, proc)
+            except RuntimeError as e:   # the tool's own words, not only its exit code
+                err = proc.stderr.read().decode(errors="replace").strip().splitlines()
+                raise RuntimeError(f"ipvtrace {' '.join(args)}: {e}: {err[-1:]}") from None
             traced, traced_s = profiled_flood(lab, scratch / "traced.data")
         finally:
-            proc.send_signal(signal.SIGINT)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
             proc.communicate(timeout=900)
             out_f.close()
     n0 = base["pps"] * WINDOW
