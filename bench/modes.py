@@ -1,5 +1,6 @@
-"""stats, record and live --json against untraced on the ipvlan path, each
-traced run between two untraced ones, in ROUNDS rounds: how the three modes
+"""stats, record and live --json against untraced on the ipvlan path (and
+stats with its probes attached but disarmed: the floor they set), each
+traced run between two untraced ones, in ROUNDS rounds: how the modes
 compare in one guest. Meant for `python -m ipvtrace.lab.vm --icount 3`,
 where rates count guest instructions and the host's load does not move
 them (bench/run's real-time figures swing by 20%). Runs as root on a kernel
@@ -47,6 +48,9 @@ def main() -> int:
 def _run(out_dir: Path, ready: Path, py: list[str], rec: Path) -> int:
     modes = {
         "stats": lambda: py + ["stats", "--json", "--interval", "2", "--ready-file", str(ready)],
+        # every probe attached and running, none gathering evidence (datapath.disarm)
+        "stats disarmed": lambda: py + ["stats", "--json", "--interval", "2",
+                                        "--ready-file", str(ready)],
         "record": lambda: py + ["record", "-o", str(rec),
                                 "--ready-file", str(ready)],
         "live --json": lambda: py + ["live", "--json", "--ready-file", str(ready)],
@@ -58,7 +62,7 @@ def _run(out_dir: Path, ready: Path, py: list[str], rec: Path) -> int:
         for _ in range(ROUNDS):
             for name, cmd in modes.items():
                 out = rec if name == "record" else None
-                res = dp.traced(lab, cmd(), ready, out)
+                res = dp.traced(lab, cmd(), ready, out, disarmed=name == "stats disarmed")
                 runs.append({"run": name, **{k: res.get(k) for k in (
                     "pps", "tool_cpu_s", "rows", "events", "lost_events", "stderr_tail")}})
                 runs.append({"run": "untraced", "pps": dp.udp_rate(lab)["pps"]})

@@ -52,6 +52,8 @@ def main() -> int:
         ("stats (counters in the kernel)", "stats"), ("record", "record"),
         ("record, bcc's per-event callback instead of the mapped ring", "record_bcc_callback"),
         ("live --json", "live_json"),
+        ("stats disarmed: every probe attached, none gathering evidence (the floor)",
+         "stats_disarmed"),
         ("record, filter matching nothing", "filter_nothing"),
         ("reference bpftrace (text line per event)", "bpftrace_ref")) if key in dp]
     lines = [f"datapath: UDP 64-byte flood between two ipvlan namespaces, {dp['seconds']} s each,"
@@ -69,6 +71,10 @@ def main() -> int:
     lines.append(f"  stats: {st.get('counted_packets', 0):,} packets counted in the kernel "
                  f"(iperf3 saw {st['pps'] * dp['seconds']:,.0f} arrive), "
                  f"{st.get('kprobe_misses', 0)} kprobe misses, no events")
+    if "stats_disarmed" in dp:   # the packets it counted before bpftool disarmed it: few
+        sd = dp["stats_disarmed"]
+        lines.append(f"  stats disarmed: {sd.get('counted_packets', 0):,} packets counted (iperf3 saw "
+                     f"{sd['pps'] * dp['seconds']:,.0f} arrive)")
     if "live_json" in dp:   # its loss: the kernel's count, from its last stderr line
         lj = dp["live_json"]
         lost = next((l.split(":")[-1].strip() for l in reversed(lj.get("stderr_tail", []))
