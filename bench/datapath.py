@@ -186,19 +186,30 @@ def traced(lab: Lab, cmd: list[str], ready: Path, out_path: Path | None = None,
     out_f = tempfile.TemporaryFile("w+")
     proc = subprocess.Popen(cmd, stdout=out_f, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, **(env or {})))
-    startup = wait_file(ready, proc)
-    if disarmed:
-        disarm(proc.pid)
-    # the kernel's run-time accounting, held by an fd (bpfsys.enable_stats),
-    # not the global sysctl another process may turn off; it costs two clock
-    # reads per program run, so only in the runs that ask for it
-    stats_fd = bpfsys.enable_stats() if costs else None
+    stats_fd = None
     try:
+        startup = wait_file(ready, proc)
+        if disarmed:
+            disarm(proc.pid)
+        # the kernel's run-time accounting, held by an fd (bpfsys.enable_stats),
+        # not the global sysctl another process may turn off; it costs two clock
+        # reads per program run, so only in the runs that ask for it
+        stats_fd = bpfsys.enable_stats() if costs else None
         cpu0 = cpu_s(proc.pid)
         res = udp_rate(lab, path=path)
         res["tool_cpu_s"] = round(cpu_s(proc.pid) - cpu0, 2)   # the tool's own CPU during the flood
         if costs:
             res["prog_costs"] = prog_costs(proc.pid)
+    except BaseException:
+        # a run that failed (not ready, bpftool, the flood) leaves no tool attached
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.communicate(timeout=900)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+        raise
     finally:
         if stats_fd is not None:
             os.close(stats_fd)

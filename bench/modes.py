@@ -46,11 +46,12 @@ def main() -> int:
 
 
 def _run(out_dir: Path, ready: Path, py: list[str], rec: Path) -> int:
+    stats = py + ["stats", "--json", "--interval", "2", "--ready-file", str(ready)]
     modes = {
-        "stats": lambda: py + ["stats", "--json", "--interval", "2", "--ready-file", str(ready)],
-        # every probe attached and running, none gathering evidence (datapath.disarm)
-        "stats disarmed": lambda: py + ["stats", "--json", "--interval", "2",
-                                        "--ready-file", str(ready)],
+        "stats": lambda: stats,
+        # the same stats, then every probe attached and running, none
+        # gathering evidence (datapath.disarm)
+        "stats disarmed": lambda: stats,
         "record": lambda: py + ["record", "-o", str(rec),
                                 "--ready-file", str(ready)],
         "live --json": lambda: py + ["live", "--json", "--ready-file", str(ready)],
