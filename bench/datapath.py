@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from ipvtrace.capture import bpfsys, probes
+from ipvtrace.lab import scenarios
 from ipvtrace.lab.netlab import Lab
 
 NS = ["ipvt-bench-host", "ipvt-bench-a", "ipvt-bench-b"]
@@ -202,13 +203,7 @@ def traced(lab: Lab, cmd: list[str], ready: Path, out_path: Path | None = None,
             res["prog_costs"] = prog_costs(proc.pid)
     except BaseException:
         # a run that failed (not ready, bpftool, the flood) leaves no tool attached
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.communicate(timeout=900)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
+        scenarios.interrupt(proc, 900)
         raise
     finally:
         if stats_fd is not None:

@@ -343,13 +343,22 @@ def traced(args: list[str], ready: Path, ready_timeout: float = 600,
             if proc.returncode != 0:
                 raise LabError(f"ipvtrace {args[0]} failed (rc {proc.returncode})")
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(timeout=120)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            interrupt(proc, 120)
             ready.unlink(missing_ok=True)
+
+
+def interrupt(proc: subprocess.Popen, timeout: float) -> None:
+    """Stop a tool that is still running the way a user does, with SIGINT (it
+    detaches its probes and finishes its file), and kill it only if it has not
+    ended after *timeout* s: a run that failed leaves nothing attached."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
 
 
 @contextlib.contextmanager

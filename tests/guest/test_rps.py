@@ -147,16 +147,23 @@ def test_a_to_parent_frame_whose_rx_runs_on_another_cpu_is_one_row():
 BCAST_SRC = "192.168.100.102"   # the other pod (scenarios.L2_NS2)
 # a pod's broadcasts, pinned to the RX CPU: each is ipvlan's multicast
 # worker's (a work item on that CPU) and, looped back to the sender, a
-# netif_rx call with softirqs enabled
+# netif_rx call with softirqs enabled. It says when its first is sent: the
+# flood starts only then (started together, the broadcaster, on the CPU
+# the flood's RX keeps busy, sent its first 0.4-0.6 s into a 0.9 s flood
+# in 2 runs of 5, and in one CI run none before the flood ended)
 BROADCAST = r"""
 import socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+first = True
 while True:
     try:
         s.sendto(b"ipvtrace-rps-bcast", (sys.argv[1], 9))
     except OSError:
         pass
+    if first:
+        print("sending", flush=True)
+        first = False
     time.sleep(0.001)
 """
 
@@ -182,8 +189,10 @@ def test_a_busy_rx_cpu_loses_no_rx_hit_and_flags_each_row_it_could_not_see_whole
     with scenarios.traced(["record", "-o", str(rec), *RING], OUT / "rps-busy.ready"), \
             rps_lab():
         bcast = subprocess.Popen(netns(scenarios.L2_NS2, sys.executable, "-c", BROADCAST,
-                                       "192.168.100.255", cpu=RX_CPU))
+                                       "192.168.100.255", cpu=RX_CPU),
+                                 stdout=subprocess.PIPE, text=True)
         try:
+            assert bcast.stdout.readline().strip() == "sending", "the broadcaster did not start"
             flood()
         finally:
             bcast.kill()
@@ -196,7 +205,10 @@ def test_a_busy_rx_cpu_loses_no_rx_hit_and_flags_each_row_it_could_not_see_whole
     worker = [r for r in rows if r["branch"] == "tx.l2.multicast" and r.get("mcast")
               and r["src"] == BCAST_SRC and lo <= r["ts"] <= hi
               and any(e["probe"] == "qxmit" and e["cpu"] == RX_CPU for e in r["events"])]
-    assert worker, "no broadcast went through the worker on the RX CPU during the flood"
+    sent = sorted(r["ts"] for r in rows if r["branch"] == "tx.l2.multicast" and r["src"] == BCAST_SRC)
+    assert worker, (f"no broadcast went through the worker on CPU {RX_CPU} during the flood "
+                    f"({(hi - lo) / 1e9:.3f} s); {len(sent)} broadcast rows, the first "
+                    f"{(sent[0] - lo) / 1e9 if sent else 0:+.3f} s from the flood's first row")
     print(f"rps-busy: {len(worker)} broadcasts through the worker on CPU {RX_CPU}; "
           f"{len(joined)} of {echo_checks.SENT} to-parent rows joined with their RX, "
           f"{kstats.get('kept_out', 0)} of them incomplete (kept_out)")
