@@ -149,8 +149,9 @@ BCAST_SRC = "192.168.100.102"   # the other pod (scenarios.L2_NS2)
 # worker's (a work item on that CPU) and, looped back to the sender, a
 # netif_rx call with softirqs enabled. It says when its first is sent: the
 # flood starts only then (started together, the broadcaster, on the CPU
-# the flood's RX keeps busy, sent its first 0.4-0.6 s into a 0.9 s flood
-# in 2 runs of 5, and in one CI run none before the flood ended)
+# the flood's RX keeps busy, sent its first 0.23, 0.41 and 0.64 s into
+# floods of 1.4, 1.4 and 0.9 s in 3 runs of 5, and in one CI run none
+# before the flood ended)
 BROADCAST = r"""
 import socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
