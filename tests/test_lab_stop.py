@@ -14,8 +14,11 @@ TOOL = r"""
 import signal, sys, time
 from pathlib import Path
 out = Path(sys.argv[1])
-if sys.argv[2] == "ignore":
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+# its own handler, as ipvtrace installs one (lifecycle.py): a job a shell
+# puts in the background without job control (CI's nohup ... &) inherits
+# SIGINT ignored, and Python then leaves it ignored
+signal.signal(signal.SIGINT, signal.SIG_IGN if sys.argv[2] == "ignore"
+              else signal.default_int_handler)
 try:   # (from the first write on: start() sends nothing before it)
     out.write_text("started")
     time.sleep(600)
